@@ -1,0 +1,9 @@
+"""Lightning callbacks (the only probelens package that imports Lightning)."""
+
+from probelens.callbacks.activations import ActivationMonitor
+from probelens.callbacks.base import ProbeMonitor
+from probelens.callbacks.filters import FilterMonitor
+from probelens.callbacks.grad_cam import GradCAMMonitor
+from probelens.callbacks.saliency import SaliencyMonitor
+
+__all__ = ["ActivationMonitor", "FilterMonitor", "GradCAMMonitor", "ProbeMonitor", "SaliencyMonitor"]

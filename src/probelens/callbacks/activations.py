@@ -1,0 +1,91 @@
+"""ActivationMonitor: feature-map grids of the probe images at the requested layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typing_extensions import override
+
+from probelens.callbacks.base import ProbeMonitor
+from probelens.methods.layers import LayerSpec
+from probelens.probe import ProbeSet
+from probelens.render import apply_colormap, colormap_lut, rows_grid
+
+
+class ActivationMonitor(ProbeMonitor):
+    """Logs feature maps of the probe images.
+
+    Tags: ``probelens/activations/<layer>``, one grid per layer and step: one row per probe image, starting with the
+    image itself, followed by the ``max_channels`` channels with the highest mean activation over the probe set (the
+    same channels in every row, listed in the row caption). Each channel is scaled by its min/max over the probe set,
+    so rows can be compared with each other.
+
+    Args:
+        probe: the probe set.
+        layers: ``"auto"``, ``"all"``, names or module types.
+        max_channels: channels shown per layer.
+        max_images: probe images shown (rows).
+        cmap: colormap name.
+        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        layers: LayerSpec = "auto",
+        *,
+        max_channels: int = 8,
+        max_images: int = 8,
+        cmap: str = "viridis",
+        **schedule: Any,
+    ) -> None:
+        if probe is None:
+            raise ValueError("ActivationMonitor needs a probe set: ActivationMonitor(ProbeSet.from_dataset(val_dataset))")
+        super().__init__(probe, **schedule)
+        if max_channels < 1 or max_images < 1:
+            raise ValueError(f"max_channels and max_images must be >= 1, got {max_channels} and {max_images}")
+        colormap_lut(cmap)
+        self.layers_spec = layers
+        self.max_channels = max_channels
+        self.max_images = max_images
+        self.cmap = cmap
+        self._layers: dict[str, nn.Module] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, layers=repr(self.layers_spec))
+
+    @override
+    def _configure(self, pl_module: nn.Module) -> None:
+        self._layers = self._resolve_layers(pl_module, self.layers_spec)
+        self._check_spatial(pl_module, self._layers)
+        self._require(self._layers, gradients=False, input_gradient=False, target_sets=set())
+
+    @override
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        assert self.probe is not None
+        result = self._pass(pl_module, step)
+        k = min(self.max_images, len(self.probe))
+        images = self.probe.display_images()[:k]
+        size = self.probe.image_size
+        for layer in self._layers:
+            act = result.activations[layer][:k].float().cpu()
+            c = min(self.max_channels, act.shape[1])
+            channels = act.mean(dim=(0, 2, 3)).topk(c).indices
+            maps = act[:, channels]
+            lo = maps.amin(dim=(0, 2, 3), keepdim=True)
+            hi = maps.amax(dim=(0, 2, 3), keepdim=True)
+            maps = ((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0)
+            maps = F.interpolate(maps, size=size, mode="nearest")
+            rows = []
+            for i in range(k):
+                tiles = apply_colormap(maps[i].unsqueeze(1), self.cmap)
+                rows.append(torch.cat([images[i : i + 1], tiles], dim=0))
+            chans = ", ".join(str(int(ch)) for ch in channels)
+            captions = [f"#{i} channels {chans}" if i == 0 else f"#{i}" for i in range(k)]
+            self._image(f"probelens/activations/{layer}", rows_grid(rows, captions), step)

@@ -1,0 +1,347 @@
+"""The shared base of every monitor: scheduling, grad mode, rank zero, safety, logger lookup and checkpoint state.
+
+Subclasses implement :meth:`ProbeMonitor._configure` (resolve layers, register needs; raises on misconfiguration)
+and :meth:`ProbeMonitor._log` (compute and render for one step).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from probelens.callbacks._session import ProbeSession, _Needs, session_for
+from probelens.callbacks._sinks import ImageSink, PngSink, TensorBoardSink
+from probelens.methods.engine import OutputTransform, ProbePass
+from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
+from probelens.probe import ProbeSet
+
+TARGET_MODES = ("pred", "label", "both")
+_TB_SAMPLING_NOTICE_SHOWN = False
+_PNG_FALLBACK_WARNED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()  # one warning per trainer, not per monitor
+
+
+class ProbeMonitor(Callback):
+    """Base class of the probelens monitors.
+
+    Args:
+        probe: the probe set to explain (``None`` for monitors that need no images, such as filters).
+        every_n_epochs: fire at the end of every n-th epoch (``None`` to disable).
+        every_n_steps: fire every n optimizer steps instead (takes precedence over ``every_n_epochs``).
+        log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
+        name: a label for tags, warnings and the checkpoint state key (defaults to the class name).
+
+    When it fires: by default at the end of validation (sanity check skipped); without a validation loop, at the end
+    of the training epoch. Under ``trainer.validate``/``trainer.test`` it fires once at the end. Each firing runs on
+    global rank 0 only, on the unwrapped module, and logs the monitor's own cost as ``probelens/cost_ms/<name>``.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet | None = None,
+        *,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if probe is not None and not isinstance(probe, ProbeSet):
+            raise TypeError(
+                f"probe must be a probelens.ProbeSet, got {type(probe).__name__}; build one with "
+                "ProbeSet(images, targets) or ProbeSet.from_dataset(val_dataset, num_samples=16)"
+            )
+        for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
+        if every_n_epochs is None and every_n_steps is None and not log_at_start:
+            raise ValueError("every_n_epochs and every_n_steps are both None, so the monitor would never fire")
+        self.probe = probe
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.log_at_start = log_at_start
+        self.name = name or type(self).__name__
+        # checkpointed state
+        self.fire_count = 0
+        self.failure_count = 0
+        self.last_logged_step = -1
+        # runtime state
+        self._configured_for: int | None = None
+        self._session: ProbeSession | None = None
+        self._needs = _Needs()
+        self._sink: ImageSink | None = None
+        self._png_root: str | None = None
+        self._warned_failure = False
+        self._val_fired_epoch = -1
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fire_count": self.fire_count,
+            "failure_count": self.failure_count,
+            "last_logged_step": self.last_logged_step,
+            "probe_fingerprint": self.probe.fingerprint() if self.probe is not None else None,
+            "probe_indices": None if self.probe is None or self.probe.indices is None else self.probe.indices.tolist(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.fire_count = int(state_dict.get("fire_count", 0))
+        self.failure_count = int(state_dict.get("failure_count", 0))
+        self.last_logged_step = int(state_dict.get("last_logged_step", -1))
+        saved = state_dict.get("probe_fingerprint")
+        if self.probe is not None and saved is not None and saved != self.probe.fingerprint():
+            rank_zero_warn(
+                f"{self.name}: the probe set differs from the one in the checkpoint (fingerprint {saved} vs "
+                f"{self.probe.fingerprint()}); maps before and after the resume are not comparable. Rebuild the probe "
+                "with the same dataset, num_samples and seed."
+            )
+
+    # ------------------------------------------------------------------ subclass API
+    def _configure(self, pl_module: nn.Module) -> None:
+        """Resolve and validate the configuration against the model; register needs. Raise on misconfiguration."""
+
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        """Compute and log everything for one step."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
+        example = None
+        if self.probe is not None:
+            param = next(iter(model.parameters()), None)
+            example = self.probe.images[:1]
+            if param is not None:
+                example = example.to(device=param.device, dtype=param.dtype)
+        return resolve_layers(model, layers, example_input=example)
+
+    def _require(
+        self,
+        layers: dict[str, nn.Module],
+        *,
+        gradients: bool,
+        input_gradient: bool,
+        target_sets: set[str],
+        output_transform: OutputTransform | None = None,
+    ) -> None:
+        assert self.probe is not None and self._session is not None
+        self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), output_transform)
+        self._session.register(
+            self.probe,
+            layers,
+            gradients=gradients,
+            input_gradient=input_gradient,
+            target_sets=target_sets,
+            output_transform=output_transform,
+        )
+
+    def _pass(self, pl_module: nn.Module, step: int) -> ProbePass:
+        assert self.probe is not None and self._session is not None
+        return self._session.get(unwrap_compiled(pl_module), self.probe, step, self._needs)
+
+    def _check_probe_fits(self, model: nn.Module) -> None:
+        """One forward of one probe image, so a probe that does not fit the model fails before training starts."""
+        if self.probe is None:
+            return
+        from probelens.methods._hooks import probe_context
+
+        net = unwrap_compiled(model)
+        param = next(iter(net.parameters()), None)
+        x = self.probe.images[:1]
+        if param is not None:
+            x = x.to(device=param.device, dtype=param.dtype)
+        try:
+            with probe_context(net), torch.no_grad():
+                net(x)
+        except Exception as err:
+            raise ValueError(
+                f"{self.name}: the model cannot run on the probe images (shape {tuple(self.probe.images.shape)}): "
+                f"{err}. Build the probe from the same dataset and transforms the model trains on."
+            ) from err
+
+    def _check_spatial(self, model: nn.Module, layers: dict[str, nn.Module]) -> None:
+        """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]``."""
+        from probelens.methods._hooks import ActivationCapture, probe_context
+        from probelens.methods.layers import conv_layers
+
+        if self.probe is None:
+            return
+        net = unwrap_compiled(model)
+        param = next(iter(net.parameters()), None)
+        x = self.probe.images[:1]
+        if param is not None:
+            x = x.to(device=param.device, dtype=param.dtype)
+        capture = ActivationCapture(layers)
+        try:
+            with probe_context(net), torch.no_grad(), capture:
+                net(x)
+        except TypeError as err:
+            raise ValueError(f"{self.name}: {err}") from err
+        bad = {name: tuple(out.shape) for name, out in capture.outputs.items() if out.dim() != 4}
+        missing = [name for name in layers if name not in capture.outputs]
+        if bad or missing:
+            convs = ", ".join(list(conv_layers(net))[:12])
+            problem = f"layers {bad} do not output a spatial feature map [N,C,H,W]" if bad else ""
+            if missing:
+                problem += ("; " if problem else "") + f"layers {missing} never run in the forward pass"
+            raise ValueError(f"{self.name}: {problem}; pick convolutional layers (e.g. {convs}) or layers='auto'")
+
+    def _image(self, tag: str, image: Tensor, step: int) -> None:
+        assert self._sink is not None
+        self._sink.add_image(tag, image, step)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
+        self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
+
+    def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._configured_for == id(pl_module):
+            return
+        self._session = session_for(unwrap_compiled(pl_module))
+        self._check_probe_fits(pl_module)
+        self._configure(pl_module)
+        self._sink = self._make_sink(trainer)
+        self._configured_for = id(pl_module)
+
+    def _make_sink(self, trainer: pl.Trainer) -> ImageSink:
+        global _TB_SAMPLING_NOTICE_SHOWN
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                if not _TB_SAMPLING_NOTICE_SHOWN:
+                    _TB_SAMPLING_NOTICE_SHOWN = True
+                    rank_zero_info(
+                        "probelens: TensorBoard shows only 10 sampled steps per image tag by default; start it with "
+                        "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to see every logged step."
+                    )
+                return TensorBoardSink(logger)
+        root = self._png_root or os.path.join(trainer.default_root_dir, "probelens_images")
+        if trainer not in _PNG_FALLBACK_WARNED:
+            _PNG_FALLBACK_WARNED.add(trainer)
+            rank_zero_warn(
+                f"probelens: no TensorBoardLogger is attached, so images are written as PNG files under {root}. Pass "
+                "logger=TensorBoardLogger(...) to the Trainer to see them next to the loss curves."
+            )
+        return PngSink(root)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.log_at_start and trainer.global_step == 0:
+            self._fire(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n = self.every_n_steps
+        if n is not None and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._fire(trainer, pl_module)
+
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        n = self.every_n_epochs
+        return self.every_n_steps is None and n is not None and (trainer.current_epoch + 1) % n == 0
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            if self._epoch_due(trainer):
+                self._val_fired_epoch = trainer.current_epoch
+                self._fire(trainer, pl_module)
+        elif trainer.state.fn == TrainerFn.VALIDATING:
+            self._fire(trainer, pl_module, allow_repeat=True)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fire(trainer, pl_module, allow_repeat=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation at epoch end runs before this hook: fire here only if it did not this epoch
+        if self._epoch_due(trainer) and self._val_fired_epoch != trainer.current_epoch:
+            self._fire(trainer, pl_module)
+
+    # ------------------------------------------------------------------ firing
+    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False) -> None:
+        step = int(trainer.global_step)
+        if not allow_repeat and step == self.last_logged_step:
+            return
+        if not trainer.is_global_zero:
+            self.last_logged_step = step
+            return
+        self._ensure_configured(trainer, pl_module)
+        start = time.perf_counter()
+        try:
+            self._log(step, pl_module, trainer)
+        except Exception as err:  # an explanation must never take the training run down
+            self.failure_count += 1
+            if not self._warned_failure:
+                self._warned_failure = True
+                rank_zero_warn(
+                    f"{self.name} failed at step {step} and was skipped ({type(err).__name__}: {err}). Training goes "
+                    f"on; further failures are counted silently in the scalar probelens/failures/{self.name}."
+                )
+            self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step)
+        else:
+            self.fire_count += 1
+            cost_ms = (time.perf_counter() - start) * 1000.0
+            self._log_scalars(trainer, {f"probelens/cost_ms/{self.name}": cost_ms}, step)
+        self.last_logged_step = step
+
+    @staticmethod
+    def _log_scalars(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    # ------------------------------------------------------------------ captions
+    def _captions(self, result: ProbePass, target_set: str | None = None) -> list[str]:
+        assert self.probe is not None
+        probs = result.probabilities
+        preds = result.predictions
+        captions = []
+        for i in range(len(self.probe)):
+            true = self.probe.class_name(int(self.probe.targets[i]))
+            pred = int(preds[i])
+            line = f"true: {true}\npred: {self.probe.class_name(pred)} {float(probs[i, pred]):.2f}"
+            if target_set == "label":
+                t = int(result.targets["label"][i])
+                line += f"\nmap for: {self.probe.class_name(t)}"
+            captions.append(line)
+        return captions
+
+
+def target_sets_for(target: str) -> list[str]:
+    """``"pred"`` -> ``["pred"]``, ``"label"`` -> ``["label"]``, ``"both"`` -> ``["pred", "label"]``."""
+    if target not in TARGET_MODES:
+        raise ValueError(f"target must be one of {TARGET_MODES}, got {target!r}")
+    return ["pred", "label"] if target == "both" else [target]
