@@ -1,9 +1,35 @@
-"""probelens: watch what a CNN looks at while it trains (Lightning callbacks logging to TensorBoard)."""
+"""probelens: watch what a CNN looks at while it trains (Lightning callbacks logging to TensorBoard).
 
-from probelens.callbacks import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeMonitor, SaliencyMonitor
+The monitors are imported lazily, so ``import probelens.methods`` (torch only) does not pull in Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from probelens.probe import ProbeSet
 
+if TYPE_CHECKING:
+    from probelens.callbacks import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeMonitor, SaliencyMonitor
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ActivationMonitor": "probelens.callbacks",
+    "FilterMonitor": "probelens.callbacks",
+    "GradCAMMonitor": "probelens.callbacks",
+    "ProbeMonitor": "probelens.callbacks",
+    "SaliencyMonitor": "probelens.callbacks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probelens' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "ActivationMonitor",

@@ -100,7 +100,9 @@ class ProbeSet:
             raise ValueError("the probe set is empty; give it at least one image")
         self.targets = torch.as_tensor(self.targets)
         if self.targets.shape != (n,):
-            raise ValueError(f"targets must have shape [{n}] (one class index per image), got {tuple(self.targets.shape)}")
+            raise ValueError(
+                f"targets must have shape [{n}] (one class index per image), got {tuple(self.targets.shape)}"
+            )
         if self.targets.dtype.is_floating_point or self.targets.dtype == torch.bool:
             raise ValueError(f"targets must be integer class indices, got dtype {self.targets.dtype}")
         self.targets = self.targets.long()
@@ -234,7 +236,10 @@ class ProbeSet:
             label_of = {i: int(labels[i]) for i in order}
         if per_class:
             classes = sorted(set(label_of.values()))
-            quota = {c: num_samples // len(classes) + (1 if k < num_samples % len(classes) else 0) for k, c in enumerate(classes)}
+            quota = {
+                c: num_samples // len(classes) + (1 if k < num_samples % len(classes) else 0)
+                for k, c in enumerate(classes)
+            }
             chosen: list[int] = []
             for i in order:
                 c = label_of[i]

@@ -6,9 +6,9 @@ import os
 import pytest
 import pytorch_lightning as pl
 import torch
-from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
 from pytorch_lightning.loggers import CSVLogger
 
+from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
 from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
 from probelens.callbacks._session import session_for
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from models import FunctionalReluNet, resnet18, small_cnn
 from torch import nn
 
+from models import FunctionalReluNet, resnet18, small_cnn
 from probelens.methods import forward_backward, grad_cam, grad_cam_map, resolve_layers
 
 
@@ -39,7 +39,9 @@ def test_grad_cam_matches_captum_at_every_layer(model_fn, shape, layers):
 def test_in_place_relu_after_hooked_conv_keeps_pre_relu_values():
     """Hooking a conv followed by ReLU(inplace=True) must see the conv output, not the post-ReLU values."""
     torch.manual_seed(1)
-    inplace = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    inplace = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     plain.load_state_dict(inplace.state_dict())
     x = torch.randn(2, 3, 12, 12)

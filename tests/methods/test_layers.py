@@ -1,8 +1,8 @@
 import pytest
 import torch
-from models import FunctionalReluNet, resnet18, small_cnn
 from torch import nn
 
+from models import FunctionalReluNet, resnet18, small_cnn
 from probelens.methods import auto_layers, conv_layers, resolve_layers
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from models import resnet18, small_cnn
 from torch import nn
 
+from models import resnet18, small_cnn
 from probelens.methods import feature_maps, forward_backward, grad_cam, saliency
 from probelens.methods._hooks import count_hooks
 
@@ -94,5 +94,7 @@ def test_several_target_sets_share_one_forward():
     finally:
         handle.remove()
     assert len(calls) == 1
-    torch.testing.assert_close(res.gradients["label"]["4"], forward_backward(model, x, labels, {"4": model[4]}).gradients["target"]["4"])
+    torch.testing.assert_close(
+        res.gradients["label"]["4"], forward_backward(model, x, labels, {"4": model[4]}).gradients["target"]["4"]
+    )
     assert torch.equal(res.targets["pred"], model(x).argmax(1))

@@ -1,14 +1,18 @@
 import pytest
 import torch
 from captum.attr import InputXGradient, LayerActivation, Saliency
-from models import resnet18, small_cnn
 
+from models import resnet18, small_cnn
 from probelens.methods import conv_filters, feature_maps, saliency
 
 
 @pytest.mark.parametrize(
     ("model_fn", "shape"),
-    [(lambda: resnet18(), (3, 3, 48, 64)), (lambda: resnet18(in_channels=1), (2, 1, 36, 52)), (small_cnn, (4, 3, 16, 16))],
+    [
+        (lambda: resnet18(), (3, 3, 48, 64)),
+        (lambda: resnet18(in_channels=1), (2, 1, 36, 52)),
+        (small_cnn, (4, 3, 16, 16)),
+    ],
 )
 def test_vanilla_and_gradient_x_input_match_captum(model_fn, shape):
     model = model_fn().eval()

@@ -44,7 +44,9 @@ class ActivationMonitor(ProbeMonitor):
         **schedule: Any,
     ) -> None:
         if probe is None:
-            raise ValueError("ActivationMonitor needs a probe set: ActivationMonitor(ProbeSet.from_dataset(val_dataset))")
+            raise ValueError(
+                "ActivationMonitor needs a probe set: ActivationMonitor(ProbeSet.from_dataset(val_dataset))"
+            )
         super().__init__(probe, **schedule)
         if max_channels < 1 or max_images < 1:
             raise ValueError(f"max_channels and max_images must be >= 1, got {max_channels} and {max_images}")

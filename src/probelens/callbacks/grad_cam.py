@@ -112,5 +112,5 @@ class GradCAMMonitor(ProbeMonitor):
             # interleave so each probe image's tiles sit side by side
             grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
             grid_captions = [c for group in zip(*tile_captions) for c in group]
-            ncol = None if len(tiles) == 1 else 2 * max(1, int(round((k / 2) ** 0.5)))
+            ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
             self._image(f"probelens/gradcam/{layer}", labelled_grid(grid_tiles, grid_captions, ncol=ncol), step)

@@ -12,7 +12,14 @@ from typing_extensions import override
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.probe import ProbeSet
-from probelens.render import apply_colormap, colormap_lut, labelled_grid, normalize_maps, overlay_heatmap, saliency_to_heat
+from probelens.render import (
+    apply_colormap,
+    colormap_lut,
+    labelled_grid,
+    normalize_maps,
+    overlay_heatmap,
+    saliency_to_heat,
+)
 
 REDUCTIONS = ("abs_max", "abs_sum", "sum", "l2")
 

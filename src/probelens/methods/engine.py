@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods.layers import unwrap_compiled
 
-TargetSpec = Union[Tensor, None, Mapping[str, Union[Tensor, None]]]
+TargetSpec = Tensor | None | Mapping[str, Tensor | None]
 OutputTransform = Callable[[Any], Tensor]
 
 
@@ -124,9 +124,7 @@ def forward_backward(
     net = unwrap_compiled(model)
     layers = dict(layers or {})
     transform = output_transform or default_output_transform
-    target_sets: dict[str, Tensor | None] = (
-        dict(targets) if isinstance(targets, Mapping) else {"target": targets}
-    )
+    target_sets: dict[str, Tensor | None] = dict(targets) if isinstance(targets, Mapping) else {"target": targets}
     need_backward = gradients or input_gradient
     with probe_context(net), ActivationCapture(layers) as capture:
         # a fresh leaf outside inference mode: probes may come from inference-mode code (validate/test)

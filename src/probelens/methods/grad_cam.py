@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-LayerSpec = Union[str, Sequence[Union[str, type]], type, None]
+LayerSpec = str | Sequence[str | type] | type | None
 
 _COMPILE_PREFIX = "_orig_mod."
 

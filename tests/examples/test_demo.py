@@ -1,0 +1,35 @@
+"""The README demo, scaled down: every kind of picture lands in TensorBoard for several steps, non-blank."""
+
+import importlib.util
+from pathlib import Path
+
+from lit import decode, read_events
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_logs_filters_activations_gradcam_and_saliency(tmp_path):
+    demo = load_example("snow_vs_desert")
+    trainer = demo.main(["--n", "384", "--epochs", "3", "--probe", "4", "--logdir", str(tmp_path), "--quiet"])
+    acc = read_events(trainer.logger.log_dir)
+    tags = acc.Tags()["images"]
+    steps_per_epoch = 6  # 384 / 64
+    for kind in ("filters", "activations", "gradcam", "saliency"):
+        kind_tags = [t for t in tags if t.startswith(f"probelens/{kind}/")]
+        assert kind_tags, f"no {kind} images in {tags}"
+        for tag in kind_tags:
+            events = acc.Images(tag)
+            assert [e.step for e in events] == [steps_per_epoch * k for k in (1, 2, 3)], tag
+            for e in events:
+                assert decode(e).std() > 5, f"{tag} at step {e.step} is blank"
+    # Grad-CAM at every conv stage
+    assert len([t for t in tags if t.startswith("probelens/gradcam/")]) == 4
+    # the loss curves are on the same axis
+    assert {"train/loss", "val/loss"} <= set(acc.Tags()["scalars"])
