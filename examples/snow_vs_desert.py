@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
+from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
 from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
 
 
@@ -93,12 +93,17 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     probe = ProbeSet.from_dataset(
         val, num_samples=args.probe, per_class=True, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES
     )
+    # the shortcut verdict wants more images than the picture grids: 32 balanced probe images with masks
+    shortcut_probe = ProbeSet.from_dataset(
+        val, num_samples=32, per_class=True, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES
+    )
     logger = TensorBoardLogger(args.logdir, name=args.name or f"snow_vs_desert_p{args.p:g}")
     monitors = [
         FilterMonitor(layers=["net.0.0"]),  # first-layer RGB filters as colour patches
         ActivationMonitor(probe, layers="auto"),
         GradCAMMonitor(probe, layers="all"),  # Grad-CAM at every conv stage from one shared pass
         SaliencyMonitor(probe, methods=("vanilla", "gradient_x_input")),
+        ShortcutMonitor(shortcut_probe, on_shortcut="warn"),  # numbers + verdict + alert (needs masks)
     ]
     trainer = pl.Trainer(
         max_epochs=args.epochs,
@@ -119,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     elapsed = time.perf_counter() - start
     cost = sum(getattr(m, "fire_count", 0) for m in monitors)
     print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s ({cost} monitor log events).")
+    shortcut = monitors[-1]
+    scores = ", ".join(f"{s:.2f}" for s in shortcut.verdict.history)
+    if shortcut.alerts:
+        print(f"SHORTCUT ALERT at step(s) {shortcut.alerts}: the model decides by the background (scores: {scores}).")
+    else:
+        print(f"No shortcut alert (scores per epoch: {scores}; 0 = object, 1 = background).")
     print(f"TensorBoard run: {logger.log_dir}")
     print(f"View it with:  tensorboard --logdir {args.logdir} --samples_per_plugin images=1000")
     return trainer

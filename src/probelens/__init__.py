@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from probelens.probe import ProbeSet
 
 if TYPE_CHECKING:
-    from probelens.callbacks import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeMonitor, SaliencyMonitor
+    from probelens.callbacks import (
+        ActivationMonitor,
+        FilterMonitor,
+        GradCAMMonitor,
+        ProbeMonitor,
+        SaliencyMonitor,
+        ShortcutMonitor,
+    )
 
 __version__ = "0.1.0"
 
@@ -21,6 +28,7 @@ _LAZY = {
     "GradCAMMonitor": "probelens.callbacks",
     "ProbeMonitor": "probelens.callbacks",
     "SaliencyMonitor": "probelens.callbacks",
+    "ShortcutMonitor": "probelens.callbacks",
 }
 
 
@@ -38,5 +46,6 @@ __all__ = [
     "ProbeMonitor",
     "ProbeSet",
     "SaliencyMonitor",
+    "ShortcutMonitor",
     "__version__",
 ]

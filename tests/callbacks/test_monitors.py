@@ -9,13 +9,19 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
-from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
+from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
 from probelens.callbacks._session import session_for
+
+
+def boxes(images, targets):
+    masks = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool)
+    masks[..., 2:8, 3:9] = True
+    return masks
 
 
 def make_probe(n=6, channels=3, size=(16, 16)):
     data = random_data(32, channels=channels, size=size, seed=2)
-    return ProbeSet.from_dataset(data, num_samples=n, seed=0, class_names=["cat", "dog"])
+    return ProbeSet.from_dataset(data, num_samples=n, seed=0, class_names=["cat", "dog"], masks=boxes)
 
 
 def all_monitors(probe, **kw):
@@ -24,6 +30,7 @@ def all_monitors(probe, **kw):
         ActivationMonitor(probe, layers="auto", **kw),
         GradCAMMonitor(probe, layers="all", **kw),
         SaliencyMonitor(probe, methods=("vanilla", "gradient_x_input"), **kw),
+        ShortcutMonitor(probe, **kw),
     ]
 
 
@@ -53,7 +60,7 @@ def test_all_four_kinds_logged_on_the_loss_step_axis(tmp_path):
             pixels = decode(e)
             assert pixels.std() > 5, f"{tag} at step {e.step} is blank"
     scalars = acc.Tags()["scalars"]
-    for name in ("FilterMonitor", "ActivationMonitor", "GradCAMMonitor", "SaliencyMonitor"):
+    for name in ("FilterMonitor", "ActivationMonitor", "GradCAMMonitor", "SaliencyMonitor", "ShortcutMonitor"):
         cost = acc.Scalars(f"probelens/cost_ms/{name}")
         assert len(cost) == 3 and all(c.value > 0 for c in cost)
     # loss curves share the axis
@@ -76,7 +83,7 @@ def test_monitors_firing_together_share_one_forward(tmp_path):
     monitors = [*all_monitors(probe), GradCAMMonitor(probe, layers="auto", target="both", name="both")]
     tr = trainer(tmp_path, monitors, max_epochs=2)
     tr.fit(module, train, val)
-    assert probe_passes == [len(probe)] * 2  # 5 monitors, 2 log steps -> 2 forwards
+    assert probe_passes == [len(probe)] * 2  # 6 monitors, 2 log steps -> 2 forwards with gradients
     assert session_for(module).forward_count == 2
     assert all(m.fire_count == 2 for m in monitors)
 
@@ -163,9 +170,9 @@ def test_without_tensorboard_logger_writes_pngs_and_warns_once(tmp_path):
         tr.fit(LitClassifier(), train, val)
     assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
     pngs = sorted(glob.glob(os.path.join(logger.log_dir, "probelens_images", "**", "*.png"), recursive=True))
-    gradcam = [p for p in pngs if "gradcam" in p]
+    gradcam = [p for p in pngs if f"{os.sep}gradcam{os.sep}" in p]
     assert [os.path.basename(p) for p in gradcam] == ["step_00000002.png", "step_00000004.png"]
-    assert len(pngs) == 6  # + vanilla and gradient_x_input saliency
+    assert len(pngs) == 8  # + the Grad-CAM filmstrip, vanilla and gradient_x_input saliency
 
 
 def test_unknown_layer_fails_before_the_first_step(tmp_path):

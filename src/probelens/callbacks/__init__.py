@@ -5,5 +5,6 @@ from probelens.callbacks.base import ProbeMonitor
 from probelens.callbacks.filters import FilterMonitor
 from probelens.callbacks.grad_cam import GradCAMMonitor
 from probelens.callbacks.saliency import SaliencyMonitor
+from probelens.callbacks.shortcut import ShortcutMonitor
 
-__all__ = ["ActivationMonitor", "FilterMonitor", "GradCAMMonitor", "ProbeMonitor", "SaliencyMonitor"]
+__all__ = ["ActivationMonitor", "FilterMonitor", "GradCAMMonitor", "ProbeMonitor", "SaliencyMonitor", "ShortcutMonitor"]

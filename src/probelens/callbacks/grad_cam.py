@@ -13,7 +13,7 @@ from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
 from probelens.probe import ProbeSet
-from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap
+from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
 
 
 class GradCAMMonitor(ProbeMonitor):
@@ -33,6 +33,12 @@ class GradCAMMonitor(ProbeMonitor):
         alpha: heatmap opacity in the overlay.
         cmap: colormap name.
         max_images: log at most this many probe images.
+        filmstrip: also log ``probelens/gradcam_filmstrip/<layer>`` for the deepest layer: one row per probe image,
+            its Grad-CAM overlay at each log step so far (left to right), so the evolution is visible at a glance
+            despite TensorBoard's 10-sample default. At most ``filmstrip_frames`` steps are shown: the first, the last
+            and evenly spaced ones between.
+        filmstrip_frames: frames per strip.
+        filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
     """
 
@@ -46,6 +52,9 @@ class GradCAMMonitor(ProbeMonitor):
         alpha: float = 0.5,
         cmap: str = "jet",
         max_images: int | None = None,
+        filmstrip: bool = True,
+        filmstrip_frames: int = 16,
+        filmstrip_images: int = 8,
         **schedule: Any,
     ) -> None:
         if probe is None:
@@ -61,8 +70,16 @@ class GradCAMMonitor(ProbeMonitor):
         self.alpha = alpha
         self.cmap = cmap
         self.max_images = max_images
+        if filmstrip_frames < 2 or filmstrip_images < 1:
+            raise ValueError(
+                f"filmstrip_frames must be >= 2 and filmstrip_images >= 1, got {filmstrip_frames}, {filmstrip_images}"
+            )
+        self.filmstrip = filmstrip
+        self.filmstrip_frames = filmstrip_frames
+        self.filmstrip_images = filmstrip_images
         self.scale: dict[str, float] = {}
         self._layers: dict[str, nn.Module] = {}
+        self._frames: list[tuple[int, Tensor]] = []  # (step, uint8 [k,3,h,w]) of the deepest layer
 
     @property
     @override
@@ -114,3 +131,26 @@ class GradCAMMonitor(ProbeMonitor):
             grid_captions = [c for group in zip(*tile_captions) for c in group]
             ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
             self._image(f"probelens/gradcam/{layer}", labelled_grid(grid_tiles, grid_captions, ncol=ncol), step)
+        if self.filmstrip and self._layers:
+            self._log_filmstrip(step, list(self._layers)[-1], tiles[0])
+
+    def _log_filmstrip(self, step: int, layer: str, overlays: Tensor) -> None:
+        assert self.probe is not None
+        k = min(self.filmstrip_images, overlays.shape[0])
+        frame = overlays[:k]
+        if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
+            scale = 96 / max(frame.shape[-2:])
+            size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))
+            frame = torch.nn.functional.interpolate(frame.float(), size=size, mode="area").round().to(torch.uint8)
+        self._frames.append((step, frame))
+        if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
+            keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
+            self._frames = [self._frames[i] for i in keep]
+        chosen = [self._frames[i] for i in select_frames(len(self._frames), self.filmstrip_frames)]
+        steps = ", ".join(str(s) for s, _ in chosen)
+        rows = [torch.stack([f[i] for _, f in chosen]) for i in range(k)]
+        captions = [
+            f"#{i} {self.probe.class_name(int(self.probe.targets[i]))}" + (f" | steps {steps}" if i == 0 else "")
+            for i in range(k)
+        ]
+        self._image(f"probelens/gradcam_filmstrip/{layer}", rows_grid(rows, captions), step)

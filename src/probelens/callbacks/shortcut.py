@@ -1,0 +1,290 @@
+"""ShortcutMonitor: numbers, a verdict and an alert when the model decides by the background instead of the object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from probelens.callbacks.base import ProbeMonitor
+from probelens.methods.engine import forward_backward
+from probelens.methods.grad_cam import grad_cam_map
+from probelens.methods.layers import LayerSpec
+from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
+from probelens.metrics import (
+    ShortcutVerdict,
+    counterfactual_probes,
+    map_drift,
+    mask_area,
+    relevance_mass,
+    relevance_rank_accuracy,
+    shortcut_score,
+)
+from probelens.probe import ProbeSet
+from probelens.render import labelled_grid, saliency_to_heat, to_display_images
+
+ON_SHORTCUT = ("warn", "stop", "ignore")
+
+SCALAR_TAGS = (
+    "shortcut/score",
+    "shortcut/mask_attribution",
+    "shortcut/mask_attribution_chance",
+    "shortcut/background_only_accuracy",
+    "shortcut/foreground_only_accuracy",
+    "shortcut/background_swap_flip_rate",
+)
+
+
+class ShortcutMonitor(ProbeMonitor):
+    """Measures, at every log step, whether the model decides by the object or by the background.
+
+    With foreground masks in the probe set it logs (contract tags):
+
+    - ``shortcut/mask_attribution``: share of the predicted-class Grad-CAM inside the mask (relevance mass), next to
+      ``shortcut/mask_attribution_chance`` (mean mask area: what a map spread evenly would score);
+      ``shortcut/mask_attribution/<method>`` for each saliency method and ``shortcut/relevance_rank_accuracy``;
+    - ``shortcut/background_only_accuracy``: accuracy with the object inpainted away from the background;
+    - ``shortcut/foreground_only_accuracy``: accuracy with the background replaced by a neutral colour;
+    - ``shortcut/background_swap_flip_rate``: how often the prediction changes when the object is pasted onto the
+      background of a probe image of another class;
+    - ``shortcut/score`` in ``[0, 1]`` (0 = object, 1 = background), see :func:`probelens.metrics.shortcut_score`;
+    - ``shortcut/probe_accuracy``, ``shortcut/drift_previous`` and ``shortcut/drift_first`` (Grad-CAM map drift).
+
+    When the score stays at or above ``threshold`` for ``patience`` log steps (and the model is better than chance on
+    the probe), the verdict fires: a ``rank_zero_warn``, a TensorBoard text entry ``shortcut/alert`` and, with
+    ``on_shortcut="stop"``, ``trainer.should_stop = True``. An image ``shortcut/counterfactuals`` shows, per probe
+    image, original | object only | background only | background swapped with the prediction on each.
+
+    Without masks only the map drift is logged, and one message says that masks enable the verdict.
+
+    The detection uses only the model, the probe images, their labels and masks. It assumes masks that cover the object
+    and little background; masks that include background context leak it into "object only" and weaken the verdict.
+
+    Args:
+        probe: the probe set, ideally with ``masks``.
+        layer: the Grad-CAM layer; ``"auto"`` takes the deepest stage.
+        saliency_methods: one-pass saliency methods whose mask attribution is also logged.
+        on_shortcut: ``"warn"``, ``"stop"`` or ``"ignore"`` (still logs the numbers).
+        threshold: score at or above which a log step counts towards the verdict.
+        patience: consecutive counting log steps before the verdict fires.
+        min_accuracy: probe accuracy a model needs before its score counts (default: halfway between chance and 1).
+        panels: log the counterfactual image panel.
+        max_panel_images: probe images in the panel.
+        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        layer: LayerSpec = "auto",
+        *,
+        saliency_methods: Sequence[str] = ("vanilla",),
+        on_shortcut: str = "warn",
+        threshold: float = 0.5,
+        patience: int = 2,
+        min_accuracy: float | None = None,
+        panels: bool = True,
+        max_panel_images: int = 8,
+        **schedule: Any,
+    ) -> None:
+        if probe is None:
+            raise ValueError("ShortcutMonitor needs a probe set, ideally with masks: ProbeSet(images, targets, masks)")
+        super().__init__(probe, **schedule)
+        if on_shortcut not in ON_SHORTCUT:
+            raise ValueError(f"on_shortcut must be one of {ON_SHORTCUT}, got {on_shortcut!r}")
+        methods = [saliency_methods] if isinstance(saliency_methods, str) else list(saliency_methods)
+        unknown = [m for m in methods if m not in ONE_PASS_METHODS]
+        if unknown:
+            raise ValueError(f"unknown saliency method(s) {unknown}; valid: {', '.join(ONE_PASS_METHODS)}")
+        self.layer_spec = layer
+        self.saliency_methods = methods
+        self.on_shortcut = on_shortcut
+        self.min_accuracy = min_accuracy
+        self.panels = panels
+        self.max_panel_images = max_panel_images
+        self.verdict = ShortcutVerdict(threshold=threshold, patience=patience)
+        self.alerts: list[int] = []
+        self._layer: dict[str, nn.Module] = {}
+        self._first_cam: Tensor | None = None
+        self._previous_cam: Tensor | None = None
+        self._counterfactuals: Any = None
+        self._layout_written = False
+        self._said_no_masks = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "verdict": self.verdict.state_dict(), "alerts": list(self.alerts)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.verdict.load_state_dict(state_dict.get("verdict", {}))
+        self.alerts = [int(s) for s in state_dict.get("alerts", [])]
+
+    @override
+    def _configure(self, pl_module: nn.Module) -> None:
+        layers = self._resolve_layers(pl_module, self.layer_spec)
+        if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
+            name = list(layers)[-1]
+            layers = {name: layers[name]}
+        if len(layers) != 1:
+            raise ValueError(f"{self.name}: pass one layer for the mask attribution, got {list(layers)}")
+        self._check_spatial(pl_module, layers)
+        self._layer = layers
+        self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
+
+    def _chance_accuracy(self) -> float:
+        assert self.probe is not None
+        counts = torch.bincount(self.probe.targets).float()
+        return float(counts.max() / counts.sum())
+
+    @override
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        assert self.probe is not None
+        result = self._pass(pl_module, step)
+        name = next(iter(self._layer))
+        cam = grad_cam_map(result.activations[name], result.gradients["pred"][name], self.probe.image_size).cpu()
+        labels = self.probe.targets
+        preds = result.predictions.cpu()
+        metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
+        if self._previous_cam is not None:
+            metrics["shortcut/drift_previous"] = float(map_drift(self._previous_cam, cam).mean())
+            metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean())
+        if self._first_cam is None:
+            self._first_cam = cam
+        self._previous_cam = cam
+        if self.probe.masks is None:
+            if not self._said_no_masks:
+                self._said_no_masks = True
+                rank_zero_warn(
+                    f"{self.name}: the probe set has no foreground masks, so only map drift is logged. Give "
+                    "ProbeSet(masks=...) (from the dataset, boxes or a function) to enable the shortcut verdict."
+                )
+            self._log_scalars(trainer, metrics, step)
+            return
+        masks = self.probe.masks
+        metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean())
+        metrics["shortcut/mask_attribution_chance"] = float(mask_area(masks).mean())
+        metrics["shortcut/relevance_rank_accuracy"] = float(relevance_rank_accuracy(cam, masks).mean())
+        for method in self.saliency_methods:
+            heat = saliency_to_heat(saliency_from_pass(result, "pred", method).float().cpu(), "abs_sum")
+            metrics[f"shortcut/mask_attribution/{method}"] = float(relevance_mass(heat, masks).mean())
+
+        cf = self._counterfactual_batch(result.images)
+        n = len(self.probe)
+        batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped]).to(result.images)
+        cf_preds = forward_backward(pl_module, batch, None, {}, gradients=False, input_gradient=False).predictions
+        cf_preds = cf_preds.cpu()
+        bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
+        valid = cf.swap_valid.cpu()
+        chance = self._chance_accuracy()
+        bg_acc = float((bg_pred == labels).float().mean())
+        fg_acc = float((fg_pred == labels).float().mean())
+        flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
+        score = shortcut_score(bg_acc, fg_acc, flip, chance)
+        metrics.update(
+            {
+                "shortcut/background_only_accuracy": bg_acc,
+                "shortcut/foreground_only_accuracy": fg_acc,
+                "shortcut/background_swap_flip_rate": flip,
+                "shortcut/score": score,
+            }
+        )
+        self._log_scalars(trainer, metrics, step)
+        self._write_layout(trainer)
+        if self.panels:
+            self._panel(step, preds, bg_pred, fg_pred, swap_pred, cf)
+        self.verdict.min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + chance) / 2
+        if self.verdict.update(score, metrics["shortcut/probe_accuracy"]):
+            self._alert(trainer, step, metrics)
+
+    def _counterfactual_batch(self, images: Tensor) -> Any:
+        if self._counterfactuals is None:
+            assert self.probe is not None and self.probe.masks is not None
+            self._counterfactuals = counterfactual_probes(images.float().cpu(), self.probe.masks, self.probe.targets)
+        return self._counterfactuals
+
+    def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: Any) -> None:
+        assert self.probe is not None
+        k = min(self.max_panel_images, len(self.probe))
+        show = self.probe.display_images()[:k]
+        p = self.probe
+
+        def display(x: Tensor) -> Tensor:
+            return to_display_images(x[:k].float(), p.mean, p.std, p.denormalize)
+
+        tiles = torch.stack([show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)], 1)
+        captions = []
+        for i in range(k):
+            true = p.class_name(int(p.targets[i]))
+            captions += [
+                f"original ({true})\npred: {p.class_name(int(preds[i]))}",
+                f"object only\npred: {p.class_name(int(fg[i]))}",
+                f"background only\npred: {p.class_name(int(bg[i]))}",
+                f"bg swapped\npred: {p.class_name(int(swap[i]))}",
+            ]
+        grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4)
+        self._image("shortcut/counterfactuals", grid, step)
+
+    def _write_layout(self, trainer: pl.Trainer) -> None:
+        if self._layout_written:
+            return
+        self._layout_written = True
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_custom_scalars(
+                    {
+                        "probelens shortcut": {
+                            "verdict": ["Multiline", ["shortcut/score", "shortcut/probe_accuracy"]],
+                            "counterfactual accuracy": [
+                                "Multiline",
+                                [
+                                    "shortcut/background_only_accuracy",
+                                    "shortcut/foreground_only_accuracy",
+                                    "shortcut/background_swap_flip_rate",
+                                ],
+                            ],
+                            "attribution on the object": [
+                                "Multiline",
+                                ["shortcut/mask_attribution.*", "shortcut/relevance_rank_accuracy"],
+                            ],
+                            "loss": ["Multiline", [r".*loss.*"]],
+                        }
+                    }
+                )
+
+    def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.alerts.append(step)
+        if self.on_shortcut == "ignore":
+            return
+        text = (
+            f"Shortcut suspected at step {step} (epoch {trainer.current_epoch}): score {metrics['shortcut/score']:.2f} "
+            f">= {self.verdict.threshold} for {self.verdict.patience} log steps. With the object removed the model "
+            f"still scores {metrics['shortcut/background_only_accuracy']:.0%} accuracy; with a neutral background "
+            f"{metrics['shortcut/foreground_only_accuracy']:.0%}; swapping backgrounds flips "
+            f"{metrics['shortcut/background_swap_flip_rate']:.0%} of predictions. Grad-CAM mass on the object is "
+            f"{metrics['shortcut/mask_attribution']:.2f} (chance {metrics['shortcut/mask_attribution_chance']:.2f})."
+        )
+        if self._sink is not None:
+            self._sink.add_text("shortcut/alert", text, step)
+        rank_zero_warn(f"{self.name}: {text}")
+        if self.on_shortcut == "stop":
+            trainer.should_stop = True
+
+    @override
+    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False) -> None:
+        super()._fire(trainer, pl_module, allow_repeat)
+        if self.on_shortcut == "stop" and trainer.world_size > 1:
+            # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
+            trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

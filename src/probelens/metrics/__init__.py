@@ -1,0 +1,33 @@
+"""Metrics over attribution maps and counterfactual probes (torch only)."""
+
+from probelens.metrics.counterfactual import (
+    CounterfactualProbes,
+    background_only,
+    background_swap,
+    counterfactual_probes,
+    foreground_only,
+    inpaint_harmonic,
+    neutral_background,
+    swap_partners,
+)
+from probelens.metrics.drift import map_drift
+from probelens.metrics.localisation import mask_area, pointing_game, relevance_mass, relevance_rank_accuracy
+from probelens.metrics.shortcut import ShortcutVerdict, shortcut_score
+
+__all__ = [
+    "CounterfactualProbes",
+    "ShortcutVerdict",
+    "background_only",
+    "background_swap",
+    "counterfactual_probes",
+    "foreground_only",
+    "inpaint_harmonic",
+    "map_drift",
+    "mask_area",
+    "neutral_background",
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank_accuracy",
+    "shortcut_score",
+    "swap_partners",
+]

@@ -1,0 +1,52 @@
+"""Torch-only rendering of maps, overlays and captioned grids into uint8 RGB images.
+
+Every public function takes torch tensors and returns ``torch.uint8`` images on CPU, ``[3, H, W]`` for one image and
+``[N, 3, H, W]`` for a batch (normalisation helpers return floats). Importing this package does not import
+matplotlib; colormap tables are built from it lazily on first use (with hand-written fallbacks for a few maps).
+"""
+
+from probelens.render.colormap import FALLBACK_COLORMAPS, apply_colormap, colormap_lut
+from probelens.render.grid import (
+    activation_grid,
+    filmstrip,
+    filter_grid,
+    labelled_grid,
+    rows_grid,
+    select_channels,
+    select_frames,
+)
+from probelens.render.image import (
+    encode_png,
+    normalize_maps,
+    overlay_heatmap,
+    saliency_to_heat,
+    sanitize,
+    save_png,
+    to_display_images,
+    to_pil_image,
+    to_rgb_uint8,
+    upscale_nearest,
+)
+
+__all__ = [
+    "FALLBACK_COLORMAPS",
+    "activation_grid",
+    "apply_colormap",
+    "colormap_lut",
+    "encode_png",
+    "filmstrip",
+    "filter_grid",
+    "labelled_grid",
+    "normalize_maps",
+    "overlay_heatmap",
+    "rows_grid",
+    "saliency_to_heat",
+    "sanitize",
+    "save_png",
+    "select_channels",
+    "select_frames",
+    "to_display_images",
+    "to_pil_image",
+    "to_rgb_uint8",
+    "upscale_nearest",
+]

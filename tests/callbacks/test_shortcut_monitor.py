@@ -1,0 +1,109 @@
+"""ShortcutMonitor on real training runs of the snow/desert generator (CI-sized: each well under 60 s)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
+from probelens import GradCAMMonitor, ProbeSet, ShortcutMonitor
+from probelens.callbacks.shortcut import SCALAR_TAGS
+from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def leopard_module(width=8):
+    spec = importlib.util.spec_from_file_location("snow_vs_desert", EXAMPLES / "snow_vs_desert.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.LeopardClassifier(width=width)
+
+
+def run(tmp_path, p, n, epochs, **monitor_kw):
+    pl.seed_everything(0)
+    train = SnowDesertDataset(n=n, p=p, seed=0)
+    val = SnowDesertDataset(n=256, p=p, seed=1, return_masks=True)
+    probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    monitor = ShortcutMonitor(probe, **monitor_kw)
+    tr = trainer(tmp_path, [monitor], max_epochs=epochs, log_every_n_steps=10)
+    tr.fit(leopard_module(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=256))
+    return tr, monitor
+
+
+def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
+    with pytest.warns(UserWarning, match="Shortcut suspected"):
+        tr, monitor = run(tmp_path, p=1.0, n=1280, epochs=2)
+    steps_per_epoch = 20
+    assert monitor.alerts == [2 * steps_per_epoch]
+    acc = read_events(tr.logger.log_dir)
+    scalars = {tag: [s.value for s in acc.Scalars(tag)] for tag in SCALAR_TAGS}
+    assert all(len(v) == 2 for v in scalars.values())
+    assert scalars["shortcut/score"][-1] > 0.8
+    assert scalars["shortcut/background_only_accuracy"][-1] > 0.9
+    assert scalars["shortcut/background_swap_flip_rate"][-1] > 0.8
+    # the map metric sits near chance for a background model
+    assert scalars["shortcut/mask_attribution"][-1] < scalars["shortcut/mask_attribution_chance"][-1] + 0.1
+    alert = acc.Tensors("shortcut/alert/text_summary")
+    assert [e.step for e in alert] == [2 * steps_per_epoch]
+    assert b"Shortcut suspected" in alert[0].tensor_proto.string_val[0]
+    panel = acc.Images("shortcut/counterfactuals")
+    assert len(panel) == 2 and decode(panel[-1]).std() > 5
+
+
+def test_object_model_never_fires(tmp_path):
+    tr, monitor = run(tmp_path, p=0.5, n=2000, epochs=6)
+    assert monitor.alerts == []
+    acc = read_events(tr.logger.log_dir)
+    score = [s.value for s in acc.Scalars("shortcut/score")]
+    probe_acc = [s.value for s in acc.Scalars("shortcut/probe_accuracy")]
+    assert max(score) < 0.5
+    assert probe_acc[-1] > 0.8 and score[-1] < 0.2  # it learned the object, and the score says so
+    bg_acc = [s.value for s in acc.Scalars("shortcut/background_only_accuracy")]
+    assert all(0.3 < a < 0.7 for a in bg_acc)  # the background alone predicts nothing
+    mass = acc.Scalars("shortcut/mask_attribution")[-1].value
+    assert mass > acc.Scalars("shortcut/mask_attribution_chance")[-1].value + 0.1
+
+
+def test_stop_ends_the_run_cleanly(tmp_path):
+    with pytest.warns(UserWarning, match="Shortcut suspected"):
+        tr, monitor = run(tmp_path, p=1.0, n=640, epochs=6, on_shortcut="stop", patience=1)
+    assert monitor.alerts and tr.should_stop
+    assert tr.current_epoch < 5
+
+
+def test_without_masks_logs_drift_and_says_masks_enable_the_verdict(tmp_path):
+    data = random_data(32, seed=2)
+    probe = ProbeSet.from_dataset(data, num_samples=8)
+    train, val = loaders(n=32, batch_size=16)
+    monitor = ShortcutMonitor(probe, layer="model.8")
+    tr = trainer(tmp_path, [monitor], max_epochs=3)
+    with pytest.warns(UserWarning, match="masks enable the shortcut verdict|no foreground masks") as record:
+        tr.fit(LitClassifier(), train, val)
+    assert sum("no foreground masks" in str(w.message) for w in record) == 1
+    acc = read_events(tr.logger.log_dir)
+    assert len(acc.Scalars("shortcut/drift_previous")) == 2
+    assert "shortcut/score" not in acc.Tags()["scalars"]
+
+
+def test_bad_arguments():
+    probe = ProbeSet(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="on_shortcut"):
+        ShortcutMonitor(probe, on_shortcut="panic")
+    with pytest.raises(ValueError, match="patience"):
+        ShortcutMonitor(probe, patience=0)
+
+
+def test_gradcam_filmstrip_grows_with_log_steps(tmp_path):
+    probe = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4)
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(probe, layers="all", filmstrip=True)], max_epochs=3)
+    tr.fit(LitClassifier(), train, val)
+    acc = read_events(tr.logger.log_dir)
+    strips = acc.Images("probelens/gradcam_filmstrip/model.8")  # the deepest monitored layer
+    assert [e.step for e in strips] == [2, 4, 6]
+    widths = [decode(e).shape[1] for e in strips]
+    assert widths[0] < widths[1] < widths[2]

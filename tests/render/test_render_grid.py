@@ -1,0 +1,280 @@
+"""Tests for probelens.render.grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from PIL import ImageFont
+
+from probelens.render import (
+    activation_grid,
+    colormap_lut,
+    filmstrip,
+    filter_grid,
+    labelled_grid,
+    rows_grid,
+    select_channels,
+    select_frames,
+)
+from probelens.render import grid as grid_module
+
+DARK = 100  # a pixel is "text" when all channels are below this on a white background
+
+
+def _white(n: int, h: int, w: int) -> torch.Tensor:
+    return torch.full((n, 3, h, w), 255, dtype=torch.uint8)
+
+
+def _dark_mask(image: torch.Tensor) -> torch.Tensor:
+    return (image < DARK).all(dim=0)  # [H,W]
+
+
+@pytest.mark.parametrize(
+    ("n", "h", "w", "ncol", "pad", "min_tile", "tile_h", "cell_w", "nrow", "cols"),
+    [
+        (5, 32, 32, 3, 2, 128, 128, 128, 2, 3),  # x4
+        (5, 32, 32, None, 2, 128, 128, 128, 2, 3),  # default ncol = ceil(sqrt(5)) = 3
+        (4, 32, 48, 4, 3, 128, 96, 144, 1, 4),  # non-square: x3 (longer side 48 -> 144)
+        (3, 64, 64, 1, 0, 128, 128, 128, 3, 1),
+        (2, 200, 100, 2, 2, 128, 200, 128, 1, 2),  # no upscaling; narrow tile centred in a min_tile-wide cell
+        (3, 8, 8, 10, 1, 64, 64, 64, 1, 3),  # ncol clipped to N
+    ],
+)
+def test_labelled_grid_size_without_captions(
+    n: int,
+    h: int,
+    w: int,
+    ncol: int | None,
+    pad: int,
+    min_tile: int,
+    tile_h: int,
+    cell_w: int,
+    nrow: int,
+    cols: int,
+) -> None:
+    out = labelled_grid(_white(n, h, w), ncol=ncol, pad=pad, min_tile=min_tile, background=0)
+    assert out.dtype == torch.uint8
+    assert out.shape == (3, nrow * tile_h + (nrow + 1) * pad, cols * cell_w + (cols + 1) * pad)
+    # Tiles (white) land exactly at the computed positions on the black background.
+    assert (out[:, pad : pad + tile_h, pad + (cell_w - w * tile_h // h) // 2] == 255).all()
+    assert (out[:, :pad, :] == 0).all()
+
+
+def test_labelled_grid_upscales_nearest() -> None:
+    tiles = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    tiles[0, :, 0, 0] = 255
+    out = labelled_grid(tiles, pad=0, min_tile=8)
+    assert out.shape == (3, 8, 8)
+    assert (out[:, :4, :4] == 255).all()
+    assert (out[:, 4:, :] == 0).all()
+    assert (out[:, :, 4:] == 0).all()
+
+
+def test_labelled_grid_captions_draw_dark_pixels_in_caption_bands() -> None:
+    n, pad, tile = 4, 2, 128
+    tiles = _white(n, 64, 64)
+    plain = labelled_grid(tiles, ncol=2, pad=pad)
+    assert not _dark_mask(plain).any()
+    captions = ["true: snow | pred: arabian 0.87", "cat", "", "line one\nline two"]
+    out = labelled_grid(tiles, captions, ncol=2, pad=pad)
+    assert out.shape[2] == plain.shape[2]
+    extra = out.shape[1] - plain.shape[1]
+    assert extra > 0
+    assert extra % 2 == 0
+    band = extra // 2
+    dark = _dark_mask(out)
+    for i, caption in enumerate(captions):
+        r, c = divmod(i, 2)
+        y0 = pad + r * (tile + band + pad)
+        x0 = pad + c * (tile + pad)
+        assert not dark[y0 : y0 + tile, x0 : x0 + tile].any(), "text drawn over a tile"
+        in_band = dark[y0 + tile : y0 + tile + band, x0 : x0 + tile]
+        assert bool(in_band.any()) == bool(caption), caption
+    # Everything dark lies inside some caption band.
+    band_rows = torch.zeros(out.shape[1], dtype=torch.bool)
+    for r in range(2):
+        y0 = pad + r * (tile + band + pad) + tile
+        band_rows[y0 : y0 + band] = True
+    assert not dark[~band_rows].any()
+
+
+def test_labelled_grid_two_line_caption_band_is_taller() -> None:
+    tiles = _white(2, 64, 64)
+    one = labelled_grid(tiles, ["a", "b"])
+    two = labelled_grid(tiles, ["a\nb", "c"])
+    assert two.shape[1] > one.shape[1]
+    assert two.shape[2] == one.shape[2]
+
+
+def test_labelled_grid_title_on_top() -> None:
+    tiles = _white(2, 64, 64)
+    plain = labelled_grid(tiles, ncol=2)
+    titled = labelled_grid(tiles, ncol=2, title="Grad-CAM step 100")
+    top = titled.shape[1] - plain.shape[1]
+    assert top > 0
+    dark = _dark_mask(titled)
+    assert dark[:top].any()
+    assert not dark[top:].any()
+    assert torch.equal(titled[:, top:], plain)
+
+
+def test_labelled_grid_dark_background_uses_light_text() -> None:
+    tiles = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    out = labelled_grid(tiles, ["hello"], background=0, pad=0)
+    assert (out[:, 128:] > 200).all(dim=0).any()
+
+
+def test_labelled_grid_validates_inputs() -> None:
+    with pytest.raises(ValueError):
+        labelled_grid(_white(2, 8, 8), ["only one"])
+    with pytest.raises(ValueError):
+        labelled_grid(_white(0, 8, 8))
+
+
+def test_labelled_grid_with_legacy_bitmap_font(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(ImageFont, "load_default_imagefont"):
+        pytest.skip("this Pillow only has the bitmap default font; the normal tests cover it")
+    legacy = ImageFont.load_default_imagefont()
+
+    def load_default() -> ImageFont.ImageFont:  # the pre-10.1 signature: no size argument
+        return legacy
+
+    monkeypatch.setattr(grid_module.ImageFont, "load_default", load_default)
+    grid_module._load_font.cache_clear()
+    grid_module._line_height.cache_clear()
+    try:
+        out = labelled_grid(_white(2, 64, 64), ["true: snow → pred: arabian 0.87", "ok"], ncol=2)
+        assert _dark_mask(out)[128:].any()
+    finally:
+        grid_module._load_font.cache_clear()
+        grid_module._line_height.cache_clear()
+
+
+def test_rows_grid_layout_and_captions() -> None:
+    rows = [_white(2, 64, 64), _white(3, 16, 16)]  # second row upscaled x4 to 64
+    out = rows_grid(rows, pad=2, min_tile=64)
+    assert out.shape == (3, 2 * 64 + 3 * 2, max(2 * 64 + 3 * 2, 3 * 64 + 4 * 2))
+    assert not _dark_mask(out).any()
+    captioned = rows_grid(rows, ["probe 0: true snow | pred arabian 0.87", "probe 1"], pad=2, min_tile=64)
+    band = (captioned.shape[1] - out.shape[1]) // 2
+    assert band > 0
+    dark = _dark_mask(captioned)
+    assert dark[2 : 2 + band].any()
+    assert dark[2 + band + 64 + 2 : 2 + band + 64 + 2 + band].any()
+    assert not dark[2 + band : 2 + band + 64].any()
+
+
+def test_filter_grid_rgb_pure_red_filter_is_red() -> None:
+    weight = torch.randn(4, 3, 3, 3)
+    weight[0] = 0.0
+    weight[0, 0] = 1.0  # only the red input channel, all positive
+    out = filter_grid(weight)
+    # 4 filters -> 2 columns; a 3x3 kernel becomes 24x24; pad 2.
+    assert out.shape == (3, 2 * 24 + 3 * 2, 2 * 24 + 3 * 2)
+    patch = out[:, 2:26, 2:26]
+    assert (patch[0] == 255).all()
+    assert (patch[1:] == 0).all()
+
+
+def test_filter_grid_rgb_keeps_relative_colour() -> None:
+    weight = torch.zeros(1, 3, 1, 1)
+    weight[0, :, 0, 0] = torch.tensor([2.0, 1.0, 0.0])
+    out = filter_grid(weight, scale=4, pad=0)
+    assert out.shape == (3, 4, 4)
+    assert out[:, 0, 0].tolist() == [255, 128, 0]
+
+
+def test_filter_grid_deep_layer_shows_sign() -> None:
+    weight = torch.zeros(2, 5, 3, 3)
+    weight[0, :, 1, 1] = 1.0  # positive centre taps
+    weight[1, :, 1, 1] = -1.0  # negative centre taps
+    out = filter_grid(weight)
+    # one row per filter, one column per input channel, 24 px tiles, pad 2
+    assert out.shape == (3, 2 * 24 + 3 * 2, 5 * 24 + 6 * 2)
+    pos = out[:, 2 + 12, 2 + 12].int()
+    neg = out[:, 2 + 26 + 12, 2 + 12].int()
+    zero = out[:, 2 + 2, 2 + 2].int()  # a zero tap
+    assert pos[0] > pos[2] + 50  # red
+    assert neg[2] > neg[0] + 50  # blue
+    assert not torch.equal(pos, neg)
+    assert (zero > 200).all()  # white-ish: zero in a diverging map
+    assert torch.equal(out[:, 14, 14 + 26], out[:, 14, 14])  # same sign in all input channels of filter 0
+
+
+def test_filter_grid_limits_filters_and_inputs() -> None:
+    out = filter_grid(torch.randn(100, 16, 3, 3), max_filters=10)
+    assert out.shape == (3, 10 * 24 + 11 * 2, 8 * 24 + 9 * 2)
+    single = filter_grid(torch.randn(9, 1, 5, 5), scale=2, pad=1)
+    assert single.shape == (3, 3 * 10 + 4, 3 * 10 + 4)  # I == 1: square grid of O tiles
+    assert filter_grid(torch.randn(4, 2, 3, 3) * float("nan")).dtype == torch.uint8
+
+
+def test_select_channels_orders() -> None:
+    fmaps = torch.zeros(4, 2, 2)
+    fmaps[0] = 1.0
+    fmaps[1] = 3.0
+    fmaps[2] = 2.0
+    fmaps[3, 0, 0] = 10.0  # mean 2.5, max 10
+    assert select_channels(fmaps, 4, "mean").tolist() == [1, 3, 2, 0]
+    assert select_channels(fmaps, 2, "mean").tolist() == [1, 3]
+    assert select_channels(fmaps, 3, "index").tolist() == [0, 1, 2]
+    assert select_channels(fmaps, 1, "max").tolist() == [3]
+    with pytest.raises(ValueError):
+        select_channels(fmaps, 2, "random")
+
+
+@pytest.mark.parametrize(("order", "first_channel"), [("mean", 1), ("index", 0)])
+def test_activation_grid_ordering(order: str, first_channel: int) -> None:
+    fmaps = torch.zeros(3, 16, 16)
+    for c, value in enumerate([1.0, 3.0, 2.0]):
+        fmaps[c, 4 * c] = value  # channel c: one bright row at y = 4c; means ordered 1 > 2 > 0
+    out = activation_grid(fmaps, max_channels=3, order=order)
+    lut = colormap_lut("viridis")
+    # 3 tiles -> 2 columns, tiles 16 -> 128 (x8), pad 2; first tile at (2, 2).
+    assert out.shape[2] == 2 * 128 + 3 * 2
+    for c in range(3):
+        y = 2 + 4 * c * 8 + 4
+        expected = lut[255] if c == first_channel else lut[0]
+        assert torch.equal(out[:, y, 2 + 64], expected), c
+
+
+def test_activation_grid_captions_and_limits() -> None:
+    fmaps = torch.rand(1, 32, 8, 8)
+    out = activation_grid(fmaps, max_channels=4, min_tile=64)
+    plain_h = 2 * 64 + 3 * 2
+    assert out.shape[2] == 2 * 64 + 3 * 2
+    assert out.shape[1] > plain_h  # caption bands
+    assert _dark_mask(out).any()
+
+
+def test_select_frames_keeps_first_and_last() -> None:
+    assert select_frames(5, 16) == [0, 1, 2, 3, 4]
+    for n, m in [(40, 6), (17, 16), (100, 2), (1000, 16)]:
+        idx = select_frames(n, m)
+        assert len(idx) == m
+        assert idx[0] == 0
+        assert idx[-1] == n - 1
+        assert all(b > a for a, b in itertools.pairwise(idx))
+    assert select_frames(10, 1) == [9]
+
+
+def test_filmstrip_selection_and_layout() -> None:
+    frames = [torch.full((3, 128, 128), k, dtype=torch.uint8) for k in range(40)]
+    out = filmstrip(frames, max_frames=6, pad=2)
+    assert out.shape == (3, 128 + 2 * 2, 6 * 128 + 7 * 2)
+    shown = [int(out[0, 64, 2 + j * 130 + 64]) for j in range(6)]
+    assert shown == select_frames(40, 6)
+    assert shown[0] == 0
+    assert shown[-1] == 39
+
+
+def test_filmstrip_captions_and_mismatched_sizes() -> None:
+    frames = [_white(1, 64, 64)[0], _white(1, 32, 32)[0], _white(1, 64, 64)[0]]
+    out = filmstrip(frames, ["step 0", "step 100", "step 200"])
+    assert out.shape[2] == 3 * 128 + 4 * 2
+    assert out.shape[1] > 128 + 4
+    assert _dark_mask(out)[130:].any()
+    with pytest.raises(ValueError):
+        filmstrip(frames, ["too few"])
