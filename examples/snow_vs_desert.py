@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n", type=int, default=4000, help="training images")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--spot-contrast", type=float, default=1.0, help="lower = harder texture cue")
+    parser.add_argument("--spot-contrast", type=float, default=0.6, help="texture cue strength (lower = harder)")
     parser.add_argument("--probe", type=int, default=8, help="probe images")
     parser.add_argument("--logdir", default="lightning_logs")
     parser.add_argument("--name", default=None, help="run name (default: snow_vs_desert_p<P>)")
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     shortcut = monitors[-1]
     scores = ", ".join(f"{s:.2f}" for s in shortcut.verdict.history)
     if shortcut.alerts:
-        print(f"SHORTCUT ALERT at step(s) {shortcut.alerts}: the model decides by the background (scores: {scores}).")
+        print(f"SHORTCUT ALERT at step(s) {shortcut.alerts}: the model leans on the background (scores: {scores}).")
     else:
         print(f"No shortcut alert (scores per epoch: {scores}; 0 = object, 1 = background).")
     print(f"TensorBoard run: {logger.log_dir}")

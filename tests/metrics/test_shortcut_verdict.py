@@ -5,11 +5,15 @@ from probelens.metrics import ShortcutVerdict, map_drift, shortcut_score
 
 
 def test_score_extremes_and_hand_value():
-    assert shortcut_score(1.0, 0.5, 1.0, chance=0.5) == 1.0  # background model
-    assert shortcut_score(0.5, 1.0, 0.0, chance=0.5) == 0.0  # object model
-    assert shortcut_score(0.5, 0.5, 0.0, chance=0.5) == pytest.approx(1 / 3)  # constant predictions
-    # b = (0.8-0.5)/0.5 = 0.6, f = 1-(0.7-0.5)/0.5 = 0.6, s = 0.3
-    assert shortcut_score(0.8, 0.7, 0.3, chance=0.5) == pytest.approx(0.5)
+    assert shortcut_score(1.0, 1.0, chance=0.5) == 1.0  # background model
+    assert shortcut_score(0.5, 0.0, chance=0.5) == 0.0  # object model, or constant predictions
+    assert shortcut_score(0.3, 0.0, chance=0.5) == 0.0  # below chance clips to 0
+    # b = (0.95-0.5)/0.5 = 0.9, s = 0.4 -> 0.65: a model using both cues
+    assert shortcut_score(0.95, 0.4, chance=0.5) == pytest.approx(0.65)
+    # three classes: chance 1/3, b = (2/3 - 1/3) / (2/3) = 0.5
+    assert shortcut_score(2 / 3, 0.0, chance=1 / 3) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="chance"):
+        shortcut_score(0.5, 0.5, chance=1.0)
 
 
 def test_patience_prevents_false_alarms_from_noisy_steps():

@@ -76,7 +76,7 @@ class ActivationMonitor(ProbeMonitor):
         images = self.probe.display_images()[:k]
         size = self.probe.image_size
         for layer in self._layers:
-            act = result.activations[layer][:k].float().cpu()
+            act = self._finite(result.activations[layer][:k].float().cpu(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])
             channels = act.mean(dim=(0, 2, 3)).topk(c).indices
             maps = act[:, channels]

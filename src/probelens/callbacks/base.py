@@ -25,6 +25,7 @@ from probelens.callbacks._sinks import ImageSink, PngSink, TensorBoardSink
 from probelens.methods.engine import OutputTransform, ProbePass
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
+from probelens.render import sanitize
 
 TARGET_MODES = ("pred", "label", "both")
 _TB_SAMPLING_NOTICE_SHOWN = False
@@ -82,6 +83,7 @@ class ProbeMonitor(Callback):
         self._sink: ImageSink | None = None
         self._png_root: str | None = None
         self._warned_failure = False
+        self._warned_nonfinite = False
         self._val_fired_epoch = -1
 
     # ------------------------------------------------------------------ identity and state
@@ -201,6 +203,17 @@ class ProbeMonitor(Callback):
             if missing:
                 problem += ("; " if problem else "") + f"layers {missing} never run in the forward pass"
             raise ValueError(f"{self.name}: {problem}; pick convolutional layers (e.g. {convs}) or layers='auto'")
+
+    def _finite(self, values: Tensor, what: str, step: int) -> Tensor:
+        """``values`` with NaN/Inf replaced by 0; the first time it happens, a warning says where."""
+        clean, replaced = sanitize(values)
+        if replaced and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"{self.name}: non-finite values (NaN/Inf) in the {what} at step {step} were replaced by 0 for "
+                "display; the model's outputs or weights are probably diverging (check the loss and the learning rate)."
+            )
+        return clean
 
     def _image(self, tag: str, image: Tensor, step: int) -> None:
         assert self._sink is not None

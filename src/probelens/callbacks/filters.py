@@ -54,4 +54,5 @@ class FilterMonitor(ProbeMonitor):
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         for name, weight in conv_filters(pl_module, self._layers).items():
+            weight = self._finite(weight, f"weights of {name}", step)
             self._image(f"probelens/filters/{name}", filter_grid(weight, max_filters=self.max_filters), step)

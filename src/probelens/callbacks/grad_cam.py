@@ -120,6 +120,7 @@ class GradCAMMonitor(ProbeMonitor):
             tiles, tile_captions = [], []
             for target_set in self.target_sets:
                 cam = grad_cam_map(result.activations[layer][:k], result.gradients[target_set][layer][:k], size)
+                cam = self._finite(cam, f"Grad-CAM maps of {layer}", step)
                 tiles.append(overlay_heatmap(images, self._normalise(layer, cam.cpu()), self.alpha, self.cmap))
                 if len(self.target_sets) == 1:
                     tile_captions.append(captions)

@@ -94,7 +94,7 @@ class SaliencyMonitor(ProbeMonitor):
         captions = self._captions(result)[:k]
         for method in self.methods:
             for target_set in self.target_sets:
-                sal = saliency_from_pass(result, target_set, method)[:k].float().cpu()
+                sal = self._finite(saliency_from_pass(result, target_set, method)[:k].float().cpu(), method, step)
                 heat = normalize_maps(saliency_to_heat(sal, self.reduce))
                 if images is not None:
                     tiles = overlay_heatmap(images, heat, self.alpha, self.cmap)

@@ -155,6 +155,7 @@ class ShortcutMonitor(ProbeMonitor):
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
         cam = grad_cam_map(result.activations[name], result.gradients["pred"][name], self.probe.image_size).cpu()
+        cam = self._finite(cam, "Grad-CAM maps", step)
         labels = self.probe.targets
         preds = result.predictions.cpu()
         metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
@@ -192,7 +193,7 @@ class ShortcutMonitor(ProbeMonitor):
         bg_acc = float((bg_pred == labels).float().mean())
         fg_acc = float((fg_pred == labels).float().mean())
         flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
-        score = shortcut_score(bg_acc, fg_acc, flip, chance)
+        score = shortcut_score(bg_acc, flip, chance)
         metrics.update(
             {
                 "shortcut/background_only_accuracy": bg_acc,

@@ -9,26 +9,25 @@ def _clip01(x: float) -> float:
     return min(1.0, max(0.0, x))
 
 
-def shortcut_score(
-    background_only_accuracy: float, foreground_only_accuracy: float, flip_rate: float, chance: float
-) -> float:
-    """How much the model decides by the background: 0 = by the object, 1 = by the background.
+def shortcut_score(background_only_accuracy: float, flip_rate: float, chance: float) -> float:
+    """How much the model's decisions depend on the background: 0 = not at all, 1 = entirely.
 
-    The mean of three components, each in ``[0, 1]``:
+    The mean of two components, each in ``[0, 1]``:
 
-    - ``b = clip((acc_bg - c) / (1 - c))``: accuracy with the object removed, above chance ``c``;
-    - ``f = clip(1 - (acc_fg - c) / (1 - c))``: accuracy lost when the background is neutralised;
-    - ``s``: the prediction flip rate when backgrounds are swapped between classes.
+    - ``b = clip((acc_bg - c) / (1 - c))``: accuracy with the object removed, above chance ``c`` — the background
+      alone is enough for the model to decide;
+    - ``s``: the prediction flip rate when backgrounds are swapped between classes — in a conflict between object and
+      background, the background wins.
 
-    An object model scores near 0 (``b ~ 0``, ``f ~ 0``, ``s ~ 0``); a background model near 1. An untrained model
-    with constant predictions scores 1/3 (only ``f`` is high), below the default threshold of 0.5.
+    An object model scores near 0 (``b ~ 0``, ``s ~ 0``); a background model near 1; a model that uses both cues in
+    between (e.g. ``b = 0.9``, ``s = 0.4`` -> 0.65). An untrained model with constant predictions scores 0. The
+    foreground-only accuracy is reported beside the score but not part of it: a model can know the object *and*
+    lean on the background, and the latter is what the verdict is about.
     """
     if not 0.0 <= chance < 1.0:
         raise ValueError(f"chance must be in [0, 1), got {chance}")
-    scale = 1.0 - chance
-    b = _clip01((background_only_accuracy - chance) / scale)
-    f = _clip01(1.0 - (foreground_only_accuracy - chance) / scale)
-    return (b + f + _clip01(flip_rate)) / 3.0
+    b = _clip01((background_only_accuracy - chance) / (1.0 - chance))
+    return (b + _clip01(flip_rate)) / 2.0
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""Monitors run wherever Lightning runs: precisions, resume, unusual Trainer settings."""
+
+import glob
+import os
+
+import pytest
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lit import LitClassifier, loaders, random_data, read_events, trainer
+from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
+
+
+def probe():
+    return ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4)
+
+
+def monitors(p):
+    return [GradCAMMonitor(p, layers="all"), SaliencyMonitor(p), ActivationMonitor(p), FilterMonitor()]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-mixed"])
+def test_precision_plugins(tmp_path, precision):
+    mons = monitors(probe())
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, mons, max_epochs=1, precision=precision)
+    tr.fit(LitClassifier(), train, val)
+    assert [(m.fire_count, m.failure_count) for m in mons] == [(1, 0)] * 4
+    assert len(read_events(tr.logger.log_dir).Images("probelens/gradcam/model.8")) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"fast_dev_run": True}, {"limit_val_batches": 0, "max_epochs": 2}, {"logger": False, "max_epochs": 1}],
+    ids=["fast_dev_run", "limit_val_batches=0", "logger=False"],
+)
+def test_unusual_trainer_settings_do_not_break_training(tmp_path, kwargs):
+    mons = monitors(probe())
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, mons, **kwargs)
+    tr.fit(LitClassifier(), train, val)
+    assert all(m.failure_count == 0 for m in mons)
+    if "limit_val_batches" in kwargs:  # no validation loop: falls back to train-epoch end
+        assert all(m.fire_count == 2 for m in mons)
+    if kwargs.get("logger") is False:  # no logger at all: PNGs under default_root_dir
+        assert glob.glob(os.path.join(str(tmp_path), "probelens_images", "**", "*.png"), recursive=True)
+
+
+def test_resumed_run_continues_without_duplicate_steps(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    p = probe()
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    tr = trainer(
+        tmp_path, [GradCAMMonitor(p, layers="last"), ckpt], logger=logger, max_epochs=2, enable_checkpointing=True
+    )
+    tr.fit(LitClassifier(), train, val)
+    resumed_monitor = GradCAMMonitor(probe(), layers="last")  # a fresh instance with an identical probe
+    logger2 = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    tr2 = trainer(
+        tmp_path,
+        [resumed_monitor, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))],
+        logger=logger2,
+        max_epochs=4,
+        enable_checkpointing=True,
+    )
+    tr2.fit(LitClassifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed_monitor.fire_count == 4  # 2 restored from the checkpoint + 2 new
+    steps = [e.step for e in read_events(logger2.log_dir).Images("probelens/gradcam/model.8")]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_resume_with_a_different_probe_warns(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(probe(), layers="last")], max_epochs=1)
+    tr.fit(LitClassifier(), train, val)
+    tr.save_checkpoint(tmp_path / "a.ckpt")
+    other = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4, seed=5)
+    tr2 = trainer(tmp_path, [GradCAMMonitor(other, layers="last")], max_epochs=2)
+    with pytest.warns(UserWarning, match="probe set differs from the one in the checkpoint"):
+        tr2.fit(LitClassifier(), train, val, ckpt_path=str(tmp_path / "a.ckpt"))
+
+
+def test_nan_attributions_are_sanitised_and_training_goes_on(tmp_path):
+    class NaNAtEval(LitClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return out if self.training else out * float("nan")
+
+    mons = monitors(probe())[:3]
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, mons, max_epochs=1)
+    with pytest.warns(UserWarning, match="non-finite values") as record:
+        tr.fit(NaNAtEval(), train, val)
+    assert tr.global_step == 2
+    assert [(m.fire_count, m.failure_count) for m in mons] == [(1, 0)] * 3
+    nonfinite = [str(w.message) for w in record if "non-finite" in str(w.message)]
+    assert len(nonfinite) == 2  # Grad-CAM and saliency maps are NaN (activations are finite), once per monitor
+    acc = read_events(tr.logger.log_dir)
+    assert len(acc.Images("probelens/gradcam/model.8")) == 1
+    assert len(acc.Images("probelens/saliency/vanilla")) == 1
