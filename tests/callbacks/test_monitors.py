@@ -65,6 +65,9 @@ def test_all_four_kinds_logged_on_the_loss_step_axis(tmp_path):
         assert len(cost) == 3 and all(c.value > 0 for c in cost)
     # loss curves share the axis
     assert "train_loss" in scalars
+    # the architecture table, once, at fit start
+    table = acc.Tensors("probelens/architecture/text_summary")
+    assert len(table) == 1 and b"| **model.4** | Conv2d | (16, 8, 8) |" in table[0].tensor_proto.string_val[0]
     assert not any(t.startswith("probelens/failures") for t in scalars)
 
 

@@ -30,6 +30,7 @@ from probelens.render import sanitize
 TARGET_MODES = ("pred", "label", "both")
 _TB_SAMPLING_NOTICE_SHOWN = False
 _PNG_FALLBACK_WARNED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()  # one warning per trainer, not per monitor
+_ARCHITECTURE_LOGGED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()
 
 
 class ProbeMonitor(Callback):
@@ -233,6 +234,26 @@ class ProbeMonitor(Callback):
         self._configure(pl_module)
         self._sink = self._make_sink(trainer)
         self._configured_for = id(pl_module)
+        self._log_architecture(trainer, pl_module)
+
+    def _log_architecture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Once per trainer: a text table of the layers monitors can target (name, type, shape, params, RF)."""
+        if self.probe is None or trainer in _ARCHITECTURE_LOGGED or not trainer.is_global_zero:
+            return
+        _ARCHITECTURE_LOGGED.add(trainer)
+        from probelens.methods.summary import layer_summary, summary_markdown
+
+        try:
+            net = unwrap_compiled(pl_module)
+            param = next(iter(net.parameters()), None)
+            example = self.probe.images[:1]
+            if param is not None:
+                example = example.to(device=param.device, dtype=param.dtype)
+            table = summary_markdown(layer_summary(net, example), self.probe.image_size)
+            assert self._sink is not None
+            self._sink.add_text("probelens/architecture", table, int(trainer.global_step))
+        except Exception as err:  # a summary is a convenience: never let it stop training
+            rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")
 
     def _make_sink(self, trainer: pl.Trainer) -> ImageSink:
         global _TB_SAMPLING_NOTICE_SHOWN

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,7 +11,11 @@ from torch import nn
 from typing_extensions import override
 
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
-from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
+from probelens.methods.expected_gradients import expected_gradients
+from probelens.methods.integrated_gradients import integrated_gradients
+from probelens.methods.layers import unwrap_compiled
+from probelens.methods.saliency import ONE_PASS_METHODS, saliency, saliency_from_pass
+from probelens.methods.smoothgrad import smoothgrad
 from probelens.probe import ProbeSet
 from probelens.render import (
     apply_colormap,
@@ -23,6 +28,27 @@ from probelens.render import (
 
 REDUCTIONS = ("abs_max", "abs_sum", "sum", "l2")
 
+# methods that need their own passes (noise samples, path points, modified ReLU backward): computed batched and
+# chunked by the functional API, for the same target classes as the shared pass
+MULTI_PASS_METHODS: dict[str, Callable[..., Any]] = {
+    "guided_backprop": saliency,
+    "deconvnet": saliency,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
+    "expected_gradients": expected_gradients,
+}
+SALIENCY_METHODS = (*ONE_PASS_METHODS, *MULTI_PASS_METHODS)
+_FIXED_ARGS = {"model", "images", "targets", "output_transform", "method", "return_convergence_delta"}
+
+
+def _check_options(method: str, options: Mapping[str, Any]) -> None:
+    valid = [p for p in inspect.signature(MULTI_PASS_METHODS[method]).parameters if p not in _FIXED_ARGS]
+    if method == "smoothgrad":
+        valid.append("method")
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for saliency method {method!r}; valid: {', '.join(valid)}")
+
 
 class SaliencyMonitor(ProbeMonitor):
     """Logs saliency maps of the probe images for each method.
@@ -33,8 +59,12 @@ class SaliencyMonitor(ProbeMonitor):
 
     Args:
         probe: the probe set.
-        methods: any of ``"vanilla"`` (the input gradient) and ``"gradient_x_input"``; all come from one shared
-            forward/backward pass.
+        methods: any of ``"vanilla"`` (the input gradient) and ``"gradient_x_input"``, which come from the one shared
+            forward/backward pass, and ``"guided_backprop"``, ``"deconvnet"``, ``"smoothgrad"``,
+            ``"integrated_gradients"``, ``"expected_gradients"`` (background: the probe set itself), which run their
+            own batched passes (they cost several forward/backward passes each; consider a sparser schedule).
+        method_options: per-method keyword arguments, e.g. ``{"smoothgrad": {"samples": 32, "noise": 0.1},
+            "integrated_gradients": {"steps": 64}}``; checked at construction.
         target: ``"pred"``, ``"label"`` or ``"both"``.
         reduce: channel reduction, one of ``"abs_max"``, ``"abs_sum"``, ``"sum"``, ``"l2"``.
         overlay: draw over the probe image (``alpha``) instead of a plain heatmap.
@@ -49,6 +79,7 @@ class SaliencyMonitor(ProbeMonitor):
         probe: ProbeSet,
         methods: Sequence[str] = ("vanilla", "gradient_x_input"),
         *,
+        method_options: Mapping[str, Mapping[str, Any]] | None = None,
         target: str = "pred",
         reduce: str = "abs_max",
         overlay: bool = False,
@@ -61,9 +92,18 @@ class SaliencyMonitor(ProbeMonitor):
             raise ValueError("SaliencyMonitor needs a probe set: SaliencyMonitor(ProbeSet.from_dataset(val_dataset))")
         super().__init__(probe, **schedule)
         methods = [methods] if isinstance(methods, str) else list(methods)
-        unknown = [m for m in methods if m not in ONE_PASS_METHODS]
+        unknown = [m for m in methods if m not in SALIENCY_METHODS]
         if unknown or not methods:
-            raise ValueError(f"unknown saliency method(s) {unknown or methods}; valid: {', '.join(ONE_PASS_METHODS)}")
+            raise ValueError(f"unknown saliency method(s) {unknown or methods}; valid: {', '.join(SALIENCY_METHODS)}")
+        options = {k: dict(v) for k, v in (method_options or {}).items()}
+        for method, opts in options.items():
+            if method not in methods or method not in MULTI_PASS_METHODS:
+                raise ValueError(
+                    f"method_options given for {method!r}, which is not among the multi-pass methods requested "
+                    f"({', '.join(m for m in methods if m in MULTI_PASS_METHODS) or 'none'})"
+                )
+            _check_options(method, opts)
+        self.method_options = options
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         colormap_lut(cmap)
@@ -85,6 +125,19 @@ class SaliencyMonitor(ProbeMonitor):
     def _configure(self, pl_module: nn.Module) -> None:
         self._require({}, gradients=False, input_gradient=True, target_sets=set(self.target_sets))
 
+    def _attribution(self, pl_module: nn.Module, result: Any, target_set: str, method: str, k: int) -> Any:
+        if method in ONE_PASS_METHODS:
+            return saliency_from_pass(result, target_set, method)[:k]
+        model = unwrap_compiled(pl_module)
+        images = result.images[:k]
+        targets = result.targets[target_set][:k]
+        options = dict(self.method_options.get(method, {}))
+        if method in ("guided_backprop", "deconvnet"):
+            options["method"] = method
+        if method == "expected_gradients":
+            options.setdefault("background", result.images)
+        return MULTI_PASS_METHODS[method](model, images, targets, **options)
+
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
@@ -94,7 +147,8 @@ class SaliencyMonitor(ProbeMonitor):
         captions = self._captions(result)[:k]
         for method in self.methods:
             for target_set in self.target_sets:
-                sal = self._finite(saliency_from_pass(result, target_set, method)[:k].float().cpu(), method, step)
+                attribution = self._attribution(pl_module, result, target_set, method, k)
+                sal = self._finite(attribution.float().cpu(), method, step)
                 heat = normalize_maps(saliency_to_heat(sal, self.reduce))
                 if images is not None:
                     tiles = overlay_heatmap(images, heat, self.alpha, self.cmap)
