@@ -4,7 +4,16 @@ from probelens.callbacks.activations import ActivationMonitor
 from probelens.callbacks.base import ProbeMonitor
 from probelens.callbacks.filters import FilterMonitor
 from probelens.callbacks.grad_cam import GradCAMMonitor
+from probelens.callbacks.occlusion import OcclusionMonitor
 from probelens.callbacks.saliency import SaliencyMonitor
 from probelens.callbacks.shortcut import ShortcutMonitor
 
-__all__ = ["ActivationMonitor", "FilterMonitor", "GradCAMMonitor", "ProbeMonitor", "SaliencyMonitor", "ShortcutMonitor"]
+__all__ = [
+    "ActivationMonitor",
+    "FilterMonitor",
+    "GradCAMMonitor",
+    "OcclusionMonitor",
+    "ProbeMonitor",
+    "SaliencyMonitor",
+    "ShortcutMonitor",
+]

@@ -18,7 +18,8 @@ from probelens.render import colormap_lut, labelled_grid, normalize_maps, overla
 class OcclusionMonitor(ProbeMonitor):
     """Logs occlusion sensitivity: how much the target score drops when a window of the image is replaced.
 
-    Tags: ``probelens/occlusion`` (``/pred``, ``/label`` with ``target="both"``): overlays on a diverging colormap
+    Tags: ``probelens/occlusion/<h>x<w>`` with the window size (``/pred``, ``/label`` suffixes with
+    ``target="both"``): overlays on a diverging colormap
     centred on zero (red = hiding this region lowers the score, blue = raises it), scaled per image. All occluded
     copies go through the network in batches sized to a memory budget. Being many forward passes per image, it fires
     every 5 epochs by default.
@@ -104,4 +105,5 @@ class OcclusionMonitor(ProbeMonitor):
             heat = self._finite(attr[:, :1].float().cpu(), "occlusion maps", step)
             tiles = overlay_heatmap(shown, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-            self._image(f"probelens/occlusion{suffix}", labelled_grid(tiles, captions), step)
+            tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
+            self._image(tag, labelled_grid(tiles, captions), step)

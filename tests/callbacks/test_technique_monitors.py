@@ -1,0 +1,88 @@
+"""The multi-pass techniques as training-time monitors: real Trainer runs, event files read back."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
+from probelens import OcclusionMonitor, ProbeSet, SaliencyMonitor
+from probelens.methods import integrated_gradients, smoothgrad
+
+MULTI = ("smoothgrad", "integrated_gradients", "expected_gradients")
+
+
+def make_probe():
+    return ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4, class_names=["a", "b"])
+
+
+def test_saliency_monitor_logs_multi_pass_methods_equal_to_the_functional_api(tmp_path):
+    probe = make_probe()
+    options = {"smoothgrad": {"samples": 4, "noise": 0.1}, "integrated_gradients": {"steps": 8}}
+    monitor = SaliencyMonitor(probe, methods=("vanilla", *MULTI), method_options=options)
+    train, val = loaders(n=32, batch_size=16)
+    module = LitClassifier()
+    tr = trainer(tmp_path, [monitor], max_epochs=2)
+    tr.fit(module, train, val)
+    assert monitor.fire_count == 2 and monitor.failure_count == 0
+    acc = read_events(tr.logger.log_dir)
+    for method in ("vanilla", *MULTI):
+        events = acc.Images(f"probelens/saliency/{method}")
+        assert [e.step for e in events] == [2, 4]
+        assert decode(events[-1]).std() > 5
+    # what the monitor computes is the functional API's result for the predicted classes
+    module.eval()
+    x = probe.images
+    pred = module(x).argmax(1)
+    sg = smoothgrad(module, x, pred, samples=4, noise=0.1)
+    ig = integrated_gradients(module, x, pred, steps=8)
+    result = monitor._session.get(module, probe, tr.global_step, monitor._needs)
+    torch.testing.assert_close(monitor._attribution(module, result, "pred", "smoothgrad", 4), sg)
+    torch.testing.assert_close(monitor._attribution(module, result, "pred", "integrated_gradients", 4), ig)
+
+
+def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
+    probe = make_probe()
+    sparse = OcclusionMonitor(probe, window=4)
+    dense = OcclusionMonitor(probe, window=8, stride=4, every_n_epochs=1, name="dense")
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [sparse, dense], max_epochs=5)
+    tr.fit(LitClassifier(), train, val)
+    assert sparse.fire_count == 1 and dense.fire_count == 5
+    acc = read_events(tr.logger.log_dir)
+    assert [e.step for e in acc.Images("probelens/occlusion/4x4")] == [10]
+    assert [e.step for e in acc.Images("probelens/occlusion/8x8")] == [2, 4, 6, 8, 10]
+    assert decode(acc.Images("probelens/occlusion/4x4")[0]).std() > 5
+
+
+def test_occlusion_monitor_argument_checks():
+    probe = make_probe()  # 16x16
+    with pytest.raises(ValueError, match="window"):
+        OcclusionMonitor(probe, window=32)
+    with pytest.raises(ValueError, match="baseline"):
+        OcclusionMonitor(probe, baseline="median")
+    with pytest.raises(ValueError, match="unknown option"):
+        SaliencyMonitor(probe, methods=("smoothgrad",), method_options={"smoothgrad": {"n_samples": 4}})
+    with pytest.raises(ValueError, match="not among the multi-pass methods"):
+        SaliencyMonitor(probe, methods=("vanilla",), method_options={"smoothgrad": {"samples": 4}})
+
+
+def test_new_monitors_keep_training_bit_identical(tmp_path):
+    def run(callbacks):
+        pl.seed_everything(3, workers=True)
+        train, val = loaders(n=32, batch_size=8)
+        module = LitClassifier(seed=5)
+        tr = trainer(tmp_path / str(len(callbacks)), callbacks, max_epochs=1, deterministic=True, logger=False)
+        tr.fit(module, train, val)
+        return module.state_dict(), torch.get_rng_state()
+
+    probe = make_probe()
+    plain, rng_plain = run([])
+    watched, rng_watched = run(
+        [
+            SaliencyMonitor(probe, methods=MULTI, method_options={"smoothgrad": {"samples": 2}}, every_n_steps=1),
+            OcclusionMonitor(probe, window=8, every_n_steps=2),
+        ]
+    )
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    assert torch.equal(rng_plain, rng_watched)
