@@ -13,6 +13,8 @@ from probelens.probe import ProbeSet
 if TYPE_CHECKING:
     from probelens.callbacks import (
         ActivationMonitor,
+        DeconvMonitor,
+        FeatureVisMonitor,
         FilterMonitor,
         GradCAMMonitor,
         OcclusionMonitor,
@@ -25,6 +27,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActivationMonitor": "probelens.callbacks",
+    "DeconvMonitor": "probelens.callbacks",
+    "FeatureVisMonitor": "probelens.callbacks",
     "FilterMonitor": "probelens.callbacks",
     "GradCAMMonitor": "probelens.callbacks",
     "OcclusionMonitor": "probelens.callbacks",
@@ -43,6 +47,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ActivationMonitor",
+    "DeconvMonitor",
+    "FeatureVisMonitor",
     "FilterMonitor",
     "GradCAMMonitor",
     "OcclusionMonitor",

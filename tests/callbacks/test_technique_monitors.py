@@ -5,10 +5,10 @@ import pytorch_lightning as pl
 import torch
 
 from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
-from probelens import OcclusionMonitor, ProbeSet, SaliencyMonitor
-from probelens.methods import integrated_gradients, smoothgrad
+from probelens import DeconvMonitor, FeatureVisMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
+from probelens.methods import deconv_projections, feature_visualization, integrated_gradients, saliency, smoothgrad
 
-MULTI = ("smoothgrad", "integrated_gradients", "expected_gradients")
+MULTI = ("guided_backprop", "deconvnet", "smoothgrad", "integrated_gradients", "expected_gradients")
 
 
 def make_probe():
@@ -38,6 +38,8 @@ def test_saliency_monitor_logs_multi_pass_methods_equal_to_the_functional_api(tm
     result = monitor._session.get(module, probe, tr.global_step, monitor._needs)
     torch.testing.assert_close(monitor._attribution(module, result, "pred", "smoothgrad", 4), sg)
     torch.testing.assert_close(monitor._attribution(module, result, "pred", "integrated_gradients", 4), ig)
+    guided = saliency(module, x, pred, method="guided_backprop")
+    torch.testing.assert_close(monitor._attribution(module, result, "pred", "guided_backprop", 4), guided)
 
 
 def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
@@ -81,8 +83,46 @@ def test_new_monitors_keep_training_bit_identical(tmp_path):
         [
             SaliencyMonitor(probe, methods=MULTI, method_options={"smoothgrad": {"samples": 2}}, every_n_steps=1),
             OcclusionMonitor(probe, window=8, every_n_steps=2),
+            DeconvMonitor(probe, layer="model.4", every_n_steps=2),
+            FeatureVisMonitor(probe, layer="model.8", channels=2, steps=4, every_n_steps=2),
         ]
     )
     for key in plain:
         assert torch.equal(plain[key], watched[key]), key
     assert torch.equal(rng_plain, rng_watched)
+
+
+def test_deconv_and_feature_vis_monitors(tmp_path):
+    probe = make_probe()
+    deconv = DeconvMonitor(probe, layer="model.4", top_k=3, max_images=2, every_n_epochs=1)
+    fvis = FeatureVisMonitor(probe, layer="model.8", channels=4, steps=8, every_n_epochs=1)
+    classes = FeatureVisMonitor(probe, layer=None, steps=8, every_n_epochs=2, name="classes")
+    train, val = loaders(n=32, batch_size=16)
+    module = LitClassifier()
+    tr = trainer(tmp_path, [deconv, fvis, classes], max_epochs=2)
+    tr.fit(module, train, val)
+    assert [(m.fire_count, m.failure_count) for m in (deconv, fvis, classes)] == [(2, 0), (2, 0), (1, 0)]
+    acc = read_events(tr.logger.log_dir)
+    for tag, steps in (
+        ("probelens/deconv/model.4", [2, 4]),
+        ("probelens/feature_vis/model.8", [2, 4]),
+        ("probelens/feature_vis/classes", [4]),
+    ):
+        events = acc.Images(tag)
+        assert [e.step for e in events] == steps, tag
+        assert decode(events[-1]).std() > 5, tag
+    # the same seed at every step: with unchanged weights the images are identical (comparable across training)
+    module.eval()
+    a = feature_visualization(module, "model.8", [0, 1], image_shape=(3, 16, 16), steps=8)
+    b = feature_visualization(module, "model.8", [0, 1], image_shape=(3, 16, 16), steps=8)
+    assert torch.equal(a, b)
+    proj, channels = deconv_projections(module, probe.images[:2], "model.4", top_k=3)
+    assert proj.shape == (2, 3, 3, 16, 16) and channels.shape == (2, 3)
+
+
+def test_feature_vis_channel_out_of_range_fails_at_setup(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [FeatureVisMonitor(make_probe(), layer="model.4", channels=[0, 99])], max_epochs=1)
+    with pytest.raises(ValueError, match="out of range"):
+        tr.fit(LitClassifier(), train, val)
+    assert tr.global_step == 0

@@ -2,6 +2,8 @@
 
 from probelens.callbacks.activations import ActivationMonitor
 from probelens.callbacks.base import ProbeMonitor
+from probelens.callbacks.deconv import DeconvMonitor
+from probelens.callbacks.feature_vis import FeatureVisMonitor
 from probelens.callbacks.filters import FilterMonitor
 from probelens.callbacks.grad_cam import GradCAMMonitor
 from probelens.callbacks.occlusion import OcclusionMonitor
@@ -10,6 +12,8 @@ from probelens.callbacks.shortcut import ShortcutMonitor
 
 __all__ = [
     "ActivationMonitor",
+    "DeconvMonitor",
+    "FeatureVisMonitor",
     "FilterMonitor",
     "GradCAMMonitor",
     "OcclusionMonitor",

@@ -3,8 +3,10 @@
 from probelens.methods.activations import feature_maps
 from probelens.methods.engine import ProbePass, default_output_transform, forward_backward
 from probelens.methods.expected_gradients import expected_gradients
+from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.filters import conv_filters
 from probelens.methods.grad_cam import grad_cam, grad_cam_from_pass, grad_cam_map
+from probelens.methods.guided import deconv_projections, guided_saliency, relu_backward_rule
 from probelens.methods.integrated_gradients import integrated_gradients
 from probelens.methods.layers import auto_layers, conv_layers, resolve_layers
 from probelens.methods.occlusion import occlusion
@@ -16,15 +18,19 @@ __all__ = [
     "auto_layers",
     "conv_filters",
     "conv_layers",
+    "deconv_projections",
     "default_output_transform",
     "expected_gradients",
     "feature_maps",
+    "feature_visualization",
     "forward_backward",
     "grad_cam",
     "grad_cam_from_pass",
     "grad_cam_map",
+    "guided_saliency",
     "integrated_gradients",
     "occlusion",
+    "relu_backward_rule",
     "resolve_layers",
     "saliency",
     "saliency_from_pass",

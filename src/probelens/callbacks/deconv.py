@@ -1,0 +1,102 @@
+"""DeconvMonitor: deconvnet projections (Zeiler & Fergus, 2014) of the strongest channels of a layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from typing_extensions import override
+
+from probelens.callbacks.base import ProbeMonitor
+from probelens.methods.guided import deconv_projections
+from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.probe import ProbeSet
+from probelens.render import normalize_maps, rows_grid, to_rgb_uint8
+
+
+class DeconvMonitor(ProbeMonitor):
+    """Logs, per probe image, the ``top_k`` most activated channels of a layer projected back to pixel space.
+
+    Tag: ``probelens/deconv/<layer>``: one row per probe image, the image followed by its projections (each scaled to
+    its own range, shown in the input's colours), captioned with the channel indices. Each projection keeps only the
+    strongest activation of its channel (``keep="max"``, as Zeiler & Fergus) or the whole channel (``keep="channel"``)
+    and backpropagates it with the deconvnet rule (or ``rule="guided_backprop"``). Fires every 5 epochs by default.
+
+    Args:
+        probe: the probe set.
+        layer: one layer name, or ``"auto"`` for the deepest resolution stage.
+        top_k: channels per probe image.
+        keep: ``"max"`` or ``"channel"``.
+        rule: ``"deconvnet"`` or ``"guided_backprop"``.
+        max_images: probe images (rows).
+        **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        layer: LayerSpec = "auto",
+        *,
+        top_k: int = 4,
+        keep: str = "max",
+        rule: str = "deconvnet",
+        max_images: int = 4,
+        **schedule: Any,
+    ) -> None:
+        if probe is None:
+            raise ValueError("DeconvMonitor needs a probe set: DeconvMonitor(ProbeSet.from_dataset(val_dataset))")
+        schedule.setdefault("every_n_epochs", 5)
+        super().__init__(probe, **schedule)
+        if top_k < 1 or max_images < 1:
+            raise ValueError(f"top_k and max_images must be >= 1, got {top_k} and {max_images}")
+        if keep not in ("max", "channel"):
+            raise ValueError(f"keep must be 'max' or 'channel', got {keep!r}")
+        if rule not in ("deconvnet", "guided_backprop"):
+            raise ValueError(f"rule must be 'deconvnet' or 'guided_backprop', got {rule!r}")
+        self.layer_spec = layer
+        self.top_k = top_k
+        self.keep = keep
+        self.rule = rule
+        self.max_images = max_images
+        self._layer = ""
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, layer=repr(self.layer_spec))
+
+    @override
+    def _configure(self, pl_module: nn.Module) -> None:
+        layers = self._resolve_layers(pl_module, self.layer_spec)
+        name = list(layers)[-1]
+        if len(layers) != 1 and not (isinstance(self.layer_spec, str) and self.layer_spec == "auto"):
+            raise ValueError(f"{self.name}: pass one layer, got {list(layers)}")
+        self._check_spatial(pl_module, {name: layers[name]})
+        self._layer = name
+        self._require({}, gradients=False, input_gradient=False, target_sets={"pred"})
+
+    @override
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        assert self.probe is not None
+        result = self._pass(pl_module, step)
+        k = min(self.max_images, len(self.probe))
+        projections, channels = deconv_projections(
+            unwrap_compiled(pl_module),
+            result.images[:k],
+            self._layer,
+            self.top_k,
+            self.rule,
+            keep=self.keep,
+            unsupported="ignore",
+        )
+        projections = self._finite(projections.float().cpu(), "deconvnet projections", step)
+        shown = self.probe.display_images()[:k]
+        rows, captions = [], []
+        for i in range(k):
+            scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
+            tiles = to_rgb_uint8((scaled * 255).round().to(torch.uint8))
+            rows.append(torch.cat([shown[i : i + 1], tiles]))
+            captions.append(f"#{i}: channels " + ", ".join(str(int(c)) for c in channels[i]))
+        self._image(f"probelens/deconv/{self._layer}", rows_grid(rows, captions), step)

@@ -1,0 +1,126 @@
+"""FeatureVisMonitor: activation maximisation images of chosen channels or classes, from a fixed seed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from typing_extensions import override
+
+from probelens.callbacks.base import ProbeMonitor
+from probelens.methods.engine import forward_backward
+from probelens.methods.feature_vis import feature_visualization
+from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.probe import ProbeSet
+from probelens.render import labelled_grid, to_rgb_uint8
+
+
+class FeatureVisMonitor(ProbeMonitor):
+    """Logs feature visualisations (activation maximisation, Olah et al. 2017) of a layer's channels or of classes.
+
+    Tag: ``probelens/feature_vis/<layer>`` (``probelens/feature_vis/classes`` with ``layer=None``). All channels are
+    optimised as one batch with a Fourier, colour-decorrelated parameterisation and jitter/scale/rotate robustness
+    transforms, from the same seed at every log step, so the images are comparable across training. The probe set
+    supplies the image shape and the normalisation (``mean``/``std``). Fires every 5 epochs by default.
+
+    Args:
+        probe: the probe set (image shape and normalisation; its images are not used).
+        layer: a layer name, ``"auto"`` (the deepest resolution stage) or ``None`` to maximise class logits.
+        channels: channel (or class) indices, or an int ``n`` for the first ``n`` (for classes: all classes).
+        steps: optimisation steps.
+        lr: learning rate.
+        seed: the fixed seed.
+        **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        layer: LayerSpec = "auto",
+        channels: int | Sequence[int] = 8,
+        *,
+        steps: int = 64,
+        lr: float = 0.05,
+        seed: int = 0,
+        **schedule: Any,
+    ) -> None:
+        if probe is None:
+            raise ValueError("FeatureVisMonitor needs a probe set for the image shape and normalisation")
+        schedule.setdefault("every_n_epochs", 5)
+        super().__init__(probe, **schedule)
+        if isinstance(channels, int) and channels < 1:
+            raise ValueError(f"channels must be >= 1 or a list of indices, got {channels}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.layer_spec = layer
+        self.channels_spec = channels
+        self.steps = steps
+        self.lr = lr
+        self.seed = seed
+        self._layer: str | None = None
+        self._channels: list[int] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, layer=repr(self.layer_spec))
+
+    @override
+    def _configure(self, pl_module: nn.Module) -> None:
+        assert self.probe is not None
+        net = unwrap_compiled(pl_module)
+        if self.layer_spec is None:
+            self._layer = None
+            param = next(iter(net.parameters()), None)
+            x = self.probe.images[:1] if param is None else self.probe.images[:1].to(param.device, param.dtype)
+            available = int(forward_backward(net, x, None, {}, gradients=False, input_gradient=False).logits.shape[1])
+        else:
+            layers = self._resolve_layers(pl_module, self.layer_spec)
+            name = list(layers)[-1]
+            self._check_spatial(pl_module, {name: layers[name]})
+            self._layer = name
+            available = None
+        if isinstance(self.channels_spec, int):
+            n = self.channels_spec if available is None else min(self.channels_spec, available)
+            self._channels = list(range(n))
+        else:
+            self._channels = [int(c) for c in self.channels_spec]
+        # one step at setup: a channel out of range fails now (with the layer's channel count), not after an epoch
+        feature_visualization(
+            net,
+            self._layer,
+            sorted({min(self._channels), max(self._channels)}),
+            image_shape=self._image_shape(),
+            steps=1,
+            mean=self.probe.mean,
+            std=self.probe.std,
+        )
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        assert self.probe is not None
+        return (self.probe.num_channels, *self.probe.image_size)
+
+    @override
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        assert self.probe is not None
+        images = feature_visualization(
+            unwrap_compiled(pl_module),
+            self._layer,
+            self._channels,
+            image_shape=self._image_shape(),
+            steps=self.steps,
+            lr=self.lr,
+            seed=self.seed,
+            mean=self.probe.mean,
+            std=self.probe.std,
+        )
+        images = self._finite(images.float().cpu(), "feature visualisations", step)
+        tiles = to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8))
+        if self._layer is None:
+            captions = [f"class {self.probe.class_name(c)}" for c in self._channels]
+        else:
+            captions = [f"channel {c}" for c in self._channels]
+        self._image(f"probelens/feature_vis/{self._layer or 'classes'}", labelled_grid(tiles, captions), step)
