@@ -89,3 +89,16 @@ def test_class_names_from_dataset_attribute():
     ds.classes = ["a", "b"]
     p = ProbeSet.from_dataset(ds, num_samples=2)
     assert p.class_name(1) == "b" and p.class_name(7) == "7"
+
+
+def test_masks_from_boxes():
+    masks = ProbeSet.masks_from_boxes([[1, 2, 4, 5], [0, 0, 10, 1]], (8, 10))
+    assert masks.shape == (2, 1, 8, 10) and masks.dtype == torch.bool
+    assert masks[0, 0, 2:5, 1:4].all() and masks[0].sum() == 9
+    assert masks[1, 0, 0].all() and masks[1].sum() == 10
+    p = ProbeSet(torch.randn(2, 3, 8, 10), torch.tensor([0, 1]), masks=masks)
+    assert p.has_masks
+    with pytest.raises(ValueError, match="x1 > x0"):
+        ProbeSet.masks_from_boxes([[4, 0, 2, 3]], (8, 8))
+    with pytest.raises(ValueError, match=r"\[N,4\]"):
+        ProbeSet.masks_from_boxes([[1, 2, 3]], (8, 8))

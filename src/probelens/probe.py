@@ -148,6 +148,32 @@ class ProbeSet:
             raise ValueError(f"masks of probe images {full} cover the whole image; a mask must leave some background")
         return masks
 
+    @staticmethod
+    def masks_from_boxes(boxes: Tensor | Sequence[Sequence[float]], image_size: tuple[int, int]) -> Tensor:
+        """Boolean masks ``[N,1,H,W]`` from boxes ``[N,4]`` given as ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1``
+        exclusive (a box covers columns ``x0 .. x1-1``). Fractional coordinates are rounded to the nearest pixel.
+
+        Example:
+            >>> ProbeSet.masks_from_boxes([[1, 0, 3, 2]], (3, 4))[0, 0].int().tolist()
+            [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+        """
+        b = torch.as_tensor(boxes, dtype=torch.float32)
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes must be [N,4] (x0, y0, x1, y1), got shape {tuple(b.shape)}")
+        h, w = image_size
+        b = b.round().long()
+        if (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any():
+            raise ValueError("every box needs x1 > x0 and y1 > y0 (pixels, x1/y1 exclusive)")
+        ys = torch.arange(h).view(1, h, 1)
+        xs = torch.arange(w).view(1, 1, w)
+        inside = (
+            (ys >= b[:, 1].view(-1, 1, 1))
+            & (ys < b[:, 3].view(-1, 1, 1))
+            & (xs >= b[:, 0].view(-1, 1, 1))
+            & (xs < b[:, 2].view(-1, 1, 1))
+        )
+        return inside.unsqueeze(1)
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

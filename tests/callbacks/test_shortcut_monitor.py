@@ -50,6 +50,13 @@ def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
     alert = acc.Tensors("shortcut/alert/text_summary")
     assert [e.step for e in alert] == [2 * steps_per_epoch]
     assert b"Shortcut suspected" in alert[0].tensor_proto.string_val[0]
+    # the custom-scalars layout groups the shortcut curves with the loss
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    assert "shortcut/score" in charts["verdict"] and charts["loss"] == [r".*loss.*"]
     panel = acc.Images("shortcut/counterfactuals")
     assert len(panel) == 2 and decode(panel[-1]).std() > 5
 
