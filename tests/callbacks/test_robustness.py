@@ -4,6 +4,7 @@ import glob
 import os
 
 import pytest
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lit import LitClassifier, loaders, random_data, read_events, trainer
@@ -100,3 +101,83 @@ def test_nan_attributions_are_sanitised_and_training_goes_on(tmp_path):
     acc = read_events(tr.logger.log_dir)
     assert len(acc.Images("probelens/gradcam/model.8")) == 1
     assert len(acc.Images("probelens/saliency/vanilla")) == 1
+
+
+@pytest.mark.parametrize("how", ["whole module", "submodule"])
+def test_torch_compile_explanations_equal_the_eager_model(tmp_path, how):
+    from probelens.methods import grad_cam
+
+    p = probe()
+    module = LitClassifier()
+    if how == "submodule":
+        module.model = torch.compile(module.model, backend="aot_eager")
+        layers = ["model._orig_mod.4", "model.8"]  # both spellings resolve
+        fitted = module
+    else:
+        layers = ["model.4", "model.8"]
+        fitted = torch.compile(module, backend="aot_eager")  # trainer.fit(torch.compile(model))
+    monitor = GradCAMMonitor(p, layers=layers)
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [monitor, SaliencyMonitor(p)], max_epochs=1)
+    tr.fit(fitted, train, val)
+    assert (monitor.fire_count, monitor.failure_count) == (1, 0)
+    result = monitor._session._cache[id(p)][2]
+    eager = module.model._orig_mod if how == "submodule" else module.model
+    reference = grad_cam(eager, p.images, result.targets["pred"], layers=["4", "8"])
+    from probelens.methods.grad_cam import grad_cam_map
+
+    for name, ref in reference.items():
+        ours = grad_cam_map(result.activations[f"model.{name}"], result.gradients["pred"][f"model.{name}"], (16, 16))
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(ours, ref)
+
+
+class Checkpointed(LitClassifier):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return self.model[8:](checkpoint(self.model[:8], x, use_reentrant=self.reentrant))
+
+
+def test_gradient_checkpointing(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    ok = GradCAMMonitor(probe(), layers=["model.4", "model.8"])
+    tr = trainer(tmp_path, [ok], max_epochs=1)
+    tr.fit(Checkpointed(reentrant=False), train, val)  # hooks fire twice (recompute); the maps are still right
+    assert (ok.fire_count, ok.failure_count) == (1, 0)
+    bad = GradCAMMonitor(probe(), layers=["model.4"])
+    tr = trainer(tmp_path, [bad], max_epochs=1)
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        tr.fit(Checkpointed(reentrant=True), train, val)
+    assert tr.global_step == 0
+
+
+def test_frozen_backbone_multilabel_and_dict_outputs(tmp_path):
+    class DictMultiLabel(LitClassifier):
+        def __init__(self):
+            super().__init__(num_classes=3)
+            for p in self.model[:9].parameters():
+                p.requires_grad_(False)  # frozen backbone, trainable head
+
+        def forward(self, x):
+            return {"logits": self.model(x)}
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch[0], batch[1]
+            targets = torch.nn.functional.one_hot(y, 3).float()
+            return torch.nn.functional.binary_cross_entropy_with_logits(self(x)["logits"], targets)
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+    p = probe()
+    mons = [GradCAMMonitor(p, layers="all", target="both"), SaliencyMonitor(p), ActivationMonitor(p)]
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, mons, max_epochs=1)
+    tr.fit(DictMultiLabel(), train, val)
+    assert [(m.fire_count, m.failure_count) for m in mons] == [(1, 0)] * 3
+    assert len(read_events(tr.logger.log_dir).Images("probelens/gradcam/model.0")) == 1

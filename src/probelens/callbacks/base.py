@@ -178,8 +178,9 @@ class ProbeMonitor(Callback):
                 f"{err}. Build the probe from the same dataset and transforms the model trains on."
             ) from err
 
-    def _check_spatial(self, model: nn.Module, layers: dict[str, nn.Module]) -> None:
-        """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]``."""
+    def _check_spatial(self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False) -> None:
+        """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]`` (or, with ``needs_grad``,
+        if no gradient can reach it)."""
         from probelens.methods._hooks import ActivationCapture, probe_context
         from probelens.methods.layers import conv_layers
 
@@ -192,10 +193,18 @@ class ProbeMonitor(Callback):
             x = x.to(device=param.device, dtype=param.dtype)
         capture = ActivationCapture(layers)
         try:
-            with probe_context(net), torch.no_grad(), capture:
-                net(x)
+            with probe_context(net), torch.set_grad_enabled(needs_grad), capture:
+                net(x.detach().clone().requires_grad_(needs_grad))
         except TypeError as err:
             raise ValueError(f"{self.name}: {err}") from err
+        if needs_grad:
+            detached = [name for name, out in capture.outputs.items() if not out.requires_grad]
+            if detached:
+                raise ValueError(
+                    f"{self.name}: no gradient reaches layers {detached} (gradient checkpointing with "
+                    "use_reentrant=True around them, or no_grad/detach in the forward); use "
+                    "checkpoint(..., use_reentrant=False) or pick layers outside the checkpointed block"
+                )
         bad = {name: tuple(out.shape) for name, out in capture.outputs.items() if out.dim() != 4}
         missing = [name for name in layers if name not in capture.outputs]
         if bad or missing:

@@ -98,7 +98,7 @@ class GradCAMMonitor(ProbeMonitor):
     @override
     def _configure(self, pl_module: nn.Module) -> None:
         self._layers = self._resolve_layers(pl_module, self.layers_spec)
-        self._check_spatial(pl_module, self._layers)
+        self._check_spatial(pl_module, self._layers, needs_grad=True)
         self._require(self._layers, gradients=True, input_gradient=False, target_sets=set(self.target_sets))
 
     def _normalise(self, layer: str, cam: Tensor) -> Tensor:

@@ -140,7 +140,7 @@ class ShortcutMonitor(ProbeMonitor):
             layers = {name: layers[name]}
         if len(layers) != 1:
             raise ValueError(f"{self.name}: pass one layer for the mask attribution, got {list(layers)}")
-        self._check_spatial(pl_module, layers)
+        self._check_spatial(pl_module, layers, needs_grad=True)
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
 

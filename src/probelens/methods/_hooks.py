@@ -41,6 +41,9 @@ def probe_context(model: nn.Module) -> Iterator[None]:
     - ``torch.inference_mode(False)`` + ``torch.enable_grad()``: ``trainer.validate``/``test`` run under inference
       mode and validation inside ``fit`` under ``no_grad``;
     - autocast disabled, so the pass runs in the model's own dtype;
+    - ``torch.compile`` bypassed (``torch.compiler.set_stance("force_eager")``): in a compiled forward, hooks fire
+      but the captured activations are off the autograd path, so explanations of a compiled model (also
+      ``trainer.fit(torch.compile(model))`` and compiled submodules) run its eager code, with the same weights;
     - eval mode per submodule (BatchNorm statistics and dropout untouched), flags restored;
     - CPU and CUDA RNG states forked and restored.
     """
@@ -54,6 +57,9 @@ def probe_context(model: nn.Module) -> Iterator[None]:
         stack.enter_context(torch.enable_grad())
         if device_type in ("cpu", "cuda"):
             stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        if set_stance is not None:
+            stack.enter_context(set_stance("force_eager"))
         stack.enter_context(eval_mode(model))
         yield
 

@@ -159,6 +159,14 @@ def forward_backward(
         if not need_backward:
             return result
         layer_names = list(capture.outputs) if gradients else []
+        detached = [name for name in layer_names if not capture.outputs[name].requires_grad]
+        if detached:
+            raise ValueError(
+                f"the outputs of layers {detached} are not on the autograd path, so no gradient reaches them. Typical "
+                "causes: gradient checkpointing with use_reentrant=True around these layers (use "
+                "torch.utils.checkpoint.checkpoint(..., use_reentrant=False), or pick layers outside the checkpointed "
+                "block), or a torch.no_grad()/detach() inside the model's forward"
+            )
         wrt = [capture.outputs[name] for name in layer_names]
         if input_gradient:
             wrt.append(x)
