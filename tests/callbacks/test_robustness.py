@@ -181,3 +181,33 @@ def test_frozen_backbone_multilabel_and_dict_outputs(tmp_path):
     tr.fit(DictMultiLabel(), train, val)
     assert [(m.fire_count, m.failure_count) for m in mons] == [(1, 0)] * 3
     assert len(read_events(tr.logger.log_dir).Images("probelens/gradcam/model.0")) == 1
+
+
+def test_target_out_of_range_fails_at_setup(tmp_path):
+    bad = ProbeSet(torch.randn(2, 3, 16, 16), torch.tensor([0, 5]))
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(bad)], max_epochs=1)
+    with pytest.raises(ValueError, match="probe target 5 is out of range: the model outputs 2 classes"):
+        tr.fit(LitClassifier(), train, val)
+    assert tr.global_step == 0
+
+
+def test_model_without_conv_layers_fails_at_setup(tmp_path):
+    class MLP(LitClassifier):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(probe(), layers="auto")], max_epochs=1)
+    with pytest.raises(ValueError, match="no 2-D convolution"):
+        tr.fit(MLP(), train, val)
+    assert tr.global_step == 0
+
+
+def test_filter_monitor_on_a_non_conv_layer_fails_at_setup(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [FilterMonitor(layers=["model.1"])], max_epochs=1)
+    with pytest.raises(ValueError, match="are not 2-D convolutions"):
+        tr.fit(LitClassifier(), train, val)
+    assert tr.global_step == 0

@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from probelens.callbacks._session import ProbeSession, _Needs, session_for
 from probelens.callbacks._sinks import ImageSink, PngSink, TensorBoardSink
-from probelens.methods.engine import OutputTransform, ProbePass
+from probelens.methods.engine import OutputTransform, ProbePass, default_output_transform
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
 from probelens.render import sanitize
@@ -171,12 +171,22 @@ class ProbeMonitor(Callback):
             x = x.to(device=param.device, dtype=param.dtype)
         try:
             with probe_context(net), torch.no_grad():
-                net(x)
+                output = net(x)
         except Exception as err:
             raise ValueError(
                 f"{self.name}: the model cannot run on the probe images (shape {tuple(self.probe.images.shape)}): "
                 f"{err}. Build the probe from the same dataset and transforms the model trains on."
             ) from err
+        try:
+            scores = default_output_transform(output)
+        except TypeError:
+            return  # a custom output: the monitor's output_transform handles it
+        top = int(self.probe.targets.max())
+        if scores.dim() == 2 and top >= scores.shape[1]:
+            raise ValueError(
+                f"{self.name}: probe target {top} is out of range: the model outputs {scores.shape[1]} classes. "
+                "Check the probe labels (and class_names) against the model's head."
+            )
 
     def _check_spatial(self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False) -> None:
         """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]`` (or, with ``needs_grad``,
