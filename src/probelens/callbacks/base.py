@@ -41,6 +41,8 @@ class ProbeMonitor(Callback):
         every_n_epochs: fire at the end of every n-th epoch (``None`` to disable).
         every_n_steps: fire every n optimizer steps instead (takes precedence over ``every_n_epochs``).
         log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
+        max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
+            caps the event-file bytes per image; ``None`` writes them at full size.
         name: a label for tags, warnings and the checkpoint state key (defaults to the class name).
 
     When it fires: by default at the end of validation (sanity check skipped); without a validation loop, at the end
@@ -55,6 +57,7 @@ class ProbeMonitor(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_at_start: bool = False,
+        max_image_side: int | None = 1024,
         name: str | None = None,
     ) -> None:
         super().__init__()
@@ -71,7 +74,10 @@ class ProbeMonitor(Callback):
         self.probe = probe
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
+        if max_image_side is not None and max_image_side < 16:
+            raise ValueError(f"max_image_side must be >= 16 pixels or None, got {max_image_side}")
         self.log_at_start = log_at_start
+        self.max_image_side = max_image_side
         self.name = name or type(self).__name__
         # checkpointed state
         self.fire_count = 0
@@ -237,6 +243,12 @@ class ProbeMonitor(Callback):
 
     def _image(self, tag: str, image: Tensor, step: int) -> None:
         assert self._sink is not None
+        side = max(image.shape[-2:])
+        if self.max_image_side is not None and side > self.max_image_side:
+            scale = self.max_image_side / side
+            size = (max(1, int(image.shape[-2] * scale)), max(1, int(image.shape[-1] * scale)))
+            small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
+            image = small.round().clamp(0, 255).to(torch.uint8)
         self._sink.add_image(tag, image, step)
 
     # ------------------------------------------------------------------ Lightning hooks
