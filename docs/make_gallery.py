@@ -1,6 +1,6 @@
 """Render the README gallery: train the demo CNN briefly with every monitor and save the last image of each tag.
 
-    python docs/make_gallery.py          # ~2 minutes on 2 CPU cores; writes docs/images/gallery/*.png
+python docs/make_gallery.py          # ~2 minutes on 2 CPU cores; writes docs/images/gallery/*.png
 """
 
 from __future__ import annotations
@@ -65,8 +65,14 @@ def main() -> None:
         GradCAMMonitor(probe, layers=["net.0.4", "net.0.12"]),
         SaliencyMonitor(
             probe,
-            methods=("vanilla", "gradient_x_input", "guided_backprop", "smoothgrad", "integrated_gradients",
-                     "expected_gradients"),
+            methods=(
+                "vanilla",
+                "gradient_x_input",
+                "guided_backprop",
+                "smoothgrad",
+                "integrated_gradients",
+                "expected_gradients",
+            ),
         ),
         OcclusionMonitor(probe, window=8, every_n_epochs=1),
         DeconvMonitor(probe, layer="net.0.10", every_n_epochs=1),
@@ -75,10 +81,18 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         logger = TensorBoardLogger(tmp, name="gallery")
-        trainer = pl.Trainer(max_epochs=3, logger=logger, callbacks=monitors, enable_progress_bar=False,
-                             enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
-        trainer.fit(demo.LeopardClassifier(), DataLoader(train, batch_size=64, shuffle=True),
-                    DataLoader(val, batch_size=256))
+        trainer = pl.Trainer(
+            max_epochs=3,
+            logger=logger,
+            callbacks=monitors,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(
+            demo.LeopardClassifier(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=256)
+        )
         from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
         acc = EventAccumulator(logger.log_dir, size_guidance={IMAGES: 0})

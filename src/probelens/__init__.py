@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from probelens.probe import ProbeSet
 
 if TYPE_CHECKING:
-    from probelens.callbacks import (
+    from probelens.pl import (
         ActivationMonitor,
         DeconvMonitor,
         FeatureVisMonitor,
@@ -25,24 +25,31 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "ActivationMonitor": "probelens.callbacks",
-    "DeconvMonitor": "probelens.callbacks",
-    "FeatureVisMonitor": "probelens.callbacks",
-    "FilterMonitor": "probelens.callbacks",
-    "GradCAMMonitor": "probelens.callbacks",
-    "OcclusionMonitor": "probelens.callbacks",
-    "ProbeMonitor": "probelens.callbacks",
-    "SaliencyMonitor": "probelens.callbacks",
-    "ShortcutMonitor": "probelens.callbacks",
-}
+_MONITORS = (
+    "ActivationMonitor",
+    "DeconvMonitor",
+    "FeatureVisMonitor",
+    "FilterMonitor",
+    "GradCAMMonitor",
+    "OcclusionMonitor",
+    "ProbeMonitor",
+    "SaliencyMonitor",
+    "ShortcutMonitor",
+)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    """Monitors resolve to the ``pytorch_lightning`` flavour (:mod:`probelens.pl`) when that package is installed,
+    else to the ``lightning.pytorch`` flavour (:mod:`probelens.lightning`)."""
+    if name not in _MONITORS:
         raise AttributeError(f"module 'probelens' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    try:
+        module = importlib.import_module("probelens.pl")
+    except ModuleNotFoundError as err:
+        if err.name != "pytorch_lightning":
+            raise
+        module = importlib.import_module("probelens.lightning")
+    return getattr(module, name)
 
 
 __all__ = [

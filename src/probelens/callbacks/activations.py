@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +13,9 @@ from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.layers import LayerSpec
 from probelens.probe import ProbeSet
 from probelens.render import apply_colormap, colormap_lut, rows_grid
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class ActivationMonitor(ProbeMonitor):

@@ -9,14 +9,10 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -32,9 +28,16 @@ _TB_SAMPLING_NOTICE_SHOWN = False
 _PNG_FALLBACK_WARNED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()  # one warning per trainer, not per monitor
 _ARCHITECTURE_LOGGED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()
 
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
-class ProbeMonitor(Callback):
-    """Base class of the probelens monitors.
+
+class ProbeMonitor:
+    """Base class of the probelens monitors (framework-free core).
+
+    The classes in ``probelens.callbacks`` import neither ``pytorch_lightning`` nor ``lightning``; the monitors users
+    attach to a Trainer are their thin subclasses in :mod:`probelens.pl` (``pytorch_lightning.Callback``) and
+    :mod:`probelens.lightning` (``lightning.pytorch.Callback``), which ``probelens.GradCAMMonitor`` etc. resolve to.
 
     Args:
         probe: the probe set to explain (``None`` for monitors that need no images, such as filters).
@@ -94,6 +97,10 @@ class ProbeMonitor(Callback):
         self._val_fired_epoch = -1
 
     # ------------------------------------------------------------------ identity and state
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """``ClassName{kwargs}``, as Lightning's ``Callback._generate_state_key`` (identity-only arguments)."""
+        return f"{type(self).__qualname__}{kwargs!r}"
+
     @property
     @override
     def state_key(self) -> str:
@@ -289,7 +296,7 @@ class ProbeMonitor(Callback):
     def _make_sink(self, trainer: pl.Trainer) -> ImageSink:
         global _TB_SAMPLING_NOTICE_SHOWN
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if is_tensorboard_logger(logger):
                 if not _TB_SAMPLING_NOTICE_SHOWN:
                     _TB_SAMPLING_NOTICE_SHOWN = True
                     rank_zero_info(
@@ -339,11 +346,11 @@ class ProbeMonitor(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn == "fit":  # TrainerFn is a str enum in both Lightning namespaces
             if self._epoch_due(trainer):
                 self._val_fired_epoch = trainer.current_epoch
                 self._fire(trainer, pl_module)
-        elif trainer.state.fn == TrainerFn.VALIDATING:
+        elif trainer.state.fn == "validate":
             self._fire(trainer, pl_module, allow_repeat=True)
 
     @override
@@ -403,6 +410,12 @@ class ProbeMonitor(Callback):
                 line += f"\nmap for: {self.probe.class_name(t)}"
             captions.append(line)
         return captions
+
+
+def is_tensorboard_logger(logger: Any) -> bool:
+    """True for Lightning's ``TensorBoardLogger`` from either namespace (``pytorch_lightning`` or
+    ``lightning.pytorch``), and subclasses: the core monitors import neither."""
+    return any(cls.__name__ == "TensorBoardLogger" for cls in type(logger).__mro__)
 
 
 def target_sets_for(target: str) -> list[str]:

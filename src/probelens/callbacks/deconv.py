@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from typing_extensions import override
@@ -14,6 +13,9 @@ from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.probe import ProbeSet
 from probelens.render import normalize_maps, rows_grid, to_rgb_uint8
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class DeconvMonitor(ProbeMonitor):

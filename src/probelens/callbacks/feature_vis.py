@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from typing_extensions import override
@@ -16,6 +15,9 @@ from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, to_rgb_uint8
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class FeatureVisMonitor(ProbeMonitor):

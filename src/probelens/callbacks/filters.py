@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from torch import nn
 from typing_extensions import override
 
@@ -12,6 +11,9 @@ from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
 from probelens.render import filter_grid
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class FilterMonitor(ProbeMonitor):

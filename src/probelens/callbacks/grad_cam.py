@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
@@ -14,6 +13,9 @@ from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
 from probelens.probe import ProbeSet
 from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class GradCAMMonitor(ProbeMonitor):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -13,6 +12,9 @@ from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.probe import ProbeSet
 from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class OcclusionMonitor(ProbeMonitor):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from torch import nn
 from typing_extensions import override
 
@@ -39,6 +38,9 @@ MULTI_PASS_METHODS: dict[str, Callable[..., Any]] = {
 }
 SALIENCY_METHODS = (*ONE_PASS_METHODS, *MULTI_PASS_METHODS)
 _FIXED_ARGS = {"model", "images", "targets", "output_transform", "method", "return_convergence_delta"}
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 def _check_options(method: str, options: Mapping[str, Any]) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks.base import ProbeMonitor
+from probelens.callbacks.base import ProbeMonitor, is_tensorboard_logger
 from probelens.methods.engine import forward_backward
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
@@ -39,6 +37,9 @@ SCALAR_TAGS = (
     "shortcut/foreground_only_accuracy",
     "shortcut/background_swap_flip_rate",
 )
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
 
 
 class ShortcutMonitor(ProbeMonitor):
@@ -243,7 +244,7 @@ class ShortcutMonitor(ProbeMonitor):
             return
         self._layout_written = True
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if is_tensorboard_logger(logger):
                 logger.experiment.add_custom_scalars(
                     {
                         "probelens shortcut": {

@@ -1,0 +1,118 @@
+"""Both Lightning namespaces: ``pytorch_lightning`` (probelens.pl) and ``lightning.pytorch`` (probelens.lightning)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import probelens
+from lit import decode, random_data, read_events
+from models import small_cnn
+from probelens import ProbeSet
+
+L = pytest.importorskip("lightning.pytorch")
+import pytorch_lightning  # noqa: E402
+
+from probelens import lightning as probelens_lightning  # noqa: E402
+from probelens import pl as probelens_pl  # noqa: E402
+
+
+class LitL(L.LightningModule):
+    """The same tiny classifier on the ``lightning.pytorch`` base class."""
+
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__()
+        self.model = small_cnn()
+        self.lr = lr
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self):
+        return DataLoader(random_data(32), batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(random_data(16, seed=1), batch_size=16)
+
+
+def test_each_namespace_gets_its_own_callback_subclasses():
+    for name in ("GradCAMMonitor", "SaliencyMonitor", "ShortcutMonitor", "FilterMonitor"):
+        pl_cls, l_cls = getattr(probelens_pl, name), getattr(probelens_lightning, name)
+        assert issubclass(pl_cls, pytorch_lightning.Callback) and not issubclass(pl_cls, L.Callback)
+        assert issubclass(l_cls, L.Callback) and not issubclass(l_cls, pytorch_lightning.Callback)
+        assert pl_cls.__mro__[1] is l_cls.__mro__[1]  # one framework-free core
+        assert getattr(probelens, name) is pl_cls
+    assert probelens_pl.GradCAMMonitor(ProbeSet(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))).state_key.startswith(
+        "GradCAMMonitor{"
+    )
+
+
+def test_lightning_pytorch_trainer_with_its_monitors(tmp_path):
+    probe = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4)
+    monitors = [
+        probelens_lightning.GradCAMMonitor(probe, layers="all"),
+        probelens_lightning.SaliencyMonitor(probe),
+        probelens_lightning.FilterMonitor(),
+    ]
+    logger = L.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=logger,
+        callbacks=monitors,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(LitL())
+    assert [(m.fire_count, m.failure_count) for m in monitors] == [(2, 0)] * 3
+    acc = read_events(logger.log_dir)
+    events = acc.Images("probelens/gradcam/model.8")
+    assert [e.step for e in events] == [2, 4] and decode(events[-1]).std() > 5
+
+
+@pytest.mark.parametrize("namespace", ["lightning", "pl"])
+def test_lightning_cli_accepts_the_monitors_by_class_path(tmp_path, namespace):
+    """LightningCLI validates callbacks with isinstance: each namespace's CLI needs that namespace's classes."""
+    if namespace == "lightning":
+        from lightning.pytorch.cli import LightningCLI
+
+        model_class = LitL
+    else:
+        from pytorch_lightning.cli import LightningCLI
+
+        from lit import LitClassifier as model_class
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+trainer:
+  max_epochs: 1
+  logger: false
+  enable_progress_bar: false
+  callbacks:
+    - class_path: probelens.{namespace}.FilterMonitor
+      init_args:
+        layers: all
+        max_filters: 8
+        every_n_epochs: 1
+"""
+    )
+    cli = LightningCLI(model_class, args=["--config", str(config)], run=False, save_config_callback=None)
+    monitors = [c for c in cli.trainer.callbacks if type(c).__name__ == "FilterMonitor"]
+    assert len(monitors) == 1
+    assert monitors[0].max_filters == 8 and type(monitors[0]).__module__ == f"probelens.{namespace}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("max_filters: 8", "max_filters: many"))
+    with pytest.raises(SystemExit):  # jsonargparse validates the typed constructor arguments
+        LightningCLI(model_class, args=["--config", str(bad)], run=False, save_config_callback=None)
