@@ -116,3 +116,62 @@ trainer:
     bad.write_text(config.read_text().replace("max_filters: 8", "max_filters: many"))
     with pytest.raises(SystemExit):  # jsonargparse validates the typed constructor arguments
         LightningCLI(model_class, args=["--config", str(bad)], run=False, save_config_callback=None)
+
+
+def test_lightning_cli_fit_with_probe_built_from_the_validation_data(tmp_path):
+    """No ProbeSet in YAML: monitors with probe=None pick one from the validation data when training starts, and
+    monitors with the same probe_size/probe_seed share it (one probe pass per log step)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+trainer:
+  max_epochs: 2
+  default_root_dir: {tmp_path}
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args:
+      save_dir: {tmp_path}
+      name: tb
+  enable_progress_bar: false
+  enable_checkpointing: false
+  num_sanity_val_steps: 0
+  callbacks:
+    - class_path: probelens.lightning.GradCAMMonitor
+      init_args:
+        layers: all
+        probe_size: 6
+    - class_path: probelens.lightning.SaliencyMonitor
+      init_args:
+        methods: [vanilla, smoothgrad]
+        probe_size: 6
+"""
+    )
+    cli = LightningCLI(LitL, args=["fit", "--config", str(config)], save_config_callback=None)
+    grad_cam, sal = [c for c in cli.trainer.callbacks if type(c).__module__ == "probelens.lightning"]
+    assert grad_cam.probe is sal.probe and len(grad_cam.probe) == 6
+    assert grad_cam.fire_count == 2 and sal.fire_count == 2 and sal.failure_count == 0
+    acc = read_events(cli.trainer.logger.log_dir)
+    assert [e.step for e in acc.Images("probelens/saliency/smoothgrad")] == [2, 4]
+    assert len(acc.Images("probelens/gradcam/model.4")) == 2
+
+
+def test_lazy_probe_takes_masks_normalisation_and_class_names_from_the_dataset(tmp_path):
+    from lit import LitClassifier, trainer
+    from probelens.data import SnowDesertDataset
+
+    train = SnowDesertDataset(n=64, size=16, seed=0)
+    val = SnowDesertDataset(n=32, size=16, seed=1, return_masks=True)
+    shortcut = probelens_pl.ShortcutMonitor(probe_size=8)
+    grad_cam = probelens_pl.GradCAMMonitor(probe_size=8, layers="last")
+    tr = trainer(tmp_path, [shortcut, grad_cam], max_epochs=1)
+    tr.fit(LitClassifier(), DataLoader(train, batch_size=32), DataLoader(val, batch_size=32))
+    probe = shortcut.probe
+    assert probe is grad_cam.probe and len(probe) == 8 and probe.has_masks
+    assert probe.mean == tuple(val.mean) and probe.class_names == list(val.class_names)
+    assert torch.bincount(probe.targets).tolist() == [4, 4]
+    assert shortcut.fire_count == 1 and shortcut.failure_count == 0
+    assert "shortcut/score" in read_events(tr.logger.log_dir).Tags()["scalars"]
+    with pytest.raises(ValueError, match="probe_size must be >= 1"):
+        probelens_pl.GradCAMMonitor(probe_size=0)

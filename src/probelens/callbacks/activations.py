@@ -37,7 +37,7 @@ class ActivationMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         layers: LayerSpec = "auto",
         *,
         max_channels: int = 8,
@@ -45,10 +45,6 @@ class ActivationMonitor(ProbeMonitor):
         cmap: str = "viridis",
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError(
-                "ActivationMonitor needs a probe set: ActivationMonitor(ProbeSet.from_dataset(val_dataset))"
-            )
         super().__init__(probe, **schedule)
         if max_channels < 1 or max_images < 1:
             raise ValueError(f"max_channels and max_images must be >= 1, got {max_channels} and {max_images}")

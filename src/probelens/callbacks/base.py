@@ -43,6 +43,11 @@ class ProbeMonitor:
         probe: the probe set to explain (``None`` for monitors that need no images, such as filters).
         every_n_epochs: fire at the end of every n-th epoch (``None`` to disable).
         every_n_steps: fire every n optimizer steps instead (takes precedence over ``every_n_epochs``).
+        probe_size: with ``probe=None``, the monitor builds its probe set when training starts, from the validation
+            data (else the training data) with :meth:`ProbeSet.from_dataset`: this many images, class-balanced,
+            with the dataset's ``mean``/``std``/``class_names`` attributes when it has them. Monitors with the same
+            size and seed share one probe set (and one pass). This is what a LightningCLI config uses.
+        probe_seed: the seed of that pick.
         log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
         max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
             caps the event-file bytes per image; ``None`` writes them at full size.
@@ -59,6 +64,8 @@ class ProbeMonitor:
         *,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
+        probe_size: int = 16,
+        probe_seed: int = 0,
         log_at_start: bool = False,
         max_image_side: int | None = 1024,
         name: str | None = None,
@@ -74,7 +81,11 @@ class ProbeMonitor:
                 raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
         if every_n_epochs is None and every_n_steps is None and not log_at_start:
             raise ValueError("every_n_epochs and every_n_steps are both None, so the monitor would never fire")
+        if probe_size < 1:
+            raise ValueError(f"probe_size must be >= 1, got {probe_size}")
         self.probe = probe
+        self.probe_size = probe_size
+        self.probe_seed = probe_seed
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         if max_image_side is not None and max_image_side < 16:
@@ -95,6 +106,7 @@ class ProbeMonitor:
         self._warned_failure = False
         self._warned_nonfinite = False
         self._val_fired_epoch = -1
+        self._saved_fingerprint: str | None = None
 
     # ------------------------------------------------------------------ identity and state
     def _generate_state_key(self, **kwargs: Any) -> str:
@@ -121,7 +133,11 @@ class ProbeMonitor:
         self.fire_count = int(state_dict.get("fire_count", 0))
         self.failure_count = int(state_dict.get("failure_count", 0))
         self.last_logged_step = int(state_dict.get("last_logged_step", -1))
-        saved = state_dict.get("probe_fingerprint")
+        self._saved_fingerprint = state_dict.get("probe_fingerprint")
+        self._check_fingerprint()
+
+    def _check_fingerprint(self) -> None:
+        saved = self._saved_fingerprint
         if self.probe is not None and saved is not None and saved != self.probe.fingerprint():
             rank_zero_warn(
                 f"{self.name}: the probe set differs from the one in the checkpoint (fingerprint {saved} vs "
@@ -264,15 +280,29 @@ class ProbeMonitor:
         # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
         self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
 
-    def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    needs_probe = True  # FilterMonitor shows weights only
+
+    def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule, required: bool = False) -> bool:
+        """Configure once per module; returns False while a probe set cannot be built yet (no data loaded)."""
         if self._configured_for == id(pl_module):
-            return
+            return True
+        if self.probe is None and self.needs_probe:
+            self.probe = _probe_from_trainer(trainer, self.probe_size, self.probe_seed)
+            if self.probe is None:
+                if required:
+                    raise ValueError(
+                        f"{self.name}: no probe set was given and the trainer has no validation or training data to "
+                        "build one from; pass probe=ProbeSet.from_dataset(val_dataset, num_samples=16)"
+                    )
+                return False
+            self._check_fingerprint()
         self._session = session_for(unwrap_compiled(pl_module))
         self._check_probe_fits(pl_module)
         self._configure(pl_module)
         self._sink = self._make_sink(trainer)
         self._configured_for = id(pl_module)
         self._log_architecture(trainer, pl_module)
+        return True
 
     def _log_architecture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Once per trainer: a text table of the layers monitors can target (name, type, shape, params, RF)."""
@@ -327,6 +357,7 @@ class ProbeMonitor:
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module, required=True)
         if self.log_at_start and trainer.global_step == 0:
             self._fire(trainer, pl_module)
 
@@ -371,7 +402,7 @@ class ProbeMonitor:
         if not trainer.is_global_zero:
             self.last_logged_step = step
             return
-        self._ensure_configured(trainer, pl_module)
+        self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
         try:
             self._log(step, pl_module, trainer)
@@ -410,6 +441,33 @@ class ProbeMonitor:
                 line += f"\nmap for: {self.probe.class_name(t)}"
             captions.append(line)
         return captions
+
+
+_LAZY_PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], ProbeSet]] = weakref.WeakKeyDictionary()
+
+
+def _probe_from_trainer(trainer: Any, size: int, seed: int) -> ProbeSet | None:
+    """A probe set picked from the trainer's validation (else test, else training) dataset, shared per trainer."""
+    dataset = None
+    for attr in ("val_dataloaders", "test_dataloaders", "train_dataloader"):
+        loaders = getattr(trainer, attr, None)
+        if loaders is None:
+            continue
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+            break
+        dataset = None
+    if dataset is None:
+        return None
+    cache = _LAZY_PROBES.setdefault(trainer, {})
+    key = (id(dataset), size, seed)
+    if key not in cache:
+        mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+        if not (isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list))):
+            mean = std = None
+        cache[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
+    return cache[key]
 
 
 def is_tensorboard_logger(logger: Any) -> bool:

@@ -38,7 +38,7 @@ class DeconvMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         layer: LayerSpec = "auto",
         *,
         top_k: int = 4,
@@ -47,8 +47,6 @@ class DeconvMonitor(ProbeMonitor):
         max_images: int = 4,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("DeconvMonitor needs a probe set: DeconvMonitor(ProbeSet.from_dataset(val_dataset))")
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
         if top_k < 1 or max_images < 1:

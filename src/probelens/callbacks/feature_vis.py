@@ -40,7 +40,7 @@ class FeatureVisMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         layer: LayerSpec = "auto",
         channels: int | Sequence[int] = 8,
         *,
@@ -49,8 +49,6 @@ class FeatureVisMonitor(ProbeMonitor):
         seed: int = 0,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("FeatureVisMonitor needs a probe set for the image shape and normalisation")
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
         if isinstance(channels, int) and channels < 1:

@@ -37,6 +37,8 @@ class FilterMonitor(ProbeMonitor):
         self.max_filters = max_filters
         self._layers: dict[str, nn.Module] = {}
 
+    needs_probe = False
+
     @property
     @override
     def state_key(self) -> str:

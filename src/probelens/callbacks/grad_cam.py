@@ -46,7 +46,7 @@ class GradCAMMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         layers: LayerSpec = "auto",
         *,
         target: str = "pred",
@@ -59,8 +59,6 @@ class GradCAMMonitor(ProbeMonitor):
         filmstrip_images: int = 8,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("GradCAMMonitor needs a probe set: GradCAMMonitor(ProbeSet.from_dataset(val_dataset))")
         super().__init__(probe, **schedule)
         self.target_sets = target_sets_for(target)
         if not 0.0 <= alpha <= 1.0:

@@ -41,7 +41,7 @@ class OcclusionMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
         baseline: float | str | Tensor = 0.0,
@@ -52,24 +52,19 @@ class OcclusionMonitor(ProbeMonitor):
         max_images: int | None = None,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("OcclusionMonitor needs a probe set: OcclusionMonitor(ProbeSet.from_dataset(val_dataset))")
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
-        h, w = probe.image_size
-        if window is None:
-            side = max(2, min(h, w) // 8)
-            window = (side, side)
-        window = (window, window) if isinstance(window, int) else tuple(window)
-        if len(window) != 2 or not all(isinstance(v, int) and v >= 1 for v in window) or window[0] > h or window[1] > w:
-            raise ValueError(f"window must be 1..image size {(h, w)} per side, got {window}")
-        if stride is None:
-            stride = (max(1, window[0] // 2), max(1, window[1] // 2))
+        if window is not None:
+            window = (window, window) if isinstance(window, int) else tuple(window)
+            if len(window) != 2 or not all(isinstance(v, int) and v >= 1 for v in window):
+                raise ValueError(f"window must be a positive int or (h, w) pair, got {window}")
+        self._window_spec = window
+        self._stride_spec = stride
+        if probe is not None:
+            self._set_window(probe)
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise ValueError(f"baseline must be a number, a tensor or one of {BASELINES}, got {baseline!r}")
         colormap_lut(cmap)
-        self.window = window
-        self.stride = stride
         self.baseline = baseline
         self.target = target
         self.target_sets = target_sets_for(target)
@@ -77,13 +72,24 @@ class OcclusionMonitor(ProbeMonitor):
         self.cmap = cmap
         self.max_images = max_images
 
+    def _set_window(self, probe: ProbeSet) -> None:
+        h, w = probe.image_size
+        window = self._window_spec or (max(2, min(h, w) // 8),) * 2
+        if window[0] > h or window[1] > w:
+            raise ValueError(f"window must be 1..image size {(h, w)} per side, got {window}")
+        stride = self._stride_spec or (max(1, window[0] // 2), max(1, window[1] // 2))
+        self.window: tuple[int, int] = (int(window[0]), int(window[1]))
+        self.stride = stride
+
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name, window=self.window, target=self.target)
+        return self._generate_state_key(name=self.name, window=self._window_spec, target=self.target)
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
+        assert self.probe is not None
+        self._set_window(self.probe)
         # the shared pass supplies predictions and targets (no gradients needed)
         self._require({}, gradients=False, input_gradient=False, target_sets=set(self.target_sets))
 

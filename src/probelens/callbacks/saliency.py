@@ -78,7 +78,7 @@ class SaliencyMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         methods: Sequence[str] = ("vanilla", "gradient_x_input"),
         *,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -90,8 +90,6 @@ class SaliencyMonitor(ProbeMonitor):
         max_images: int | None = None,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("SaliencyMonitor needs a probe set: SaliencyMonitor(ProbeSet.from_dataset(val_dataset))")
         super().__init__(probe, **schedule)
         methods = [methods] if isinstance(methods, str) else list(methods)
         unknown = [m for m in methods if m not in SALIENCY_METHODS]

@@ -82,7 +82,7 @@ class ShortcutMonitor(ProbeMonitor):
 
     def __init__(
         self,
-        probe: ProbeSet,
+        probe: ProbeSet | None = None,
         layer: LayerSpec = "auto",
         *,
         saliency_methods: Sequence[str] = ("vanilla",),
@@ -94,8 +94,6 @@ class ShortcutMonitor(ProbeMonitor):
         max_panel_images: int = 8,
         **schedule: Any,
     ) -> None:
-        if probe is None:
-            raise ValueError("ShortcutMonitor needs a probe set, ideally with masks: ProbeSet(images, targets, masks)")
         super().__init__(probe, **schedule)
         if on_shortcut not in ON_SHORTCUT:
             raise ValueError(f"on_shortcut must be one of {ON_SHORTCUT}, got {on_shortcut!r}")
