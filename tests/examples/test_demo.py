@@ -33,3 +33,32 @@ def test_demo_logs_filters_activations_gradcam_and_saliency(tmp_path):
     assert len([t for t in tags if t.startswith("probelens/gradcam/")]) == 4
     # the loss curves are on the same axis
     assert {"train/loss", "val/loss"} <= set(acc.Tags()["scalars"])
+
+
+def test_lightning_cli_example_with_the_yaml_config(tmp_path, monkeypatch):
+    import sys
+
+    import yaml
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    config = yaml.safe_load((EXAMPLES / "snow_vs_desert.yaml").read_text())
+    config["trainer"].update(max_epochs=2, enable_progress_bar=False)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    config["data"].update(n=256)
+    small = tmp_path / "config.yaml"
+    small.write_text(yaml.safe_dump(config))
+    cli = load_example("cli_snow_vs_desert").main(["fit", "--config", str(small)])
+    monitors = {type(m).__name__: m for m in cli.trainer.callbacks if type(m).__module__ == "probelens.pl"}
+    assert set(monitors) == {
+        "FilterMonitor",
+        "ActivationMonitor",
+        "GradCAMMonitor",
+        "SaliencyMonitor",
+        "ShortcutMonitor",
+    }
+    assert all(m.fire_count == 2 and m.failure_count == 0 for m in monitors.values())
+    assert monitors["GradCAMMonitor"].probe is monitors["SaliencyMonitor"].probe  # same probe_size/seed: shared
+    assert monitors["ShortcutMonitor"].probe.has_masks and len(monitors["ShortcutMonitor"].probe) == 32
+    tags = read_events(cli.trainer.logger.log_dir).Tags()
+    assert "probelens/gradcam/net.0.12" in tags["images"] and "shortcut/score" in tags["scalars"]
+    assert sys.modules.get("snow_vs_desert") is not None

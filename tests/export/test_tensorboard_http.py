@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,11 @@ def get_json(port: int, route: str, **params: str) -> Any:
 
 
 @contextmanager
-def tensorboard(logdir: Path, log: Path, ready: Any) -> Iterator[int]:
-    """Start ``tensorboard`` on 127.0.0.1 and yield its port once ``ready(port)`` is true; always terminate it."""
+def tensorboard(logdir: Path, log: Path, missing: Callable[[int], str | None]) -> Iterator[int]:
+    """Start ``tensorboard`` on 127.0.0.1 and yield its port once ``missing(port)`` has nothing left to report (it
+    loads the event files in the background, tag by tag and step by step); always terminate it."""
     deadline = time.monotonic() + STARTUP_BUDGET_S
+    still_missing = "no answer yet"
     for attempt in range(3):  # the free port may be taken between probing and binding it
         port = free_port()
         with open(log, "wb") as sink:
@@ -76,7 +78,8 @@ def tensorboard(logdir: Path, log: Path, ready: Any) -> Iterator[int]:
         try:
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
-                    if ready(port):
+                    still_missing = missing(port)
+                    if still_missing is None:
                         yield port
                         return
                 except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
@@ -94,7 +97,7 @@ def tensorboard(logdir: Path, log: Path, ready: Any) -> Iterator[int]:
         if exited_early and "already in use" in output and attempt < 2:
             continue
         exited = f"exited with code {proc.returncode}" if exited_early else f"timed out after {STARTUP_BUDGET_S:.0f} s"
-        pytest.fail(f"tensorboard did not serve the run ({exited}); its output:\n{output}")
+        pytest.fail(f"tensorboard did not serve the run ({exited}); missing: {still_missing}; its output:\n{output}")
 
 
 def test_tensorboard_serves_every_logged_step_of_our_tags(tmp_path):
@@ -117,11 +120,22 @@ def test_tensorboard_serves_every_logged_step_of_our_tags(tmp_path):
     assert ours <= set(logged)
     assert logged["probelens/gradcam/model.8"] == list(range(1, 13))
 
-    def ready(port: int) -> bool:
-        tags = get_json(port, "/data/plugin/images/tags")
-        return set(logged) <= set(tags.get(run, {}))
+    def missing(port: int) -> str | None:
+        listed = get_json(port, "/data/plugin/images/tags").get(run, {})
+        problems = []
+        for tag, steps in logged.items():
+            served = (
+                [e["step"] for e in get_json(port, "/data/plugin/images/images", run=run, tag=tag)]
+                if tag in listed
+                else None
+            )
+            if served != steps:  # every step, not a sample of 10 (or a partly loaded file)
+                problems.append(f"{tag}: served steps {served}, logged {steps}")
+        if "probelens/cost_ms/GradCAMMonitor" not in get_json(port, "/data/plugin/scalars/tags").get(run, {}):
+            problems.append("scalar probelens/cost_ms/GradCAMMonitor")
+        return "; ".join(problems) or None
 
-    with tensorboard(tmp_path / "logs", tmp_path / "tensorboard.log", ready) as port:
+    with tensorboard(tmp_path / "logs", tmp_path / "tensorboard.log", missing) as port:
         image_tags = get_json(port, "/data/plugin/images/tags")
         assert set(image_tags) == {run}
         assert set(image_tags[run]) == set(logged)
