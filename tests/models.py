@@ -52,3 +52,28 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, seed: int = 0) -> nn.M
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     return model
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything an explanation must leave as it found: train flags, requires_grad, .grad, state, hooks, in-place
+    ReLU flags."""
+    from probelens.methods._hooks import count_hooks
+
+    return {
+        "flags": [m.training for m in model.modules()],
+        "req": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "hooks": count_hooks(model),
+        "inplace": [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)],
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    """Two :func:`snapshot` results are identical."""
+    for key in ("flags", "req", "hooks", "inplace"):
+        assert a[key] == b[key], key
+    for x, y in zip(a["grads"], b["grads"]):
+        assert (x is None and y is None) or torch.equal(x, y)
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k

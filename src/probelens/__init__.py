@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from probelens.probe import ProbeSet
 
-if TYPE_CHECKING:
-    from probelens.pl import (
+if TYPE_CHECKING:  # the cores: the same signatures as the generated Lightning subclasses
+    from probelens.callbacks import (
         ActivationMonitor,
         DeconvMonitor,
         FeatureVisMonitor,

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,20 @@ def _load(run_dir: Path) -> Any:
     return acc
 
 
-def _frames(events: Iterable[Any]) -> list[tuple[int, Image.Image]]:
-    """Decoded RGB frames by step; a step logged twice (a resumed run) keeps the image written last."""
-    by_step: dict[int, Image.Image] = {}
-    for event in events:
-        image = Image.open(io.BytesIO(event.encoded_image_string))
-        by_step[int(event.step)] = image.convert("RGB")
+def _encoded_by_step(events: Iterable[Any]) -> list[tuple[int, bytes]]:
+    """The encoded images by step; a step logged twice (a resumed run) keeps the image written last."""
+    by_step = {int(event.step): event.encoded_image_string for event in events}
     return sorted(by_step.items())
+
+
+def _decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        return image.size
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -248,29 +255,27 @@ def stamp(image: Image.Image, text: str) -> Image.Image:
     return out
 
 
-def _canvas_size(images: Iterable[Image.Image]) -> tuple[int, int]:
-    sizes = [image.size for image in images]
-    return max(w for w, _ in sizes), max(h for _, h in sizes)
+def _stamped(encoded: Sequence[tuple[int, bytes]], size: tuple[int, int]) -> Iterator[Image.Image]:
+    """The frames, decoded one at a time, each on a canvas of ``size`` and stamped with its step.
+
+    The step band also keeps consecutive frames distinct, so the GIF writer never merges two steps into one frame.
+    """
+    for step, data in encoded:
+        yield stamp(_pad(_decode(data), size), f"step {step}")
 
 
-def _stamped(frames: list[tuple[int, Image.Image]]) -> list[Image.Image]:
-    """Frames on one canvas (the largest width and height; a tag whose picture grows over the steps, such as
-    ``probelens/gradcam_filmstrip/<layer>``, is padded rather than squeezed), each stamped with its step."""
-    size = _canvas_size(image for _, image in frames)
-    return [stamp(_pad(image, size), f"step {step}") for step, image in frames]
-
-
-def write_gif(frames: Sequence[Image.Image], path: Path, fps: float) -> None:
+def write_gif(frames: Iterable[Image.Image], path: Path, fps: float) -> None:
     """Write ``frames`` as a looping animated GIF.
 
     Args:
-        frames: RGB images of one size.
+        frames: RGB images of one size (any iterable: a generator is consumed one frame at a time).
         path: Where to write.
         fps: Frames per second.
     """
     duration = max(20, round(1000 / fps))
-    first, *rest = frames
-    first.save(path, format="GIF", save_all=True, append_images=rest, duration=duration, loop=0)
+    frames = iter(frames)
+    first = next(frames)
+    first.save(path, format="GIF", save_all=True, append_images=frames, duration=duration, loop=0)
 
 
 def write_filmstrip(frames: Sequence[Image.Image], path: Path) -> None:
@@ -350,24 +355,27 @@ def _export_run(acc: Any, run: RunExport, run_out: Path, max_frames: int, fps: f
     if image_tags:
         (run_out / "images").mkdir(parents=True, exist_ok=True)
     for tag in image_tags:
-        frames = _frames(acc.Images(tag))
-        if not frames:
+        encoded = _encoded_by_step(acc.Images(tag))
+        if not encoded:
             continue
-        stamped = _stamped(frames)
+        # one canvas for all frames: the largest width and height, so a picture that grows over the steps (such as
+        # probelens/gradcam_filmstrip/<layer>, one column per step) is padded rather than squeezed
+        sizes = [_size(data) for _, data in encoded]
+        size = (max(w for w, _ in sizes), max(h for _, h in sizes))
         name = names(tag)
         gif = run_out / "images" / f"{name}.gif"
         filmstrip = run_out / "images" / f"{name}.filmstrip.png"
-        write_gif(stamped, gif, fps)
-        chosen = evenly_spaced(len(stamped), max_frames)
-        write_filmstrip([stamped[i] for i in chosen], filmstrip)
+        write_gif(_stamped(encoded, size), gif, fps)
+        chosen = [encoded[i] for i in evenly_spaced(len(encoded), max_frames)]
+        write_filmstrip(list(_stamped(chosen, size)), filmstrip)
         run.images.append(
             TagExport(
                 tag=tag,
-                steps=[step for step, _ in frames],
+                steps=[step for step, _ in encoded],
                 gif=gif,
                 filmstrip=filmstrip,
-                filmstrip_steps=[frames[i][0] for i in chosen],
-                size=_canvas_size(image for _, image in frames),
+                filmstrip_steps=[step for step, _ in chosen],
+                size=size,
             )
         )
     scalar_tags = sorted(tags.get("scalars", []))

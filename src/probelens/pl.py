@@ -9,24 +9,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pytorch_lightning import Callback
 
 from probelens.callbacks._flavours import MONITOR_NAMES, make_monitors
 
-if TYPE_CHECKING:  # the generated classes have the cores' signatures and behaviour
-    from probelens.callbacks._flavours import (  # noqa: F401
-        ActivationMonitor,
-        DeconvMonitor,
-        FeatureVisMonitor,
-        FilterMonitor,
-        GradCAMMonitor,
-        OcclusionMonitor,
-        ProbeMonitor,
-        SaliencyMonitor,
-        ShortcutMonitor,
-    )
-
+# the classes are generated (one per framework-free core in probelens.callbacks, same signature and docs), so a
+# config's class_path "probelens.<flavour>.GradCAMMonitor" and pickling under ddp_spawn both find them here
 globals().update(make_monitors(Callback, __name__))
 __all__ = list(MONITOR_NAMES)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import Deconvolution, GuidedBackprop, Saliency
 from torch import nn
 
-from models import FunctionalReluNet, resnet18, small_cnn
+from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
 from probelens.methods._hooks import count_hooks
 from probelens.methods.feature_vis import COLOR_CORRELATION_SQRT, feature_visualization
 from probelens.methods.guided import deconv_projections, forward_to_layer, guided_saliency, relu_backward_rule
@@ -43,28 +43,6 @@ def out_of_place_copy(model):
 def function_mode_depth():
     length = getattr(torch._C, "_len_torch_function_stack", None)
     return length() if length is not None else 0
-
-
-def snapshot(model):
-    return {
-        "flags": [m.training for m in model.modules()],
-        "req": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "hooks": count_hooks(model),
-        "inplace": [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)],
-    }
-
-
-def assert_same(a, b):
-    assert a["flags"] == b["flags"]
-    assert a["req"] == b["req"]
-    assert a["hooks"] == b["hooks"]
-    assert a["inplace"] == b["inplace"]
-    for x, y in zip(a["grads"], b["grads"]):
-        assert (x is None and y is None) or torch.equal(x, y)
-    for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from models import FunctionalReluNet, resnet18, small_cnn
+from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
 from probelens.methods import _batching, grad_cam, saliency
 from probelens.methods._hooks import count_hooks
 from probelens.methods.expected_gradients import (
@@ -501,26 +501,6 @@ METHODS = {
     "layer_expected_gradients": lambda m, x, **kw: expected_gradients(m, x, samples=4, layer="4", **kw),
     "occlusion": lambda m, x, **kw: occlusion(m, x, window=6, stride=4, **kw),
 }
-
-
-def snapshot(model):
-    return {
-        "flags": [m.training for m in model.modules()],
-        "req": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "hooks": count_hooks(model),
-    }
-
-
-def assert_same(a, b):
-    assert a["flags"] == b["flags"]
-    assert a["req"] == b["req"]
-    assert a["hooks"] == b["hooks"]
-    for x, y in zip(a["grads"], b["grads"]):
-        assert (x is None and y is None) or torch.equal(x, y)
-    for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -4,29 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from models import resnet18, small_cnn
+from models import assert_same, resnet18, small_cnn, snapshot
 from probelens.methods import feature_maps, forward_backward, grad_cam, saliency
 from probelens.methods._hooks import count_hooks
-
-
-def snapshot(model):
-    return {
-        "flags": [m.training for m in model.modules()],
-        "req": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "hooks": count_hooks(model),
-    }
-
-
-def assert_same(a, b):
-    assert a["flags"] == b["flags"]
-    assert a["req"] == b["req"]
-    assert a["hooks"] == b["hooks"]
-    for x, y in zip(a["grads"], b["grads"]):
-        assert (x is None and y is None) or torch.equal(x, y)
-    for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
 
 
 @pytest.mark.parametrize("fn", ["grad_cam", "saliency", "feature_maps"])
