@@ -62,3 +62,17 @@ def test_lightning_cli_example_with_the_yaml_config(tmp_path, monkeypatch):
     tags = read_events(cli.trainer.logger.log_dir).Tags()
     assert "probelens/gradcam/net.0.12" in tags["images"] and "shortcut/score" in tags["scalars"]
     assert sys.modules.get("snow_vs_desert") is not None
+
+
+def test_quickstart_and_resnet18_examples(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    quick = load_example("quickstart").main(max_epochs=1, n=128, logdir=str(tmp_path / "q"))
+    tags = read_events(quick.logger.log_dir).Tags()
+    assert "probelens/gradcam/net.0.12" in tags["images"] and "shortcut/score" in tags["scalars"]
+    resnet = load_example("resnet18_snow_vs_desert").main(
+        ["--n", "32", "--size", "64", "--epochs", "1", "--logdir", str(tmp_path / "r")]
+    )
+    acc = read_events(resnet.logger.log_dir)
+    for layer in ("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.layer4"):  # "auto" on a ResNet
+        assert decode(acc.Images(f"probelens/gradcam/{layer}")[0]).std() > 5
+    assert "probelens/saliency/guided_backprop" in acc.Tags()["images"]
