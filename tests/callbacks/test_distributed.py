@@ -54,5 +54,5 @@ def test_ddp_logs_once_per_step_and_keeps_weights_identical(tmp_path):
     images = acc.Tags()["images"]
     assert "probelens/gradcam/model.8" in images and "probelens/filters/model.0" in images
     for tag in images:
-        assert [e.step for e in acc.Images(tag)] == [steps_per_epoch, 2 * steps_per_epoch], tag
-    assert [e.step for e in acc.Scalars("shortcut/score")] == [steps_per_epoch, 2 * steps_per_epoch]
+        assert [e.step for e in acc.Images(tag)] == [steps_per_epoch - 1, 2 * steps_per_epoch - 1], tag
+    assert [e.step for e in acc.Scalars("shortcut/score")] == [steps_per_epoch - 1, 2 * steps_per_epoch - 1]

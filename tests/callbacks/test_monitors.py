@@ -52,10 +52,14 @@ def test_all_four_kinds_logged_on_the_loss_step_axis(tmp_path):
     }
     assert expected <= set(tags), tags
     assert any(t.startswith("probelens/activations/") for t in tags)
+    # the images sit exactly on the validation loss curve's steps (Lightning logs epoch-end validation one step
+    # behind trainer.global_step: 3, 7, 11 for 4 batches per epoch)
+    val_steps = [e.step for e in acc.Scalars("val_loss")]
     steps_per_epoch = 4
+    assert val_steps == [steps_per_epoch * (k + 1) - 1 for k in range(3)]
     for tag in tags:
         events = acc.Images(tag)
-        assert [e.step for e in events] == [steps_per_epoch * (k + 1) for k in range(3)], tag
+        assert [e.step for e in events] == val_steps, tag
         for e in events:
             pixels = decode(e)
             assert pixels.std() > 5, f"{tag} at step {e.step} is blank"
@@ -137,7 +141,10 @@ def test_falls_back_to_train_epoch_end_without_validation(tmp_path):
     tr = trainer(tmp_path, [GradCAMMonitor(probe, layers="last")], max_epochs=2)
     tr.fit(LitClassifier(), train)
     acc = read_events(tr.logger.log_dir)
-    assert [e.step for e in acc.Images("probelens/gradcam/model.8")] == [2, 4]
+    # Lightning logs epoch-end training metrics one step behind global_step (2 batches per epoch: steps 1 and 3)
+    assert [e.step for e in acc.Images("probelens/gradcam/model.8")] == [1, 3]
+    epoch_marks = [e.step for e in acc.Scalars("epoch")]
+    assert {1, 3} <= set(epoch_marks)
 
 
 def test_every_n_steps_schedule(tmp_path):
@@ -146,7 +153,10 @@ def test_every_n_steps_schedule(tmp_path):
     tr = trainer(tmp_path, [SaliencyMonitor(probe, methods="vanilla", every_n_steps=3)], max_epochs=2)
     tr.fit(LitClassifier(), train, val)
     acc = read_events(tr.logger.log_dir)
-    assert [e.step for e in acc.Images("probelens/saliency/vanilla")] == [3, 6]
+    # fired after batches 3 and 6 (global_step 3, 6), written where Lightning writes those batches' train_loss
+    steps = [e.step for e in acc.Images("probelens/saliency/vanilla")]
+    assert steps == [2, 5]
+    assert set(steps) <= {e.step for e in acc.Scalars("train_loss")}
 
 
 def test_failing_explanation_warns_once_and_training_goes_on(tmp_path):
@@ -177,7 +187,7 @@ def test_without_tensorboard_logger_writes_pngs_and_warns_once(tmp_path):
     assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
     pngs = sorted(glob.glob(os.path.join(logger.log_dir, "probelens_images", "**", "*.png"), recursive=True))
     gradcam = [p for p in pngs if f"{os.sep}gradcam{os.sep}" in p]
-    assert [os.path.basename(p) for p in gradcam] == ["step_00000002.png", "step_00000004.png"]
+    assert [os.path.basename(p) for p in gradcam] == ["step_00000001.png", "step_00000003.png"]
     assert len(pngs) == 8  # + the Grad-CAM filmstrip, vanilla and gradient_x_input saliency
 
 

@@ -69,7 +69,8 @@ def test_resumed_run_continues_without_duplicate_steps(tmp_path):
     tr2.fit(LitClassifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed_monitor.fire_count == 4  # 2 restored from the checkpoint + 2 new
     steps = [e.step for e in read_events(logger2.log_dir).Images("probelens/gradcam/model.8")]
-    assert steps == [2, 4, 6, 8]
+    assert steps == [1, 3, 5, 7]  # one per epoch on the val_loss steps, none repeated after the resume
+    assert steps == [e.step for e in read_events(logger2.log_dir).Scalars("val_loss")]
 
 
 def test_resume_with_a_different_probe_warns(tmp_path):

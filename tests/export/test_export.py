@@ -38,16 +38,18 @@ def logged_run(tmp_path_factory) -> LoggedRun:
     logdir = tmp_path_factory.mktemp("logs")
     probe = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=6, seed=0, class_names=["cat", "dog"])
     monitors = [
-        GradCAMMonitor(probe, layers="all"),  # end of each validation: steps 4, 8, 12
-        SaliencyMonitor(probe, methods=("vanilla", "gradient_x_input"), every_n_steps=2),  # steps 2, 4, ..., 12
+        GradCAMMonitor(probe, layers="all"),  # end of each validation: the val_loss steps 3, 7, 11
+        SaliencyMonitor(
+            probe, methods=("vanilla", "gradient_x_input"), every_n_steps=2
+        ),  # train_loss steps 1, 3, .. 11
     ]
     train, val = loaders(n=64, batch_size=16)
     tr = trainer(logdir, monitors, max_epochs=3)
     tr.fit(LitClassifier(), train, val)
     acc = read_events(tr.logger.log_dir)
     images = {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
-    assert images["probelens/gradcam/model.8"] == [4, 8, 12]
-    assert images["probelens/saliency/vanilla"] == [2, 4, 6, 8, 10, 12]
+    assert images["probelens/gradcam/model.8"] == [3, 7, 11]
+    assert images["probelens/saliency/vanilla"] == [1, 3, 5, 7, 9, 11]
     heights = {tag: max(e.height for e in acc.Images(tag)) for tag in images}
     return LoggedRun(
         logdir=logdir, run_dir=Path(tr.logger.log_dir), images=images, heights=heights, scalars=acc.Tags()["scalars"]
@@ -198,6 +200,28 @@ def test_python_dash_m_probelens_export_writes_to_the_default_folder(logged_run,
     # a second export over the same log directory does not pick up its own output as a run
     assert main([str(logged_run.logdir), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["index.html", RUN]
+
+
+def test_console_script_is_installed_and_exports(logged_run, tmp_path):
+    """The ``probelens`` entry point from ``[project.scripts]``, as a user types it after ``pip install``."""
+    script = Path(sys.executable).with_name("probelens")
+    if not script.exists():
+        pytest.skip("the probelens console script is not installed (package not pip-installed)")
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [str(script), "export", str(logged_run.logdir), "--out", str(out), "--max-frames", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tag = slug("probelens/saliency/vanilla")  # logged at 6 steps
+    with Image.open(out / RUN / "images" / f"{tag}.gif") as im:
+        assert im.n_frames == 6
+        frame_width = im.width
+    with Image.open(out / RUN / "images" / f"{tag}.filmstrip.png") as strip:
+        assert strip.width == 2 * frame_width + GAP  # --max-frames 2 reached the exporter through the script
+    assert (out / "index.html").is_file()
 
 
 def test_missing_log_directory_exits_2(tmp_path, capsys):

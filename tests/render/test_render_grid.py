@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from PIL import ImageFont
@@ -278,3 +279,45 @@ def test_filmstrip_captions_and_mismatched_sizes() -> None:
     assert _dark_mask(out)[130:].any()
     with pytest.raises(ValueError):
         filmstrip(frames, ["too few"])
+
+
+@pytest.mark.parametrize("background", [255, 40])
+def test_captions_stamped_on_the_tensor_match_pil_drawing(background):
+    """The grids stamp cached glyph masks onto the tensor canvas; the pixels must equal PIL's own ``ImageDraw.text``
+    on the same canvas (to rounding), title and captions included."""
+    from PIL import Image, ImageDraw
+
+    grid_mod = grid_module
+
+    tiles = torch.zeros(2, 3, 20, 30, dtype=torch.uint8)
+    captions = ["true: snow | pred: snow 0.93", "true: arabian\npred: snow 0.51"]
+    out = labelled_grid(tiles, captions, ncol=2, min_tile=64, background=background, title="Grad-CAM layer4")
+    # redraw the same layout with PIL: blank the text bands, then draw the lines where the grid put them
+    width = out.shape[2]
+    cell_w = max(30 * grid_mod._tile_scale(20, 30, 64), 64)
+    font, lines, lh = grid_mod._layout_text(
+        captions, cell_w - 2 * grid_mod._TEXT_MARGIN, grid_mod._base_font_size(cell_w), 4
+    )
+    tfont, (tlines,), tlh = grid_mod._layout_text(
+        ["Grad-CAM layer4"], width - 2 * grid_mod._TEXT_MARGIN, min(18, grid_mod._base_font_size(cell_w) + 2), 4
+    )
+    title_h = grid_mod._band_height(len(tlines), tlh)
+    th = 20 * grid_mod._tile_scale(20, 30, 64)
+    plain = labelled_grid(tiles, None, ncol=2, min_tile=64, background=background)
+    canvas = torch.full((3, out.shape[1], width), background, dtype=torch.uint8)
+    canvas[:, title_h : title_h + th + 2] = plain[:, : th + 2]
+    img = Image.fromarray(canvas.permute(1, 2, 0).numpy().copy())
+    draw = ImageDraw.Draw(img)
+    ink = (0, 0, 0) if background >= 128 else (255, 255, 255)
+    for i, line in enumerate(tlines):
+        x = max(0, int((width - draw.textlength(line, font=tfont)) // 2))
+        draw.text((x, grid_mod._TEXT_MARGIN + i * tlh), line, fill=ink, font=tfont)
+    for c, cell_lines in enumerate(lines):
+        x0 = 2 + c * (cell_w + 2)
+        for i, line in enumerate(cell_lines):
+            x = x0 + max(0, int((cell_w - draw.textlength(line, font=font)) // 2))
+            draw.text((x, title_h + 2 + th + grid_mod._TEXT_MARGIN + i * lh), line, fill=ink, font=font)
+    expected = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    diff = (out.int() - expected.int()).abs()
+    assert (expected != background).sum() > 200  # the reference really has text
+    assert diff.max() <= 1, f"{(diff > 1).sum()} pixels differ by more than rounding"

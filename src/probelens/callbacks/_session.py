@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from probelens.methods._sharded import is_sharded, sharded_forward_backward
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
 from probelens.probe import ProbeSet
 
@@ -104,7 +105,9 @@ class ProbeSession:
         targets: dict[str, Tensor | None] = {}
         for name in sorted(all_needs.target_sets) or ["pred"]:
             targets[name] = labels if name == "label" else None
-        result = forward_backward(
+        # sharded parameters (FSDP): every rank explains a slice of the probe and the slices are gathered
+        run = sharded_forward_backward if is_sharded(model) else forward_backward
+        result = run(
             model,
             images,
             targets,

@@ -1,14 +1,26 @@
-"""Where pictures go: TensorBoard when a ``TensorBoardLogger`` is attached, PNG files under the log dir otherwise."""
+"""Where pictures go: one small adapter (an :class:`ImageSink`) per attached logger that takes images.
+
+Built in: TensorBoard (:class:`TensorBoardSink`), Weights & Biases (:class:`WandbSink`) and MLflow
+(:class:`MLflowSink`), recognised by class name and module, so that Lightning's loggers from both namespaces work and
+neither namespace is imported here. Several supported loggers each get every picture (:class:`FanOutSink`); when none
+is attached, PNG files under the log dir (:class:`PngSink`). :func:`register_sink` teaches the monitors another logger.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from probelens.render import save_png
+from probelens.render import encode_png, save_png
 
 
 class ImageSink(Protocol):
@@ -19,20 +31,62 @@ class ImageSink(Protocol):
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
 
+@functools.cache
+def _summary_writer_type() -> type | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard missing: the logger runs on tensorboardX, which gets the plain add_image call
+        return None
+    return SummaryWriter
+
+
 class TensorBoardSink:
-    """Writes through a ``TensorBoardLogger``'s ``SummaryWriter`` (``logger.experiment``)."""
+    """Writes through a ``TensorBoardLogger``'s ``SummaryWriter`` (``logger.experiment``).
+
+    Images are PNG-encoded once, by :func:`probelens.render.encode_png`, and written as an image summary through the
+    writer's file writer, as ``SummaryWriter.add_image`` does after its own encoding (same tag, step and wall time).
+    ``add_image`` itself re-encodes with PIL's default zlib level, which cost 100+ ms per large grid.
+    """
 
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
     def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        self.logger.experiment.add_image(tag, image.cpu().numpy(), global_step=step, dataformats="CHW")
+        experiment = self.logger.experiment
+        writer_type = _summary_writer_type()
+        fast = (
+            writer_type is not None
+            and isinstance(experiment, writer_type)
+            and image.dtype == torch.uint8
+            and image.dim() == 3
+            and image.shape[0] in (1, 3)
+        )
+        if not fast:
+            experiment.add_image(tag, image.cpu().numpy(), global_step=step, dataformats="CHW")
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
+        encoded = Summary.Image(
+            height=int(rgb.shape[1]), width=int(rgb.shape[2]), colorspace=3, encoded_image_string=encode_png(rgb)
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
+        experiment._get_file_writer().add_summary(summary, global_step=step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.logger.experiment.add_text(tag, text, global_step=step)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _tag_parts(tag: str) -> list[str]:
+    """``"probelens/gradcam/model.4"`` -> ``["probelens", "gradcam", "model.4"]``, each part file-name safe."""
+    return [_UNSAFE.sub("_", p) for p in tag.split("/") if p]
+
+
+def _step_name(step: int, ext: str) -> str:
+    return f"step_{step:08d}.{ext}"
 
 
 class PngSink:
@@ -42,8 +96,7 @@ class PngSink:
         self.root = root
 
     def _path(self, tag: str, step: int, ext: str) -> str:
-        parts = [_UNSAFE.sub("_", p) for p in tag.split("/") if p]
-        return os.path.join(self.root, *parts, f"step_{step:08d}.{ext}")
+        return os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
 
     def add_image(self, tag: str, image: Tensor, step: int) -> None:
         save_png(image, self._path(tag, step, "png"))
@@ -53,3 +106,184 @@ class PngSink:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
+
+
+class WandbSink:
+    """Writes through a Lightning ``WandbLogger``: ``log_image(key=tag, ...)`` and, for text, a one-cell table.
+
+    The step: W&B keeps one step counter per run and drops a row logged with an explicit ``step`` below it. The
+    ``WandbLogger`` never passes a step to ``wandb.log``; it adds ``trainer/global_step`` to every row (and makes it
+    the x-axis of every metric), so W&B's own ``_step`` only counts rows and runs ahead of the global step. Images go
+    through the same ``log_image(key, images, step=step)``, so they carry the loss curves' ``trainer/global_step`` and
+    are never dropped, even when logged for an earlier step than the last row (the architecture table at step 0).
+    The ``_step`` in the media file names (``media/images/<tag>_<_step>_<hash>.png``) is W&B's row count, not the
+    global step.
+
+    The image is PNG-encoded once, by :func:`probelens.render.encode_png`, into a temporary file that W&B copies
+    into the run during the call; W&B's own encoding of an array goes through PIL and cost 2-6x more on large grids.
+    A run that links media files instead of copying them (``allow_media_symlink``) gets the array.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+        self._links_media: bool | None = None
+
+    def _run_links_media(self) -> bool:
+        if self._links_media is None:
+            settings = getattr(self.logger.experiment, "settings", None)
+            self._links_media = bool(getattr(settings, "allow_media_symlink", False))
+        return self._links_media
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        if self._run_links_media():
+            pixels = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+            self.logger.log_image(key=tag, images=[pixels.permute(1, 2, 0).cpu().numpy()], step=step)
+            return
+        with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
+            path = os.path.join(tmp, _step_name(step, "png"))
+            with open(path, "wb") as fh:
+                fh.write(encode_png(image))
+            self.logger.log_image(key=tag, images=[path], step=step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self.logger.log_text(key=tag, columns=["text"], data=[[text]], step=step)
+
+
+class MLflowSink:
+    """Writes run artifacts through a Lightning ``MLFlowLogger``'s client (``logger.experiment``).
+
+    Images become ``<tag>/step_<step>.png`` (encoded by :func:`probelens.render.encode_png`, then ``log_artifact``),
+    text ``<tag>/step_<step>.txt`` (``log_text``), under the run's artifact root; the step is the trainer's global
+    step, the one MLflow's metric history shows for the loss.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
+            path = os.path.join(tmp, _step_name(step, "png"))
+            with open(path, "wb") as fh:
+                fh.write(encode_png(image))
+            self.logger.experiment.log_artifact(self.logger.run_id, path, "/".join(_tag_parts(tag)))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        artifact_file = "/".join([*_tag_parts(tag), _step_name(step, "txt")])
+        self.logger.experiment.log_text(self.logger.run_id, text, artifact_file)
+
+
+_REPORTED: weakref.WeakSet[Any] = weakref.WeakSet()  # sinks (by logger) whose failure was reported already
+
+
+def _report_once(sink: Any, err: Exception) -> None:
+    key = getattr(sink, "logger", sink)
+    try:
+        if key in _REPORTED:
+            return
+        _REPORTED.add(key)
+    except TypeError:  # not weak-referenceable: report every time rather than never
+        pass
+    rank_zero_warn(
+        f"probelens: writing to {type(key).__name__} failed ({type(err).__name__}: {err}); the other loggers still "
+        "get every image. Further failures of this logger are not reported."
+    )
+
+
+class FanOutSink:
+    """Hands every image and text to each of several sinks, in order.
+
+    A sink that raises is reported once per logger and skipped for that call, so that a broken logger does not cost
+    the others their pictures; only when every sink raised does the first error propagate (the monitor then counts
+    the firing as failed, as for a single sink).
+    """
+
+    def __init__(self, sinks: Sequence[ImageSink]) -> None:
+        if not sinks:
+            raise ValueError("FanOutSink needs at least one sink, got none")
+        self.sinks = list(sinks)
+
+    def _each(self, write: Callable[[ImageSink], None]) -> None:
+        errors: list[Exception] = []
+        for sink in self.sinks:
+            try:
+                write(sink)
+            except Exception as err:
+                errors.append(err)
+                if len(errors) < len(self.sinks):
+                    _report_once(sink, err)
+        if len(errors) == len(self.sinks):
+            raise errors[0]
+
+    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+        self._each(lambda sink: sink.add_image(tag, image, step))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self._each(lambda sink: sink.add_text(tag, text, step))
+
+
+SinkFactory = Callable[[Any], "ImageSink | None"]
+"""Takes a logger; returns the :class:`ImageSink` that writes to it, or ``None`` for a logger it does not handle."""
+
+
+def _derives_from(logger: Any, class_name: str, lightning_only: bool = True) -> bool:
+    """Whether ``logger``'s class is, or derives from, Lightning's logger class ``class_name`` (either namespace)."""
+    for cls in type(logger).__mro__:
+        if cls.__name__ == class_name:
+            root = cls.__module__.partition(".")[0]
+            if not lightning_only or root in ("pytorch_lightning", "lightning"):
+                return True
+    return False
+
+
+def _tensorboard(logger: Any) -> ImageSink | None:
+    # by name only, like ``is_tensorboard_logger`` in base.py: any ``TensorBoardLogger`` writes through a SummaryWriter
+    return TensorBoardSink(logger) if _derives_from(logger, "TensorBoardLogger", lightning_only=False) else None
+
+
+def _wandb(logger: Any) -> ImageSink | None:
+    return WandbSink(logger) if _derives_from(logger, "WandbLogger") else None
+
+
+def _mlflow(logger: Any) -> ImageSink | None:
+    return MLflowSink(logger) if _derives_from(logger, "MLFlowLogger") else None
+
+
+_BUILT_IN: tuple[SinkFactory, ...] = (_tensorboard, _wandb, _mlflow)
+_REGISTERED: list[SinkFactory] = []
+
+
+def register_sink(factory: SinkFactory) -> SinkFactory:
+    """Teaches the monitors to write images to another kind of logger, or differently to a supported one.
+
+    ``factory(logger)`` is called for each of the trainer's loggers when a monitor is set up; it returns an object
+    with ``add_image(tag, image, step)`` (``image``: uint8 ``[3,H,W]`` or ``[1,H,W]``) and
+    ``add_text(tag, text, step)`` for loggers it handles, ``None`` for the others. Registered factories are asked
+    before the built-in ones, the latest first. Returns ``factory``, so it also works as a decorator.
+
+    Example:
+        >>> from probelens.callbacks._sinks import PngSink, register_sink, sinks_for
+        >>> class ArchiveLogger:  # a logger of yours
+        ...     root = "archive"
+        >>> @register_sink
+        ... def archive_pngs(logger):
+        ...     return PngSink(logger.root) if isinstance(logger, ArchiveLogger) else None
+        >>> [type(sink).__name__ for sink in sinks_for([ArchiveLogger()])]
+        ['PngSink']
+        >>> _REGISTERED.remove(archive_pngs)  # (only so that this example leaves no trace)
+    """
+    if not callable(factory):
+        raise TypeError(f"register_sink expects a callable logger -> sink or None, got {factory!r}")
+    _REGISTERED.append(factory)
+    return factory
+
+
+def sinks_for(loggers: Iterable[Any]) -> list[ImageSink]:
+    """One sink per logger that takes images, in the loggers' order (loggers no factory handles are left out)."""
+    sinks = []
+    for logger in loggers:
+        for factory in (*reversed(_REGISTERED), *_BUILT_IN):
+            sink = factory(logger)
+            if sink is not None:
+                sinks.append(sink)
+                break
+    return sinks

@@ -16,8 +16,10 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from probelens.callbacks._distributed import fire_sharded, sharded_layer_summary, sharded_root
 from probelens.callbacks._session import ProbeSession, _Needs, session_for
-from probelens.callbacks._sinks import ImageSink, PngSink, TensorBoardSink
+from probelens.callbacks._sinks import FanOutSink, ImageSink, PngSink, TensorBoardSink, sinks_for
+from probelens.methods._sharded import is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass, default_output_transform
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
@@ -30,6 +32,22 @@ _ARCHITECTURE_LOGGED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
+
+
+def log_step(trainer: pl.Trainer, epoch_end: bool = False) -> int:
+    """The step Lightning's own loggers write at this moment, so images land on the loss curves' step axis.
+
+    Lightning logs with ``fit_loop.epoch_loop._batches_that_stepped``, which runs one behind ``trainer.global_step``
+    while a batch ends and while validation runs (the optimizer has stepped, the counter not yet), and logs epoch-end
+    training metrics at that counter minus one (``on_train_epoch_end`` sees it already advanced). A training step
+    logged at step ``s`` by ``self.log`` and an explanation fired after the same batch therefore share ``s``;
+    ``every_n_steps=100`` writes at 99, 199, ... exactly like ``log_every_n_steps=100``. Falls back to
+    ``trainer.global_step`` where the counter is missing.
+    """
+    counter = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
+    if not isinstance(counter, int):
+        return int(trainer.global_step)
+    return max(0, counter - 1) if epoch_end else counter
 
 
 class ProbeMonitor:
@@ -55,7 +73,9 @@ class ProbeMonitor:
 
     When it fires: by default at the end of validation (sanity check skipped); without a validation loop, at the end
     of the training epoch. Under ``trainer.validate``/``trainer.test`` it fires once at the end. Each firing runs on
-    global rank 0 only, on the unwrapped module, and logs the monitor's own cost as ``probelens/cost_ms/<name>``.
+    global rank 0 only, on the unwrapped module (with sharded parameters, FSDP: on every rank through the sharded
+    model, rank 0 writing; see ``docs/distributed.md``), and logs the monitor's own cost as
+    ``probelens/cost_ms/<name>``.
     """
 
     def __init__(
@@ -284,6 +304,7 @@ class ProbeMonitor:
 
     def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule, required: bool = False) -> bool:
         """Configure once per module; returns False while a probe set cannot be built yet (no data loaded)."""
+        pl_module = sharded_root(trainer) or pl_module  # sharded parameters: run through the FSDP root, on all ranks
         if self._configured_for == id(pl_module):
             return True
         if self.probe is None and self.needs_probe:
@@ -306,7 +327,8 @@ class ProbeMonitor:
 
     def _log_architecture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Once per trainer: a text table of the layers monitors can target (name, type, shape, params, RF)."""
-        if self.probe is None or trainer in _ARCHITECTURE_LOGGED or not trainer.is_global_zero:
+        sharded = is_sharded(pl_module)  # then the summary's forward pass is collective: every rank runs it
+        if self.probe is None or trainer in _ARCHITECTURE_LOGGED or not (trainer.is_global_zero or sharded):
             return
         _ARCHITECTURE_LOGGED.add(trainer)
         from probelens.methods.summary import layer_summary, summary_markdown
@@ -317,29 +339,35 @@ class ProbeMonitor:
             example = self.probe.images[:1]
             if param is not None:
                 example = example.to(device=param.device, dtype=param.dtype)
-            table = summary_markdown(layer_summary(net, example), self.probe.image_size)
+            rows = sharded_layer_summary(net, example) if sharded else layer_summary(net, example)
+            table = summary_markdown(rows, self.probe.image_size)
             assert self._sink is not None
-            self._sink.add_text("probelens/architecture", table, int(trainer.global_step))
+            if trainer.is_global_zero:
+                self._sink.add_text("probelens/architecture", table, log_step(trainer))
         except Exception as err:  # a summary is a convenience: never let it stop training
             rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")
 
     def _make_sink(self, trainer: pl.Trainer) -> ImageSink:
+        """Each attached logger that takes images gets them (TensorBoard, W&B, MLflow, registered ones: see
+        ``callbacks/_sinks.py``); loggers that take only scalars, such as ``CSVLogger``, are skipped; with none left,
+        PNG files under the log dir and one warning per trainer."""
         global _TB_SAMPLING_NOTICE_SHOWN
-        for logger in trainer.loggers:
-            if is_tensorboard_logger(logger):
-                if not _TB_SAMPLING_NOTICE_SHOWN:
-                    _TB_SAMPLING_NOTICE_SHOWN = True
-                    rank_zero_info(
-                        "probelens: TensorBoard shows only 10 sampled steps per image tag by default; start it with "
-                        "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to see every logged step."
-                    )
-                return TensorBoardSink(logger)
+        sinks = sinks_for(trainer.loggers)
+        if any(isinstance(sink, TensorBoardSink) for sink in sinks) and not _TB_SAMPLING_NOTICE_SHOWN:
+            _TB_SAMPLING_NOTICE_SHOWN = True
+            rank_zero_info(
+                "probelens: TensorBoard shows only 10 sampled steps per image tag by default; start it with "
+                "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to see every logged step."
+            )
+        if sinks:
+            return sinks[0] if len(sinks) == 1 else FanOutSink(sinks)
         root = self._png_root or os.path.join(trainer.default_root_dir, "probelens_images")
         if trainer not in _PNG_FALLBACK_WARNED:
             _PNG_FALLBACK_WARNED.add(trainer)
             rank_zero_warn(
-                f"probelens: no TensorBoardLogger is attached, so images are written as PNG files under {root}. Pass "
-                "logger=TensorBoardLogger(...) to the Trainer to see them next to the loss curves."
+                "probelens: no TensorBoardLogger (nor a WandbLogger or MLFlowLogger) is attached, so images are "
+                f"written as PNG files under {root}. Pass logger=TensorBoardLogger(...) to the Trainer to see them "
+                "next to the loss curves."
             )
         return PngSink(root)
 
@@ -392,12 +420,19 @@ class ProbeMonitor:
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # validation at epoch end runs before this hook: fire here only if it did not this epoch
         if self._epoch_due(trainer) and self._val_fired_epoch != trainer.current_epoch:
-            self._fire(trainer, pl_module)
+            self._fire(trainer, pl_module, epoch_end=True)
 
     # ------------------------------------------------------------------ firing
-    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False) -> None:
-        step = int(trainer.global_step)
+    def _fire(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False, epoch_end: bool = False
+    ) -> None:
+        step = log_step(trainer, epoch_end=epoch_end)
         if not allow_repeat and step == self.last_logged_step:
+            return
+        sharded = sharded_root(trainer)
+        if sharded is not None:  # FSDP: every rank computes together, rank 0 writes (see callbacks/_distributed.py)
+            fire_sharded(self, trainer, sharded, step)
+            self.last_logged_step = step
             return
         if not trainer.is_global_zero:
             self.last_logged_step = step

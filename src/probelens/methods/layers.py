@@ -11,6 +11,9 @@ from torch import Tensor, nn
 LayerSpec = str | Sequence[str | type] | type | None
 
 _COMPILE_PREFIX = "_orig_mod."
+# wrappers that put the user's module one level down: torch.compile, FSDP (FullyShardedDataParallel) and the
+# activation-checkpoint wrapper that FSDP strategies apply
+_WRAPPER_ATTRS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
@@ -24,21 +27,32 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
 
 
 def strip_compile_prefix(name: str) -> str:
-    """``"_orig_mod.features.0"`` -> ``"features.0"`` (also nested prefixes of compiled submodules)."""
-    while _COMPILE_PREFIX in name:
-        name = name.replace(_COMPILE_PREFIX, "", 1)
-    return name
+    """``"_orig_mod.features.0"`` -> ``"features.0"`` (also nested prefixes of compiled submodules), and the same for
+    the FSDP and activation-checkpoint wrappers: ``"_fsdp_wrapped_module.features.0._fsdp_wrapped_module"`` ->
+    ``"features.0"``."""
+    parts = [part for part in name.split(".") if part not in _WRAPPER_ATTRS]
+    return ".".join(parts)
+
+
+def _innermost(module: nn.Module) -> nn.Module:
+    """The user's module behind any stack of compile / FSDP / checkpoint wrappers."""
+    while True:
+        inner = next((getattr(module, attr, None) for attr in _WRAPPER_ATTRS if hasattr(module, attr)), None)
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
 
 
 def named_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """All submodules by their qualified name, with ``torch.compile`` prefixes removed and compiled submodules
-    replaced by their eager originals. The root module (name ``""``) is left out."""
+    """All submodules by their qualified name, with wrapper prefixes (``torch.compile``'s ``_orig_mod``, FSDP's
+    ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module``) removed and each wrapper replaced by the module it wraps,
+    so hooks and type checks see the user's module. The root module (name ``""``) is left out."""
     out: dict[str, nn.Module] = {}
     for name, module in unwrap_compiled(model).named_modules():
         clean = strip_compile_prefix(name)
         if not clean or clean in out:
             continue
-        out[clean] = unwrap_compiled(module)
+        out[clean] = _innermost(module)
     return out
 
 
@@ -70,7 +84,7 @@ def resolve_layers(
         layers: ``"auto"`` (the last spatial layer of each resolution stage, see :func:`auto_layers`; needs
             ``example_input``, else falls back to the last conv of every stage found by ``"all"``), ``"all"`` (every
             2-D convolution), ``"last"`` (the last 2-D convolution), a layer name, a module type (every module of that
-            type), or a sequence mixing names and types. Names may carry ``_orig_mod.`` prefixes.
+            type), or a sequence mixing names and types. Names may carry ``_orig_mod.`` (or FSDP) prefixes.
         example_input: a small batch used to trace output shapes for ``"auto"``.
 
     Returns:

@@ -170,5 +170,5 @@ def apply_colormap(values: Tensor, name: str | Tensor = "jet") -> Tensor:
         raise ValueError(f"colormap LUT must be [256,3], got {tuple(lut.shape)}")
     v = torch.nan_to_num(values.detach().to(device="cpu", dtype=torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
     idx = (v.clamp(0.0, 1.0) * (_LUT_SIZE - 1)).round().long()
-    rgb = lut[idx]  # [..., H, W, 3]
-    return rgb.movedim(-1, -3).contiguous()
+    planes = lut.t().contiguous()  # [3, 256]: one gather per channel writes channel-first output directly
+    return torch.stack([torch.take(planes[c], idx) for c in range(3)], dim=-3)

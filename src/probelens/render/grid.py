@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from probelens.render.colormap import apply_colormap
-from probelens.render.image import normalize_maps, sanitize, to_pil_image, to_rgb_uint8, upscale_nearest
+from probelens.render.image import normalize_maps, sanitize, to_rgb_uint8, upscale_nearest
 
 __all__ = [
     "activation_grid",
@@ -177,8 +177,26 @@ def _text_color(background: int) -> tuple[int, int, int]:
     return (c, c, c)
 
 
-def _draw_lines(
-    draw: ImageDraw.ImageDraw,
+@functools.lru_cache(maxsize=512)
+def _text_mask(text: str, font: _Font) -> np.ndarray:
+    """Coverage of one line of text drawn at ``(0, 0)``: uint8 ``[h, w]`` (255 = ink), cached (as numpy, so that the
+    cache holds no tensors; bounded, as captions with step numbers change at every log step).
+
+    Captions repeat from one log step to the next ("true: snow | pred: snow 0.93"), so the glyphs are rasterised once
+    and stamped onto the tensor canvas by :func:`_stamp_lines`, instead of converting every whole grid to a PIL image
+    and back to draw on it.
+    """
+    safe = _safe_text(text, font)
+    right, bottom = (max(1, math.ceil(v)) for v in _measure_draw().textbbox((0, 0), safe, font=font)[2:])
+    mask = Image.new("L", (right, bottom), 0)
+    ImageDraw.Draw(mask).text((0, 0), safe, fill=255, font=font)
+    coverage = np.array(mask, dtype=np.uint8)
+    coverage.setflags(write=False)
+    return coverage
+
+
+def _stamp_lines(
+    canvas: Tensor,
     lines: Sequence[str],
     font: _Font,
     line_h: int,
@@ -188,15 +206,25 @@ def _draw_lines(
     fill: tuple[int, int, int],
     center: bool,
 ) -> None:
-    """Draws ``lines`` top-down starting at ``y0``, centred in ``[x0, x0 + width)`` or left-aligned at ``x0``."""
+    """Draws ``lines`` onto the uint8 ``[3, H, W]`` ``canvas`` in place, top-down from ``y0``, centred in
+    ``[x0, x0 + width)`` or left-aligned at ``x0``: each pixel becomes ``(p * (255 - a) + fill * a) / 255`` for the
+    text coverage ``a``, as PIL's ``ImageDraw.text`` blends ink over what is there."""
+    _, height, canvas_w = canvas.shape
+    ink = torch.tensor(fill, dtype=torch.int32).view(3, 1, 1)
     for i, line in enumerate(lines):
+        if not line:
+            continue
+        mask = torch.from_numpy(np.array(_text_mask(line, font)))  # a fresh, writable copy (a few KB)
         x = x0 + max(0, int((width - _text_width(line, font)) // 2)) if center else x0
-        draw.text((x, y0 + i * line_h), _safe_text(line, font), fill=fill, font=font)
-
-
-def _pil_to_tensor(img: Image.Image) -> Tensor:
-    """PIL RGB image -> uint8 ``[3, H, W]`` tensor."""
-    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        y = y0 + i * line_h
+        h = min(mask.shape[0], height - y)
+        w = min(mask.shape[1], canvas_w - x)
+        if h <= 0 or w <= 0 or x < 0 or y < 0:
+            continue
+        a = mask[:h, :w].to(torch.int32)
+        region = canvas[:, y : y + h, x : x + w]
+        blended = (region.to(torch.int32) * (255 - a) + ink * a + 127) // 255
+        region.copy_(blended.to(torch.uint8))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,17 +341,13 @@ def labelled_grid(
         canvas[:, y : y + th, xo : xo + tw] = t[i]
         origins.append((x, y))
 
-    if not title_lines and band_h == 0:
-        return canvas
-    img = to_pil_image(canvas)
-    draw = ImageDraw.Draw(img)
     fill = _text_color(background)
     if title_font is not None and title_lines:
-        _draw_lines(draw, title_lines, title_font, title_lh, 0, _TEXT_MARGIN, width, fill, center=True)
+        _stamp_lines(canvas, title_lines, title_font, title_lh, 0, _TEXT_MARGIN, width, fill, center=True)
     if cap_font is not None:
         for (x, y), lines in zip(origins, cap_lines, strict=True):
-            _draw_lines(draw, lines, cap_font, cap_lh, x, y + th + _TEXT_MARGIN, cell_w, fill, center=True)
-    return _pil_to_tensor(img)
+            _stamp_lines(canvas, lines, cap_font, cap_lh, x, y + th + _TEXT_MARGIN, cell_w, fill, center=True)
+    return canvas
 
 
 def rows_grid(
@@ -391,12 +415,10 @@ def rows_grid(
 
     if cap_font is None:
         return canvas
-    img = to_pil_image(canvas)
-    draw = ImageDraw.Draw(img)
     fill = _text_color(background)
     for top, lines in zip(band_tops, cap_lines, strict=True):
-        _draw_lines(draw, lines, cap_font, cap_lh, pad + _TEXT_MARGIN, top + _TEXT_MARGIN, width, fill, center=False)
-    return _pil_to_tensor(img)
+        _stamp_lines(canvas, lines, cap_font, cap_lh, pad + _TEXT_MARGIN, top + _TEXT_MARGIN, width, fill, center=False)
+    return canvas
 
 
 def filter_grid(
