@@ -12,7 +12,10 @@ the loss/accuracy scalars) are drawn with matplotlib, and ``index.html`` lays ev
 links only, so the output folder can be zipped, mailed or attached to a pull request as is.
 
 An image tag holds one picture per step (a Grad-CAM grid has every probe image as a tile), so the GIF of a tag shows
-how the whole grid evolves. Only TensorBoard is needed to read the event files (no TensorFlow).
+how the whole grid evolves. The monitors also record in each grid PNG which box shows which probe image
+(:data:`probelens.render.CELLS_KEY`), so per probe image and tag the export writes a GIF and a filmstrip of just that
+image's cell over training, and ``index.html`` shows each probe image's methods side by side next to the scalar
+curves. Only TensorBoard is needed to read the event files (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -31,7 +34,18 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DEFAULT_OUT_NAME", "ExportError", "ExportResult", "RunExport", "TagExport", "export", "main"]
+from probelens.render.image import cells_from_text
+
+__all__ = [
+    "DEFAULT_OUT_NAME",
+    "ExportError",
+    "ExportResult",
+    "ProbeImageExport",
+    "RunExport",
+    "TagExport",
+    "export",
+    "main",
+]
 
 DEFAULT_OUT_NAME = "probelens_export"
 """Folder created inside ``LOGDIR`` when ``--out`` is not given."""
@@ -42,6 +56,7 @@ _PAD_BACKGROUND = (255, 255, 255)
 _STRIP_GAP = 4
 _SCALAR_PREFIXES = ("probelens/", "shortcut/")
 _LOSS_OR_ACC = re.compile(r"loss|acc", re.IGNORECASE)
+_CROP_BUDGET_BYTES = 256 * 2**20  # decoded per-probe crops held at once; more probe images -> more passes
 
 
 class ExportError(Exception):
@@ -58,6 +73,23 @@ class ExportError(Exception):
 
 
 @dataclass
+class ProbeImageExport:
+    """One probe image's cell of one image tag, over the logged steps.
+
+    Attributes:
+        index: The probe image's index in the probe set (``#index`` in the grids' captions).
+        steps: The steps whose picture has this probe image (one GIF frame each).
+        gif: The animated GIF of the cell.
+        filmstrip: The filmstrip PNG of the cell (the tag's ``filmstrip_steps`` that have it).
+    """
+
+    index: int
+    steps: list[int]
+    gif: Path
+    filmstrip: Path
+
+
+@dataclass
 class TagExport:
     """What was written for one image tag of one run.
 
@@ -69,6 +101,8 @@ class TagExport:
         filmstrip_steps: The steps shown in the filmstrip (at most ``max_frames``, first and last included).
         size: ``(width, height)`` of the frames before the step band: the largest width and height over the steps
             (smaller pictures are padded with white at the bottom and right, never scaled).
+        probe_images: Per probe image, its cell over training; empty for pictures that are not per probe image
+            (filters, feature visualisations, filmstrips) and for logs written before the layout was recorded.
     """
 
     tag: str
@@ -77,6 +111,7 @@ class TagExport:
     filmstrip: Path
     filmstrip_steps: list[int]
     size: tuple[int, int]
+    probe_images: list[ProbeImageExport] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +169,8 @@ class ExportResult:
         for run in self.runs:
             for image in run.images:
                 paths += [image.gif, image.filmstrip]
+                for probe_image in image.probe_images:
+                    paths += [probe_image.gif, probe_image.filmstrip]
             paths += [s.plot for s in run.scalars]
         return paths
 
@@ -294,6 +331,85 @@ def write_filmstrip(frames: Sequence[Image.Image], path: Path) -> None:
     strip.save(path, format="PNG", optimize=True)
 
 
+Box = tuple[int, int, int, int]
+
+
+def _probe_boxes(image: Image.Image) -> dict[int, Box]:
+    """Probe index -> the box around all of its cells in ``image`` (a monitor's grid), from the PNG's layout chunk."""
+    boxes: dict[int, Box] = {}
+    for k, x0, y0, x1, y1 in cells_from_text(getattr(image, "text", {})):
+        x1, y1 = min(x1, image.width), min(y1, image.height)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        if k in boxes:
+            a0, b0, a1, b1 = boxes[k]
+            x0, y0, x1, y1 = min(a0, x0), min(b0, y0), max(a1, x1), max(b1, y1)
+        boxes[k] = (x0, y0, x1, y1)
+    return boxes
+
+
+def _layout(encoded: Sequence[tuple[int, bytes]]) -> dict[int, Box]:
+    """Probe index -> the largest box it gets over the steps (headers and text chunks only, no pixels decoded)."""
+    largest: dict[int, Box] = {}
+    for _, data in encoded:
+        with Image.open(io.BytesIO(data)) as image:
+            for k, (x0, y0, x1, y1) in _probe_boxes(image).items():
+                w, h = largest.get(k, (0, 0, 0, 0))[2:]
+                largest[k] = (0, 0, max(w, x1 - x0), max(h, y1 - y0))
+    return largest
+
+
+def _budget_groups(sizes: dict[int, Box], n_steps: int) -> list[list[int]]:
+    """Probe indices in groups whose crops over all steps fit :data:`_CROP_BUDGET_BYTES` (one decode pass each)."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for k in sorted(sizes):
+        cost = 3 * sizes[k][2] * sizes[k][3] * n_steps
+        if groups[-1] and used + cost > _CROP_BUDGET_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += cost
+    return groups
+
+
+def _export_probe_images(
+    encoded: Sequence[tuple[int, bytes]], chosen_steps: Sequence[int], folder: Path, fps: float
+) -> list[ProbeImageExport]:
+    """Per probe image: a GIF and a filmstrip of its cell of the grid, cropped step by step with that step's layout.
+
+    Every step is decoded once per group of probe images (one group unless the crops exceed the memory budget).
+    """
+    sizes = _layout(encoded)
+    if not sizes:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = set(chosen_steps)
+    exports: list[ProbeImageExport] = []
+    for group in _budget_groups(sizes, len(encoded)):
+        crops: dict[int, list[tuple[int, Image.Image]]] = {k: [] for k in group}
+        for step, data in encoded:
+            with Image.open(io.BytesIO(data)) as image:
+                boxes = _probe_boxes(image)
+                if not any(k in boxes for k in group):
+                    continue
+                rgb = image.convert("RGB")
+            for k in group:
+                if k in boxes:
+                    crops[k].append((step, rgb.crop(boxes[k])))
+        for k in group:
+            frames = crops.pop(k)
+            if not frames:
+                continue
+            size = sizes[k][2:]
+            gif, strip = folder / f"probe_{k:03d}.gif", folder / f"probe_{k:03d}.filmstrip.png"
+            write_gif((stamp(_pad(crop, size), f"#{k} step {step}") for step, crop in frames), gif, fps)
+            in_strip = [(step, crop) for step, crop in frames if step in chosen] or frames[-1:]
+            write_filmstrip([stamp(_pad(crop, size), f"step {step}") for step, crop in in_strip], strip)
+            exports.append(ProbeImageExport(index=k, steps=[step for step, _ in frames], gif=gif, filmstrip=strip))
+    return sorted(exports, key=lambda e: e.index)
+
+
 def _wants_scalar(tag: str) -> bool:
     return tag.startswith(_SCALAR_PREFIXES) or bool(_LOSS_OR_ACC.search(tag.rsplit("/", 1)[-1]))
 
@@ -368,14 +484,16 @@ def _export_run(acc: Any, run: RunExport, run_out: Path, max_frames: int, fps: f
         write_gif(_stamped(encoded, size), gif, fps)
         chosen = [encoded[i] for i in evenly_spaced(len(encoded), max_frames)]
         write_filmstrip(list(_stamped(chosen, size)), filmstrip)
+        chosen_steps = [step for step, _ in chosen]
         run.images.append(
             TagExport(
                 tag=tag,
                 steps=[step for step, _ in encoded],
                 gif=gif,
                 filmstrip=filmstrip,
-                filmstrip_steps=[step for step, _ in chosen],
+                filmstrip_steps=chosen_steps,
                 size=size,
+                probe_images=_export_probe_images(encoded, chosen_steps, run_out / "probe_images" / name, fps),
             )
         )
     scalar_tags = sorted(tags.get("scalars", []))
@@ -554,6 +672,7 @@ def render_index(runs: Sequence[RunExport], out: Path, logdir: Path, max_frames:
         if run.other_scalars:
             listed = ", ".join(f"<code>{e(t)}</code>" for t in run.other_scalars)
             parts.append(f'<p class="small">Other scalars (not drawn): {listed}</p>')
+        parts += _probe_image_sections(run, out)
         if run.images:
             parts.append("<h3>Images</h3>")
             for group, items in _grouped(run.images):
@@ -572,6 +691,32 @@ def render_index(runs: Sequence[RunExport], out: Path, logdir: Path, max_frames:
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _probe_image_sections(run: RunExport, out: Path) -> list[str]:
+    """``index.html``'s "Per probe image" part of ``run``: each probe image's methods side by side, one GIF each."""
+    by_index: dict[int, list[tuple[str, ProbeImageExport]]] = {}
+    for t in run.images:
+        for p in t.probe_images:
+            by_index.setdefault(p.index, []).append((t.tag, p))
+    if not by_index:
+        return []
+    e = html.escape
+    parts = [
+        "<h3>Per probe image</h3>",
+        '<p class="small">Each probe image\'s cell of every grid, one GIF frame per logged step; click a GIF for its '
+        "filmstrip.</p>",
+    ]
+    for index in sorted(by_index):
+        parts.append(f'<h4>probe image #{index}</h4><div class="grid">')
+        for tag, p in by_index[index]:
+            gif, strip = _href(p.gif, out), _href(p.filmstrip, out)
+            parts.append(
+                f'<figure><a href="{strip}"><img src="{gif}" alt="{e(tag)}, probe image #{index}, over the logged '
+                f'steps"></a><figcaption class="small"><code>{e(tag)}</code></figcaption></figure>'
+            )
+        parts.append("</div>")
+    return parts
 
 
 def _grouped(items: Sequence[Any]) -> list[tuple[str, list[Any]]]:
@@ -638,10 +783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"probelens export: error: {err}", file=sys.stderr)
         return err.exit_code
     n_images = sum(len(r.images) for r in result.runs)
+    n_probe = sum(len(t.probe_images) for r in result.runs for t in r.images)
     n_scalars = sum(len(r.scalars) for r in result.runs)
     print(
         f"probelens export: {len(result.runs)} run(s), {n_images} image tag(s) as GIF + filmstrip, "
-        f"{n_scalars} scalar plot(s)\n  open {result.index}"
+        f"{n_probe} per-probe-image GIF(s) + filmstrip(s), {n_scalars} scalar plot(s)\n  open {result.index}"
     )
     return 0
 

@@ -22,6 +22,7 @@ from lit import LitClassifier, decode, loaders, random_data, read_events, traine
 from probelens import GradCAMMonitor, ProbeSet, SaliencyMonitor
 from probelens.callbacks import _sinks
 from probelens.callbacks._sinks import MLflowSink, TensorBoardSink, WandbSink, register_sink, sinks_for
+from probelens.render import cells_from_text
 
 DEADLINE_S = 90  # the whole file takes ~30 s; a logger waiting on a network must fail the test, not hang the CI job
 STEPS = [1, 3]  # 32 images in batches of 16, two epochs, one firing at each validation end (Lightning's log step)
@@ -206,6 +207,9 @@ def test_mlflow_gets_png_artifacts_under_tag_and_step(tmp_path, monkeypatch):
     for path in images:
         if path.endswith(".png"):
             assert read_png(os.path.join(os.path.dirname(local), path)).std() > 5, f"{path} is blank"
+    # the probe-image layout rides along in the PNG, as in TensorBoard
+    with Image.open(os.path.join(os.path.dirname(local), f"probelens/gradcam/model.8/step_{STEPS[0]:08d}.png")) as im:
+        assert sorted({k for k, *_ in cells_from_text(im.text)}) == list(range(6))
     assert images.count("probelens/architecture/step_00000000.txt") == 1
     with open(os.path.join(os.path.dirname(local), "probelens/architecture/step_00000000.txt")) as fh:
         assert "| **model.4** | Conv2d |" in fh.read()
@@ -222,6 +226,10 @@ def test_csv_logger_only_falls_back_to_pngs_and_warns_once(tmp_path):
     gradcam = sorted(glob.glob(os.path.join(root, "probelens", "gradcam", "model.8", "*.png")))
     assert [os.path.basename(p) for p in gradcam] == [f"step_{s:08d}.png" for s in STEPS]
     assert all(read_png(p).std() > 5 for p in gradcam)
+    with Image.open(gradcam[0]) as im:
+        cells = cells_from_text(im.text)
+        assert sorted(k for k, *_ in cells) == list(range(6))
+        assert all(0 <= x0 < x1 <= im.width and 0 <= y0 < y1 <= im.height for _, x0, y0, x1, y1 in cells)
     assert os.path.isfile(os.path.join(root, "probelens", "architecture", "step_00000000.txt"))
 
 
@@ -238,6 +246,34 @@ class ExplodingSink:
 
     def add_text(self, tag, text, step):
         raise RuntimeError("disk full")
+
+
+class PlainLogger(CSVLogger):
+    """A real logger whose sink (registered in the test) has the three-argument ``add_image``."""
+
+
+class PlainSink:
+    def __init__(self):
+        self.images: list[tuple[str, int]] = []
+
+    def add_image(self, tag, image, step):
+        self.images.append((tag, step))
+
+    def add_text(self, tag, text, step):
+        pass
+
+
+def test_a_sink_without_the_cells_keyword_still_gets_every_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sinks, "_REGISTERED", [])
+    plain = PlainSink()
+    register_sink(lambda logger: plain if isinstance(logger, PlainLogger) else None)
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    _, messages = fit(tmp_path, [PlainLogger(str(tmp_path), name="plain"), tb])
+    assert not any("failed" in m for m in messages), messages
+    assert sorted(plain.images) == sorted(tensorboard_images(tb.log_dir))
+    grid = read_events(tb.log_dir).Images("probelens/saliency/vanilla")[0].encoded_image_string
+    with Image.open(io.BytesIO(grid)) as im:  # TensorBoard's copy still carries the layout
+        assert sorted(k for k, *_ in cells_from_text(im.text)) == list(range(6))
 
 
 @pytest.fixture

@@ -251,3 +251,35 @@ def test_bad_arguments_fail_in_init():
         SaliencyMonitor(probe, methods=("smoothgradd",))
     with pytest.raises(TypeError, match="ProbeSet"):
         GradCAMMonitor(torch.randn(2, 3, 8, 8))
+
+
+def _first_grid(tmp_path, **options):
+    import io
+
+    from PIL import Image
+
+    from probelens.render import cells_from_text
+
+    torch.manual_seed(0)
+    probe = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=6, seed=0)
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(probe, layers="last", filmstrip=False, **options)], max_epochs=1)
+    tr.fit(LitClassifier(), train, val)
+    event = read_events(tr.logger.log_dir).Images("probelens/gradcam/model.8")[0]
+    with Image.open(io.BytesIO(event.encoded_image_string)) as im:
+        return torch.from_numpy(decode(event).copy()).permute(2, 0, 1), cells_from_text(im.text)
+
+
+def test_max_image_side_downscales_the_picture_and_its_probe_image_layout(tmp_path):
+    full, full_cells = _first_grid(tmp_path / "full")
+    small, small_cells = _first_grid(tmp_path / "small", max_image_side=150)
+    assert max(full.shape[-2:]) > 150 and max(small.shape[-2:]) == 150
+    # the same training, so the small picture is the full one area-downscaled
+    expected = torch.nn.functional.interpolate(full[None].float(), size=small.shape[-2:], mode="area")[0]
+    assert (expected.round() - small.float()).abs().max() <= 1
+    sy, sx = small.shape[1] / full.shape[1], small.shape[2] / full.shape[2]
+    assert [c[0] for c in small_cells] == [c[0] for c in full_cells] == list(range(6))
+    for (_, *box), (_, *big) in zip(small_cells, full_cells, strict=True):
+        scaled = (big[0] * sx, big[1] * sy, big[2] * sx, big[3] * sy)
+        assert all(abs(a - b) <= 1 for a, b in zip(box, scaled, strict=True)), (box, scaled)
+        assert 0 <= box[0] < box[2] <= small.shape[2] and 0 <= box[1] < box[3] <= small.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import urllib.parse
@@ -179,6 +180,47 @@ def test_scalar_curves_are_drawn(logged_run, exported):
         assert (np.abs(pixels.astype(int) - (210, 85, 45)).sum(axis=-1) < 60).sum() > 50, f"{tag}: no curve drawn"
     assert not (exported / RUN / "scalars" / "epoch.png").exists()  # listed as "not drawn" instead
     assert "<code>epoch</code>" in (exported / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "tag", ["probelens/saliency/vanilla", "probelens/gradcam/model.8", "probelens/gradcam/model.0"]
+)
+def test_each_probe_image_gets_its_own_cell_over_training(logged_run, exported, tag):
+    steps = logged_run.images[tag]
+    first = read_events(logged_run.run_dir).Images(tag)[0]
+    grid = np.asarray(Image.open(io.BytesIO(first.encoded_image_string)).convert("RGB"))
+    # where labelled_grid puts 6 tiles (its documented layout: ncol = ceil(sqrt(6)) = 3, 2 rows, pad 2, no title)
+    pad, ncol, nrow = 2, 3, 2
+    cell_w, rem_w = divmod(grid.shape[1] - (ncol + 1) * pad, ncol)
+    cell_h, rem_h = divmod(grid.shape[0] - (nrow + 1) * pad, nrow)
+    assert rem_w == rem_h == 0
+    folder = exported / RUN / "probe_images" / slug(tag)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        name for k in range(6) for name in (f"probe_{k:03d}.gif", f"probe_{k:03d}.filmstrip.png")
+    )
+    crops = []
+    for k in range(6):
+        row, col = divmod(k, ncol)
+        x0, y0 = pad + col * (cell_w + pad), pad + row * (cell_h + pad)
+        crops.append(grid[y0 : y0 + cell_h, x0 : x0 + cell_w])
+    for k in range(6):
+        strip = np.asarray(Image.open(folder / f"probe_{k:03d}.filmstrip.png").convert("RGB"))
+        assert np.array_equal(strip[:cell_h, :cell_w], crops[k]), f"probe image {k}: not its cell at step {steps[0]}"
+        with Image.open(folder / f"probe_{k:03d}.gif") as im:
+            assert im.n_frames == len(steps)
+            assert im.width >= cell_w and im.height > cell_h  # + the step band
+        frame = gif_frames(folder / f"probe_{k:03d}.gif")[0][:cell_h, :cell_w].astype(int)
+        errors = [np.abs(frame - crop.astype(int)).mean() for crop in crops]  # GIF frames are palette-quantised
+        assert int(np.argmin(errors)) == k and errors[k] < 6, errors
+    text = (exported / "index.html").read_text(encoding="utf-8")
+    assert "<h3>Per probe image</h3>" in text
+    for k in range(6):
+        assert f"<h4>probe image #{k}</h4>" in text
+        assert f"{RUN}/probe_images/{slug(tag)}/probe_{k:03d}.gif" in text
+
+
+def test_pictures_that_are_not_per_probe_image_get_no_probe_cells(exported):
+    assert not (exported / RUN / "probe_images" / slug("probelens/gradcam_filmstrip/model.8")).exists()
 
 
 def test_python_dash_m_probelens_export_writes_to_the_default_folder(logged_run, exported):

@@ -321,3 +321,57 @@ def test_captions_stamped_on_the_tensor_match_pil_drawing(background):
     diff = (out.int() - expected.int()).abs()
     assert (expected != background).sum() > 200  # the reference really has text
     assert diff.max() <= 1, f"{(diff > 1).sum()} pixels differ by more than rounding"
+
+
+def _solid_tiles(n: int, h: int, w: int) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Tiles each filled with its own saturated colour (none of them white, gray or black like captions)."""
+    colours = [(230, 20 + 30 * i, 40) if i % 2 else (20, 40 + 30 * i, 230) for i in range(n)]
+    tiles = torch.stack([torch.tensor(c, dtype=torch.uint8)[:, None, None].expand(3, h, w) for c in colours])
+    return tiles, colours
+
+
+def _colour_mask(canvas: torch.Tensor, colour: tuple[int, int, int]) -> np.ndarray:
+    pixels = canvas.permute(1, 2, 0).numpy()
+    return (pixels == np.array(colour, dtype=np.uint8)).all(axis=-1)
+
+
+@pytest.mark.parametrize("ncol", [None, 1, 2, 4])
+def test_labelled_grid_cell_boxes_hold_exactly_their_own_tile(ncol):
+    tiles, colours = _solid_tiles(5, 20, 30)
+    boxes: list[tuple[int, int, int, int]] = []
+    canvas = labelled_grid(tiles, [f"#{i}\nsecond line" for i in range(5)], ncol=ncol, title="title", cell_boxes=boxes)
+    assert len(boxes) == 5
+    _, height, width = canvas.shape
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        inside = np.zeros((height, width), dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        own = _colour_mask(canvas, colours[i])
+        assert own.any() and not (own & ~inside).any(), f"tile {i} leaks out of its box"
+        for j, other in enumerate(colours):
+            if j != i:
+                assert not (_colour_mask(canvas, other) & inside).any(), f"box {i} holds tile {j}"
+        # the caption band belongs to the cell: dark text pixels below the tile, inside the box
+        below = canvas[:, y0:y1, x0:x1].permute(1, 2, 0).numpy()
+        assert ((below < DARK).all(axis=-1)).any(), f"box {i} has no caption text"
+    # boxes do not overlap
+    for a, b in itertools.combinations(boxes, 2):
+        assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def test_rows_grid_cell_boxes_hold_each_row_with_its_caption():
+    tiles, colours = _solid_tiles(3, 10, 14)
+    rows = [tiles[i : i + 1].expand(4, -1, -1, -1) for i in range(3)]
+    boxes: list[tuple[int, int, int, int]] = []
+    canvas = rows_grid(rows, [f"row {i}" for i in range(3)], cell_boxes=boxes)
+    assert len(boxes) == 3
+    _, height, width = canvas.shape
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        inside = np.zeros((height, width), dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        own = _colour_mask(canvas, colours[i])
+        scale = -(-64 // 14)  # min_tile 64 over the longer side 14, rounded up
+        assert own.sum() == 4 * (10 * scale) * (14 * scale) and not (own & ~inside).any()
+        assert all(not (_colour_mask(canvas, c) & inside).any() for j, c in enumerate(colours) if j != i)
+        assert ((canvas[:, y0:y1, x0:x1].permute(1, 2, 0).numpy() < DARK).all(axis=-1)).any()  # its caption
+    assert [b[3] <= n[1] for b, n in itertools.pairwise(boxes)] == [True, True]

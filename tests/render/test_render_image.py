@@ -11,7 +11,10 @@ import torch
 from PIL import Image
 
 from probelens.render import (
+    CELLS_KEY,
     apply_colormap,
+    cells_from_text,
+    cells_to_text,
     encode_png,
     normalize_maps,
     overlay_heatmap,
@@ -195,3 +198,36 @@ def test_save_png_creates_parents(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "img.png"
     save_png(image, path)
     assert path.read_bytes() == encode_png(image)
+
+
+def test_png_text_chunks_round_trip_through_pil_and_leave_the_pixels_alone():
+    image = torch.randint(0, 256, (3, 9, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cells = [(0, 0, 0, 6, 9), (1, 6, 0, 13, 9), (1, 0, 0, 1, 1)]
+    png = encode_png(image, text={**cells_to_text(cells), "Comment": "caf\u00e9"})
+    with Image.open(io.BytesIO(png)) as decoded:
+        assert decoded.text["Comment"] == "caf\u00e9"
+        assert cells_from_text(decoded.text) == cells
+        assert torch.equal(torch.from_numpy(np.array(decoded)).permute(2, 0, 1), image)
+    assert encode_png(image, text={}) == encode_png(image)  # no chunk, no change
+
+
+@pytest.mark.parametrize("key", ["", " lead", "x" * 80, "tab\there", "\u00e9t\u00e9"])
+def test_png_text_rejects_keys_png_does_not_allow(key):
+    with pytest.raises(ValueError, match="PNG text key"):
+        encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8), text={key: "v"})
+
+
+@pytest.mark.parametrize("raw", ["not json", '{"a": 1}', "[1, 2]", ""])
+def test_unreadable_cells_text_gives_no_cells(raw):
+    assert cells_from_text({CELLS_KEY: raw}) == []
+    assert cells_from_text({"other": "[[0, 0, 0, 1, 1]]"}) == []
+
+
+@pytest.mark.parametrize(
+    "entry", ["[1, 2, 3]", "[0, 5, 0, 5, 9]", "[-1, 0, 0, 1, 1]", "[0, 0, 0, 1.5, 1]", "[true, 0, 0, 1, 1]"]
+)
+def test_malformed_cells_are_skipped_and_the_good_ones_kept(entry):
+    assert cells_from_text({CELLS_KEY: f"[[2, 0, 0, 3, 4], {entry}, [3, 1, 1, 2, 2]]"}) == [
+        (2, 0, 0, 3, 4),
+        (3, 1, 1, 2, 2),
+    ]

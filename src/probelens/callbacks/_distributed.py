@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from probelens.callbacks._sinks import write_image
 from probelens.methods._sharded import failed_ranks, failure_messages, full_weights, is_sharded
 from probelens.methods.layers import named_modules
 from probelens.methods.summary import LayerInfo, layer_summary
+from probelens.render import Cell
 
 if TYPE_CHECKING:
     from probelens.callbacks.base import ProbeMonitor
@@ -60,11 +63,11 @@ class _BufferedSink:
     """Holds what a monitor draws during a step until the ranks have agreed that the step succeeded."""
 
     def __init__(self) -> None:
-        self.images: list[tuple[str, Tensor, int]] = []
+        self.images: list[tuple[str, Tensor, int, Sequence[Cell]]] = []
         self.texts: list[tuple[str, str, int]] = []
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        self.images.append((tag, image, step))
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+        self.images.append((tag, image, step, cells))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.texts.append((tag, text, step))
@@ -72,8 +75,8 @@ class _BufferedSink:
     def flush(self, sink: Any) -> None:
         for tag, text, step in self.texts:
             sink.add_text(tag, text, step)
-        for tag, image, step in self.images:
-            sink.add_image(tag, image, step)
+        for tag, image, step, cells in self.images:
+            write_image(sink, tag, image, step, cells)
 
 
 def fire_sharded(monitor: ProbeMonitor, trainer: Any, model: nn.Module, step: int) -> None:

@@ -9,6 +9,7 @@ is attached, PNG files under the log dir (:class:`PngSink`). :func:`register_sin
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import tempfile
@@ -20,15 +21,41 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from probelens.render import encode_png, save_png
+from probelens.render import Cell, cells_to_text, encode_png, save_png
 
 
 class ImageSink(Protocol):
-    """Receives rendered ``uint8 [3,H,W]`` images and text on the trainer's global step axis."""
+    """Receives rendered ``uint8 [3,H,W]`` images and text on the loss curves' step axis.
+
+    ``add_image`` may also take a keyword ``cells``: the probe-image layout of a grid (a list of
+    :data:`probelens.render.Cell`), which the built-in sinks that write PNG files keep as a PNG text chunk.
+    A sink without that keyword is called without it.
+    """
 
     def add_image(self, tag: str, image: Tensor, step: int) -> None: ...
 
     def add_text(self, tag: str, text: str, step: int) -> None: ...
+
+
+@functools.cache
+def _takes_cells(sink_type: type) -> bool:
+    try:
+        parameters = inspect.signature(sink_type.add_image).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "cells" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+    """``sink.add_image(tag, image, step)``, with ``cells=`` when there are cells and the sink takes them."""
+    if cells and _takes_cells(type(sink)):
+        sink.add_image(tag, image, step, cells=cells)  # type: ignore[call-arg]
+    else:
+        sink.add_image(tag, image, step)
+
+
+def _png_text(cells: Sequence[Cell]) -> dict[str, str] | None:
+    return cells_to_text(cells) if cells else None
 
 
 @functools.cache
@@ -51,7 +78,7 @@ class TensorBoardSink:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
         experiment = self.logger.experiment
         writer_type = _summary_writer_type()
         fast = (
@@ -67,9 +94,9 @@ class TensorBoardSink:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
-        encoded = Summary.Image(
-            height=int(rgb.shape[1]), width=int(rgb.shape[2]), colorspace=3, encoded_image_string=encode_png(rgb)
-        )
+        png = encode_png(rgb, text=_png_text(cells))
+        height, width = int(rgb.shape[1]), int(rgb.shape[2])
+        encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
         summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
         experiment._get_file_writer().add_summary(summary, global_step=step)
 
@@ -98,8 +125,8 @@ class PngSink:
     def _path(self, tag: str, step: int, ext: str) -> str:
         return os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        save_png(image, self._path(tag, step, "png"))
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+        save_png(image, self._path(tag, step, "png"), text=_png_text(cells))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         path = self._path(tag, step, "txt")
@@ -160,11 +187,11 @@ class MLflowSink:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
         with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
             path = os.path.join(tmp, _step_name(step, "png"))
             with open(path, "wb") as fh:
-                fh.write(encode_png(image))
+                fh.write(encode_png(image, text=_png_text(cells)))
             self.logger.experiment.log_artifact(self.logger.run_id, path, "/".join(_tag_parts(tag)))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
@@ -214,8 +241,8 @@ class FanOutSink:
         if len(errors) == len(self.sinks):
             raise errors[0]
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
-        self._each(lambda sink: sink.add_image(tag, image, step))
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+        self._each(lambda sink: write_image(sink, tag, image, step, cells))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self._each(lambda sink: sink.add_text(tag, text, step))

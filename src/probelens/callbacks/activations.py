@@ -88,4 +88,5 @@ class ActivationMonitor(ProbeMonitor):
                 rows.append(torch.cat([images[i : i + 1], tiles], dim=0))
             chans = ", ".join(str(int(ch)) for ch in channels)
             captions = [f"#{i} channels {chans}" if i == 0 else f"#{i}" for i in range(k)]
-            self._image(f"probelens/activations/{layer}", rows_grid(rows, captions), step)
+            boxes: list[tuple[int, int, int, int]] = []
+            self._image(f"probelens/activations/{layer}", rows_grid(rows, captions, cell_boxes=boxes), step, boxes)

@@ -6,9 +6,11 @@ and :meth:`ProbeMonitor._log` (compute and render for one step).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,12 +20,12 @@ from typing_extensions import override
 
 from probelens.callbacks._distributed import fire_sharded, sharded_layer_summary, sharded_root
 from probelens.callbacks._session import ProbeSession, _Needs, session_for
-from probelens.callbacks._sinks import FanOutSink, ImageSink, PngSink, TensorBoardSink, sinks_for
+from probelens.callbacks._sinks import FanOutSink, ImageSink, PngSink, TensorBoardSink, sinks_for, write_image
 from probelens.methods._sharded import is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass, default_output_transform
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
-from probelens.render import sanitize
+from probelens.render import Cell, sanitize
 
 TARGET_MODES = ("pred", "label", "both")
 _TB_SAMPLING_NOTICE_SHOWN = False
@@ -48,6 +50,15 @@ def log_step(trainer: pl.Trainer, epoch_end: bool = False) -> int:
     if not isinstance(counter, int):
         return int(trainer.global_step)
     return max(0, counter - 1) if epoch_end else counter
+
+
+def _scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
+    """``cell``'s box on an image resized by ``(sy, sx)`` to ``size``: the covering pixel box, at least 1 px."""
+    k, x0, y0, x1, y1 = cell
+    left, top = min(int(x0 * sx), size[1] - 1), min(int(y0 * sy), size[0] - 1)
+    right = max(left + 1, min(size[1], math.ceil(x1 * sx)))
+    bottom = max(top + 1, min(size[0], math.ceil(y1 * sy)))
+    return (k, left, top, right, bottom)
 
 
 class ProbeMonitor:
@@ -284,15 +295,22 @@ class ProbeMonitor:
             )
         return clean
 
-    def _image(self, tag: str, image: Tensor, step: int) -> None:
+    def _image(
+        self, tag: str, image: Tensor, step: int, boxes: Sequence[tuple[int, int, int, int]] = (), per_probe: int = 1
+    ) -> None:
+        """Writes ``image``; ``boxes`` (from a grid's ``cell_boxes``, ``per_probe`` consecutive boxes per probe image)
+        become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`) that ``probelens export`` reads."""
         assert self._sink is not None
+        cells = [(j // per_probe, *box) for j, box in enumerate(boxes)]
         side = max(image.shape[-2:])
         if self.max_image_side is not None and side > self.max_image_side:
+            height, width = image.shape[-2:]
             scale = self.max_image_side / side
-            size = (max(1, int(image.shape[-2] * scale)), max(1, int(image.shape[-1] * scale)))
+            size = (max(1, int(height * scale)), max(1, int(width * scale)))
             small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
             image = small.round().clamp(0, 255).to(torch.uint8)
-        self._sink.add_image(tag, image, step)
+            cells = [_scale_cell(cell, size[0] / height, size[1] / width, size) for cell in cells]
+        write_image(self._sink, tag, image, step, cells)
 
     # ------------------------------------------------------------------ Lightning hooks
     @override

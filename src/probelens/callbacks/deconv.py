@@ -99,4 +99,5 @@ class DeconvMonitor(ProbeMonitor):
             tiles = to_rgb_uint8((scaled * 255).round().to(torch.uint8))
             rows.append(torch.cat([shown[i : i + 1], tiles]))
             captions.append(f"#{i}: channels " + ", ".join(str(int(c)) for c in channels[i]))
-        self._image(f"probelens/deconv/{self._layer}", rows_grid(rows, captions), step)
+        boxes: list[tuple[int, int, int, int]] = []
+        self._image(f"probelens/deconv/{self._layer}", rows_grid(rows, captions, cell_boxes=boxes), step, boxes)

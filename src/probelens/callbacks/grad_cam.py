@@ -131,7 +131,9 @@ class GradCAMMonitor(ProbeMonitor):
             grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
             grid_captions = [c for group in zip(*tile_captions) for c in group]
             ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
-            self._image(f"probelens/gradcam/{layer}", labelled_grid(grid_tiles, grid_captions, ncol=ncol), step)
+            boxes: list[tuple[int, int, int, int]] = []
+            grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
+            self._image(f"probelens/gradcam/{layer}", grid, step, boxes, per_probe=len(tiles))
         if self.filmstrip and self._layers:
             self._log_filmstrip(step, list(self._layers)[-1], tiles[0])
 

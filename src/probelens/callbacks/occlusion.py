@@ -114,4 +114,5 @@ class OcclusionMonitor(ProbeMonitor):
             tiles = overlay_heatmap(shown, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
             tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
-            self._image(tag, labelled_grid(tiles, captions), step)
+            boxes: list[tuple[int, int, int, int]] = []
+            self._image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes)

@@ -155,4 +155,6 @@ class SaliencyMonitor(ProbeMonitor):
                 else:
                     tiles = apply_colormap(heat, self.cmap)
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-                self._image(f"probelens/saliency/{method}{suffix}", labelled_grid(tiles, captions), step)
+                boxes: list[tuple[int, int, int, int]] = []
+                grid = labelled_grid(tiles, captions, cell_boxes=boxes)
+                self._image(f"probelens/saliency/{method}{suffix}", grid, step, boxes)

@@ -234,8 +234,9 @@ class ShortcutMonitor(ProbeMonitor):
                 f"background only\npred: {p.class_name(int(bg[i]))}",
                 f"bg swapped\npred: {p.class_name(int(swap[i]))}",
             ]
-        grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4)
-        self._image("shortcut/counterfactuals", grid, step)
+        boxes: list[tuple[int, int, int, int]] = []
+        grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
+        self._image("shortcut/counterfactuals", grid, step, boxes, per_probe=4)
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
         if self._layout_written:

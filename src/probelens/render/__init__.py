@@ -16,6 +16,10 @@ from probelens.render.grid import (
     select_frames,
 )
 from probelens.render.image import (
+    CELLS_KEY,
+    Cell,
+    cells_from_text,
+    cells_to_text,
     encode_png,
     normalize_maps,
     overlay_heatmap,
@@ -29,9 +33,13 @@ from probelens.render.image import (
 )
 
 __all__ = [
+    "CELLS_KEY",
     "FALLBACK_COLORMAPS",
+    "Cell",
     "activation_grid",
     "apply_colormap",
+    "cells_from_text",
+    "cells_to_text",
     "colormap_lut",
     "encode_png",
     "filmstrip",

@@ -270,6 +270,7 @@ def labelled_grid(
     title: str | None = None,
     *,
     max_caption_lines: int = 4,
+    cell_boxes: list[tuple[int, int, int, int]] | None = None,
 ) -> Tensor:
     """Lays tiles out in a grid with a caption under each tile and an optional title on top.
 
@@ -290,6 +291,8 @@ def labelled_grid(
         background: Gray level of the background; text is black on light and white on dark backgrounds.
         title: Optional title drawn centred above the grid.
         max_caption_lines: Maximum number of lines per caption after wrapping.
+        cell_boxes: If given, a list that receives each tile's cell (tile and caption) as
+            ``(left, top, right, bottom)``, right/bottom exclusive, in tile order.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -340,6 +343,8 @@ def labelled_grid(
         xo = x + (cell_w - tw) // 2
         canvas[:, y : y + th, xo : xo + tw] = t[i]
         origins.append((x, y))
+        if cell_boxes is not None:
+            cell_boxes.append((x, y, x + cell_w, y + th + band_h))
 
     fill = _text_color(background)
     if title_font is not None and title_lines:
@@ -358,6 +363,7 @@ def rows_grid(
     background: int = 255,
     *,
     max_caption_lines: int = 2,
+    cell_boxes: list[tuple[int, int, int, int]] | None = None,
 ) -> Tensor:
     """Stacks rows of tiles, one grid row per entry (e.g. a probe image followed by its channel maps).
 
@@ -372,6 +378,8 @@ def rows_grid(
         min_tile: Minimum displayed size of a tile's longer side.
         background: Gray level of the background.
         max_caption_lines: Maximum number of lines per row caption after wrapping.
+        cell_boxes: If given, a list that receives each row (caption band and tiles) as
+            ``(left, top, right, bottom)``, right/bottom exclusive, in row order.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -411,6 +419,9 @@ def rows_grid(
         for k in range(r.shape[0]):
             x = pad + k * (tw + pad)
             canvas[:, y : y + th, x : x + tw] = r[k]
+        if cell_boxes is not None:
+            # the full width: the row caption may run past the tiles
+            cell_boxes.append((pad, y - band_h, width - pad, y + th))
         y += th + pad
 
     if cap_font is None:

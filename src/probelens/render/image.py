@@ -7,10 +7,11 @@ NaN/Inf values are replaced by 0 rather than propagated (see :func:`sanitize`).
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from torch import Tensor
 from probelens.render.colormap import apply_colormap
 
 __all__ = [
+    "CELLS_KEY",
+    "Cell",
+    "cells_from_text",
+    "cells_to_text",
     "encode_png",
     "normalize_maps",
     "overlay_heatmap",
@@ -378,7 +383,64 @@ def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
     return (_PNG_FILTER_NONE, _PNG_FILTER_UP)[int(np.argmin(sizes))], None
 
 
-def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+CELLS_KEY = "probelens.cells"
+"""The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
+
+Cell = tuple[int, int, int, int, int]
+"""``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
+
+
+def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
+    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`)."""
+    return {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
+
+
+def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
+    """The cells recorded by :func:`cells_to_text` in a PNG's text chunks (PIL's ``Image.text``); ``[]`` if none.
+
+    Malformed entries (another tool's chunk under the same key, a hand-edited file) are ignored, never raised.
+
+    Example:
+        >>> import io, torch
+        >>> from PIL import Image
+        >>> cells = [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
+        >>> png = encode_png(torch.zeros(3, 4, 8, dtype=torch.uint8), text=cells_to_text(cells))
+        >>> cells_from_text(Image.open(io.BytesIO(png)).text)
+        [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
+    """
+    raw = text.get(CELLS_KEY)
+    if not raw:
+        return []
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    cells: list[Cell] = []
+    for entry in entries:
+        if (
+            isinstance(entry, list)
+            and len(entry) == 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+            and entry[0] >= 0
+            and 0 <= entry[1] < entry[3]
+            and 0 <= entry[2] < entry[4]
+        ):
+            cells.append((entry[0], entry[1], entry[2], entry[3], entry[4]))
+    return cells
+
+
+def _png_text_chunks(text: Mapping[str, str] | None) -> bytes:
+    chunks = b""
+    for key, value in (text or {}).items():
+        if not 1 <= len(key) <= 79 or key != key.strip() or not key.isprintable() or not key.isascii():
+            raise ValueError(f"a PNG text key must be 1-79 printable ASCII characters, no outer spaces; got {key!r}")
+        chunks += _png_chunk(b"tEXt", key.encode("ascii") + b"\0" + value.encode("latin-1"))
+    return chunks
+
+
+def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Mapping[str, str] | None = None) -> bytes:
     """Encodes an image as PNG (8-bit RGB, or grayscale for one channel).
 
     Written with numpy and zlib rather than PIL, for speed: PIL filters every row adaptively and deflates at level 6,
@@ -391,6 +453,8 @@ def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes
         image: uint8 ``[3, H, W]`` (also ``[1, H, W]``/``[H, W]`` grayscale, or ``[1, 3, H, W]``), any device.
         compress_level: zlib level, 0 (store) to 9 (smallest); levels 1-3 use ISA-L's faster deflate when the
             ``isal`` package is installed.
+        text: Optional ``tEXt`` chunks, key to value (Latin-1); PIL reads them back as ``Image.open(...).text``.
+            probelens stores the probe-image layout of its grids there (:data:`CELLS_KEY`).
 
     Returns:
         The PNG file contents.
@@ -430,18 +494,25 @@ def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes
     if data is None:
         data = _deflate(_png_scanlines(rows, filter_type), compress_level)
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)  # 8 bit, deflate, no interlace
-    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    return (
+        _PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_text_chunks(text)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
-def save_png(image: Tensor, path: str | os.PathLike[str]) -> None:
+def save_png(image: Tensor, path: str | os.PathLike[str], text: Mapping[str, str] | None = None) -> None:
     """Writes an image to a PNG file, creating parent directories.
 
     Args:
         image: uint8 ``[3, H, W]`` (also ``[1, H, W]``/``[H, W]`` grayscale).
         path: Destination file path.
+        text: Optional ``tEXt`` chunks (see :func:`encode_png`).
     """
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
     with open(path, "wb") as fh:
-        fh.write(encode_png(image))
+        fh.write(encode_png(image, text=text))
