@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
 from probelens.callbacks._session import session_for
 
@@ -52,6 +52,12 @@ def test_all_four_kinds_logged_on_the_loss_step_axis(tmp_path):
     }
     assert expected <= set(tags), tags
     assert any(t.startswith("probelens/activations/") for t in tags)
+    for tag in tags:  # the probe-image layout the export reads: grids of probe images have it, weight images not
+        cells = probe_cells(acc.Images(tag)[-1])
+        if tag.startswith(("probelens/filters/", "probelens/gradcam_filmstrip/")):  # weights; a history strip
+            assert cells == [], tag
+        elif tag.startswith("probelens/"):
+            assert cells == list(range(len(cells))) and len(cells) >= 2, (tag, cells)
     # the images sit exactly on the validation loss curve's steps (Lightning logs epoch-end validation one step
     # behind trainer.global_step: 3, 7, 11 for 4 batches per epoch)
     val_steps = [e.step for e in acc.Scalars("val_loss")]

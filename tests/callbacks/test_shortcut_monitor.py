@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import GradCAMMonitor, ProbeSet, ShortcutMonitor
 from probelens.callbacks.shortcut import SCALAR_TAGS
 from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
@@ -59,6 +59,8 @@ def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
     assert "shortcut/score" in charts["verdict"] and charts["loss"] == [r".*loss.*"]
     panel = acc.Images("shortcut/counterfactuals")
     assert len(panel) == 2 and decode(panel[-1]).std() > 5
+    cells = probe_cells(panel[-1])  # four panels (original, object only, background only, swapped) per probe image
+    assert cells == [k for k in range(len(cells) // 4) for _ in range(4)] and cells
 
 
 def test_object_model_never_fires(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import DeconvMonitor, FeatureVisMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
 from probelens.methods import deconv_projections, feature_visualization, integrated_gradients, saliency, smoothgrad
 
@@ -54,6 +54,7 @@ def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
     assert [e.step for e in acc.Images("probelens/occlusion/4x4")] == [9]
     assert [e.step for e in acc.Images("probelens/occlusion/8x8")] == [1, 3, 5, 7, 9]
     assert decode(acc.Images("probelens/occlusion/4x4")[0]).std() > 5
+    assert probe_cells(acc.Images("probelens/occlusion/4x4")[0]) == list(range(len(probe)))  # for the export
 
 
 def test_occlusion_monitor_argument_checks():
@@ -111,6 +112,7 @@ def test_deconv_and_feature_vis_monitors(tmp_path):
         events = acc.Images(tag)
         assert [e.step for e in events] == steps, tag
         assert decode(events[-1]).std() > 5, tag
+        assert probe_cells(events[-1]) == ([0, 1] if "deconv" in tag else []), tag  # rows of probe images 0, 1
     # the same seed at every step: with unchanged weights the images are identical (comparable across training)
     module.eval()
     a = feature_visualization(module, "model.8", [0, 1], image_shape=(3, 16, 16), steps=8)

@@ -21,6 +21,7 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from probelens.callbacks import _event_crc
 from probelens.render import Cell, cells_to_text, encode_png, save_png
 
 
@@ -37,18 +38,19 @@ class ImageSink(Protocol):
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
 
-@functools.cache
-def _takes_cells(sink_type: type) -> bool:
+@functools.lru_cache(maxsize=256)
+def _takes_cells(add_image: Callable[..., Any]) -> bool:
     try:
-        parameters = inspect.signature(sink_type.add_image).parameters
-    except (TypeError, ValueError, AttributeError):
+        parameters = inspect.signature(add_image).parameters
+    except (TypeError, ValueError):
         return False
     return "cells" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
     """``sink.add_image(tag, image, step)``, with ``cells=`` when there are cells and the sink takes them."""
-    if cells and _takes_cells(type(sink)):
+    add_image = sink.add_image  # the instance's own (a sink patched per instance is asked, not its class)
+    if cells and _takes_cells(getattr(add_image, "__func__", add_image)):
         sink.add_image(tag, image, step, cells=cells)  # type: ignore[call-arg]
     else:
         sink.add_image(tag, image, step)
@@ -77,6 +79,7 @@ class TensorBoardSink:
 
     def __init__(self, logger: Any) -> None:
         self.logger = logger
+        _event_crc.install()  # TensorBoard's writer thread otherwise checksums in pure Python, holding the GIL
 
     def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
         experiment = self.logger.experiment

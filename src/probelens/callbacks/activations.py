@@ -66,13 +66,30 @@ class ActivationMonitor(ProbeMonitor):
         self._check_spatial(pl_module, self._layers)
         self._require(self._layers, gradients=False, input_gradient=False, target_sets=set())
 
+    def _tile_size(self, rows: int) -> tuple[int, int]:
+        """The probe image size, shrunk so that a grid of ``rows`` rows of ``1 + max_channels`` tiles (2 px apart,
+        a caption band of about 24 px per row) fits ``max_image_side`` without a downscale of the whole picture."""
+        assert self.probe is not None
+        h, w = self.probe.image_size
+        if self.max_image_side is None:
+            return (h, w)
+        pad, band, cols = 2, 24, 1 + self.max_channels
+        scale = min(
+            1.0,
+            (self.max_image_side - (cols + 1) * pad) / (cols * w),
+            (self.max_image_side - (rows + 1) * pad - rows * band) / (rows * h),
+        )
+        return (max(1, int(h * scale)), max(1, int(w * scale)))
+
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         k = min(self.max_images, len(self.probe))
         images = self.probe.display_images()[:k]
-        size = self.probe.image_size
+        size = self._tile_size(k)
+        if size != self.probe.image_size:  # draw at the size that will be written, not large and then downscaled
+            images = F.interpolate(images.float(), size=size, mode="area").round().to(torch.uint8)
         for layer in self._layers:
             act = self._finite(result.activations[layer][:k].float().cpu(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])

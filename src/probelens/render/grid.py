@@ -71,8 +71,9 @@ def _safe_text(text: str, font: _Font) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_width(text: str, font: _Font) -> float:
-    """Advance width of one line of text in pixels."""
+    """Advance width of one line of text in pixels (cached: the same captions are measured at every log step)."""
     if not text:
         return 0.0
     return float(_measure_draw().textlength(_safe_text(text, font), font=font))
