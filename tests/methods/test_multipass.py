@@ -665,3 +665,65 @@ def test_what_guided_backprop_does_under_model_randomisation(trained_and_randomi
     assert rho_guided < 0.5
     assert abs(rho_guided - rho_vanilla) < 0.15
     assert _spearman(guided, saliency(perturbed, x, t, method="guided_backprop").abs().sum(1)).mean() > 0.9
+
+
+class _Costly:
+    """A consumer of chunk ranges whose time per chunk follows a cost model (seconds = fixed + per_copy(size))."""
+
+    def __init__(self, fixed: float, per_copy) -> None:
+        self.fixed, self.per_copy, self.seen = fixed, per_copy, []
+
+    def run(self, ranges):
+        import time
+
+        for start, stop in ranges:
+            self.seen.append((start, stop))
+            time.sleep(self.fixed + self.per_copy(stop - start) * (stop - start))
+        return self.seen
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_copy", "best"),
+    [
+        (0.02, lambda size: 0.0, 16),  # a fixed cost per pass: the largest chunk wins
+        (0.0, lambda size: 0.0005 * size, 4),  # a cost per copy that grows with the chunk: the smallest wins
+        (0.0, lambda size: 0.002 if size != 8 else 0.0005, 8),  # the estimate itself
+    ],
+)
+def test_tuned_chunks_try_half_once_and_twice_the_estimate_and_keep_the_fastest(fixed, per_copy, best):
+    model = small_cnn()
+    tuned = _batching.TunedChunks(model, ("test",), base=8, limit=100)
+    seen = _Costly(fixed, per_copy).run(tuned.ranges(100))
+    assert [b - a for a, b in seen[:4]] == [8, 4, 8, 16]  # warm-up, then each candidate once
+    assert [a for a, _ in seen] == [0, *(b for _, b in seen[:-1])] and seen[-1][1] == 100  # in order, no gap
+    assert tuned.chosen == best
+    assert all(b - a == best for a, b in seen[4:-1])
+    # a later call on the same model and key goes straight to the choice
+    again = _batching.TunedChunks(model, ("test",), base=8, limit=100)
+    assert again.chosen == best
+    assert list(again.ranges(40)) == list(_batching.chunk_ranges(40, best))
+    # another model, or another key, starts afresh
+    assert _batching.TunedChunks(small_cnn(), ("test",), base=8, limit=100).chosen is None
+    assert _batching.TunedChunks(model, ("other",), base=8, limit=100).chosen is None
+
+
+def test_tuned_chunks_respect_the_budget_limit_and_skip_tuning_small_work():
+    model = small_cnn()
+    capped = _batching.TunedChunks(model, ("capped",), base=8, limit=10)
+    sizes = [b - a for a, b in _Costly(0.01, lambda size: 0.0).run(capped.ranges(200))]
+    assert max(sizes) == 10 and capped.chosen == 10  # twice the estimate would exceed the memory budget
+    small = _batching.TunedChunks(model, ("small",), base=8, limit=100)
+    assert list(small.ranges(20)) == list(_batching.chunk_ranges(20, 8))  # 8 + 4 + 8 + 16 > 20: no trial
+    assert small.chosen is None
+
+
+def test_methods_tune_on_cpu_and_give_the_same_result_as_a_fixed_chunk():
+    model, x = small_cnn(), torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 0, 1])
+    chunking = _batching.auto_chunks(model, x, 64, "smoothgrad/vanilla/False")
+    assert isinstance(chunking, _batching.TunedChunks) and chunking.chosen is None
+    assert chunking.base + chunking.base // 2 + chunking.base + 2 * chunking.base <= 4 * 64  # room for the trial
+    tuned = smoothgrad(model, x, t, samples=64, noise=0.2, seed=3)
+    assert chunking.chosen in {max(1, chunking.base // 2), chunking.base, min(2 * chunking.base, chunking.limit)}
+    fixed = smoothgrad(model, x, t, samples=64, noise=0.2, seed=3, chunk_size=chunking.chosen)
+    torch.testing.assert_close(tuned, fixed)

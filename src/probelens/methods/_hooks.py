@@ -6,6 +6,7 @@ Every hook is registered inside a ``try``/``finally`` and removed on exit, also 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -64,13 +65,22 @@ def probe_context(model: nn.Module) -> Iterator[None]:
         yield
 
 
+# per layer module (weakly referenced): whether its output must be cloned because an op after it works in place
+_CLONE_NEEDED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
 class ActivationCapture:
     """Forward hooks that record the output of named modules.
 
-    The hook stores the module's output and hands a ``clone()`` to the rest of the network, so an in-place op that
-    follows (``ReLU(inplace=True)``) modifies the clone and the recorded tensor keeps the module's true output, still
-    on the autograd path. A module that runs several times per forward (weight sharing, a reused ReLU) keeps its last
-    output; ``calls`` counts the firings.
+    The recorded tensor must stay the module's true output, on the autograd path, even when an op that follows works
+    in place (``ReLU(inplace=True)`` after a convolution would overwrite it). The first time a module is seen, its
+    hook hands a ``clone()`` to the rest of the network and :meth:`settle` looks afterwards whether that clone was
+    modified in place. A module whose clone was left alone is trusted from then on: its output is recorded without a
+    copy (a conv output read by a BatchNorm needs none; on a 4-block VGG the clones cost 10-15% of the pass), and
+    :meth:`settle` checks its version counter instead; if an in-place op did touch it after all, the module goes back
+    to being cloned and :meth:`settle` names it, so that the caller runs the forward again. A module that runs
+    several times per forward (weight sharing, a reused ReLU) keeps its last output, is always cloned; ``calls``
+    counts the firings.
     """
 
     def __init__(self, layers: dict[str, nn.Module]) -> None:
@@ -78,9 +88,11 @@ class ActivationCapture:
         self.outputs: dict[str, Tensor] = {}
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._clones: dict[str, Tensor] = {}
+        self._versions: dict[str, int] = {}
 
     def _make_hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> object:
+        def hook(module: nn.Module, _inputs: object, output: object) -> object:
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"layer {name!r} returned {type(output).__name__}, not a tensor; pick a layer whose output is a "
@@ -88,9 +100,30 @@ class ActivationCapture:
                 )
             self.outputs[name] = output
             self.calls[name] += 1
-            return output.clone()
+            if _CLONE_NEEDED.get(module, True) or self.calls[name] > 1:
+                self._versions.pop(name, None)
+                self._clones[name] = clone = output.clone()
+                return clone
+            self._versions[name] = output._version
+            return None
 
         return hook
+
+    def settle(self) -> list[str]:
+        """After the forward: learn which modules need no clone; return the layers whose recorded output an in-place
+        op modified (possible only for a trusted module whose graph changed; run the forward again)."""
+        stale = []
+        for name, version in self._versions.items():
+            if self.outputs[name]._version != version:
+                _CLONE_NEEDED[self.layers[name]] = True
+                stale.append(name)
+        for name, clone in self._clones.items():
+            module = self.layers[name]
+            if self.calls[name] == 1 and clone._version == 0:
+                _CLONE_NEEDED.setdefault(module, False)
+            else:
+                _CLONE_NEEDED[module] = True
+        return stale
 
     def __enter__(self) -> ActivationCapture:
         try:

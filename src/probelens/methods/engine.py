@@ -90,6 +90,24 @@ def check_targets(targets: Tensor, n: int, num_classes: int) -> Tensor:
     return targets.long()
 
 
+def _capture_forward(
+    net: nn.Module, images: Tensor, layers: dict[str, nn.Module], need_backward: bool, transform: OutputTransform
+) -> tuple[ActivationCapture, Tensor, Tensor]:
+    """The forward pass with the layer outputs recorded (run twice in the rare case :meth:`ActivationCapture.settle`
+    finds a recorded output overwritten in place; the second run clones it)."""
+    for _attempt in range(2):
+        with ActivationCapture(layers) as capture:
+            # a fresh leaf outside inference mode: probes may come from inference-mode code (validate/test)
+            x = images.detach().clone()
+            if need_backward:
+                x.requires_grad_(True)
+            with torch.set_grad_enabled(need_backward):
+                scores = transform(net(x))
+        if not capture.settle():
+            break
+    return capture, x, scores
+
+
 def forward_backward(
     model: nn.Module,
     images: Tensor,
@@ -126,13 +144,8 @@ def forward_backward(
     transform = output_transform or default_output_transform
     target_sets: dict[str, Tensor | None] = dict(targets) if isinstance(targets, Mapping) else {"target": targets}
     need_backward = gradients or input_gradient
-    with probe_context(net), ActivationCapture(layers) as capture:
-        # a fresh leaf outside inference mode: probes may come from inference-mode code (validate/test)
-        x = images.detach().clone()
-        if need_backward:
-            x.requires_grad_(True)
-        with torch.set_grad_enabled(need_backward):
-            scores = transform(net(x))
+    with probe_context(net):
+        capture, x, scores = _capture_forward(net, images, layers, need_backward, transform)
         if scores.dim() != 2:
             raise ValueError(
                 f"the model output (after output_transform) must be class scores [N, num_classes], got shape "

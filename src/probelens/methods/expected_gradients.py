@@ -84,7 +84,8 @@ def expected_gradients(
             ``0`` for none.
         seed: seed of the private generator.
         layer: a layer name to attribute to its output instead of the input.
-        chunk_size: samples per forward/backward pass; ``None`` picks one from a memory budget.
+        chunk_size: samples per forward/backward pass; ``None`` picks one from a memory budget
+            (on CPU tuned on the first run, see ``TunedChunks``).
         output_transform: selects ``[N,K]`` scores from the model output.
 
     Returns:
@@ -156,7 +157,7 @@ def _expected_gradients_given(
             net, x, targets, gradients=False, input_gradient=False, output_transform=output_transform
         )
         t = clean.targets["target"]
-        chunk = chunk_size or _batching.chunk_size(net, x, samples)
+        chunk = chunk_size or _batching.auto_chunks(net, x, samples, "expected_gradients")
 
         def attribution(start: int, stop: int) -> Tensor:
             owner, _ = _batching.copy_owners(start, stop, samples, x.device)

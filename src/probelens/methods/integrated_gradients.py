@@ -113,7 +113,8 @@ def integrated_gradients(
         steps: number of path points ``>= 1`` (``>= 2`` for ``"riemann_trapezoid"``).
         method: ``"gausslegendre"`` (default, as Captum), ``"riemann_trapezoid"``, ``"riemann_middle"``,
             ``"riemann_left"`` or ``"riemann_right"``.
-        chunk_size: path points per forward/backward pass; ``None`` picks one from a memory budget.
+        chunk_size: path points per forward/backward pass; ``None`` picks one from a memory budget
+            (on CPU tuned on the first run, see ``TunedChunks``).
         output_transform: selects ``[N,K]`` scores from the model output.
         return_convergence_delta: also return ``delta = sum_j IG_j - (F_t(x) - F_t(b))`` per image ``[N]`` (Captum's
             sign convention); costs one more forward pass over the baselines.
@@ -135,7 +136,7 @@ def integrated_gradients(
         t = clean.targets["target"]
         alphas = alphas64.to(device=x.device, dtype=x.dtype)
         weights = weights64.to(device=x.device, dtype=x.dtype)
-        chunk = chunk_size or _batching.chunk_size(net, x, steps)
+        chunk = chunk_size or _batching.auto_chunks(net, x, steps, "integrated_gradients")
 
         def weighted_gradients(start: int, stop: int) -> Tensor:
             owner, step = _batching.copy_owners(start, stop, steps, x.device)

@@ -109,7 +109,8 @@ def occlusion(
             the window (non-overlapping windows).
         baseline: what the window is filled with: a number, ``"mean"`` (each image's per-channel mean), ``"blur"`` (a
             Gaussian-blurred copy of the image, ``sigma = window / 2``) or a tensor broadcastable to ``[N,C,H,W]``.
-        chunk_size: occluded copies per forward pass; ``None`` picks one from a memory budget.
+        chunk_size: occluded copies per forward pass; ``None`` picks one from a memory budget
+            (on CPU tuned on the first run, see ``TunedChunks``).
         output_transform: selects ``[N,K]`` scores from the model output.
 
     Returns:
@@ -139,7 +140,7 @@ def occlusion(
         rows = window_masks(height, win[0], step[0], x.device, x.dtype)  # [Py, H]
         cols = window_masks(width, win[1], step[1], x.device, x.dtype)  # [Px, W]
         positions = rows.shape[0] * cols.shape[0]
-        chunk = chunk_size or _batching.chunk_size(net, x, positions, backward=False)
+        chunk = chunk_size or _batching.auto_chunks(net, x, positions, "occlusion", backward=False)
 
         def occluded_scores(start: int, stop: int) -> Tensor:
             owner, p = _batching.copy_owners(start, stop, positions, x.device)

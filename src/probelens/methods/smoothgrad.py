@@ -75,7 +75,7 @@ def smoothgrad(
         seed: seed of the private noise generator.
         squared: average squared maps (SmoothGrad-Squared).
         chunk_size: copies per forward/backward pass; ``None`` picks one from a memory budget
-            (:func:`probelens.methods._batching.chunk_size`).
+            (:func:`probelens.methods._batching.chunk_size`; on CPU tuned on the first run, see ``TunedChunks``).
         output_transform: selects ``[N,K]`` scores from the model output.
 
     Returns:
@@ -123,7 +123,7 @@ def _smoothgrad_given_noise(
             net, x, targets, gradients=False, input_gradient=False, output_transform=output_transform
         )
         t = clean.targets["target"]
-        chunk = chunk_size or _batching.chunk_size(net, x, samples)
+        chunk = chunk_size or _batching.auto_chunks(net, x, samples, f"smoothgrad/{method}/{squared}")
 
         def smoothed(start: int, stop: int) -> Tensor:
             owner, _ = _batching.copy_owners(start, stop, samples, x.device)
