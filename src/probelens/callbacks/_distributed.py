@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from probelens.callbacks._sinks import write_image
@@ -99,25 +98,14 @@ def fire_sharded(monitor: ProbeMonitor, trainer: Any, model: nn.Module, step: in
     failed = failed_ranks(error is None)
     if failed:  # every rank sees the same list, so this gather is entered by all of them
         messages = failure_messages(None if error is None else f"{type(error).__name__}: {error}")
-        _count_failure(monitor, trainer, step, f"on rank(s) {failed} and was skipped on every rank ({messages[0]})")
+        monitor._record_failure(trainer, step, f"on rank(s) {failed} and was skipped on every rank ({messages[0]})")
         return
     if rank_zero:
         try:
             buffer.flush(sink)
         except Exception as err:  # rank 0 only, after the last collective: safe to fail alone
-            _count_failure(monitor, trainer, step, f"while writing its images ({type(err).__name__}: {err})")
+            monitor._record_failure(trainer, step, f"while writing its images ({type(err).__name__}: {err})")
             return
     monitor.fire_count += 1
     cost_ms = (time.perf_counter() - start) * 1000.0
     monitor._log_scalars(trainer, {f"probelens/cost_ms/{monitor.name}": cost_ms}, step)
-
-
-def _count_failure(monitor: ProbeMonitor, trainer: Any, step: int, what: str) -> None:
-    monitor.failure_count += 1
-    if not monitor._warned_failure:
-        monitor._warned_failure = True
-        rank_zero_warn(
-            f"{monitor.name} failed at step {step} {what}. Training goes on; further failures are counted silently "
-            f"in the scalar probelens/failures/{monitor.name}."
-        )
-    monitor._log_scalars(trainer, {f"probelens/failures/{monitor.name}": float(monitor.failure_count)}, step)

@@ -441,6 +441,17 @@ class ProbeMonitor:
             self._fire(trainer, pl_module, epoch_end=True)
 
     # ------------------------------------------------------------------ firing
+    def _record_failure(self, trainer: pl.Trainer, step: int, what: str) -> None:
+        """Count a failed firing, warn about the first one, and log the count as ``probelens/failures/<name>``."""
+        self.failure_count += 1
+        if not self._warned_failure:
+            self._warned_failure = True
+            rank_zero_warn(
+                f"{self.name} failed at step {step} {what}. Training goes on; further failures are counted silently "
+                f"in the scalar probelens/failures/{self.name}."
+            )
+        self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step)
+
     def _fire(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False, epoch_end: bool = False
     ) -> None:
@@ -460,14 +471,7 @@ class ProbeMonitor:
         try:
             self._log(step, pl_module, trainer)
         except Exception as err:  # an explanation must never take the training run down
-            self.failure_count += 1
-            if not self._warned_failure:
-                self._warned_failure = True
-                rank_zero_warn(
-                    f"{self.name} failed at step {step} and was skipped ({type(err).__name__}: {err}). Training goes "
-                    f"on; further failures are counted silently in the scalar probelens/failures/{self.name}."
-                )
-            self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step)
+            self._record_failure(trainer, step, f"and was skipped ({type(err).__name__}: {err})")
         else:
             self.fire_count += 1
             cost_ms = (time.perf_counter() - start) * 1000.0

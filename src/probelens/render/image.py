@@ -309,6 +309,14 @@ def to_pil_image(image: Tensor) -> Image.Image:
     Returns:
         A PIL image in mode ``"RGB"`` or ``"L"``.
     """
+    t = _single_image(image)
+    if t.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(t.numpy()))
+    return Image.fromarray(np.ascontiguousarray(t.permute(1, 2, 0).numpy()))
+
+
+def _single_image(image: Tensor) -> Tensor:
+    """``image`` on CPU as uint8 ``[3,H,W]`` or ``[H,W]`` (from ``[1,3,H,W]``/``[1,H,W]`` too); raises otherwise."""
     t = image.detach().cpu()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
@@ -316,11 +324,9 @@ def to_pil_image(image: Tensor) -> Image.Image:
         raise ValueError(f"expected a uint8 image, got {t.dtype}")
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
-    if t.ndim == 2:
-        return Image.fromarray(np.ascontiguousarray(t.numpy()))
-    if t.ndim == 3 and t.shape[0] == 3:
-        return Image.fromarray(np.ascontiguousarray(t.permute(1, 2, 0).numpy()))
-    raise ValueError(f"expected [3,H,W], [1,H,W] or [H,W], got {tuple(image.shape)}")
+    if t.ndim not in (2, 3) or (t.ndim == 3 and t.shape[0] != 3):
+        raise ValueError(f"expected [3,H,W], [1,H,W] or [H,W], got {tuple(image.shape)}")
+    return t
 
 
 PNG_COMPRESS_LEVEL = 1
@@ -469,15 +475,7 @@ def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Ma
     """
     if isinstance(compress_level, bool) or not isinstance(compress_level, int) or not 0 <= compress_level <= 9:
         raise ValueError(f"compress_level must be an integer in [0, 9], got {compress_level!r}")
-    t = image.detach().cpu()
-    if t.ndim == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 image, got {t.dtype}")
-    if t.ndim == 3 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim not in (2, 3) or (t.ndim == 3 and t.shape[0] != 3):
-        raise ValueError(f"expected [3,H,W], [1,H,W] or [H,W], got {tuple(image.shape)}")
+    t = _single_image(image)
     height, width = t.shape[-2:]
     if height == 0 or width == 0:
         raise ValueError(f"cannot encode an empty image of shape {tuple(image.shape)}")
