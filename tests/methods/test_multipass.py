@@ -685,9 +685,9 @@ class _Costly:
 @pytest.mark.parametrize(
     ("fixed", "per_copy", "best"),
     [
-        (0.02, lambda size: 0.0, 16),  # a fixed cost per pass: the largest chunk wins
+        (0.04, lambda size: 0.0, 16),  # a fixed cost per pass: the largest chunk wins
         (0.0, lambda size: 0.0005 * size, 4),  # a cost per copy that grows with the chunk: the smallest wins
-        (0.0, lambda size: 0.002 if size != 8 else 0.0005, 8),  # the estimate itself
+        (0.0, lambda size: 0.004 if size != 8 else 0.0005, 8),  # the estimate itself
     ],
 )
 def test_tuned_chunks_try_half_once_and_twice_the_estimate_and_keep_the_fastest(fixed, per_copy, best):
