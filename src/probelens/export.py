@@ -337,7 +337,9 @@ Box = tuple[int, int, int, int]
 def _probe_boxes(image: Image.Image) -> dict[int, Box]:
     """Probe index -> the box around all of its cells in ``image`` (a monitor's grid), from the PNG's layout chunk."""
     boxes: dict[int, Box] = {}
-    for k, x0, y0, x1, y1 in cells_from_text(getattr(image, "text", {})):
+    # ``info`` holds the text chunks read with the header (probelens writes them before the pixels); ``image.text``
+    # would decode every pixel to look for later ones
+    for k, x0, y0, x1, y1 in cells_from_text(image.info):
         x1, y1 = min(x1, image.width), min(y1, image.height)
         if x0 >= x1 or y0 >= y1:
             continue

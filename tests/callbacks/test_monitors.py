@@ -289,3 +289,24 @@ def test_max_image_side_downscales_the_picture_and_its_probe_image_layout(tmp_pa
         scaled = (big[0] * sx, big[1] * sy, big[2] * sx, big[3] * sy)
         assert all(abs(a - b) <= 1 for a, b in zip(box, scaled, strict=True)), (box, scaled)
         assert 0 <= box[0] < box[2] <= small.shape[2] and 0 <= box[1] < box[3] <= small.shape[1]
+
+
+def test_every_n_steps_fires_once_per_optimizer_step_with_gradient_accumulation(tmp_path):
+    probe = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4, seed=0)
+    monitor = FilterMonitor(every_n_steps=2)
+    train, val = loaders(n=128, batch_size=8)  # 16 batches, 8 optimizer steps per epoch
+    tr = trainer(
+        tmp_path,
+        [monitor, GradCAMMonitor(probe, layers="last", every_n_steps=2, filmstrip=False)],
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        log_every_n_steps=2,
+        limit_val_batches=0,
+    )
+    tr.fit(LitClassifier(), train, val)
+    assert tr.global_step == 8
+    assert monitor.fire_count == 4  # optimizer steps 2, 4, 6, 8; not also on the micro-batches after them
+    acc = read_events(tr.logger.log_dir)
+    steps = [e.step for e in acc.Images("probelens/gradcam/model.8")]
+    assert steps == sorted(set(steps)) and len(steps) == 4
+    assert steps == [e.step for e in acc.Scalars("train_loss")]  # where Lightning's log_every_n_steps=2 logs

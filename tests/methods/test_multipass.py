@@ -694,10 +694,10 @@ def test_tuned_chunks_try_half_once_and_twice_the_estimate_and_keep_the_fastest(
     model = small_cnn()
     tuned = _batching.TunedChunks(model, ("test",), base=8, limit=100)
     seen = _Costly(fixed, per_copy).run(tuned.ranges(100))
-    assert [b - a for a, b in seen[:4]] == [8, 4, 8, 16]  # warm-up, then each candidate once
+    assert [b - a for a, b in seen[:6]] == [4, 4, 8, 8, 16, 16]  # each candidate: a warm-up, then a timed chunk
     assert [a for a, _ in seen] == [0, *(b for _, b in seen[:-1])] and seen[-1][1] == 100  # in order, no gap
     assert tuned.chosen == best
-    assert all(b - a == best for a, b in seen[4:-1])
+    assert all(b - a == best for a, b in seen[6:-1])
     # a later call on the same model and key goes straight to the choice
     again = _batching.TunedChunks(model, ("test",), base=8, limit=100)
     assert again.chosen == best
@@ -713,8 +713,11 @@ def test_tuned_chunks_respect_the_budget_limit_and_skip_tuning_small_work():
     sizes = [b - a for a, b in _Costly(0.01, lambda size: 0.0).run(capped.ranges(200))]
     assert max(sizes) == 10 and capped.chosen == 10  # twice the estimate would exceed the memory budget
     small = _batching.TunedChunks(model, ("small",), base=8, limit=100)
-    assert list(small.ranges(20)) == list(_batching.chunk_ranges(20, 8))  # 8 + 4 + 8 + 16 > 20: no trial
+    assert list(small.ranges(20)) == list(_batching.chunk_ranges(20, 8))  # 2 x (4 + 8) > 20: no trial
     assert small.chosen is None
+    some = _batching.TunedChunks(model, ("some",), base=8, limit=100)
+    sizes = [b - a for a, b in _Costly(0.01, lambda size: 0.0).run(some.ranges(40))]
+    assert sizes[:4] == [4, 4, 8, 8] and some.chosen == 8  # 2 x (4 + 8 + 16) > 40: the largest size is dropped
 
 
 def test_methods_tune_on_cpu_and_give_the_same_result_as_a_fixed_chunk():
@@ -722,7 +725,7 @@ def test_methods_tune_on_cpu_and_give_the_same_result_as_a_fixed_chunk():
     t = torch.tensor([0, 1, 0, 1])
     chunking = _batching.auto_chunks(model, x, 64, "smoothgrad/vanilla/False")
     assert isinstance(chunking, _batching.TunedChunks) and chunking.chosen is None
-    assert chunking.base + chunking.base // 2 + chunking.base + 2 * chunking.base <= 4 * 64  # room for the trial
+    assert 2 * (chunking.base // 2 + chunking.base + 2 * chunking.base) <= 4 * 64  # room for the whole trial
     tuned = smoothgrad(model, x, t, samples=64, noise=0.2, seed=3)
     assert chunking.chosen in {max(1, chunking.base // 2), chunking.base, min(2 * chunking.base, chunking.limit)}
     fixed = smoothgrad(model, x, t, samples=64, noise=0.2, seed=3, chunk_size=chunking.chosen)

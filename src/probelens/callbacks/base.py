@@ -128,6 +128,7 @@ class ProbeMonitor:
         self.fire_count = 0
         self.failure_count = 0
         self.last_logged_step = -1
+        self._batch_fired_global_step = -1
         # runtime state
         self._configured_for: int | None = None
         self._session: ProbeSession | None = None
@@ -412,7 +413,10 @@ class ProbeMonitor:
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         n = self.every_n_steps
-        if n is not None and trainer.global_step > 0 and trainer.global_step % n == 0:
+        step = trainer.global_step
+        # with accumulate_grad_batches > 1 the batches after an optimizer step see the same global_step: fire once
+        if n is not None and step > 0 and step % n == 0 and step != self._batch_fired_global_step:
+            self._batch_fired_global_step = step
             self._fire(trainer, pl_module)
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:

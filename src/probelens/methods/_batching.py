@@ -181,11 +181,12 @@ class TunedChunks:
 
     On CPU the fastest chunk depends on the network as much as on its activation sizes (measured against Captum's
     batch settings: a 4-block VGG ran fastest with 16 copies per pass at 64 px, a ResNet-18 with 64), so no single
-    byte rule fits. :meth:`ranges` hands out one untimed warm-up chunk of the estimate (first-touch allocation and
-    kernel selection land there), then one chunk of each candidate size, timed by how long the caller takes to come
-    back for the next range, and the rest in the size with the lowest time per copy. The choice is remembered per
-    model and method/shape key, so later calls (later log steps) go straight to it. Work too small to try all three
-    sizes uses the estimate and remembers nothing. Only the chunking changes, never which copies are computed.
+    byte rule fits. :meth:`ranges` hands out, for each candidate size, an untimed warm-up chunk (first-touch
+    allocation and kernel selection for that batch shape land there) and then a chunk timed by how long the caller
+    takes to come back for the next range; the rest goes in the size with the lowest time per copy. The choice is
+    remembered per model and method/shape key, so later calls (later log steps) go straight to it. Work too small
+    for two trials of every size drops the largest sizes; with fewer than two left it uses the estimate and
+    remembers nothing. Only the chunking changes, never which copies are computed.
 
     Args:
         model: the network (the cache is kept per model, weakly referenced).
@@ -211,13 +212,16 @@ class TunedChunks:
             yield from chunk_ranges(total, self.chosen)
             return
         candidates = sorted({max(1, self.base // 2), self.base, min(2 * self.base, self.limit)})
-        if len(candidates) < 2 or self.base + sum(candidates) > total:
+        while len(candidates) > 1 and 2 * sum(candidates) > total:  # not enough work: drop the largest
+            candidates.pop()
+        if len(candidates) < 2:
             yield from chunk_ranges(total, self.base)
             return
-        yield 0, self.base  # warm-up, untimed
-        start = self.base
+        start = 0
         per_copy: dict[int, float] = {}
         for size in candidates:
+            yield start, start + size  # warm-up at this size, untimed
+            start += size
             began = time.perf_counter()
             yield start, start + size
             per_copy[size] = (time.perf_counter() - began) / size

@@ -6,6 +6,7 @@ Every hook is registered inside a ``try``/``finally`` and removed on exit, also 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import weakref
 from collections.abc import Iterator
 
@@ -67,6 +68,18 @@ def probe_context(model: nn.Module) -> Iterator[None]:
 
 # per layer module (weakly referenced): whether its output must be cloned because an op after it works in place
 _CLONE_NEEDED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+_CLONE_ALL: contextvars.ContextVar[bool] = contextvars.ContextVar("probelens_clone_all", default=False)
+
+
+@contextlib.contextmanager
+def cloning_every_output() -> Iterator[None]:
+    """Within it, every :class:`ActivationCapture` clones every output (no learning, never a second forward): for
+    collective forwards (sharded models), where one rank must not decide alone to run the forward again."""
+    token = _CLONE_ALL.set(True)
+    try:
+        yield
+    finally:
+        _CLONE_ALL.reset(token)
 
 
 class ActivationCapture:
@@ -80,11 +93,13 @@ class ActivationCapture:
     :meth:`settle` checks its version counter instead; if an in-place op did touch it after all, the module goes back
     to being cloned and :meth:`settle` names it, so that the caller runs the forward again. A module that runs
     several times per forward (weight sharing, a reused ReLU) keeps its last output, is always cloned; ``calls``
-    counts the firings.
+    counts the firings. ``clone_all=True`` (or :func:`cloning_every_output`) clones every output, as a second
+    forward after a stale one does.
     """
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
+    def __init__(self, layers: dict[str, nn.Module], clone_all: bool = False) -> None:
         self.layers = layers
+        self.clone_all = clone_all or _CLONE_ALL.get()
         self.outputs: dict[str, Tensor] = {}
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -100,7 +115,7 @@ class ActivationCapture:
                 )
             self.outputs[name] = output
             self.calls[name] += 1
-            if _CLONE_NEEDED.get(module, True) or self.calls[name] > 1:
+            if self.clone_all or _CLONE_NEEDED.get(module, True) or self.calls[name] > 1:
                 self._versions.pop(name, None)
                 self._clones[name] = clone = output.clone()
                 return clone

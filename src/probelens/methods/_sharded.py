@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from probelens.methods._hooks import cloning_every_output
 from probelens.methods.engine import ProbePass, TargetSpec, forward_backward
 
 
@@ -196,7 +197,9 @@ def sharded_forward_backward(
     error: Exception | None = None
     part: ProbePass | None = None
     try:
-        with rank0_buffers(model):  # collective; the slices must all see rank 0's BatchNorm statistics
+        # collective; the slices must all see rank 0's BatchNorm statistics. Every output is cloned: the engine's
+        # learned no-clone path may run a second forward, which one rank must never do alone
+        with rank0_buffers(model), cloning_every_output():
             part = forward_backward(
                 model,
                 images[index.to(images.device)],

@@ -93,18 +93,24 @@ def check_targets(targets: Tensor, n: int, num_classes: int) -> Tensor:
 def _capture_forward(
     net: nn.Module, images: Tensor, layers: dict[str, nn.Module], need_backward: bool, transform: OutputTransform
 ) -> tuple[ActivationCapture, Tensor, Tensor]:
-    """The forward pass with the layer outputs recorded (run twice in the rare case :meth:`ActivationCapture.settle`
-    finds a recorded output overwritten in place; the second run clones it)."""
-    for _attempt in range(2):
-        with ActivationCapture(layers) as capture:
+    """The forward pass with the layer outputs recorded. In the rare case :meth:`ActivationCapture.settle` finds a
+    recorded output overwritten in place, the pass is dropped and run again with every output cloned."""
+
+    def attempt(clone_all: bool) -> tuple[ActivationCapture, Tensor, Tensor]:
+        with ActivationCapture(layers, clone_all=clone_all) as capture:
             # a fresh leaf outside inference mode: probes may come from inference-mode code (validate/test)
             x = images.detach().clone()
             if need_backward:
                 x.requires_grad_(True)
             with torch.set_grad_enabled(need_backward):
                 scores = transform(net(x))
-        if not capture.settle():
-            break
+        return capture, x, scores
+
+    capture, x, scores = attempt(clone_all=False)
+    if capture.settle():
+        del capture, x, scores  # free the first graph before building the second
+        capture, x, scores = attempt(clone_all=True)
+        capture.settle()
     return capture, x, scores
 
 

@@ -157,7 +157,7 @@ def _expected_gradients_given(
             net, x, targets, gradients=False, input_gradient=False, output_transform=output_transform
         )
         t = clean.targets["target"]
-        chunk = chunk_size or _batching.auto_chunks(net, x, samples, "expected_gradients")
+        chunk = chunk_size or _batching.auto_chunks(net, x, samples, f"expected_gradients/{layer}")
 
         def attribution(start: int, stop: int) -> Tensor:
             owner, _ = _batching.copy_owners(start, stop, samples, x.device)
