@@ -350,23 +350,24 @@ def _probe_boxes(image: Image.Image) -> dict[int, Box]:
     return boxes
 
 
-def _layout(encoded: Sequence[tuple[int, bytes]]) -> dict[int, Box]:
-    """Probe index -> the largest box it gets over the steps (headers and text chunks only, no pixels decoded)."""
-    largest: dict[int, Box] = {}
+def _layout(encoded: Sequence[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
+    """Probe index -> the largest ``(width, height)`` of its box over the steps (headers and text chunks only, no
+    pixels decoded)."""
+    largest: dict[int, tuple[int, int]] = {}
     for _, data in encoded:
         with Image.open(io.BytesIO(data)) as image:
             for k, (x0, y0, x1, y1) in _probe_boxes(image).items():
-                w, h = largest.get(k, (0, 0, 0, 0))[2:]
-                largest[k] = (0, 0, max(w, x1 - x0), max(h, y1 - y0))
+                w, h = largest.get(k, (0, 0))
+                largest[k] = (max(w, x1 - x0), max(h, y1 - y0))
     return largest
 
 
-def _budget_groups(sizes: dict[int, Box], n_steps: int) -> list[list[int]]:
+def _budget_groups(sizes: dict[int, tuple[int, int]], n_steps: int) -> list[list[int]]:
     """Probe indices in groups whose crops over all steps fit :data:`_CROP_BUDGET_BYTES` (one decode pass each)."""
     groups: list[list[int]] = [[]]
     used = 0
     for k in sorted(sizes):
-        cost = 3 * sizes[k][2] * sizes[k][3] * n_steps
+        cost = 3 * sizes[k][0] * sizes[k][1] * n_steps
         if groups[-1] and used + cost > _CROP_BUDGET_BYTES:
             groups.append([])
             used = 0
@@ -403,7 +404,7 @@ def _export_probe_images(
             frames = crops.pop(k)
             if not frames:
                 continue
-            size = sizes[k][2:]
+            size = sizes[k]
             gif, strip = folder / f"probe_{k:03d}.gif", folder / f"probe_{k:03d}.filmstrip.png"
             write_gif((stamp(_pad(crop, size), f"#{k} step {step}") for step, crop in frames), gif, fps)
             in_strip = [(step, crop) for step, crop in frames if step in chosen] or frames[-1:]

@@ -106,6 +106,4 @@ def fire_sharded(monitor: ProbeMonitor, trainer: Any, model: nn.Module, step: in
         except Exception as err:  # rank 0 only, after the last collective: safe to fail alone
             monitor._record_failure(trainer, step, f"while writing its images ({type(err).__name__}: {err})")
             return
-    monitor.fire_count += 1
-    cost_ms = (time.perf_counter() - start) * 1000.0
-    monitor._log_scalars(trainer, {f"probelens/cost_ms/{monitor.name}": cost_ms}, step)
+    monitor._record_success(trainer, step, start)

@@ -8,13 +8,14 @@ is attached, PNG files under the log dir (:class:`PngSink`). :func:`register_sin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import re
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -56,10 +57,6 @@ def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequ
         sink.add_image(tag, image, step)
 
 
-def _png_text(cells: Sequence[Cell]) -> dict[str, str] | None:
-    return cells_to_text(cells) if cells else None
-
-
 @functools.cache
 def _summary_writer_type() -> type | None:
     try:
@@ -97,7 +94,7 @@ class TensorBoardSink:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
-        png = encode_png(rgb, text=_png_text(cells))
+        png = encode_png(rgb, text=cells_to_text(cells))
         height, width = int(rgb.shape[1]), int(rgb.shape[2])
         encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
         summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
@@ -119,6 +116,16 @@ def _step_name(step: int, ext: str) -> str:
     return f"step_{step:08d}.{ext}"
 
 
+@contextlib.contextmanager
+def _temporary_png(image: Tensor, step: int, cells: Sequence[Cell] = ()) -> Iterator[str]:
+    """``image`` encoded once into a temporary ``step_<step>.png``, for loggers that copy a file in (W&B, MLflow)."""
+    with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
+        path = os.path.join(tmp, _step_name(step, "png"))
+        with open(path, "wb") as fh:
+            fh.write(encode_png(image, text=cells_to_text(cells)))
+        yield path
+
+
 class PngSink:
     """Writes ``<root>/<tag path>/step_<step>.png`` (and ``.txt`` for text)."""
 
@@ -129,7 +136,7 @@ class PngSink:
         return os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
 
     def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        save_png(image, self._path(tag, step, "png"), text=_png_text(cells))
+        save_png(image, self._path(tag, step, "png"), text=cells_to_text(cells))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         path = self._path(tag, step, "txt")
@@ -169,10 +176,7 @@ class WandbSink:
             pixels = image.expand(3, -1, -1) if image.shape[0] == 1 else image
             self.logger.log_image(key=tag, images=[pixels.permute(1, 2, 0).cpu().numpy()], step=step)
             return
-        with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
-            path = os.path.join(tmp, _step_name(step, "png"))
-            with open(path, "wb") as fh:
-                fh.write(encode_png(image))
+        with _temporary_png(image, step) as path:
             self.logger.log_image(key=tag, images=[path], step=step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
@@ -191,10 +195,7 @@ class MLflowSink:
         self.logger = logger
 
     def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
-            path = os.path.join(tmp, _step_name(step, "png"))
-            with open(path, "wb") as fh:
-                fh.write(encode_png(image, text=_png_text(cells)))
+        with _temporary_png(image, step, cells) as path:
             self.logger.experiment.log_artifact(self.logger.run_id, path, "/".join(_tag_parts(tag)))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
@@ -265,9 +266,14 @@ def _derives_from(logger: Any, class_name: str, lightning_only: bool = True) -> 
     return False
 
 
+def is_tensorboard_logger(logger: Any) -> bool:
+    """True for Lightning's ``TensorBoardLogger`` from either namespace (``pytorch_lightning`` or
+    ``lightning.pytorch``), and subclasses (by class name only: any of them writes through a ``SummaryWriter``)."""
+    return _derives_from(logger, "TensorBoardLogger", lightning_only=False)
+
+
 def _tensorboard(logger: Any) -> ImageSink | None:
-    # by name only, like ``is_tensorboard_logger`` in base.py: any ``TensorBoardLogger`` writes through a SummaryWriter
-    return TensorBoardSink(logger) if _derives_from(logger, "TensorBoardLogger", lightning_only=False) else None
+    return TensorBoardSink(logger) if is_tensorboard_logger(logger) else None
 
 
 def _wandb(logger: Any) -> ImageSink | None:

@@ -20,7 +20,14 @@ from typing_extensions import override
 
 from probelens.callbacks._distributed import fire_sharded, sharded_layer_summary, sharded_root
 from probelens.callbacks._session import ProbeSession, _Needs, session_for
-from probelens.callbacks._sinks import FanOutSink, ImageSink, PngSink, TensorBoardSink, sinks_for, write_image
+from probelens.callbacks._sinks import (
+    FanOutSink,
+    ImageSink,
+    PngSink,
+    TensorBoardSink,
+    sinks_for,
+    write_image,
+)
 from probelens.methods._sharded import is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass, default_output_transform
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
@@ -456,6 +463,12 @@ class ProbeMonitor:
             )
         self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step)
 
+    def _record_success(self, trainer: pl.Trainer, step: int, start: float) -> None:
+        """Count a firing begun at ``time.perf_counter()`` ``start``; log its cost as ``probelens/cost_ms/<name>``."""
+        self.fire_count += 1
+        cost_ms = (time.perf_counter() - start) * 1000.0
+        self._log_scalars(trainer, {f"probelens/cost_ms/{self.name}": cost_ms}, step)
+
     def _fire(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False, epoch_end: bool = False
     ) -> None:
@@ -477,9 +490,7 @@ class ProbeMonitor:
         except Exception as err:  # an explanation must never take the training run down
             self._record_failure(trainer, step, f"and was skipped ({type(err).__name__}: {err})")
         else:
-            self.fire_count += 1
-            cost_ms = (time.perf_counter() - start) * 1000.0
-            self._log_scalars(trainer, {f"probelens/cost_ms/{self.name}": cost_ms}, step)
+            self._record_success(trainer, step, start)
         self.last_logged_step = step
 
     @staticmethod
@@ -529,12 +540,6 @@ def _probe_from_trainer(trainer: Any, size: int, seed: int) -> ProbeSet | None:
             mean = std = None
         cache[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
     return cache[key]
-
-
-def is_tensorboard_logger(logger: Any) -> bool:
-    """True for Lightning's ``TensorBoardLogger`` from either namespace (``pytorch_lightning`` or
-    ``lightning.pytorch``), and subclasses: the core monitors import neither."""
-    return any(cls.__name__ == "TensorBoardLogger" for cls in type(logger).__mro__)
 
 
 def target_sets_for(target: str) -> list[str]:

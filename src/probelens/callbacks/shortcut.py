@@ -10,7 +10,8 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks.base import ProbeMonitor, is_tensorboard_logger
+from probelens.callbacks._sinks import is_tensorboard_logger
+from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.engine import forward_backward
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec

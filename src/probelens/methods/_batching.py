@@ -156,14 +156,21 @@ def chunk_size(
         raise ValueError(f"budget_bytes must be a positive integer or None, got {budget_bytes!r}")
     if example.dim() not in (3, 4):
         raise ValueError(f"example must be [N,C,H,W] or [C,H,W], got shape {tuple(example.shape)}")
+    return _chunk_bounds(model, example, copies_per_image, budget_bytes, backward)[0]
+
+
+def _chunk_bounds(
+    model: nn.Module, example: Tensor, copies_per_image: int, budget_bytes: int | None, backward: bool
+) -> tuple[int, int]:
+    """``(chunk, limit)``: :func:`chunk_size`'s answer and the largest chunk the memory budget alone allows."""
     n = example.shape[0] if example.dim() == 4 else 1
     total_copies = max(1, n * copies_per_image)
     per_copy, largest = activation_bytes(model, example)
     budget = default_budget_bytes(example.device) if budget_bytes is None else budget_bytes
-    chunk = budget // max(1, per_copy * (2 if backward else 1))
-    if example.device.type == "cpu":
-        chunk = min(chunk, round(CPU_LARGEST_ACTIVATION_BYTES / max(1, largest)))
-    return int(max(1, min(chunk, total_copies)))
+    limit = int(max(1, min(budget // max(1, per_copy * (2 if backward else 1)), total_copies)))
+    if example.device.type != "cpu":
+        return limit, limit
+    return int(max(1, min(limit, round(CPU_LARGEST_ACTIVATION_BYTES / max(1, largest))))), limit
 
 
 def chunk_ranges(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -244,13 +251,10 @@ def auto_chunks(
     On CPU a :class:`TunedChunks` around the :func:`chunk_size` estimate; elsewhere the estimate itself (on CUDA
     the memory budget is the binding limit and larger batches are not slower).
     """
-    base = chunk_size(model, example, copies_per_image, backward=backward)
+    check_count("copies_per_image", copies_per_image)
+    base, limit = _chunk_bounds(model, example, copies_per_image, None, backward)
     if example.device.type != "cpu":
         return base
-    n = example.shape[0] if example.dim() == 4 else 1
-    per_copy, _largest = activation_bytes(model, example)
-    budget = default_budget_bytes(example.device) // max(1, per_copy * (2 if backward else 1))
-    limit = int(max(1, min(budget, n * copies_per_image)))
     key = (method, tuple(example.shape), copies_per_image, backward, example.dtype, str(example.device))
     return TunedChunks(model, key, base, limit)
 

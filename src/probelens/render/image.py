@@ -397,7 +397,10 @@ Cell = tuple[int, int, int, int, int]
 
 
 def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
-    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`)."""
+    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`);
+    empty for no cells, so that pictures that are not grids of probe images carry no chunk."""
+    if not cells:
+        return {}
     return {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
 
 
