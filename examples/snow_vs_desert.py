@@ -98,18 +98,19 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
         val, num_samples=32, per_class=True, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES
     )
     logger = TensorBoardLogger(args.logdir, name=args.name or f"snow_vs_desert_p{args.p:g}")
+    shortcut = ShortcutMonitor(shortcut_probe, on_shortcut="warn")  # numbers + verdict + alert (needs masks)
     monitors = [
         FilterMonitor(layers=["net.0.0"]),  # first-layer RGB filters as colour patches
         ActivationMonitor(probe, layers="auto"),
         GradCAMMonitor(probe, layers="all"),  # Grad-CAM at every conv stage from one shared pass
         SaliencyMonitor(probe, methods=("vanilla", "gradient_x_input")),
-        ShortcutMonitor(shortcut_probe, on_shortcut="warn"),  # numbers + verdict + alert (needs masks)
+        shortcut,
     ]
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
         logger=logger,
-        callbacks=monitors,
+        callbacks=list(monitors),  # a copy: Lightning appends its own callbacks (the progress bar) to the list
         log_every_n_steps=10,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -124,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     elapsed = time.perf_counter() - start
     cost = sum(getattr(m, "fire_count", 0) for m in monitors)
     print(f"\nTrained {args.epochs} epochs in {elapsed:.0f} s ({cost} monitor log events).")
-    shortcut = monitors[-1]
     scores = ", ".join(f"{s:.2f}" for s in shortcut.verdict.history)
     if shortcut.alerts:
         print(f"SHORTCUT ALERT at step(s) {shortcut.alerts}: the model leans on the background (scores: {scores}).")

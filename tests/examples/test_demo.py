@@ -15,9 +15,13 @@ def load_example(name):
     return module
 
 
-def test_demo_logs_filters_activations_gradcam_and_saliency(tmp_path):
+def test_demo_logs_filters_activations_gradcam_and_saliency(tmp_path, capsys):
     demo = load_example("snow_vs_desert")
-    trainer = demo.main(["--n", "384", "--epochs", "3", "--probe", "4", "--logdir", str(tmp_path), "--quiet"])
+    # as the README runs it: with the progress bar (Lightning adds it to the callbacks), summary printed at the end
+    trainer = demo.main(["--n", "384", "--epochs", "3", "--probe", "4", "--logdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Trained 3 epochs" in out and f"TensorBoard run: {trainer.logger.log_dir}" in out
+    assert "SHORTCUT ALERT" in out or "No shortcut alert" in out
     acc = read_events(trainer.logger.log_dir)
     tags = acc.Tags()["images"]
     steps_per_epoch = 6  # 384 / 64
