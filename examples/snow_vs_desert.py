@@ -4,7 +4,7 @@ The two leopard classes differ only by coat texture (rings vs solid spots); the 
 with the class with probability ``--p``. At p=0.95 the background is an easy shortcut; at p=0.5 the model must learn
 the coat. Run::
 
-    python examples/snow_vs_desert.py            # ~2 minutes on 2 CPU cores
+    python examples/snow_vs_desert.py            # ~40 s on 2 CPU cores
     tensorboard --logdir lightning_logs --samples_per_plugin images=1000
 """
 
