@@ -85,8 +85,9 @@ class ProbeSet:
             raise TypeError(f"images must be a torch.Tensor [N,C,H,W], got {type(self.images).__name__}")
         if self.images.dim() == 3:
             raise ValueError(
-                f"images must be [N,C,H,W], got a 3-D tensor {tuple(self.images.shape)}; for one image use "
-                "images.unsqueeze(0), for grayscale [N,H,W] use images.unsqueeze(1)"
+                f"images must be [N,C,H,W] (probelens explains 2-D image models), got a 3-D tensor "
+                f"{tuple(self.images.shape)}: for one image [C,H,W] use images.unsqueeze(0), for grayscale [N,H,W] "
+                "images.unsqueeze(1); a batch of 1-D signals [N,C,L] (Conv1d models) is not supported"
             )
         if self.images.dim() != 4:
             raise ValueError(f"images must be a 4-D tensor [N,C,H,W], got shape {tuple(self.images.shape)}")

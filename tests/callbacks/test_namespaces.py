@@ -173,5 +173,5 @@ def test_lazy_probe_takes_masks_normalisation_and_class_names_from_the_dataset(t
     assert torch.bincount(probe.targets).tolist() == [4, 4]
     assert shortcut.fire_count == 1 and shortcut.failure_count == 0
     assert "shortcut/score" in read_events(tr.logger.log_dir).Tags()["scalars"]
-    with pytest.raises(ValueError, match="probe_size must be >= 1"):
+    with pytest.raises(ValueError, match="probe_size=0 is not allowed; probe_size must be an integer >= 1"):
         probelens_pl.GradCAMMonitor(probe_size=0)

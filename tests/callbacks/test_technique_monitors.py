@@ -52,7 +52,7 @@ def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
     assert sparse.fire_count == 1 and dense.fire_count == 5
     acc = read_events(tr.logger.log_dir)
     assert [e.step for e in acc.Images("probelens/occlusion/4x4")] == [9]
-    assert [e.step for e in acc.Images("probelens/occlusion/8x8")] == [1, 3, 5, 7, 9]
+    assert [e.step for e in acc.Images("probelens/dense/occlusion/8x8")] == [1, 3, 5, 7, 9]  # named: name in tag
     assert decode(acc.Images("probelens/occlusion/4x4")[0]).std() > 5
     assert probe_cells(acc.Images("probelens/occlusion/4x4")[0]) == list(range(len(probe)))  # for the export
 
@@ -107,7 +107,7 @@ def test_deconv_and_feature_vis_monitors(tmp_path):
     for tag, steps in (
         ("probelens/deconv/model.4", [1, 3]),
         ("probelens/feature_vis/model.8", [1, 3]),
-        ("probelens/feature_vis/classes", [3]),
+        ("probelens/classes/feature_vis/classes", [3]),
     ):
         events = acc.Images(tag)
         assert [e.step for e in events] == steps, tag

@@ -4,6 +4,13 @@ Each monitor registers what it needs (layers, gradients, input gradient, target 
 first monitor to fire computes a pass covering the union of all registered needs for its probe set, and the others
 read from it. A pass is reused only while the model is unchanged: the key holds the global step and the sum of the
 version counters of every parameter and buffer (an optimizer step or a BatchNorm update bumps them).
+
+Memory: the pass runs in chunks of the probe whose autograd graph fits the memory budget of the multi-pass methods
+(:func:`probelens.methods._batching.default_budget_bytes`: 256 MiB on CPU, a quarter of the free memory on CUDA), so
+the peak of one firing grows with the captured layer outputs only, not with the whole graph of the probe. The
+monitors release the cached pass when the next training batch starts and at teardown, so no pass tensor is kept
+between firings. At setup, :meth:`ProbeSession.check_memory` warns once when what a pass keeps (the captured layer
+outputs, their gradients and the input gradients) exceeds :data:`PASS_WARN_BYTES`.
 """
 
 from __future__ import annotations
@@ -12,11 +19,17 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from probelens.methods import _batching
+from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods._sharded import is_sharded, sharded_forward_backward
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
 from probelens.probe import ProbeSet
+
+PASS_WARN_BYTES = 2 * 2**30
+"""Above this many bytes kept by one shared pass (layer outputs, their gradients, input gradients) setup warns."""
 
 
 @dataclass
@@ -50,10 +63,17 @@ class ProbeSession:
     """Shared pass cache of one model (kept in a weak map keyed by the module)."""
 
     def __init__(self) -> None:
-        self._needs: dict[int, _Needs] = {}
-        self._cache: dict[int, tuple[tuple, _Needs, ProbePass]] = {}
+        # keyed by (probe, output transform): monitors that read the model's output differently never share a pass
+        self._needs: dict[tuple[int, int], _Needs] = {}
+        self._cache: dict[tuple[int, int], tuple[tuple, _Needs, ProbePass]] = {}
         self._inputs: dict[int, tuple[tuple, Tensor, Tensor]] = {}
+        self._memory_checked: set[tuple[int, int]] = set()
         self.forward_count = 0
+        self.chunk_calls = 0  # forward passes of all chunks (equals forward_count when no pass is chunked)
+
+    @staticmethod
+    def _key(probe: ProbeSet, transform: OutputTransform | None) -> tuple[int, int]:
+        return (id(probe), 0 if transform is None else id(transform))
 
     def register(
         self,
@@ -65,13 +85,11 @@ class ProbeSession:
         target_sets: set[str],
         output_transform: OutputTransform | None = None,
     ) -> None:
-        needs = self._needs.setdefault(id(probe), _Needs())
+        needs = self._needs.setdefault(self._key(probe, output_transform), _Needs(output_transform=output_transform))
         needs.layers.update(layers)
         needs.gradients |= gradients
         needs.input_gradient |= input_gradient
         needs.target_sets |= target_sets
-        if output_transform is not None:
-            needs.output_transform = output_transform
 
     def probe_inputs(self, probe: ProbeSet, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The probe images and targets on the model's device and in its dtype (cached)."""
@@ -86,7 +104,8 @@ class ProbeSession:
     def get(self, model: nn.Module, probe: ProbeSet, step: int, needs: _Needs) -> ProbePass:
         """The pass for ``probe`` on the model as it is now, computed at most once per model state."""
         key = (step, model_version(model))
-        all_needs = self._needs.setdefault(id(probe), _Needs())
+        slot = self._key(probe, needs.output_transform)
+        all_needs = self._needs.setdefault(slot, _Needs(output_transform=needs.output_transform))
         if not all_needs.covers(needs):  # a monitor that was not registered: widen and recompute
             self.register(
                 probe,
@@ -94,8 +113,9 @@ class ProbeSession:
                 gradients=needs.gradients,
                 input_gradient=needs.input_gradient,
                 target_sets=needs.target_sets,
+                output_transform=needs.output_transform,
             )
-        hit = self._cache.get(id(probe))
+        hit = self._cache.get(slot)
         if hit is not None and hit[0] == key and hit[1].covers(needs):
             return hit[2]
         param = next(iter(model.parameters()), None)
@@ -105,27 +125,86 @@ class ProbeSession:
         targets: dict[str, Tensor | None] = {}
         for name in sorted(all_needs.target_sets) or ["pred"]:
             targets[name] = labels if name == "label" else None
-        # sharded parameters (FSDP): every rank explains a slice of the probe and the slices are gathered
-        run = sharded_forward_backward if is_sharded(model) else forward_backward
-        result = run(
-            model,
-            images,
-            targets,
-            all_needs.layers,
+        self._cache.pop(slot, None)  # free the stale pass before the new one is built
+        options = dict(
             gradients=all_needs.gradients,
             input_gradient=all_needs.input_gradient,
             output_transform=all_needs.output_transform,
         )
+        if is_sharded(model):  # sharded parameters (FSDP): every rank explains a slice and the slices are gathered
+            result = sharded_forward_backward(model, images, targets, all_needs.layers, **options)
+            self.chunk_calls += 1
+        else:
+            chunk = self.pass_chunk(model, images, all_needs.gradients or all_needs.input_gradient)
+            parts = []
+            for start, stop in _batching.chunk_ranges(images.shape[0], chunk):
+                part_targets = {k: None if t is None else t[start:stop] for k, t in targets.items()}
+                parts.append(forward_backward(model, images[start:stop], part_targets, all_needs.layers, **options))
+                self.chunk_calls += 1
+            result = parts[0] if len(parts) == 1 else concat_passes(parts)
         self.forward_count += 1
         snapshot = _Needs(
             dict(all_needs.layers), all_needs.gradients, all_needs.input_gradient, set(all_needs.target_sets)
         )
-        self._cache[id(probe)] = (key, snapshot, result)
+        self._cache[slot] = (key, snapshot, result)
         return result
 
-    def clear(self) -> None:
+    @staticmethod
+    def pass_chunk(model: nn.Module, images: Tensor, backward: bool) -> int:
+        """Probe images per forward/backward of the shared pass: the most whose autograd graph fits the budget."""
+        return _batching._chunk_bounds(model, images, 1, None, backward)[1]
+
+    def check_memory(self, model: nn.Module, probe: ProbeSet, transform: OutputTransform | None) -> int:
+        """Estimated bytes one pass over ``probe`` keeps (captured outputs, their gradients per target set, the
+        input gradients); warns once above :data:`PASS_WARN_BYTES`. Measured with one image through the model."""
+        slot = self._key(probe, transform)
+        needs = self._needs.get(slot)
+        if needs is None:
+            return 0
+        param = next(iter(model.parameters()), None)
+        x = probe.images[:1]
+        if param is not None and param.dtype.is_floating_point:
+            x = x.to(device=param.device, dtype=param.dtype)
+        capture = ActivationCapture(needs.layers)
+        with probe_context(model), torch.no_grad(), capture:
+            model(x.detach().clone())
+        sets = max(1, len(needs.target_sets))
+        per_image = sum(out.numel() * out.element_size() for out in capture.outputs.values())
+        per_image *= 1 + (sets if needs.gradients else 0)
+        per_image += x.numel() * x.element_size() * (1 + (sets if needs.input_gradient else 0))
+        total = per_image * len(probe)
+        if total > PASS_WARN_BYTES and slot not in self._memory_checked:
+            self._memory_checked.add(slot)
+            rank_zero_warn(
+                f"probelens: one explanation pass over the {len(probe)}-image probe set keeps about "
+                f"{total / 2**30:.1f} GiB (the outputs of {len(needs.layers)} layers, their gradients and the input "
+                f"gradients), more than {PASS_WARN_BYTES / 2**30:.0f} GiB. The pass runs in chunks, but its results "
+                "are held while the monitors draw: use a smaller probe (num_samples=16 to 64 is typical), fewer or "
+                "coarser layers, or smaller images."
+            )
+        return total
+
+    def release(self) -> None:
         """Drop cached passes (their tensors) but keep the registrations."""
         self._cache.clear()
+
+
+def concat_passes(parts: list[ProbePass]) -> ProbePass:
+    """One :class:`ProbePass` from passes over consecutive chunks of a probe batch."""
+
+    def cat(tensors: list[Tensor]) -> Tensor:
+        return torch.cat(tensors, dim=0)
+
+    first = parts[0]
+    return ProbePass(
+        images=cat([p.images for p in parts]),
+        logits=cat([p.logits for p in parts]),
+        targets={k: cat([p.targets[k] for p in parts]) for k in first.targets},
+        activations={k: cat([p.activations[k] for p in parts]) for k in first.activations},
+        gradients={s: {k: cat([p.gradients[s][k] for p in parts]) for k in g} for s, g in first.gradients.items()},
+        input_gradients={k: cat([p.input_gradients[k] for p in parts]) for k in first.input_gradients},
+        calls=dict(first.calls),
+    )
 
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, ProbeSession] = weakref.WeakKeyDictionary()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.layers import LayerSpec
 from probelens.probe import ProbeSet
@@ -46,8 +47,10 @@ class ActivationMonitor(ProbeMonitor):
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
-        if max_channels < 1 or max_images < 1:
-            raise ValueError(f"max_channels and max_images must be >= 1, got {max_channels} and {max_images}")
+        owner = type(self).__name__
+        check_layer_spec(owner, "layers", layers)
+        check_int(owner, "max_channels", max_channels)
+        check_int(owner, "max_images", max_images)
         colormap_lut(cmap)
         self.layers_spec = layers
         self.max_channels = max_channels

@@ -11,7 +11,7 @@ import os
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.callbacks._distributed import fire_sharded, sharded_layer_summary, sharded_root
+from probelens.callbacks._options import check_bool, check_callable, check_choice, check_int, check_name
 from probelens.callbacks._session import ProbeSession, _Needs, session_for
 from probelens.callbacks._sinks import (
     FanOutSink,
@@ -29,7 +30,7 @@ from probelens.callbacks._sinks import (
     write_image,
 )
 from probelens.methods._sharded import is_sharded
-from probelens.methods.engine import OutputTransform, ProbePass, default_output_transform
+from probelens.methods.engine import OutputTransform, ProbePass, class_scores
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
 from probelens.render import Cell, sanitize
@@ -87,14 +88,50 @@ class ProbeMonitor:
         log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
         max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
             caps the event-file bytes per image; ``None`` writes them at full size.
-        name: a label for tags, warnings and the checkpoint state key (defaults to the class name).
+        output_transform: maps the model's output to class scores ``[N, K]`` (e.g. ``lambda out: out["scores"]``);
+            by default a tensor is taken as is, a mapping's ``"logits"`` entry, an object's ``.logits`` attribute or
+            a tuple's first element. A single logit per image (``[N]`` or ``[N, 1]``, a binary head) is read as the
+            two class scores ``(-z/2, z/2)``, whose softmax is ``(1 - sigmoid(z), sigmoid(z))``. Anything else is
+            refused when training starts.
+        name: a label for warnings, the checkpoint state key and the cost/failure scalars (defaults to the class
+            name). When given, it also enters every tag after its first segment (``probelens/<name>/gradcam/...``,
+            ``shortcut/<name>/score``), so two monitors of one class can run side by side. Monitors on one Trainer
+            must have distinct names (checked at setup).
 
     When it fires: by default at the end of validation (sanity check skipped); without a validation loop, at the end
-    of the training epoch. Under ``trainer.validate``/``trainer.test`` it fires once at the end. Each firing runs on
-    global rank 0 only, on the unwrapped module (with sharded parameters, FSDP: on every rank through the sharded
-    model, rank 0 writing; see ``docs/distributed.md``), and logs the monitor's own cost as
-    ``probelens/cost_ms/<name>``.
+    of the training epoch. Each firing runs on global rank 0 only, on the unwrapped module (with sharded parameters,
+    FSDP: on every rank through the sharded model, rank 0 writing; see ``docs/distributed.md``), and logs the
+    monitor's own cost as ``probelens/cost_ms/<name>``.
+
+    After ``fit``: ``trainer.validate`` and ``trainer.test`` fire once at their end and write under a stage prefix
+    (``validate/probelens/gradcam/...``, ``test/shortcut/score``), so they never write a second image at a
+    (tag, step) that training already wrote; a second ``validate`` at the same step is skipped. ``predict`` never
+    fires. A monitor passed to another Trainer attaches to it: its sink, log dir, probe built from the trainer's data,
+    step bookkeeping and history (filmstrip, drift, verdict) start afresh for that run.
+
+    Subclasses implement :meth:`_configure` (resolve the layers, register what the shared pass must compute; raise on
+    misconfiguration), :meth:`_log` (compute and write one step) and, where they keep history across firings,
+    :meth:`_reset_history`; :meth:`_after_fire` runs on every rank after each firing. The firing path itself
+    (``_fire``, ``setup``, ``_ensure_configured``, ``_image``, ``_text``, ``_log_scalars``) cannot be overridden.
     """
+
+    _SEALED: ClassVar[tuple[str, ...]] = (
+        "_fire",
+        "setup",
+        "_ensure_configured",
+        "_image",
+        "_text",
+        "_log_scalars",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in ProbeMonitor._SEALED if name in cls.__dict__]
+        if overridden:
+            raise TypeError(
+                f"{cls.__qualname__} overrides {overridden}, which belong to the one firing path of every monitor; "
+                "extend it through _configure, _log, _reset_history and _after_fire instead"
+            )
 
     def __init__(
         self,
@@ -106,46 +143,74 @@ class ProbeMonitor:
         probe_seed: int = 0,
         log_at_start: bool = False,
         max_image_side: int | None = 1024,
+        output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
         if probe is not None and not isinstance(probe, ProbeSet):
             raise TypeError(
-                f"probe must be a probelens.ProbeSet, got {type(probe).__name__}; build one with "
+                f"{owner}: probe must be a probelens.ProbeSet, got {type(probe).__name__}; build one with "
                 "ProbeSet(images, targets) or ProbeSet.from_dataset(val_dataset, num_samples=16)"
             )
-        for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
+        fix = "every_n_epochs=None fires on every_n_steps only"
+        check_int(owner, "every_n_epochs", every_n_epochs, none_ok=True, fix=fix)
+        check_int(owner, "every_n_steps", every_n_steps, none_ok=True)
+        check_bool(owner, "log_at_start", log_at_start)
         if every_n_epochs is None and every_n_steps is None and not log_at_start:
-            raise ValueError("every_n_epochs and every_n_steps are both None, so the monitor would never fire")
-        if probe_size < 1:
-            raise ValueError(f"probe_size must be >= 1, got {probe_size}")
+            raise ValueError(
+                f"{owner}: every_n_epochs and every_n_steps are both None, so the monitor would never fire; set one "
+                "of them (or log_at_start=True for a single picture of the untrained model)"
+            )
+        check_int(owner, "probe_size", probe_size)
+        check_int(owner, "probe_seed", probe_seed, minimum=0)
+        check_int(owner, "max_image_side", max_image_side, minimum=16, none_ok=True, fix="None writes full size")
+        check_callable(owner, "output_transform", output_transform, "lambda out: out['scores']")
+        self.name = check_name(owner, name) or owner
+        self._custom_name = name is not None
         self.probe = probe
         self.probe_size = probe_size
         self.probe_seed = probe_seed
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        if max_image_side is not None and max_image_side < 16:
-            raise ValueError(f"max_image_side must be >= 16 pixels or None, got {max_image_side}")
         self.log_at_start = log_at_start
         self.max_image_side = max_image_side
-        self.name = name or type(self).__name__
+        self.output_transform = output_transform
+        self._probe_given = probe is not None
         # checkpointed state
         self.fire_count = 0
         self.failure_count = 0
         self.last_logged_step = -1
-        self._batch_fired_global_step = -1
-        # runtime state
-        self._configured_for: int | None = None
+        # runtime state (per Trainer: see _attach)
+        self._trainer: weakref.ref[Any] | None = None
         self._session: ProbeSession | None = None
         self._needs = _Needs()
-        self._sink: ImageSink | None = None
         self._png_root: str | None = None
+        self._stage = "fit"
+        self._saved_fingerprint: str | None = None
+        self._reset_run()  # subclasses set up their history in their own __init__ (with _reset_history)
+
+    def _attach(self, trainer: Any) -> None:
+        """Start afresh for ``trainer``: everything that belongs to one run (its sink, step bookkeeping, warn-once
+        flags, a probe built from its data, the subclass's history). A checkpoint loaded after this restores the
+        checkpointed part."""
+        self._trainer = weakref.ref(trainer)
+        self._reset_run()
+        self._reset_history()
+
+    def _reset_run(self) -> None:
+        self._configured_for: int | None = None
+        self._sink: ImageSink | None = None
+        self.fire_count = 0
+        self.failure_count = 0
+        self.last_logged_step = -1
+        self._stage_steps: dict[str, int] = {}
+        self._batch_fired_global_step = -1
+        self._val_fired_epoch = -1
         self._warned_failure = False
         self._warned_nonfinite = False
-        self._val_fired_epoch = -1
-        self._saved_fingerprint: str | None = None
+        if not self._probe_given and self.needs_probe:
+            self.probe = None  # built again from this trainer's data
 
     # ------------------------------------------------------------------ identity and state
     def _generate_state_key(self, **kwargs: Any) -> str:
@@ -192,15 +257,27 @@ class ProbeMonitor:
         """Compute and log everything for one step."""
         raise NotImplementedError
 
+    def _reset_history(self) -> None:
+        """Forget what earlier firings of this run left (filmstrip frames, first maps, verdict): a new run starts."""
+
+    def _after_fire(self, trainer: pl.Trainer) -> None:
+        """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
+
     # ------------------------------------------------------------------ helpers for subclasses
+    def _example(self, model: nn.Module, count: int = 1) -> Tensor | None:
+        """The first ``count`` probe images on the model's device, in its dtype (``None`` without a probe)."""
+        if self.probe is None:
+            return None
+        x = self.probe.images[:count]
+        param = next(iter(model.parameters()), None)
+        if param is not None and param.dtype.is_floating_point:
+            x = x.to(device=param.device, dtype=param.dtype)
+        elif param is not None:
+            x = x.to(device=param.device)
+        return x
+
     def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
-        example = None
-        if self.probe is not None:
-            param = next(iter(model.parameters()), None)
-            example = self.probe.images[:1]
-            if param is not None:
-                example = example.to(device=param.device, dtype=param.dtype)
-        return resolve_layers(model, layers, example_input=example)
+        return resolve_layers(model, layers, example_input=self._example(unwrap_compiled(model)))
 
     def _require(
         self,
@@ -209,34 +286,39 @@ class ProbeMonitor:
         gradients: bool,
         input_gradient: bool,
         target_sets: set[str],
-        output_transform: OutputTransform | None = None,
     ) -> None:
         assert self.probe is not None and self._session is not None
-        self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), output_transform)
+        transform = self.output_transform
+        self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), transform)
         self._session.register(
             self.probe,
             layers,
             gradients=gradients,
             input_gradient=input_gradient,
             target_sets=target_sets,
-            output_transform=output_transform,
+            output_transform=transform,
         )
 
     def _pass(self, pl_module: nn.Module, step: int) -> ProbePass:
         assert self.probe is not None and self._session is not None
         return self._session.get(unwrap_compiled(pl_module), self.probe, step, self._needs)
 
+    def _scores(self, output: Any) -> Tensor:
+        """The class scores ``[N, K]`` in a model output, or a ``ValueError`` that shows ``output_transform=``."""
+        try:
+            return class_scores(output, self.output_transform)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.name}: {err}") from err
+
     def _check_probe_fits(self, model: nn.Module) -> None:
-        """One forward of one probe image, so a probe that does not fit the model fails before training starts."""
+        """One forward of one probe image, so a probe that does not fit the model, or an output that is not class
+        scores, fails before training starts."""
         if self.probe is None:
             return
         from probelens.methods._hooks import probe_context
 
         net = unwrap_compiled(model)
-        param = next(iter(net.parameters()), None)
-        x = self.probe.images[:1]
-        if param is not None:
-            x = x.to(device=param.device, dtype=param.dtype)
+        x = self._example(net)
         try:
             with probe_context(net), torch.no_grad():
                 output = net(x)
@@ -245,30 +327,27 @@ class ProbeMonitor:
                 f"{self.name}: the model cannot run on the probe images (shape {tuple(self.probe.images.shape)}): "
                 f"{err}. Build the probe from the same dataset and transforms the model trains on."
             ) from err
-        try:
-            scores = default_output_transform(output)
-        except TypeError:
-            return  # a custom output: the monitor's output_transform handles it
+        scores = self._scores(output)
         top = int(self.probe.targets.max())
-        if scores.dim() == 2 and top >= scores.shape[1]:
+        if top >= scores.shape[1]:
             raise ValueError(
                 f"{self.name}: probe target {top} is out of range: the model outputs {scores.shape[1]} classes. "
                 "Check the probe labels (and class_names) against the model's head."
             )
 
-    def _check_spatial(self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False) -> None:
+    def _check_spatial(
+        self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False
+    ) -> dict[str, Any]:
         """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]`` (or, with ``needs_grad``,
-        if no gradient can reach it)."""
+        if no gradient can reach it); returns each layer's output shape for one image."""
         from probelens.methods._hooks import ActivationCapture, probe_context
         from probelens.methods.layers import conv_layers
 
         if self.probe is None:
-            return
+            return {}
         net = unwrap_compiled(model)
-        param = next(iter(net.parameters()), None)
-        x = self.probe.images[:1]
-        if param is not None:
-            x = x.to(device=param.device, dtype=param.dtype)
+        x = self._example(net)
+        assert x is not None
         capture = ActivationCapture(layers)
         try:
             with probe_context(net), torch.set_grad_enabled(needs_grad), capture:
@@ -286,11 +365,19 @@ class ProbeMonitor:
         bad = {name: tuple(out.shape) for name, out in capture.outputs.items() if out.dim() != 4}
         missing = [name for name in layers if name not in capture.outputs]
         if bad or missing:
-            convs = ", ".join(list(conv_layers(net))[:12])
+            convs = list(conv_layers(net))[:12]
             problem = f"layers {bad} do not output a spatial feature map [N,C,H,W]" if bad else ""
             if missing:
                 problem += ("; " if problem else "") + f"layers {missing} never run in the forward pass"
-            raise ValueError(f"{self.name}: {problem}; pick convolutional layers (e.g. {convs}) or layers='auto'")
+            if convs:
+                hint = f"pick convolutional layers (e.g. {', '.join(convs)}) or layers='auto'"
+            else:
+                hint = (
+                    f"{type(net).__name__} has no 2-D convolution, so no layer outputs a spatial feature map; "
+                    "SaliencyMonitor and OcclusionMonitor explain any image model from its input"
+                )
+            raise ValueError(f"{self.name}: {problem}; {hint}")
+        return {name: tuple(out.shape[1:]) for name, out in capture.outputs.items()}
 
     def _finite(self, values: Tensor, what: str, step: int) -> Tensor:
         """``values`` with NaN/Inf replaced by 0; the first time it happens, a warning says where."""
@@ -302,6 +389,14 @@ class ProbeMonitor:
                 "display; the model's outputs or weights are probably diverging (check the loss and the learning rate)."
             )
         return clean
+
+    def _tag(self, tag: str, named: bool = True) -> str:
+        """``tag`` as written: the monitor's ``name`` after the first segment when one was given (``named``), and the
+        stage first under ``validate``/``test`` (see the class docstring)."""
+        if named and self._custom_name:
+            head, _, rest = tag.partition("/")
+            tag = f"{head}/{self.name}/{rest}" if rest else f"{head}/{self.name}"
+        return tag if self._stage == "fit" else f"{self._stage}/{tag}"
 
     def _image(
         self, tag: str, image: Tensor, step: int, boxes: Sequence[tuple[int, int, int, int]] = (), per_probe: int = 1
@@ -318,23 +413,55 @@ class ProbeMonitor:
             small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
             image = small.round().clamp(0, 255).to(torch.uint8)
             cells = [_scale_cell(cell, size[0] / height, size[1] / width, size) for cell in cells]
-        write_image(self._sink, tag, image, step, cells)
+        write_image(self._sink, self._tag(tag), image, step, cells)
+
+    def _text(self, tag: str, text: str, step: int) -> None:
+        assert self._sink is not None
+        self._sink.add_text(self._tag(tag), text, step)
+
+    def _log_scalars(self, trainer: pl.Trainer, metrics: dict[str, float], step: int, named: bool = True) -> None:
+        tagged = {self._tag(key, named): value for key, value in metrics.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(tagged, step=step)
 
     # ------------------------------------------------------------------ Lightning hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._trainer is None or self._trainer() is not trainer:
+            self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
+        self._check_unique_name(trainer)
         # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
         self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
+        self._configured_for = None  # configured again for this stage's module, sink resolved for this trainer
+        self._sink = None
+
+    def _check_unique_name(self, trainer: pl.Trainer) -> None:
+        clash = [
+            cb for cb in trainer.callbacks if isinstance(cb, ProbeMonitor) and cb is not self and cb.name == self.name
+        ]
+        if clash:
+            other = clash[0]
+            raise ValueError(
+                f"two probelens monitors on this Trainer are named {self.name!r} ({self.state_key} and "
+                f"{other.state_key}), so they would write the same tags (probelens/cost_ms/{self.name} and their "
+                f"images) and the same checkpoint state; give each its own name=, e.g. "
+                f"{type(self).__name__}(..., name='{self.name.lower()}_1') and name='{self.name.lower()}_2'"
+            )
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._session is not None:
+            self._session.release()  # no pass tensor outlives the run
 
     needs_probe = True  # FilterMonitor shows weights only
 
     def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule, required: bool = False) -> bool:
-        """Configure once per module; returns False while a probe set cannot be built yet (no data loaded)."""
+        """Configure once per module and stage; returns False while a probe set cannot be built yet (no data)."""
         pl_module = sharded_root(trainer) or pl_module  # sharded parameters: run through the FSDP root, on all ranks
         if self._configured_for == id(pl_module):
             return True
         if self.probe is None and self.needs_probe:
-            self.probe = _probe_from_trainer(trainer, self.probe_size, self.probe_seed)
+            self.probe = _probe_from_trainer(trainer, self.probe_size, self.probe_seed, self.name)
             if self.probe is None:
                 if required:
                     raise ValueError(
@@ -346,6 +473,8 @@ class ProbeMonitor:
         self._session = session_for(unwrap_compiled(pl_module))
         self._check_probe_fits(pl_module)
         self._configure(pl_module)
+        if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
+            self._session.check_memory(unwrap_compiled(pl_module), self.probe, self.output_transform)
         self._sink = self._make_sink(trainer)
         self._configured_for = id(pl_module)
         self._log_architecture(trainer, pl_module)
@@ -361,10 +490,8 @@ class ProbeMonitor:
 
         try:
             net = unwrap_compiled(pl_module)
-            param = next(iter(net.parameters()), None)
-            example = self.probe.images[:1]
-            if param is not None:
-                example = example.to(device=param.device, dtype=param.dtype)
+            example = self._example(net)
+            assert example is not None
             rows = sharded_layer_summary(net, example) if sharded else layer_summary(net, example)
             table = summary_markdown(rows, self.probe.image_size)
             assert self._sink is not None
@@ -391,7 +518,7 @@ class ProbeMonitor:
         if trainer not in _PNG_FALLBACK_WARNED:
             _PNG_FALLBACK_WARNED.add(trainer)
             rank_zero_warn(
-                "probelens: no TensorBoardLogger (nor a WandbLogger or MLFlowLogger) is attached, so images are "
+                "probelens: no TensorBoardLogger (nor a WandbLogger or MLflowLogger) is attached, so images are "
                 f"written as PNG files under {root}. Pass logger=TensorBoardLogger(...) to the Trainer to see them "
                 "next to the loss curves."
             )
@@ -412,8 +539,38 @@ class ProbeMonitor:
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
+        self._check_schedule(trainer)
         if self.log_at_start and trainer.global_step == 0:
             self._fire(trainer, pl_module)
+
+    def _check_schedule(self, trainer: pl.Trainer) -> None:
+        """Warn when the schedule cannot fire within the run (``every_n_steps`` beyond its optimizer steps,
+        ``every_n_epochs`` beyond ``max_epochs``): otherwise the user learns it from an empty dashboard."""
+        runs, unit, every = None, "", None
+        if self.every_n_steps is not None:
+            try:
+                total = float(trainer.estimated_stepping_batches)
+            except Exception:  # an unsized loader: nothing to compare with
+                total = math.inf
+            if math.isfinite(total) and self.every_n_steps > total:
+                runs, unit, every = int(total), "optimizer steps", self.every_n_steps
+        elif self.every_n_epochs is not None:
+            max_epochs = trainer.max_epochs
+            if max_epochs is not None and max_epochs >= 0 and self.every_n_epochs > max_epochs:
+                runs, unit, every = max_epochs, "epochs", self.every_n_epochs
+        if runs is not None:
+            option = "every_n_steps" if unit == "optimizer steps" else "every_n_epochs"
+            rank_zero_warn(
+                f"{self.name}: {option}={every} but this run has only {runs} {unit}, so the monitor never fires"
+                f"{' after the start' if self.log_at_start else ''}; use a smaller {option}."
+            )
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._session is not None:
+            self._session.release()  # the model is about to change: a cached pass could only be stale memory
 
     @override
     def on_train_batch_end(
@@ -435,15 +592,19 @@ class ProbeMonitor:
         if trainer.sanity_checking:
             return
         if trainer.state.fn == "fit":  # TrainerFn is a str enum in both Lightning namespaces
-            if self._epoch_due(trainer):
+            # a validation inside the epoch (val_check_interval < 1) is not the epoch's end: an epoch schedule waits
+            # for the validation after the last batch, or for on_train_epoch_end when there is none
+            progress = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_progress", None)
+            at_epoch_end = bool(getattr(progress, "is_last_batch", True))
+            if self._epoch_due(trainer) and at_epoch_end:
                 self._val_fired_epoch = trainer.current_epoch
                 self._fire(trainer, pl_module)
         elif trainer.state.fn == "validate":
-            self._fire(trainer, pl_module, allow_repeat=True)
+            self._fire(trainer, pl_module)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fire(trainer, pl_module, allow_repeat=True)
+        self._fire(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -459,29 +620,38 @@ class ProbeMonitor:
             self._warned_failure = True
             rank_zero_warn(
                 f"{self.name} failed at step {step} {what}. Training goes on; further failures are counted silently "
-                f"in the scalar probelens/failures/{self.name}."
+                f"in the scalar {self._tag(f'probelens/failures/{self.name}', named=False)}."
             )
-        self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step)
+        self._log_scalars(trainer, {f"probelens/failures/{self.name}": float(self.failure_count)}, step, named=False)
 
     def _record_success(self, trainer: pl.Trainer, step: int, start: float) -> None:
         """Count a firing begun at ``time.perf_counter()`` ``start``; log its cost as ``probelens/cost_ms/<name>``."""
         self.fire_count += 1
         cost_ms = (time.perf_counter() - start) * 1000.0
-        self._log_scalars(trainer, {f"probelens/cost_ms/{self.name}": cost_ms}, step)
+        self._log_scalars(trainer, {f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
 
-    def _fire(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False, epoch_end: bool = False
-    ) -> None:
+    @final
+    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool = False) -> None:
+        """The one firing path: every hook that fires calls this, on every rank, and then :meth:`_after_fire`."""
+        self._fire_step(trainer, pl_module, epoch_end)
+        self._after_fire(trainer)
+
+    def _fire_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool) -> None:
+        fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        self._stage = fn if fn in ("validate", "test") else "fit"
         step = log_step(trainer, epoch_end=epoch_end)
-        if not allow_repeat and step == self.last_logged_step:
+        last = self.last_logged_step if self._stage == "fit" else self._stage_steps.get(self._stage, -1)
+        if step == last:  # never two pictures at one (tag, step): the model has not stepped since
             return
+        if self._stage == "fit":
+            self.last_logged_step = step
+        else:
+            self._stage_steps[self._stage] = step
         sharded = sharded_root(trainer)
         if sharded is not None:  # FSDP: every rank computes together, rank 0 writes (see callbacks/_distributed.py)
             fire_sharded(self, trainer, sharded, step)
-            self.last_logged_step = step
             return
         if not trainer.is_global_zero:
-            self.last_logged_step = step
             return
         self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
@@ -491,12 +661,6 @@ class ProbeMonitor:
             self._record_failure(trainer, step, f"and was skipped ({type(err).__name__}: {err})")
         else:
             self._record_success(trainer, step, start)
-        self.last_logged_step = step
-
-    @staticmethod
-    def _log_scalars(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
 
     # ------------------------------------------------------------------ captions
     def _captions(self, result: ProbePass, target_set: str | None = None) -> list[str]:
@@ -518,9 +682,9 @@ class ProbeMonitor:
 _LAZY_PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], ProbeSet]] = weakref.WeakKeyDictionary()
 
 
-def _probe_from_trainer(trainer: Any, size: int, seed: int) -> ProbeSet | None:
+def _probe_from_trainer(trainer: Any, size: int, seed: int, owner: str = "probelens") -> ProbeSet | None:
     """A probe set picked from the trainer's validation (else test, else training) dataset, shared per trainer."""
-    dataset = None
+    dataset, source = None, ""
     for attr in ("val_dataloaders", "test_dataloaders", "train_dataloader"):
         loaders = getattr(trainer, attr, None)
         if loaders is None:
@@ -528,10 +692,18 @@ def _probe_from_trainer(trainer: Any, size: int, seed: int) -> ProbeSet | None:
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
         dataset = getattr(loader, "dataset", None)
         if dataset is not None and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+            source = attr.split("_")[0]
             break
         dataset = None
     if dataset is None:
         return None
+    available = len(dataset)
+    if available < size:
+        rank_zero_warn(
+            f"{owner}: probe_size={size} but the {source} dataset has only {available} images, so the probe set "
+            f"holds all {available}; pass probe_size<={available} to silence this."
+        )
+        size = available
     cache = _LAZY_PROBES.setdefault(trainer, {})
     key = (id(dataset), size, seed)
     if key not in cache:
@@ -542,8 +714,7 @@ def _probe_from_trainer(trainer: Any, size: int, seed: int) -> ProbeSet | None:
     return cache[key]
 
 
-def target_sets_for(target: str) -> list[str]:
+def target_sets_for(target: str, owner: str = "probelens") -> list[str]:
     """``"pred"`` -> ``["pred"]``, ``"label"`` -> ``["label"]``, ``"both"`` -> ``["pred", "label"]``."""
-    if target not in TARGET_MODES:
-        raise ValueError(f"target must be one of {TARGET_MODES}, got {target!r}")
+    check_choice(owner, "target", target, TARGET_MODES)
     return ["pred", "label"] if target == "both" else [target]

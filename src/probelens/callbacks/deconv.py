@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_choice, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -49,12 +50,12 @@ class DeconvMonitor(ProbeMonitor):
     ) -> None:
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
-        if top_k < 1 or max_images < 1:
-            raise ValueError(f"top_k and max_images must be >= 1, got {top_k} and {max_images}")
-        if keep not in ("max", "channel"):
-            raise ValueError(f"keep must be 'max' or 'channel', got {keep!r}")
-        if rule not in ("deconvnet", "guided_backprop"):
-            raise ValueError(f"rule must be 'deconvnet' or 'guided_backprop', got {rule!r}")
+        owner = type(self).__name__
+        check_layer_spec(owner, "layer", layer)
+        check_int(owner, "top_k", top_k)
+        check_int(owner, "max_images", max_images)
+        check_choice(owner, "keep", keep, ("max", "channel"))
+        check_choice(owner, "rule", rule, ("deconvnet", "guided_backprop"))
         self.layer_spec = layer
         self.top_k = top_k
         self.keep = keep
@@ -73,7 +74,13 @@ class DeconvMonitor(ProbeMonitor):
         name = list(layers)[-1]
         if len(layers) != 1 and not (isinstance(self.layer_spec, str) and self.layer_spec == "auto"):
             raise ValueError(f"{self.name}: pass one layer, got {list(layers)}")
-        self._check_spatial(pl_module, {name: layers[name]})
+        shapes = self._check_spatial(pl_module, {name: layers[name]})
+        channels = shapes[name][0]
+        if self.top_k > channels:
+            raise ValueError(
+                f"{self.name}: top_k={self.top_k} but layer {name!r} has only {channels} channels; pass "
+                f"top_k<={channels} or a wider layer"
+            )
         self._layer = name
         self._require({}, gradients=False, input_gradient=False, target_sets={"pred"})
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_float, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.engine import forward_backward
 from probelens.methods.feature_vis import feature_visualization
@@ -51,10 +52,22 @@ class FeatureVisMonitor(ProbeMonitor):
     ) -> None:
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
-        if isinstance(channels, int) and channels < 1:
-            raise ValueError(f"channels must be >= 1 or a list of indices, got {channels}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        owner = type(self).__name__
+        check_layer_spec(owner, "layer", layer, none_ok=True)
+        if isinstance(channels, int) and not isinstance(channels, bool):
+            check_int(owner, "channels", channels, fix="or a list of channel indices")
+        elif not (
+            isinstance(channels, (list, tuple))
+            and channels
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)
+        ):
+            raise ValueError(
+                f"{owner}: channels={channels!r} is not allowed; channels must be a count n >= 1 (the first n "
+                "channels) or a non-empty list of channel indices >= 0, e.g. channels=[0, 5, 9]"
+            )
+        check_int(owner, "steps", steps)
+        check_float(owner, "lr", lr, 0.0, low_open=True)
+        check_int(owner, "seed", seed, minimum=0)
         self.layer_spec = layer
         self.channels_spec = channels
         self.steps = steps
@@ -76,7 +89,10 @@ class FeatureVisMonitor(ProbeMonitor):
             self._layer = None
             param = next(iter(net.parameters()), None)
             x = self.probe.images[:1] if param is None else self.probe.images[:1].to(param.device, param.dtype)
-            available = int(forward_backward(net, x, None, {}, gradients=False, input_gradient=False).logits.shape[1])
+            probe_pass = forward_backward(
+                net, x, None, {}, gradients=False, input_gradient=False, output_transform=self.output_transform
+            )
+            available = int(probe_pass.logits.shape[1])
         else:
             layers = self._resolve_layers(pl_module, self.layer_spec)
             name = list(layers)[-1]
@@ -97,6 +113,7 @@ class FeatureVisMonitor(ProbeMonitor):
             steps=1,
             mean=self.probe.mean,
             std=self.probe.std,
+            output_transform=self.output_transform,
         )
 
     def _image_shape(self) -> tuple[int, int, int]:
@@ -116,6 +133,7 @@ class FeatureVisMonitor(ProbeMonitor):
             seed=self.seed,
             mean=self.probe.mean,
             std=self.probe.std,
+            output_transform=self.output_transform,
         )
         images = self._finite(images.float().cpu(), "feature visualisations", step)
         tiles = to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
@@ -31,8 +32,9 @@ class FilterMonitor(ProbeMonitor):
 
     def __init__(self, layers: LayerSpec = "all", *, max_filters: int = 64, **schedule: Any) -> None:
         super().__init__(None, **schedule)
-        if max_filters < 1:
-            raise ValueError(f"max_filters must be >= 1, got {max_filters}")
+        owner = type(self).__name__
+        check_layer_spec(owner, "layers", layers)
+        check_int(owner, "max_filters", max_filters)
         self.layers_spec = layers
         self.max_filters = max_filters
         self._layers: dict[str, nn.Module] = {}

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_bool, check_float, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
@@ -60,9 +61,15 @@ class GradCAMMonitor(ProbeMonitor):
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
-        self.target_sets = target_sets_for(target)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        owner = type(self).__name__
+        self.target_sets = target_sets_for(target, owner)
+        check_layer_spec(owner, "layers", layers)
+        check_bool(owner, "fixed_scale", fixed_scale)
+        check_float(owner, "alpha", alpha, 0.0, 1.0)
+        check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
+        check_bool(owner, "filmstrip", filmstrip)
+        check_int(owner, "filmstrip_frames", filmstrip_frames, minimum=2)
+        check_int(owner, "filmstrip_images", filmstrip_images)
         colormap_lut(cmap)  # unknown names fail here, not at the first log step
         self.layers_spec = layers
         self.target = target
@@ -70,15 +77,15 @@ class GradCAMMonitor(ProbeMonitor):
         self.alpha = alpha
         self.cmap = cmap
         self.max_images = max_images
-        if filmstrip_frames < 2 or filmstrip_images < 1:
-            raise ValueError(
-                f"filmstrip_frames must be >= 2 and filmstrip_images >= 1, got {filmstrip_frames}, {filmstrip_images}"
-            )
         self.filmstrip = filmstrip
         self.filmstrip_frames = filmstrip_frames
         self.filmstrip_images = filmstrip_images
-        self.scale: dict[str, float] = {}
         self._layers: dict[str, nn.Module] = {}
+        self._reset_history()
+
+    @override
+    def _reset_history(self) -> None:
+        self.scale: dict[str, float] = {}
         self._frames: list[tuple[int, Tensor]] = []  # (step, uint8 [k,3,h,w]) of the deepest layer
 
     @property
@@ -88,12 +95,16 @@ class GradCAMMonitor(ProbeMonitor):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "scale": dict(self.scale)}
+        # the filmstrip's frames (uint8 thumbnails, at most 4 * filmstrip_frames of them) travel with the checkpoint,
+        # so a resumed run continues the strip instead of restarting it
+        frames = [(int(step), frame.cpu()) for step, frame in self._frames]
+        return {**super().state_dict(), "scale": dict(self.scale), "filmstrip_frames": frames}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.scale = {k: float(v) for k, v in state_dict.get("scale", {}).items()}
+        self._frames = [(int(step), frame) for step, frame in state_dict.get("filmstrip_frames", [])]
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
@@ -134,7 +145,7 @@ class GradCAMMonitor(ProbeMonitor):
             boxes: list[tuple[int, int, int, int]] = []
             grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
             self._image(f"probelens/gradcam/{layer}", grid, step, boxes, per_probe=len(tiles))
-        if self.filmstrip and self._layers:
+        if self.filmstrip and self._layers and self._stage == "fit":  # the strip is the training history
             self._log_filmstrip(step, list(self._layers)[-1], tiles[0])
 
     def _log_filmstrip(self, step: int, layer: str, overlays: Tensor) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_float, check_int, dry_run
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
@@ -15,6 +16,23 @@ from probelens.render import colormap_lut, labelled_grid, normalize_maps, overla
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
+
+
+def _pair(owner: str, option: str, value: object) -> tuple[int, int] | None:
+    """``None``, or ``value`` (an int or an ``(h, w)`` pair) as a pair of positive ints; else a ``ValueError``."""
+    if value is None:
+        return None
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)
+    ):
+        raise ValueError(
+            f"{owner}: {option}={value!r} is not allowed; {option} must be None (the default), a positive integer or "
+            "a pair (h, w) of positive integers"
+        )
+    return (int(pair[0]), int(pair[1]))
 
 
 class OcclusionMonitor(ProbeMonitor):
@@ -54,32 +72,43 @@ class OcclusionMonitor(ProbeMonitor):
     ) -> None:
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
-        if window is not None:
-            window = (window, window) if isinstance(window, int) else tuple(window)
-            if len(window) != 2 or not all(isinstance(v, int) and v >= 1 for v in window):
-                raise ValueError(f"window must be a positive int or (h, w) pair, got {window}")
-        self._window_spec = window
-        self._stride_spec = stride
-        if probe is not None:
-            self._set_window(probe)
+        owner = type(self).__name__
+        self._window_spec = _pair(owner, "window", window)
+        self._stride_spec = _pair(owner, "stride", stride)
         if isinstance(baseline, str) and baseline not in BASELINES:
-            raise ValueError(f"baseline must be a number, a tensor or one of {BASELINES}, got {baseline!r}")
+            raise ValueError(
+                f"{owner}: baseline={baseline!r} is not allowed; baseline must be a number, a tensor or one of "
+                f"{BASELINES}"
+            )
+        if isinstance(baseline, bool) or not isinstance(baseline, (int, float, str, Tensor)):
+            raise ValueError(f"{owner}: baseline={baseline!r} is not allowed; pass a number, a tensor or a name")
+        check_float(owner, "alpha", alpha, 0.0, 1.0)
+        check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
         colormap_lut(cmap)
         self.baseline = baseline
+        if probe is not None:
+            self._set_window(probe)
         self.target = target
-        self.target_sets = target_sets_for(target)
+        self.target_sets = target_sets_for(target, owner)
         self.alpha = alpha
         self.cmap = cmap
         self.max_images = max_images
 
     def _set_window(self, probe: ProbeSet) -> None:
+        """Resolve the default window/stride for the probe's image size and check the lot (window within the image,
+        stride within the window, a baseline tensor's shape) by one call of :func:`occlusion` on a stand-in model."""
         h, w = probe.image_size
         window = self._window_spec or (max(2, min(h, w) // 8),) * 2
         if window[0] > h or window[1] > w:
-            raise ValueError(f"window must be 1..image size {(h, w)} per side, got {window}")
+            raise ValueError(
+                f"{type(self).__name__}: window={window} is larger than the probe images ({h}x{w}); window must be "
+                f"1..{(h, w)} per side"
+            )
         stride = self._stride_spec or (max(1, window[0] // 2), max(1, window[1] // 2))
         self.window: tuple[int, int] = (int(window[0]), int(window[1]))
         self.stride = stride
+        options = {"window": self.window, "stride": self.stride, "baseline": self.baseline}
+        dry_run(type(self).__name__, occlusion, "the window, stride and baseline were", probe.images[:1], options)
 
     @property
     @override
@@ -109,6 +138,7 @@ class OcclusionMonitor(ProbeMonitor):
                 window=self.window,
                 stride=self.stride,
                 baseline=self.baseline,
+                output_transform=self.output_transform,
             )
             heat = self._finite(attr[:, :1].float().cpu(), "occlusion maps", step)
             tiles = overlay_heatmap(shown, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)

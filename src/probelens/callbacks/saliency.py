@@ -6,9 +6,10 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_bool, check_choice, check_float, check_int, dry_run
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
@@ -95,21 +96,25 @@ class SaliencyMonitor(ProbeMonitor):
         unknown = [m for m in methods if m not in SALIENCY_METHODS]
         if unknown or not methods:
             raise ValueError(f"unknown saliency method(s) {unknown or methods}; valid: {', '.join(SALIENCY_METHODS)}")
+        owner = type(self).__name__
         options = {k: dict(v) for k, v in (method_options or {}).items()}
         for method, opts in options.items():
             if method not in methods or method not in MULTI_PASS_METHODS:
                 raise ValueError(
-                    f"method_options given for {method!r}, which is not among the multi-pass methods requested "
-                    f"({', '.join(m for m in methods if m in MULTI_PASS_METHODS) or 'none'})"
+                    f"{owner}: method_options given for {method!r}, which is not among the multi-pass methods "
+                    f"requested ({', '.join(m for m in methods if m in MULTI_PASS_METHODS) or 'none'})"
                 )
             _check_options(method, opts)
         self.method_options = options
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        self._check_method_options(None if probe is None else probe.images[:1])
+        check_choice(owner, "reduce", reduce, REDUCTIONS)
+        check_bool(owner, "overlay", overlay)
+        check_float(owner, "alpha", alpha, 0.0, 1.0)
+        check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
         colormap_lut(cmap)
         self.methods = methods
         self.target = target
-        self.target_sets = target_sets_for(target)
+        self.target_sets = target_sets_for(target, owner)
         self.reduce = reduce
         self.overlay = overlay
         self.alpha = alpha
@@ -121,8 +126,19 @@ class SaliencyMonitor(ProbeMonitor):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, methods=tuple(self.methods), target=self.target)
 
+    def _check_method_options(self, images: Tensor | None) -> None:
+        for method, opts in self.method_options.items():
+            call_options = dict(opts)
+            if method in ("guided_backprop", "deconvnet"):
+                call_options["method"] = method
+            dry_run(
+                type(self).__name__, MULTI_PASS_METHODS[method], f"method_options[{method!r}]", images, call_options
+            )
+
     @override
     def _configure(self, pl_module: nn.Module) -> None:
+        assert self.probe is not None
+        self._check_method_options(self.probe.images[:1])  # now with the real image shape (baseline tensors)
         self._require({}, gradients=False, input_gradient=True, target_sets=set(self.target_sets))
 
     def _attribution(self, pl_module: nn.Module, result: Any, target_set: str, method: str, k: int) -> Any:
@@ -132,6 +148,7 @@ class SaliencyMonitor(ProbeMonitor):
         images = result.images[:k]
         targets = result.targets[target_set][:k]
         options = dict(self.method_options.get(method, {}))
+        options["output_transform"] = self.output_transform
         if method in ("guided_backprop", "deconvnet"):
             options["method"] = method
         if method == "expected_gradients":

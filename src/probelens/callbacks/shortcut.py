@@ -10,6 +10,7 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from probelens.callbacks._options import check_bool, check_choice, check_float, check_int, check_layer_spec
 from probelens.callbacks._sinks import is_tensorboard_logger
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.engine import forward_backward
@@ -96,21 +97,33 @@ class ShortcutMonitor(ProbeMonitor):
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
-        if on_shortcut not in ON_SHORTCUT:
-            raise ValueError(f"on_shortcut must be one of {ON_SHORTCUT}, got {on_shortcut!r}")
+        owner = type(self).__name__
+        check_choice(owner, "on_shortcut", on_shortcut, ON_SHORTCUT)
+        check_layer_spec(owner, "layer", layer)
         methods = [saliency_methods] if isinstance(saliency_methods, str) else list(saliency_methods)
         unknown = [m for m in methods if m not in ONE_PASS_METHODS]
         if unknown:
-            raise ValueError(f"unknown saliency method(s) {unknown}; valid: {', '.join(ONE_PASS_METHODS)}")
+            raise ValueError(f"{owner}: unknown saliency method(s) {unknown}; valid: {', '.join(ONE_PASS_METHODS)}")
+        check_float(owner, "threshold", threshold, 0.0, 1.0)
+        check_int(owner, "patience", patience)
+        check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
+        check_bool(owner, "panels", panels)
+        check_int(owner, "max_panel_images", max_panel_images)
         self.layer_spec = layer
         self.saliency_methods = methods
         self.on_shortcut = on_shortcut
         self.min_accuracy = min_accuracy
         self.panels = panels
         self.max_panel_images = max_panel_images
-        self.verdict = ShortcutVerdict(threshold=threshold, patience=patience)
-        self.alerts: list[int] = []
+        self.threshold = threshold
+        self.patience = patience
         self._layer: dict[str, nn.Module] = {}
+        self._reset_history()
+
+    @override
+    def _reset_history(self) -> None:
+        self.verdict = ShortcutVerdict(threshold=self.threshold, patience=self.patience)
+        self.alerts: list[int] = []
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
         self._counterfactuals: Any = None
@@ -124,13 +137,22 @@ class ShortcutMonitor(ProbeMonitor):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "verdict": self.verdict.state_dict(), "alerts": list(self.alerts)}
+        # the drift references travel too: after a resume drift_first still compares with the first map of the run
+        return {
+            **super().state_dict(),
+            "verdict": self.verdict.state_dict(),
+            "alerts": list(self.alerts),
+            "first_cam": self._first_cam,
+            "previous_cam": self._previous_cam,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.verdict.load_state_dict(state_dict.get("verdict", {}))
         self.alerts = [int(s) for s in state_dict.get("alerts", [])]
+        self._first_cam = state_dict.get("first_cam")
+        self._previous_cam = state_dict.get("previous_cam")
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
@@ -185,7 +207,9 @@ class ShortcutMonitor(ProbeMonitor):
         cf = self._counterfactual_batch(result.images)
         n = len(self.probe)
         batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped]).to(result.images)
-        cf_preds = forward_backward(pl_module, batch, None, {}, gradients=False, input_gradient=False).predictions
+        cf_preds = forward_backward(
+            pl_module, batch, None, {}, gradients=False, input_gradient=False, output_transform=self.output_transform
+        ).predictions
         cf_preds = cf_preds.cpu()
         bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
         valid = cf.swap_valid.cpu()
@@ -240,31 +264,32 @@ class ShortcutMonitor(ProbeMonitor):
         self._image("shortcut/counterfactuals", grid, step, boxes, per_probe=4)
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
-        if self._layout_written:
+        if self._layout_written or self._stage != "fit":
             return
         self._layout_written = True
+        t = self._tag
+        title = "probelens shortcut" + (f" ({self.name})" if self._custom_name else "")
+        layout = {
+            title: {
+                "verdict": ["Multiline", [t("shortcut/score"), t("shortcut/probe_accuracy")]],
+                "counterfactual accuracy": [
+                    "Multiline",
+                    [
+                        t("shortcut/background_only_accuracy"),
+                        t("shortcut/foreground_only_accuracy"),
+                        t("shortcut/background_swap_flip_rate"),
+                    ],
+                ],
+                "attribution on the object": [
+                    "Multiline",
+                    [t("shortcut/mask_attribution") + ".*", t("shortcut/relevance_rank_accuracy")],
+                ],
+                "loss": ["Multiline", [r".*loss.*"]],
+            }
+        }
         for logger in trainer.loggers:
             if is_tensorboard_logger(logger):
-                logger.experiment.add_custom_scalars(
-                    {
-                        "probelens shortcut": {
-                            "verdict": ["Multiline", ["shortcut/score", "shortcut/probe_accuracy"]],
-                            "counterfactual accuracy": [
-                                "Multiline",
-                                [
-                                    "shortcut/background_only_accuracy",
-                                    "shortcut/foreground_only_accuracy",
-                                    "shortcut/background_swap_flip_rate",
-                                ],
-                            ],
-                            "attribution on the object": [
-                                "Multiline",
-                                ["shortcut/mask_attribution.*", "shortcut/relevance_rank_accuracy"],
-                            ],
-                            "loss": ["Multiline", [r".*loss.*"]],
-                        }
-                    }
-                )
+                logger.experiment.add_custom_scalars(layout)
 
     def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float]) -> None:
         self.alerts.append(step)
@@ -278,15 +303,13 @@ class ShortcutMonitor(ProbeMonitor):
             f"{metrics['shortcut/background_swap_flip_rate']:.0%} of predictions. Grad-CAM mass on the object is "
             f"{metrics['shortcut/mask_attribution']:.2f} (chance {metrics['shortcut/mask_attribution_chance']:.2f})."
         )
-        if self._sink is not None:
-            self._sink.add_text("shortcut/alert", text, step)
+        self._text("shortcut/alert", text, step)
         rank_zero_warn(f"{self.name}: {text}")
         if self.on_shortcut == "stop":
             trainer.should_stop = True
 
     @override
-    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_repeat: bool = False) -> None:
-        super()._fire(trainer, pl_module, allow_repeat)
+    def _after_fire(self, trainer: pl.Trainer) -> None:
         if self.on_shortcut == "stop" and trainer.world_size > 1:
             # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
             trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

@@ -1,7 +1,7 @@
 """Explanation methods over tensors and modules (torch only: no Lightning, no matplotlib, no TensorBoard)."""
 
 from probelens.methods.activations import feature_maps
-from probelens.methods.engine import ProbePass, default_output_transform, forward_backward
+from probelens.methods.engine import ProbePass, class_scores, default_output_transform, forward_backward
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.filters import conv_filters
@@ -16,6 +16,7 @@ from probelens.methods.smoothgrad import smoothgrad, smoothgrad_noise
 __all__ = [
     "ProbePass",
     "auto_layers",
+    "class_scores",
     "conv_filters",
     "conv_layers",
     "deconv_projections",

@@ -7,6 +7,7 @@ saliency, gradient x input and activation grids are all read off this one result
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,34 @@ def default_output_transform(output: Any) -> Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     raise TypeError(
-        f"cannot find class scores in a model output of type {type(output).__name__}; pass "
-        "output_transform=lambda out: <tensor [N, num_classes]>"
+        f"cannot find class scores in a model output of type {type(output).__name__}"
+        + (f" (keys {sorted(map(str, output))}, no 'logits')" if isinstance(output, Mapping) else "")
+        + "; pass output_transform=lambda out: <the [N, num_classes] tensor in out> to the monitor or method"
     )
+
+
+def class_scores(output: Any, output_transform: OutputTransform | None = None) -> Tensor:
+    """Class scores ``[N, K]`` from a model output: ``output_transform`` (or :func:`default_output_transform`), then a
+    single logit per image (``[N]`` or ``[N, 1]``, a binary head) as the two scores ``(-z/2, z/2)``: their softmax is
+    ``(1 - sigmoid(z), sigmoid(z))`` and the gradient of class 1's score is ``dz/2`` (class 0's ``-dz/2``), the
+    sign convention of pytorch-grad-cam's ``BinaryClassifierOutputTarget``. Any other shape raises a ``ValueError``
+    that shows ``output_transform=``.
+    """
+    scores = (output_transform or default_output_transform)(output)
+    if not isinstance(scores, Tensor):
+        raise TypeError(
+            f"output_transform returned a {type(scores).__name__}, not a tensor of class scores [N, num_classes]"
+        )
+    if scores.dim() == 1 or (scores.dim() == 2 and scores.shape[1] == 1):
+        half = scores.reshape(-1, 1) / 2
+        return torch.cat([-half, half], dim=1)
+    if scores.dim() != 2:
+        raise ValueError(
+            f"the model output (after output_transform) must be class scores [N, num_classes] (or one logit [N] / "
+            f"[N, 1] for a binary head), got shape {tuple(scores.shape)}; pass output_transform=lambda out: "
+            "<the [N, num_classes] tensor in out> to the monitor or method"
+        )
+    return scores
 
 
 @dataclass
@@ -147,16 +173,11 @@ def forward_backward(
         raise ValueError(f"images must be a 4-D tensor [N,C,H,W], got {shape}")
     net = unwrap_compiled(model)
     layers = dict(layers or {})
-    transform = output_transform or default_output_transform
+    transform = functools.partial(class_scores, output_transform=output_transform)
     target_sets: dict[str, Tensor | None] = dict(targets) if isinstance(targets, Mapping) else {"target": targets}
     need_backward = gradients or input_gradient
     with probe_context(net):
         capture, x, scores = _capture_forward(net, images, layers, need_backward, transform)
-        if scores.dim() != 2:
-            raise ValueError(
-                f"the model output (after output_transform) must be class scores [N, num_classes], got shape "
-                f"{tuple(scores.shape)}; pass output_transform= to select them"
-            )
         n, k = scores.shape
         predictions = scores.detach().argmax(dim=1)
         resolved = {

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probelens.methods._hooks import probe_context
-from probelens.methods.engine import OutputTransform, default_output_transform
+from probelens.methods.engine import OutputTransform, class_scores
 from probelens.methods.guided import forward_to_layer, resolve_single_layer
 from probelens.methods.layers import unwrap_compiled
 
@@ -239,13 +239,12 @@ def feature_visualization(
         reference = next(iter(net.buffers()), torch.zeros(()))
     device = reference.device
     model_dtype = reference.dtype if reference.dtype.is_floating_point else torch.float32
-    transform = output_transform or default_output_transform
 
     def objective_values(image: Tensor, check: bool) -> Tensor:
         x = ((image - mean_t) / std_t).to(model_dtype)
         rows = torch.arange(x.shape[0], device=device)
         if target is None:
-            scores = transform(net(x))
+            scores = class_scores(net(x), output_transform)
             if scores.dim() != 2:
                 raise ValueError(
                     f"with layer=None the model output (after output_transform) must be class scores [B, K], got "

@@ -1,0 +1,121 @@
+"""Constructor checks of monitor options: type and range, with a message that names the option, the value, the allowed
+range and the fix, so that a bad value fails when the monitor is built, not at its first firing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _fail(owner: str, option: str, value: Any, allowed: str, fix: str = "") -> ValueError:
+    message = f"{owner}: {option}={value!r} is not allowed; {option} must be {allowed}"
+    return ValueError(message + (f" ({fix})" if fix else ""))
+
+
+def check_int(
+    owner: str, option: str, value: Any, minimum: int = 1, *, none_ok: bool = False, fix: str = ""
+) -> int | None:
+    """``value`` as an ``int >= minimum`` (or ``None`` where ``none_ok``); else a ``ValueError`` naming it."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if none_ok else "")
+        raise _fail(owner, option, value, allowed, fix)
+    return value
+
+
+def check_float(
+    owner: str,
+    option: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    none_ok: bool = False,
+    fix: str = "",
+) -> float | None:
+    """``value`` as a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``); else a ``ValueError``."""
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        upper = "inf)" if math.isinf(high) else f"{high}]"
+        allowed = f"a finite number in {bracket}{low}, {upper}" + (" or None" if none_ok else "")
+        raise _fail(owner, option, value, allowed, fix)
+    return float(value)
+
+
+def check_choice(owner: str, option: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``; else a ``ValueError`` listing them."""
+    if value not in choices:
+        raise _fail(owner, option, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_bool(owner: str, option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(owner, option, value, "True or False")
+    return value
+
+
+def check_callable(owner: str, option: str, value: Any, example: str) -> Callable[..., Any] | None:
+    if value is not None and not callable(value):
+        raise _fail(owner, option, value, f"None or a callable, e.g. {option}={example}")
+    return value
+
+
+def check_name(owner: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or value != value.strip("/ "):
+        raise _fail(owner, "name", value, "None or a non-empty string without leading/trailing '/' or spaces")
+    return value
+
+
+def check_layer_spec(owner: str, option: str, value: Any, *, none_ok: bool = False) -> Any:
+    """A layer specification as :func:`probelens.methods.layers.resolve_layers` takes it: a string (``"auto"``,
+    ``"all"``, ``"last"`` or a layer name), a module type, or a non-empty sequence of names and types."""
+    if value is None and none_ok:
+        return None
+
+    def one(v: Any) -> bool:
+        return (isinstance(v, str) and bool(v)) or (isinstance(v, type) and issubclass(v, nn.Module))
+
+    if one(value):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(one(v) for v in value):
+        return value
+    allowed = "'auto', 'all', a layer name, a module type (e.g. torch.nn.Conv2d) or a non-empty list of these"
+    raise _fail(owner, option, value, allowed + (" or None" if none_ok else ""), "see layer_summary(model, x)")
+
+
+def dry_run(
+    owner: str, method: Callable[..., Any], label: str, images: Tensor | None, options: Mapping[str, Any]
+) -> None:
+    """Call ``method`` once on a 1x1-conv stand-in model with ``options``, so its own argument checks (counts,
+    ranges, baseline shapes) reject a bad value when the monitor is built or set up, with the method's message.
+
+    ``images``: one probe image ``[1,C,H,W]``, or ``None`` before the probe is known; then a 3x8x8 stand-in image is
+    used and tensor-valued options (whose shape depends on the real images) wait for setup.
+    """
+    if images is None:
+        images = torch.zeros(1, 3, 8, 8)
+        options = {k: v for k, v in options.items() if not isinstance(v, Tensor)}
+    # the user's RNG stream is untouched (a monitor built between seeding and model creation changes nothing), and
+    # the stand-in is built outside inference mode (setup of trainer.validate/test runs inside it)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        images = images[:1].detach().float().cpu().clone()
+        channels = images.shape[1]
+        stand_in = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        try:
+            method(stand_in, images, torch.zeros(1, dtype=torch.long), **options)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{owner}: {label} rejected: {err}") from err
