@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the cores: the same signatures as the generated Lightning s
         ShortcutMonitor,
     )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _MONITORS = (
     "ActivationMonitor",

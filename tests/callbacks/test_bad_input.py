@@ -5,6 +5,7 @@ training step."""
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import pytest
 import torch
@@ -37,28 +38,90 @@ PROBE = make_probe()
 
 # (case, constructor call, the words the message must contain)
 CONSTRUCTOR_CASES = [
-    ("SmoothGrad samples=0", lambda: SaliencyMonitor(PROBE, ("smoothgrad",), method_options={"smoothgrad": {"samples": 0}}), "samples must be an integer >= 1, got 0"),
-    ("SmoothGrad noise<0", lambda: SaliencyMonitor(PROBE, ("smoothgrad",), method_options={"smoothgrad": {"noise": -0.1}}), "noise must be a finite number >= 0"),
-    ("IG steps=0", lambda: SaliencyMonitor(PROBE, ("integrated_gradients",), method_options={"integrated_gradients": {"steps": 0}}), "steps must be an integer >= 1, got 0"),
-    ("IG baseline of the wrong shape", lambda: SaliencyMonitor(PROBE, ("integrated_gradients",), method_options={"integrated_gradients": {"baseline": torch.zeros(3, 5, 5)}}), "baseline"),
-    ("expected gradients samples=0", lambda: SaliencyMonitor(PROBE, ("expected_gradients",), method_options={"expected_gradients": {"samples": 0}}), "samples must be an integer >= 1"),
-    ("saliency alpha out of range", lambda: SaliencyMonitor(PROBE, alpha=1.5), "alpha=1.5 is not allowed; alpha must be a finite number in [0.0, 1.0]"),
+    (
+        "SmoothGrad samples=0",
+        lambda: SaliencyMonitor(PROBE, ("smoothgrad",), method_options={"smoothgrad": {"samples": 0}}),
+        "samples must be an integer >= 1, got 0",
+    ),
+    (
+        "SmoothGrad noise<0",
+        lambda: SaliencyMonitor(PROBE, ("smoothgrad",), method_options={"smoothgrad": {"noise": -0.1}}),
+        "noise must be a finite number >= 0",
+    ),
+    (
+        "IG steps=0",
+        lambda: SaliencyMonitor(
+            PROBE, ("integrated_gradients",), method_options={"integrated_gradients": {"steps": 0}}
+        ),
+        "steps must be an integer >= 1, got 0",
+    ),
+    (
+        "IG baseline of the wrong shape",
+        lambda: SaliencyMonitor(
+            PROBE,
+            ("integrated_gradients",),
+            method_options={"integrated_gradients": {"baseline": torch.zeros(3, 5, 5)}},
+        ),
+        "baseline",
+    ),
+    (
+        "expected gradients samples=0",
+        lambda: SaliencyMonitor(PROBE, ("expected_gradients",), method_options={"expected_gradients": {"samples": 0}}),
+        "samples must be an integer >= 1",
+    ),
+    (
+        "saliency alpha out of range",
+        lambda: SaliencyMonitor(PROBE, alpha=1.5),
+        "alpha=1.5 is not allowed; alpha must be a finite number in [0.0, 1.0]",
+    ),
     ("Grad-CAM alpha out of range", lambda: GradCAMMonitor(PROBE, alpha=-0.1), "alpha=-0.1 is not allowed"),
     ("occlusion stride<0", lambda: OcclusionMonitor(PROBE, window=4, stride=-1), "stride=-1 is not allowed"),
     ("occlusion stride=0", lambda: OcclusionMonitor(PROBE, window=4, stride=0), "stride=0 is not allowed"),
-    ("occlusion stride beyond the window", lambda: OcclusionMonitor(PROBE, window=4, stride=6), "larger than the window"),
-    ("occlusion window beyond the image", lambda: OcclusionMonitor(PROBE, window=32), "window=(32, 32) is larger than the probe images"),
-    ("occlusion baseline of the wrong shape", lambda: OcclusionMonitor(PROBE, window=4, baseline=torch.zeros(2, 3, 3)), "baseline"),
-    ("occlusion unknown baseline", lambda: OcclusionMonitor(PROBE, baseline="median"), "baseline='median' is not allowed"),
-    ("FeatureVis lr<0", lambda: FeatureVisMonitor(PROBE, lr=-0.05), "lr=-0.05 is not allowed; lr must be a finite number in (0.0, inf)"),
+    (
+        "occlusion stride beyond the window",
+        lambda: OcclusionMonitor(PROBE, window=4, stride=6),
+        "larger than the window",
+    ),
+    (
+        "occlusion window beyond the image",
+        lambda: OcclusionMonitor(PROBE, window=32),
+        "window=(32, 32) is larger than the probe images",
+    ),
+    (
+        "occlusion baseline of the wrong shape",
+        lambda: OcclusionMonitor(PROBE, window=4, baseline=torch.zeros(2, 3, 3)),
+        "baseline",
+    ),
+    (
+        "occlusion unknown baseline",
+        lambda: OcclusionMonitor(PROBE, baseline="median"),
+        "baseline='median' is not allowed",
+    ),
+    (
+        "FeatureVis lr<0",
+        lambda: FeatureVisMonitor(PROBE, lr=-0.05),
+        "lr=-0.05 is not allowed; lr must be a finite number in (0.0, inf)",
+    ),
     ("FeatureVis channels=[]", lambda: FeatureVisMonitor(PROBE, channels=[]), "channels=[] is not allowed"),
-    ("FeatureVis negative channel", lambda: FeatureVisMonitor(PROBE, channels=[0, -2]), "channels=[0, -2] is not allowed"),
+    (
+        "FeatureVis negative channel",
+        lambda: FeatureVisMonitor(PROBE, channels=[0, -2]),
+        "channels=[0, -2] is not allowed",
+    ),
     ("FeatureVis steps=0", lambda: FeatureVisMonitor(PROBE, steps=0), "steps=0 is not allowed"),
-    ("max_images=0", lambda: GradCAMMonitor(PROBE, max_images=0), "max_images=0 is not allowed; max_images must be an integer >= 1 or None"),
+    (
+        "max_images=0",
+        lambda: GradCAMMonitor(PROBE, max_images=0),
+        "max_images=0 is not allowed; max_images must be an integer >= 1 or None",
+    ),
     ("max_images=-1", lambda: SaliencyMonitor(PROBE, max_images=-1), "max_images=-1 is not allowed"),
     ("activation max_images=0", lambda: ActivationMonitor(PROBE, max_images=0), "max_images=0 is not allowed"),
     ("deconv top_k=0", lambda: DeconvMonitor(PROBE, top_k=0), "top_k=0 is not allowed"),
-    ("layers=123", lambda: GradCAMMonitor(PROBE, layers=123), "layers=123 is not allowed; layers must be 'auto', 'all', a layer name"),
+    (
+        "layers=123",
+        lambda: GradCAMMonitor(PROBE, layers=123),
+        "layers=123 is not allowed; layers must be 'auto', 'all', a layer name",
+    ),
     ("layers=[]", lambda: ActivationMonitor(PROBE, layers=[]), "layers=[] is not allowed"),
     ("FilterMonitor layers=[1, 2]", lambda: FilterMonitor(layers=[1, 2]), "layers=[1, 2] is not allowed"),
     ("every_n_epochs=0", lambda: GradCAMMonitor(PROBE, every_n_epochs=0), "every_n_epochs=0 is not allowed"),
@@ -67,14 +130,30 @@ CONSTRUCTOR_CASES = [
     ("probe_size=0", lambda: GradCAMMonitor(probe_size=0), "probe_size=0 is not allowed"),
     ("max_image_side=8", lambda: GradCAMMonitor(PROBE, max_image_side=8), "max_image_side=8 is not allowed"),
     ("name=''", lambda: GradCAMMonitor(PROBE, name=""), "name='' is not allowed"),
-    ("output_transform not callable", lambda: GradCAMMonitor(PROBE, output_transform="logits"), "output_transform='logits' is not allowed"),
-    ("target misspelt", lambda: GradCAMMonitor(PROBE, target="labels"), "target='labels' is not allowed; target must be one of 'pred', 'label', 'both'"),
+    (
+        "output_transform not callable",
+        lambda: GradCAMMonitor(PROBE, output_transform="logits"),
+        "output_transform='logits' is not allowed",
+    ),
+    (
+        "target misspelt",
+        lambda: GradCAMMonitor(PROBE, target="labels"),
+        "target='labels' is not allowed; target must be one of 'pred', 'label', 'both'",
+    ),
     ("shortcut threshold > 1", lambda: ShortcutMonitor(PROBE, threshold=2.0), "threshold=2.0 is not allowed"),
     ("shortcut patience=0", lambda: ShortcutMonitor(PROBE, patience=0), "patience=0 is not allowed"),
     ("shortcut min_accuracy > 1", lambda: ShortcutMonitor(PROBE, min_accuracy=1.5), "min_accuracy=1.5 is not allowed"),
-    ("shortcut max_panel_images=0", lambda: ShortcutMonitor(PROBE, max_panel_images=0), "max_panel_images=0 is not allowed"),
-    ("shortcut on_shortcut misspelt", lambda: ShortcutMonitor(PROBE, on_shortcut="halt"), "on_shortcut='halt' is not allowed"),
-]  # fmt: skip
+    (
+        "shortcut max_panel_images=0",
+        lambda: ShortcutMonitor(PROBE, max_panel_images=0),
+        "max_panel_images=0 is not allowed",
+    ),
+    (
+        "shortcut on_shortcut misspelt",
+        lambda: ShortcutMonitor(PROBE, on_shortcut="halt"),
+        "on_shortcut='halt' is not allowed",
+    ),
+]
 
 
 @pytest.mark.parametrize("case, build, words", CONSTRUCTOR_CASES, ids=[c[0] for c in CONSTRUCTOR_CASES])
@@ -114,7 +193,7 @@ def test_option_checks_leave_the_global_rng_alone():
 def test_top_k_above_the_channel_count_fails_at_fit_start(tmp_path):
     train, val = loaders(n=32)
     tr = trainer(tmp_path, [DeconvMonitor(PROBE, layer="model.0", top_k=9)], max_epochs=1)
-    with pytest.raises(ValueError, match="top_k=9 but layer 'model.0' has only 8 channels"):
+    with pytest.raises(ValueError, match=r"top_k=9 but layer 'model\.0' has only 8 channels"):
         tr.fit(LitClassifier(), train, val)
     assert tr.global_step == 0
 
@@ -224,14 +303,18 @@ def test_output_transform_on_every_monitor_that_runs_the_model(tmp_path):
     masked = ProbeSet(PROBE.images, PROBE.targets, masks=torch.ones(len(PROBE), 1, 16, 16, dtype=torch.bool).tril())
     monitors = [
         GradCAMMonitor(PROBE, layers="last", output_transform=pick),
-        SaliencyMonitor(PROBE, ("vanilla", "smoothgrad", "integrated_gradients"), output_transform=pick,
-                        method_options={"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 2}}),
+        SaliencyMonitor(
+            PROBE,
+            ("vanilla", "smoothgrad", "integrated_gradients"),
+            output_transform=pick,
+            method_options={"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 2}},
+        ),
         OcclusionMonitor(PROBE, window=8, every_n_epochs=1, output_transform=pick),
         FeatureVisMonitor(PROBE, layer=None, steps=2, every_n_epochs=1, output_transform=pick),
         ShortcutMonitor(masked, output_transform=pick),
         ActivationMonitor(PROBE, output_transform=pick),
         DeconvMonitor(PROBE, top_k=2, every_n_epochs=1, output_transform=pick),
-    ]  # fmt: skip
+    ]
     tr = trainer(tmp_path, monitors, max_epochs=1)
     tr.fit(DictHead(), train, val)
     assert [(m.fire_count, m.failure_count) for m in monitors] == [(1, 0)] * len(monitors)
@@ -287,8 +370,9 @@ class BatchRecorder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(32, 2))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2)
+        )
         self.seen: list[int] = []
 
     def forward(self, x):
@@ -375,7 +459,7 @@ def test_a_summary_writer_subclass_that_overrides_add_image_is_honoured(tmp_path
     from torch.utils.tensorboard import SummaryWriter
 
     class Counting(SummaryWriter):
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []
 
         def add_image(self, tag, *args, **kwargs):
             Counting.calls.append(tag)
@@ -387,3 +471,41 @@ def test_a_summary_writer_subclass_that_overrides_add_image_is_honoured(tmp_path
     tr = trainer(tmp_path, [GradCAMMonitor(PROBE, layers="last", filmstrip=False)], logger=logger, max_epochs=1)
     tr.fit(LitClassifier(), train, val)
     assert Counting.calls == ["probelens/gradcam/model.8"]
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch
+from torch import nn
+from probelens import ProbeSet
+from probelens.callbacks._session import ProbeSession, _Needs
+torch.set_num_threads(1)
+n = int(sys.argv[1])
+torch.manual_seed(0)
+# wide early convs (about 4 MiB of saved activations per 64 px image), a small captured layer
+model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                      nn.MaxPool2d(8), nn.Conv2d(64, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+probe = ProbeSet(torch.randn(n, 3, 64, 64), torch.zeros(n, dtype=torch.long))
+layers = {"5": model[5]}
+session = ProbeSession()
+session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+session.get(model, probe, 0, _Needs(layers, True, True, {"pred"}))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_peak_memory_of_one_pass_stays_bounded_as_the_probe_grows():
+    """Peak RSS of one shared pass over 32 and over 512 images: without chunking the autograd graph alone would grow
+    by ~1.9 GB (480 more images x ~4 MiB of saved activations); chunked to the 256 MiB budget, the growth is only
+    what the pass keeps (input gradients, the small captured layer)."""
+    import subprocess
+    import sys
+
+    def peak_kib(n: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n)], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    small, large = peak_kib(32), peak_kib(512)
+    graph_growth_kib = 480 * 4 * 2**10  # ~4 MiB per image of saved activations, had the whole probe gone at once
+    kept_growth_kib = 480 * 3 * 64 * 64 * 4 * 2 // 2**10  # images + input gradients of the extra images
+    assert large - small < kept_growth_kib + graph_growth_kib // 4, (small, large)

@@ -11,11 +11,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.callbacks._options import check_bool, check_choice, check_float, check_int, check_layer_spec
+from probelens.callbacks._session import ProbeSession
 from probelens.callbacks._sinks import is_tensorboard_logger
 from probelens.callbacks.base import ProbeMonitor
+from probelens.methods._batching import chunk_ranges
 from probelens.methods.engine import forward_backward
 from probelens.methods.grad_cam import grad_cam_map
-from probelens.methods.layers import LayerSpec
+from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
     ShortcutVerdict,
@@ -206,11 +208,23 @@ class ShortcutMonitor(ProbeMonitor):
 
         cf = self._counterfactual_batch(result.images)
         n = len(self.probe)
-        batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped]).to(result.images)
-        cf_preds = forward_backward(
-            pl_module, batch, None, {}, gradients=False, input_gradient=False, output_transform=self.output_transform
-        ).predictions
-        cf_preds = cf_preds.cpu()
+        batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped])
+        model = unwrap_compiled(pl_module)
+        chunk = ProbeSession.pass_chunk(model, result.images, backward=False)
+        cf_preds = torch.cat(
+            [
+                forward_backward(
+                    model,
+                    batch[start:stop].to(result.images),
+                    None,
+                    {},
+                    gradients=False,
+                    input_gradient=False,
+                    output_transform=self.output_transform,
+                ).predictions.cpu()
+                for start, stop in chunk_ranges(batch.shape[0], chunk)
+            ]
+        )
         bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
         valid = cf.swap_valid.cpu()
         chance = self._chance_accuracy()
