@@ -22,7 +22,8 @@ from captum.attr import (
 from torch import nn
 
 from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
-from probelens.methods import _batching, grad_cam, saliency
+from probelens.methods import _batching, cam, grad_cam, saliency
+from probelens.methods.cam import CAM_METHODS
 from probelens.methods._hooks import count_hooks
 from probelens.methods.expected_gradients import (
     _expected_gradients_given,
@@ -636,8 +637,18 @@ def trained_and_randomised():
         lambda m, x, t: smoothgrad(m, x, t, samples=8),
         lambda m, x, t: grad_cam(m, x, t, layers=["8"])["8"],
         lambda m, x, t: grad_cam(m, x, t, layers=["4"])["4"],
+        *[lambda m, x, t, v=v: cam(m, x, t, layers=["8"], method=v)["8"] for v in CAM_METHODS],
+        *[lambda m, x, t, v=v: cam(m, x, t, layers=["4"], method=v)["4"] for v in CAM_METHODS],
     ],
-    ids=["vanilla", "integrated_gradients", "smoothgrad", "grad_cam_last", "grad_cam_middle"],
+    ids=[
+        "vanilla",
+        "integrated_gradients",
+        "smoothgrad",
+        "grad_cam_last",
+        "grad_cam_middle",
+        *[f"{v}_last" for v in CAM_METHODS],
+        *[f"{v}_middle" for v in CAM_METHODS],
+    ],
 )
 def test_maps_depend_on_the_learned_weights(trained_and_randomised, method):
     """Adebayo et al. (2018), "Sanity Checks for Saliency Maps": re-initialising the weights of a trained model must

@@ -1,6 +1,7 @@
 """Explanation methods over tensors and modules (torch only: no Lightning, no matplotlib, no TensorBoard)."""
 
 from probelens.methods.activations import feature_maps
+from probelens.methods.cam import CAM_METHODS, cam, cam_map, cams_from_pass, score_cam_map
 from probelens.methods.engine import ProbePass, class_scores, default_output_transform, forward_backward
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.feature_vis import feature_visualization
@@ -14,8 +15,12 @@ from probelens.methods.saliency import saliency, saliency_from_pass
 from probelens.methods.smoothgrad import smoothgrad, smoothgrad_noise
 
 __all__ = [
+    "CAM_METHODS",
     "ProbePass",
     "auto_layers",
+    "cam",
+    "cam_map",
+    "cams_from_pass",
     "class_scores",
     "conv_filters",
     "conv_layers",
@@ -35,6 +40,7 @@ __all__ = [
     "resolve_layers",
     "saliency",
     "saliency_from_pass",
+    "score_cam_map",
     "smoothgrad",
     "smoothgrad_noise",
 ]
