@@ -136,7 +136,7 @@ def _pgc_flipped(method, model, layer, x, targets):
 @pytest.mark.parametrize("method", sorted(TORCHCAM))
 @pytest.mark.parametrize("case", [c for c in CASES if c[4] is c[1]], ids=[c[0] for c in CASES if c[4] is c[1]])
 def test_gradient_variants_match_torchcam(case, method):
-    name, model, x, layer, _ = case
+    _, model, x, layer, _ = case
     targets = model(x).argmax(1)
     ours = cam(model, x, targets, layers=[layer], method=method, upsample=False)[layer][:, 0]
     extractor_type = getattr(torchcam_methods, TORCHCAM[method])

@@ -23,8 +23,8 @@ from torch import nn
 
 from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
 from probelens.methods import _batching, cam, grad_cam, saliency
-from probelens.methods.cam import CAM_METHODS
 from probelens.methods._hooks import count_hooks
+from probelens.methods.cam import CAM_METHODS
 from probelens.methods.expected_gradients import (
     _expected_gradients_given,
     expected_gradients,

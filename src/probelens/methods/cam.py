@@ -118,7 +118,7 @@ def cam_map(
         elif method == "hirescam":
             raw = (g * a).sum(dim=1, keepdim=True)
         else:  # eigengradcam
-            n, c, h, w = a.shape
+            n, _, h, w = a.shape
             raw = _first_component((g * a).flatten(2).transpose(1, 2)).view(n, 1, h, w)
     cam = F.relu(raw)
     if size is not None and tuple(cam.shape[-2:]) != tuple(size):
