@@ -94,7 +94,7 @@ def cam_map(
         raise ValueError(f"{method} needs a spatial feature map [N,C,h,w], got shape {tuple(activation.shape)}")
     a = activation.float()
     if method == "eigencam":
-        n, c, h, w = a.shape
+        n, _, h, w = a.shape
         raw = _first_component(a.flatten(2).transpose(1, 2)).view(n, 1, h, w)
     else:
         if gradient is None:
