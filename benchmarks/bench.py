@@ -596,6 +596,105 @@ def bench_multipass(cfg: Config, timer: Timer, repeats: int, allowance: float, l
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# the CAM family: every gradient variant at every conv from one pass vs pytorch-grad-cam's per-variant calls
+# ----------------------------------------------------------------------------------------------------------------------
+
+PGC_CAMS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+}
+
+
+def ours_cam_family(cfg: Config) -> dict[str, dict[str, Tensor]]:
+    """Every gradient and activation variant at every conv, upsampled to the input: one forward + one backward."""
+    from probelens.methods import cams_from_pass, forward_backward
+
+    result = forward_backward(cfg.model, cfg.x, {"t": cfg.t}, cfg.convs, gradients=True, input_gradient=False)
+    return {method: cams_from_pass(result, "t", method) for method in PGC_CAMS}
+
+
+def pgc_cam_family(cfg: Config) -> dict[str, list]:
+    """pytorch-grad-cam: one call per variant with every conv in ``target_layers`` (its per-layer maps kept), so one
+    forward + one backward per variant, the cheapest way it offers."""
+    import pytorch_grad_cam
+
+    out = {}
+    targets = _pgc_targets(cfg)
+    for method, class_name in PGC_CAMS.items():
+
+        class PerLayer(getattr(pytorch_grad_cam, class_name)):  # type: ignore[misc]
+            def aggregate_multi_layers(self, cam_per_target_layer):  # type: ignore[override]
+                return cam_per_target_layer
+
+        with PerLayer(model=cfg.model, target_layers=list(cfg.convs.values()), reshape_transform=None) as cam:
+            out[method] = cam(input_tensor=cfg.x, targets=targets)
+        cfg.model.zero_grad(set_to_none=True)
+    return out
+
+
+def ours_score_cam(cfg: Config, layer: str) -> Tensor:
+    from probelens.methods import cam
+
+    return cam(cfg.model, cfg.x, cfg.t, layers={layer: cfg.convs[layer]}, method="scorecam")[layer]
+
+
+def pgc_score_cam(cfg: Config, layer: str, batch_size: int) -> Any:
+    from pytorch_grad_cam import ScoreCAM
+
+    with ScoreCAM(model=cfg.model, target_layers=[cfg.convs[layer]]) as cam:
+        cam.batch_size = batch_size
+        import tqdm
+
+        real = tqdm.tqdm
+        tqdm.tqdm = lambda it, *a, **k: it  # its progress bar would print per image
+        try:
+            return cam(input_tensor=cfg.x, targets=_pgc_targets(cfg))
+        finally:
+            tqdm.tqdm = real
+
+
+def bench_cam(cfg: Config, timer: Timer, repeats: int, allowance: float, log: Callable[[str], None]) -> dict:
+    layer = list(cfg.convs)[-1]
+    log(f"  CAM family, {cfg.label}: {len(PGC_CAMS)} variants x {len(cfg.convs)} conv layers; Score-CAM at {layer}")
+    # agreement: each variant's maps at the deepest conv, min-max scaled per image as pytorch-grad-cam scales them
+    mine, theirs = ours_cam_family(cfg), pgc_cam_family(cfg)
+    worst: dict[str, float] = {}
+    for method in PGC_CAMS:
+        if method.startswith("eigen"):  # pytorch-grad-cam keeps the SVD's arbitrary sign: tests compare both signs
+            continue
+        theirs_scaled = torch.from_numpy(theirs[method][-1])
+        worst[method] = float((_minmax(mine[method][layer])[:, 0] - theirs_scaled).abs().max())
+    rows: dict[str, Measure] = {}
+    rows["floor"] = timer.measure("floor", cfg.floor, cfg.floor, repeats)
+    share = allowance / 5
+    rows["probelens: 7 variants x every conv (one pass)"] = timer.measure(
+        "probelens family", lambda: ours_cam_family(cfg), cfg.floor, repeats, allowance=share
+    )
+    rows["pytorch-grad-cam: 7 calls (every conv each)"] = timer.measure(
+        "pgc family", lambda: pgc_cam_family(cfg), cfg.floor, repeats, allowance=share
+    )
+    rows[f"probelens Score-CAM ({layer})"] = timer.measure(
+        "probelens scorecam", lambda: ours_score_cam(cfg, layer), cfg.floor, max(1, repeats // 2), allowance=share
+    )
+    for batch in (16, 64):
+        rows[f"pytorch-grad-cam ScoreCAM, batch_size={batch}"] = timer.measure(
+            f"pgc scorecam {batch}",
+            lambda b=batch: pgc_score_cam(cfg, layer, b),
+            cfg.floor,
+            max(1, repeats // 2),
+            allowance=share,
+        )
+    for name, row in rows.items():
+        log(f"    {name:48s} {row.ratio:7.2f}x floor  ({row.time * 1e3:8.1f} ms, peak {_mib(row.peak_mib)})")
+    return {"rows": rows, "agreement": worst, "layer": layer, "convs": len(cfg.convs)}
+
+
 def _setting(name: str) -> int | None:
     value = name.split("=", 1)[1].split(" ", 1)[0]
     return None if value == "None" else int(value)
@@ -998,6 +1097,39 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
     add("")
     add("SmoothGrad noise differs between the libraries (different generators), so only its timing is compared.")
     add("")
+    if ctx.get("cam"):
+        add("## The CAM family from the one shared pass")
+        add("")
+        add("probelens: gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam and eigengradcam at every conv,")
+        add("upsampled to the input, from one forward + one `autograd.grad` (`forward_backward` + `cams_from_pass`).")
+        add("pytorch-grad-cam: one call per variant with every conv in `target_layers` (its per-layer maps kept),")
+        add("the cheapest way it offers (one forward + one backward each). Score-CAM at the deepest conv: probelens")
+        add("chunks its masked copies to the memory budget (tuned on the first call on CPU); pytorch-grad-cam at its")
+        add("default `batch_size` 16 and at 64. Time as a multiple of the floor; peak memory of the warm-up call.")
+        add("")
+        labels = list(ctx["cam"])
+        add("| method | " + " | ".join(labels) + " |")
+        add("|---|" + "---|" * len(labels))
+        names = list(next(iter(ctx["cam"].values()))["rows"])
+        for name in names:
+            cells = []
+            for label in labels:
+                row = ctx["cam"][label]["rows"][name]
+                cells.append(f"{_ratio(row.ratio)} ({_mib(row.peak_mib)})")
+            add(f"| {name} | " + " | ".join(cells) + " |")
+        add("")
+        for label in labels:
+            r = ctx["cam"][label]
+            family = r["rows"]["pytorch-grad-cam: 7 calls (every conv each)"].ratio
+            mine = r["rows"]["probelens: 7 variants x every conv (one pass)"].ratio
+            agreement = ", ".join(f"{m} {v:.1e}" for m, v in r["agreement"].items())
+            add(
+                f"- {label}: the family {family / mine:.1f}x faster than pytorch-grad-cam's per-variant calls; "
+                f"max abs difference at {r['layer']} after its min-max scaling: {agreement} (the Eigen variants "
+                "differ by the SVD's sign, which pytorch-grad-cam leaves arbitrary; tests/methods/test_cam.py "
+                "compares both signs and every variant at float tolerance on scaled logits)"
+            )
+        add("")
     # render
     add("## Rendering + logging vs the compute it renders")
     add("")
@@ -1090,6 +1222,7 @@ class Plan:
     train_epochs: int
     train_pairs: int
     render_repeats: int
+    cam_configs: list[tuple[str, int]] = field(default_factory=lambda: [("vgg", 64), ("resnet18", 64)])
 
 
 def plans(quick: bool) -> Plan:
@@ -1106,7 +1239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 540, quick 60)")
     parser.add_argument("--wait-load", type=float, default=0.0, help="wait until the 1-min load is below this")
     parser.add_argument("--wait-max", type=float, default=240.0, help="wait at most this long for the load (s)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: default,multipass,render,train")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: default,multipass,cam,render,train"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(THREADS)
@@ -1146,6 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
         "waited": waited,
         "default": {},
         "multipass": {},
+        "cam": {},
         "render": {},
         "memory_note": (
             "CPU peak = rise of the resident set size (VmHWM after a reset via /proc/self/clear_refs, heap trimmed "
@@ -1171,6 +1307,12 @@ def main(argv: list[str] | None = None) -> int:
                 if budget.remaining() < 0.35 * budget.seconds:
                     allowance *= 0.5
                 ctx["multipass"][cfg.label] = bench_multipass(cfg, timer, plan.multipass_repeats, allowance, log)
+        if "cam" not in skip:
+            log(f"== CAM family ({device.type})")
+            for model_name, size in plan.cam_configs:
+                cfg = make_config(model_name, size, device)
+                allowance = budget.seconds * 0.1 / len(plan.cam_configs) / len(devices)
+                ctx["cam"][cfg.label] = bench_cam(cfg, timer, plan.repeats, allowance, log)
 
     demo = load_demo()
     with tempfile.TemporaryDirectory(prefix="probelens-bench-") as root:

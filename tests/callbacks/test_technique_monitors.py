@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
-from probelens import DeconvMonitor, FeatureVisMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
+from probelens import DeconvMonitor, FeatureVisMonitor, GradCAMMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
 from probelens.methods import deconv_projections, feature_visualization, integrated_gradients, saliency, smoothgrad
 
 MULTI = ("guided_backprop", "deconvnet", "smoothgrad", "integrated_gradients", "expected_gradients")
@@ -128,3 +128,35 @@ def test_feature_vis_channel_out_of_range_fails_at_setup(tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         tr.fit(LitClassifier(), train, val)
     assert tr.global_step == 0
+
+
+def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_path):
+    from probelens.callbacks._session import session_for
+    from probelens.methods.cam import CAM_METHODS, GRADIENT_CAMS
+
+    probe = make_probe()
+    family = GradCAMMonitor(probe, layers="all", methods=CAM_METHODS, target="both", filmstrip=True)
+    gradient_only = GradCAMMonitor(probe, layers="all", methods=(*GRADIENT_CAMS, "eigencam"), name="gradients")
+    saliency = SaliencyMonitor(probe, methods="vanilla")
+    train, val = loaders(n=32, batch_size=16)
+    module = LitClassifier()
+    tr = trainer(tmp_path, [family, gradient_only, saliency], max_epochs=2)
+    tr.fit(module, train, val)
+    assert [(m.fire_count, m.failure_count) for m in (family, gradient_only, saliency)] == [(2, 0)] * 3
+    # the three monitors, all variants at every layer and both target sets: one shared pass per firing
+    assert session_for(module).forward_count == 2
+    acc = read_events(tr.logger.log_dir)
+    images = set(acc.Tags()["images"])
+    for method in CAM_METHODS:
+        for layer in ("model.0", "model.4", "model.8"):
+            assert f"probelens/{method}/{layer}" in images, (method, layer)
+            assert f"probelens/gradients/{method}/{layer}" in images or method == "scorecam"
+    assert "probelens/gradcam_filmstrip/model.8" in images  # the first method's strip, tag unchanged
+    assert probe_cells(acc.Images("probelens/gradcam++/model.8")[-1]) == [i for i in range(len(probe)) for _ in "pl"]
+    pictures = {m: decode(acc.Images(f"probelens/{m}/model.4")[-1]) for m in CAM_METHODS}
+    assert len({p.tobytes() for p in pictures.values()}) == len(CAM_METHODS)  # eight different pictures
+
+
+def test_grad_cam_monitor_rejects_unknown_cam_methods():
+    with pytest.raises(ValueError, match=r"methods=\['gradcam', 'gradcampp'\] is not allowed"):
+        GradCAMMonitor(make_probe(), methods=("gradcam", "gradcampp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -10,8 +11,8 @@ from typing_extensions import override
 
 from probelens.callbacks._options import check_bool, check_float, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
-from probelens.methods.grad_cam import grad_cam_map
-from probelens.methods.layers import LayerSpec
+from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
+from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.probe import ProbeSet
 from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
 
@@ -20,15 +21,22 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
 
 
 class GradCAMMonitor(ProbeMonitor):
-    """Logs Grad-CAM (Selvaraju et al., 2017) over the probe images at each requested layer.
+    """Logs Grad-CAM (Selvaraju et al., 2017), or any set of the CAM family, over the probe images at each layer.
 
-    Tags: ``probelens/gradcam/<layer>``, one labelled grid per layer and step; each tile is the probe image with its
-    heatmap overlaid and a caption with the true label, the prediction and its probability. With ``target="both"``
-    each probe image gets two tiles side by side: the map for the predicted class and the map for the true class.
+    Tags: ``probelens/<method>/<layer>`` (``probelens/gradcam/<layer>`` for Grad-CAM), one labelled grid per method,
+    layer and step; each tile is the probe image with its heatmap overlaid and a caption with the true label, the
+    prediction and its probability. With ``target="both"`` each probe image gets two tiles side by side: the map for
+    the predicted class and the map for the true class.
+
+    Every gradient and activation variant (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"layercam"``,
+    ``"hirescam"``, ``"eigencam"``, ``"eigengradcam"``) at every layer is read off the one forward/backward pass the
+    monitors share; ``"scorecam"`` adds its masked forward passes (one per channel and probe image, batched and
+    chunked to the memory budget). Formulas and papers: :mod:`probelens.methods.cam`.
 
     Args:
         probe: the probe set.
         layers: ``"auto"`` (one layer per resolution stage), ``"all"`` (every conv), names or module types.
+        methods: the CAM variants to log (:data:`probelens.methods.CAM_METHODS`), default Grad-CAM alone.
         target: explain the ``"pred"``-icted class (default: what the model actually uses), the ``"label"`` class, or
             ``"both"``.
         fixed_scale: keep one colour scale per layer, set by the maximum of the first logged step, so magnitudes can be
@@ -36,10 +44,10 @@ class GradCAMMonitor(ProbeMonitor):
         alpha: heatmap opacity in the overlay.
         cmap: colormap name.
         max_images: log at most this many probe images.
-        filmstrip: also log ``probelens/gradcam_filmstrip/<layer>`` for the deepest layer: one row per probe image,
-            its Grad-CAM overlay at each log step so far (left to right), so the evolution is visible at a glance
-            despite TensorBoard's 10-sample default. At most ``filmstrip_frames`` steps are shown: the first, the last
-            and evenly spaced ones between.
+        filmstrip: also log ``probelens/<method>_filmstrip/<layer>`` (``probelens/gradcam_filmstrip/<layer>``) for
+            the first method and the deepest layer: one row per probe image, its overlay at each log step so far
+            (left to right), so the evolution is visible at a glance despite TensorBoard's 10-sample default. At
+            most ``filmstrip_frames`` steps are shown: the first, the last and evenly spaced ones between.
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
@@ -50,6 +58,7 @@ class GradCAMMonitor(ProbeMonitor):
         probe: ProbeSet | None = None,
         layers: LayerSpec = "auto",
         *,
+        methods: Sequence[str] = ("gradcam",),
         target: str = "pred",
         fixed_scale: bool = False,
         alpha: float = 0.5,
@@ -64,6 +73,14 @@ class GradCAMMonitor(ProbeMonitor):
         owner = type(self).__name__
         self.target_sets = target_sets_for(target, owner)
         check_layer_spec(owner, "layers", layers)
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        unknown = [m for m in methods if m not in CAM_METHODS]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ValueError(
+                f"{owner}: methods={methods!r} is not allowed; methods must be a non-empty list of distinct names "
+                f"from {', '.join(CAM_METHODS)}"
+            )
+        self.methods = methods
         check_bool(owner, "fixed_scale", fixed_scale)
         check_float(owner, "alpha", alpha, 0.0, 1.0)
         check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
@@ -91,7 +108,11 @@ class GradCAMMonitor(ProbeMonitor):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name, layers=repr(self.layers_spec), target=self.target)
+        if self.methods == ["gradcam"]:  # the key of earlier versions, so their checkpoints still resume
+            return self._generate_state_key(name=self.name, layers=repr(self.layers_spec), target=self.target)
+        return self._generate_state_key(
+            name=self.name, layers=repr(self.layers_spec), target=self.target, methods=tuple(self.methods)
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -109,15 +130,31 @@ class GradCAMMonitor(ProbeMonitor):
     @override
     def _configure(self, pl_module: nn.Module) -> None:
         self._layers = self._resolve_layers(pl_module, self.layers_spec)
-        self._check_spatial(pl_module, self._layers, needs_grad=True)
-        self._require(self._layers, gradients=True, input_gradient=False, target_sets=set(self.target_sets))
+        gradients = any(m in GRADIENT_CAMS for m in self.methods)
+        self._check_spatial(pl_module, self._layers, needs_grad=gradients)
+        self._require(self._layers, gradients=gradients, input_gradient=False, target_sets=set(self.target_sets))
 
-    def _normalise(self, layer: str, cam: Tensor) -> Tensor:
+    def _normalise(self, key: str, cam: Tensor) -> Tensor:
         if not self.fixed_scale:
             return normalize_maps(cam, vmin=0.0)
-        if layer not in self.scale:
-            self.scale[layer] = max(float(cam.max()), 1e-12)
-        return normalize_maps(cam, vmin=0.0, vmax=self.scale[layer])
+        if key not in self.scale:
+            self.scale[key] = max(float(cam.max()), 1e-12)
+        return normalize_maps(cam, vmin=0.0, vmax=self.scale[key])
+
+    def _maps(self, pl_module: nn.Module, result: Any, method: str, layer: str, target_set: str, k: int) -> Tensor:
+        assert self.probe is not None
+        size = self.probe.image_size
+        activation = result.activations[layer][:k]
+        if method in FORWARD_CAMS:
+            return score_cam_map(
+                unwrap_compiled(pl_module),
+                result.images[:k],
+                result.targets[target_set][:k],
+                activation,
+                output_transform=self.output_transform,
+            )
+        gradient = result.gradients[target_set][layer][:k] if method in GRADIENT_CAMS else None
+        return cam_map(activation, gradient, method, size)
 
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
@@ -126,27 +163,31 @@ class GradCAMMonitor(ProbeMonitor):
         k = len(self.probe) if self.max_images is None else min(self.max_images, len(self.probe))
         images = self.probe.display_images()[:k]
         captions = self._captions(result)[:k]
-        size = self.probe.image_size
-        for layer in self._layers:
-            tiles, tile_captions = [], []
-            for target_set in self.target_sets:
-                cam = grad_cam_map(result.activations[layer][:k], result.gradients[target_set][layer][:k], size)
-                cam = self._finite(cam, f"Grad-CAM maps of {layer}", step)
-                tiles.append(overlay_heatmap(images, self._normalise(layer, cam.cpu()), self.alpha, self.cmap))
-                if len(self.target_sets) == 1:
-                    tile_captions.append(captions)
-                else:
-                    names = [self.probe.class_name(int(t)) for t in result.targets[target_set][:k]]
-                    tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
-            # interleave so each probe image's tiles sit side by side
-            grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
-            grid_captions = [c for group in zip(*tile_captions) for c in group]
-            ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
-            boxes: list[tuple[int, int, int, int]] = []
-            grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
-            self._image(f"probelens/gradcam/{layer}", grid, step, boxes, per_probe=len(tiles))
-        if self.filmstrip and self._layers and self._stage == "fit":  # the strip is the training history
-            self._log_filmstrip(step, list(self._layers)[-1], tiles[0])
+        strip: Tensor | None = None
+        for method in self.methods:
+            for layer in self._layers:
+                tiles, tile_captions = [], []
+                for target_set in self.target_sets:
+                    cam = self._maps(pl_module, result, method, layer, target_set, k)
+                    cam = self._finite(cam, f"{method} maps of {layer}", step)
+                    key = layer if method == "gradcam" else f"{method}/{layer}"
+                    tiles.append(overlay_heatmap(images, self._normalise(key, cam.cpu()), self.alpha, self.cmap))
+                    if len(self.target_sets) == 1:
+                        tile_captions.append(captions)
+                    else:
+                        names = [self.probe.class_name(int(t)) for t in result.targets[target_set][:k]]
+                        tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
+                # interleave so each probe image's tiles sit side by side
+                grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
+                grid_captions = [c for group in zip(*tile_captions) for c in group]
+                ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
+                boxes: list[tuple[int, int, int, int]] = []
+                grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
+                self._image(f"probelens/{method}/{layer}", grid, step, boxes, per_probe=len(tiles))
+                if method == self.methods[0]:
+                    strip = tiles[0]  # ends as the deepest layer's
+        if self.filmstrip and strip is not None and self._stage == "fit":  # the strip is the training history
+            self._log_filmstrip(step, list(self._layers)[-1], strip)
 
     def _log_filmstrip(self, step: int, layer: str, overlays: Tensor) -> None:
         assert self.probe is not None
@@ -167,4 +208,4 @@ class GradCAMMonitor(ProbeMonitor):
             f"#{i} {self.probe.class_name(int(self.probe.targets[i]))}" + (f" | steps {steps}" if i == 0 else "")
             for i in range(k)
         ]
-        self._image(f"probelens/gradcam_filmstrip/{layer}", rows_grid(rows, captions), step)
+        self._image(f"probelens/{self.methods[0]}_filmstrip/{layer}", rows_grid(rows, captions), step)
