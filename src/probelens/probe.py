@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,23 @@ def _dataset_labels(dataset: Any) -> Tensor | None:
             if labels.dim() == 1 and len(labels) == len(dataset):
                 return labels.long()
     return None
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Restore torch's (CPU and CUDA), Python's and numpy's global RNG states on exit."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @dataclass
@@ -205,6 +223,23 @@ class ProbeSet:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    def interleaved(self) -> Tensor:
+        """Probe indices in the order pictures show them: interleaved by class (the first image of each class, then
+        the second of each, ...; classes by index, each class in probe order), so the first ``k`` of any grid cover
+        every class. Stable across steps (it depends on the targets only).
+
+        Example:
+            >>> import torch
+            >>> ProbeSet(torch.zeros(5, 1, 4, 4), torch.tensor([0, 0, 0, 1, 1])).interleaved().tolist()
+            [0, 3, 1, 4, 2]
+        """
+        t = self.targets.cpu()
+        rank = torch.zeros_like(t)
+        for c in t.unique():
+            members = t == c
+            rank[members] = torch.arange(int(members.sum()))
+        return torch.argsort(rank * (int(t.max()) + 1) + t, stable=True)
+
     def display_images(self) -> Tensor:
         """The probe images as ``uint8 [N,3,H,W]`` for display (normalisation undone)."""
         from probelens.render import to_display_images
@@ -229,8 +264,10 @@ class ProbeSet:
 
         With ``per_class=True`` the subset is class-balanced: ``num_samples // num_classes`` images of each class (the
         remainder goes to the first classes), drawn in the order of a random permutation from a private
-        ``torch.Generator(seed)`` (the global RNG is never touched). Items may be ``(image, label)``,
-        ``(image, label, mask)`` or dicts with ``image``/``label``/``mask`` keys; masks found in the items are kept.
+        ``torch.Generator(seed)``. The global RNGs (torch, ``random``, numpy) are restored after the dataset's items
+        are read, so random transforms in the dataset do not change the training that follows. Items may be
+        ``(image, label)``, ``(image, label, mask)`` or dicts with ``image``/``label``/``mask`` keys; masks found in
+        the items are kept.
 
         Args:
             dataset: a map-style dataset (``__len__`` and ``__getitem__``).
@@ -257,7 +294,8 @@ class ProbeSet:
         if labels is None:
             # read labels lazily in permutation order; enough for a balanced pick in any sane dataset
             budget = min(size, max(50 * num_samples, 1000))
-            label_of = {i: int(torch.as_tensor(_split_item(dataset[i])[1])) for i in order[:budget]}
+            with _rng_preserved():  # a dataset's random transforms must not move the training's RNG streams
+                label_of = {i: int(torch.as_tensor(_split_item(dataset[i])[1])) for i in order[:budget]}
             order = order[:budget]
         else:
             label_of = {i: int(labels[i]) for i in order}
@@ -284,7 +322,8 @@ class ProbeSet:
             chosen.sort(key=lambda i: (label_of[i], rank[i]))
         else:
             chosen = order[:num_samples]
-        items = [_split_item(dataset[i]) for i in chosen]
+        with _rng_preserved():
+            items = [_split_item(dataset[i]) for i in chosen]
         images = torch.stack([it[0].float() for it in items])
         targets = torch.tensor([int(torch.as_tensor(it[1])) for it in items], dtype=torch.long)
         if callable(masks):

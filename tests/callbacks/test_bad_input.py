@@ -165,6 +165,77 @@ def test_bad_options_fail_in_the_constructor_naming_option_and_value(case, build
     assert message.split(":")[0].endswith("Monitor"), message  # the monitor is named
 
 
+def test_the_probe_given_to_filter_monitor_is_named_short():
+    with pytest.raises(TypeError) as info:
+        FilterMonitor(PROBE)
+    assert len(str(info.value)) < 300 and "takes no probe" in str(info.value)
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    monitor = GradCAMMonitor(PROBE, every_n_epochs=np.int64(2), alpha=np.float32(0.4), fixed_scale=np.bool_(True))
+    assert monitor.every_n_epochs == 2
+    OcclusionMonitor(PROBE, window=np.int64(4))
+
+
+def test_expected_gradients_layer_is_checked_against_the_real_model(tmp_path):
+    options = {"expected_gradients": {"layer": "model.4", "samples": 2}}
+    good = SaliencyMonitor(PROBE, ("expected_gradients",), method_options=options)  # not judged on a stand-in
+    bad = SaliencyMonitor(PROBE, ("expected_gradients",), method_options={"expected_gradients": {"layer": "model.44"}})
+    train, val = loaders(n=32)
+    tr = trainer(tmp_path / "good", [good], max_epochs=1)
+    tr.fit(LitClassifier(), train, val)
+    assert (good.fire_count, good.failure_count) == (1, 0)
+    tr = trainer(tmp_path / "bad", [bad], max_epochs=1)
+    with pytest.raises(ValueError, match=r"unknown layer 'model\.44'; did you mean 'model\.4'"):
+        tr.fit(LitClassifier(), train, val)
+    assert tr.global_step == 0
+
+
+def test_an_output_transform_that_raises_is_named_at_setup(tmp_path):
+    def broken(out):
+        raise RuntimeError("no such head")
+
+    train, val = loaders(n=32)
+    tr = trainer(tmp_path, [GradCAMMonitor(PROBE, output_transform=broken)], max_epochs=1)
+    with pytest.raises(ValueError, match="GradCAMMonitor: output_transform raised RuntimeError: no such head"):
+        tr.fit(LitClassifier(), train, val)
+
+
+def test_building_the_probe_leaves_the_training_rng_alone(tmp_path):
+    """A lazy probe drawn from a dataset whose items use the global RNGs (random augmentation) must not shift the
+    training's random streams: weights equal those of the run without the monitor."""
+    import random
+
+    import numpy as np
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, Dataset
+
+    class Augmenting(Dataset):
+        def __init__(self):
+            self.base = random_data(32)
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            x, y = self.base[i]
+            shift = torch.rand(()) + random.random() + float(np.random.rand())
+            return x + 0.01 * shift, y
+
+    def run(callbacks, root):
+        pl.seed_everything(0, verbose=False)
+        module = LitClassifier()
+        loader = DataLoader(Augmenting(), batch_size=8, shuffle=True)
+        trainer(root, callbacks, max_epochs=1, limit_val_batches=0).fit(module, loader)
+        return module.state_dict()
+
+    plain = run([], tmp_path / "plain")
+    watched = run([GradCAMMonitor(None, probe_size=4, layers="last")], tmp_path / "watched")
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+
+
 def test_tensor_options_wait_for_the_probe_then_fail_at_fit_start(tmp_path):
     """Without a probe the baseline's shape is unknown in the constructor: it fails at fit start instead."""
     monitor = SaliencyMonitor(
@@ -509,3 +580,16 @@ def test_peak_memory_of_one_pass_stays_bounded_as_the_probe_grows():
     graph_growth_kib = 480 * 4 * 2**10  # ~4 MiB per image of saved activations, had the whole probe gone at once
     kept_growth_kib = 480 * 3 * 64 * 64 * 4 * 2 // 2**10  # images + input gradients of the extra images
     assert large - small < kept_growth_kib + graph_growth_kib // 4, (small, large)
+
+
+def test_a_second_validate_at_the_same_step_says_it_writes_nothing(tmp_path):
+    train, val = loaders(n=32)
+    module = LitClassifier()
+    tr = trainer(tmp_path, [GradCAMMonitor(PROBE, layers="last")], max_epochs=1)
+    tr.fit(module, train, val)
+    tr.validate(module, val, verbose=False)
+    step = tr.global_step  # after fit, validate logs at the last training step
+    with pytest.warns(UserWarning, match=f"validate pictures for step {step} were already written in this run"):
+        tr.validate(module, val, verbose=False)
+    acc = read_events(tr.logger.log_dir)
+    assert [e.step for e in acc.Images("validate/probelens/gradcam/model.8")] == [step]

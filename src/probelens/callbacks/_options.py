@@ -4,6 +4,7 @@ range and the fix, so that a bad value fails when the monitor is built, not at i
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,8 +12,13 @@ import torch
 from torch import Tensor, nn
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"<{type(value).__name__}: {text[:60]}...>"
+
+
 def _fail(owner: str, option: str, value: Any, allowed: str, fix: str = "") -> ValueError:
-    message = f"{owner}: {option}={value!r} is not allowed; {option} must be {allowed}"
+    message = f"{owner}: {option}={_shown(value)} is not allowed; {option} must be {allowed}"
     return ValueError(message + (f" ({fix})" if fix else ""))
 
 
@@ -22,10 +28,15 @@ def check_int(
     """``value`` as an ``int >= minimum`` (or ``None`` where ``none_ok``); else a ``ValueError`` naming it."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # numbers.Integral admits numpy integers (a config read through numpy); bools are not counts
+    if _is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
         allowed = f"an integer >= {minimum}" + (" or None" if none_ok else "")
         raise _fail(owner, option, value, allowed, fix)
-    return value
+    return int(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")  # numpy.bool_, without numpy
 
 
 def check_float(
@@ -42,7 +53,7 @@ def check_float(
     """``value`` as a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``); else a ``ValueError``."""
     if value is None and none_ok:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not _is_bool(value) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
@@ -61,9 +72,44 @@ def check_choice(owner: str, option: str, value: Any, choices: Sequence[Any]) ->
 
 
 def check_bool(owner: str, option: str, value: Any) -> bool:
-    if not isinstance(value, bool):
+    if not _is_bool(value):
         raise _fail(owner, option, value, "True or False")
+    return bool(value)
+
+
+def check_cmap(owner: str, option: str, value: Any) -> str:
+    """A colormap name matplotlib knows (checked now, not at the first firing)."""
+    from probelens.render import colormap_lut
+
+    try:
+        colormap_lut(value)
+    except (ValueError, TypeError, KeyError) as err:
+        raise _fail(owner, option, value, "a matplotlib colormap name, e.g. 'jet', 'inferno', 'viridis'") from err
     return value
+
+
+def check_names(owner: str, option: str, value: Any, valid: Sequence[str]) -> list[str]:
+    """A name or a non-empty list of distinct names from ``valid``."""
+    names = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or any(n not in valid for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise _fail(owner, option, value, "a non-empty list of distinct names from " + ", ".join(valid))
+    return list(names)
+
+
+def check_single_layer(owner: str, option: str, value: Any, *, none_ok: bool = False) -> Any:
+    """One layer: ``"auto"`` (the deepest stage), a layer name, a module type, or a one-element list of these."""
+    if value is None and none_ok:
+        return None
+    spec = check_layer_spec(owner, option, value)
+    many = (isinstance(spec, (list, tuple)) and len(spec) != 1) or spec in ("all",)
+    if many:
+        raise _fail(owner, option, value, "one layer: 'auto', a layer name or a module type", "this monitor shows one")
+    return spec
 
 
 def check_callable(owner: str, option: str, value: Any, example: str) -> Callable[..., Any] | None:
@@ -85,6 +131,11 @@ def check_layer_spec(owner: str, option: str, value: Any, *, none_ok: bool = Fal
     ``"all"``, ``"last"`` or a layer name), a module type, or a non-empty sequence of names and types."""
     if value is None and none_ok:
         return None
+    if type(value).__name__ == "ProbeSet":
+        raise TypeError(
+            f"{owner}: got a ProbeSet as {option}=; {owner} shows weights and takes no probe: "
+            f"{owner}(layers='all') (or a layer name)"
+        )
 
     def one(v: Any) -> bool:
         return (isinstance(v, str) and bool(v)) or (isinstance(v, type) and issubclass(v, nn.Module))

@@ -16,6 +16,7 @@ outputs, their gradients and the input gradients) exceeds :data:`PASS_WARN_BYTES
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -190,21 +191,37 @@ class ProbeSession:
 
 
 def concat_passes(parts: list[ProbePass]) -> ProbePass:
-    """One :class:`ProbePass` from passes over consecutive chunks of a probe batch."""
+    """One :class:`ProbePass` from passes over consecutive chunks of a probe batch. The chunks' tensors are released
+    field by field as they are joined (``parts`` is emptied), so the assembly holds one field twice, not the pass."""
 
-    def cat(tensors: list[Tensor]) -> Tensor:
-        return torch.cat(tensors, dim=0)
+    def join(get: Callable[[ProbePass], Tensor]) -> Tensor:
+        joined = torch.cat([get(p) for p in parts], dim=0)
+        return joined
 
     first = parts[0]
-    return ProbePass(
-        images=cat([p.images for p in parts]),
-        logits=cat([p.logits for p in parts]),
-        targets={k: cat([p.targets[k] for p in parts]) for k in first.targets},
-        activations={k: cat([p.activations[k] for p in parts]) for k in first.activations},
-        gradients={s: {k: cat([p.gradients[s][k] for p in parts]) for k in g} for s, g in first.gradients.items()},
-        input_gradients={k: cat([p.input_gradients[k] for p in parts]) for k in first.input_gradients},
-        calls=dict(first.calls),
-    )
+    calls = dict(first.calls)
+    out = ProbePass(images=join(lambda p: p.images), logits=join(lambda p: p.logits), targets={}, activations={})
+    for p in parts:
+        p.images = p.logits = None  # type: ignore[assignment]
+    for key in list(first.targets):
+        out.targets[key] = join(lambda p, key=key: p.targets[key])
+    for name in list(first.activations):
+        out.activations[name] = join(lambda p, name=name: p.activations[name])
+        for p in parts:
+            del p.activations[name]
+    for target_set in list(first.gradients):
+        out.gradients[target_set] = {}
+        for name in list(first.gradients[target_set]):
+            out.gradients[target_set][name] = join(lambda p, s=target_set, n=name: p.gradients[s][n])
+            for p in parts:
+                del p.gradients[target_set][name]
+    for key in list(first.input_gradients):
+        out.input_gradients[key] = join(lambda p, key=key: p.input_gradients[key])
+        for p in parts:
+            del p.input_gradients[key]
+    out.calls = calls
+    parts.clear()
+    return out
 
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, ProbeSession] = weakref.WeakKeyDictionary()

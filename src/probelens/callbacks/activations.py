@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_int, check_layer_spec
+from probelens.callbacks._options import check_cmap, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.layers import LayerSpec
 from probelens.probe import ProbeSet
-from probelens.render import apply_colormap, colormap_lut, rows_grid
+from probelens.render import apply_colormap, rows_grid
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -51,7 +51,7 @@ class ActivationMonitor(ProbeMonitor):
         check_layer_spec(owner, "layers", layers)
         check_int(owner, "max_channels", max_channels)
         check_int(owner, "max_images", max_images)
-        colormap_lut(cmap)
+        check_cmap(owner, "cmap", cmap)
         self.layers_spec = layers
         self.max_channels = max_channels
         self.max_images = max_images
@@ -88,13 +88,15 @@ class ActivationMonitor(ProbeMonitor):
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        k = min(self.max_images, len(self.probe))
-        images = self.probe.display_images()[:k]
+        shown = self._shown(self.max_images)
+        k = len(shown)
+        images = self.probe.display_images()[shown]
         size = self._tile_size(k)
         if size != self.probe.image_size:  # draw at the size that will be written, not large and then downscaled
             images = F.interpolate(images.float(), size=size, mode="area").round().to(torch.uint8)
         for layer in self._layers:
-            act = self._finite(result.activations[layer][:k].float().cpu(), f"activations of {layer}", step)
+            act = result.activations[layer][shown.to(result.images.device)]
+            act = self._finite(act.float().cpu(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])
             channels = act.mean(dim=(0, 2, 3)).topk(c).indices
             maps = act[:, channels]
@@ -107,6 +109,7 @@ class ActivationMonitor(ProbeMonitor):
                 tiles = apply_colormap(maps[i].unsqueeze(1), self.cmap)
                 rows.append(torch.cat([images[i : i + 1], tiles], dim=0))
             chans = ", ".join(str(int(ch)) for ch in channels)
-            captions = [f"#{i} channels {chans}" if i == 0 else f"#{i}" for i in range(k)]
+            captions = [f"#{int(j)} channels {chans}" if i == 0 else f"#{int(j)}" for i, j in enumerate(shown)]
             boxes: list[tuple[int, int, int, int]] = []
-            self._image(f"probelens/activations/{layer}", rows_grid(rows, captions, cell_boxes=boxes), step, boxes)
+            grid = rows_grid(rows, captions, cell_boxes=boxes)
+            self._image(f"probelens/activations/{layer}", grid, step, boxes, shown=shown)

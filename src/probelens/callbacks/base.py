@@ -309,6 +309,11 @@ class ProbeMonitor:
             return class_scores(output, self.output_transform)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{self.name}: {err}") from err
+        except Exception as err:  # the user's transform itself failed
+            raise ValueError(
+                f"{self.name}: output_transform raised {type(err).__name__}: {err} on the model's output of type "
+                f"{type(output).__name__}; it must map that output to class scores [N, num_classes]"
+            ) from err
 
     def _check_probe_fits(self, model: nn.Module) -> None:
         """One forward of one probe image, so a probe that does not fit the model, or an output that is not class
@@ -398,13 +403,28 @@ class ProbeMonitor:
             tag = f"{head}/{self.name}/{rest}" if rest else f"{head}/{self.name}"
         return tag if self._stage == "fit" else f"{self._stage}/{tag}"
 
+    def _shown(self, limit: int | None) -> Tensor:
+        """The probe indices a picture of at most ``limit`` images shows: interleaved by class
+        (:meth:`ProbeSet.interleaved`), so every grid shows every class."""
+        assert self.probe is not None
+        order = self.probe.interleaved()
+        return order if limit is None else order[:limit]
+
     def _image(
-        self, tag: str, image: Tensor, step: int, boxes: Sequence[tuple[int, int, int, int]] = (), per_probe: int = 1
+        self,
+        tag: str,
+        image: Tensor,
+        step: int,
+        boxes: Sequence[tuple[int, int, int, int]] = (),
+        per_probe: int = 1,
+        shown: Tensor | None = None,
     ) -> None:
-        """Writes ``image``; ``boxes`` (from a grid's ``cell_boxes``, ``per_probe`` consecutive boxes per probe image)
-        become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`) that ``probelens export`` reads."""
+        """Writes ``image``; ``boxes`` (from a grid's ``cell_boxes``, ``per_probe`` consecutive boxes per probe image,
+        the images ``shown``, by default probe images 0, 1, ...) become the PNG's probe-image layout
+        (:data:`probelens.render.CELLS_KEY`) that ``probelens export`` reads, keyed by probe index."""
         assert self._sink is not None
-        cells = [(j // per_probe, *box) for j, box in enumerate(boxes)]
+        index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
+        cells = [(index[j // per_probe], *box) for j, box in enumerate(boxes)]
         side = max(image.shape[-2:])
         if self.max_image_side is not None and side > self.max_image_side:
             height, width = image.shape[-2:]
@@ -465,8 +485,10 @@ class ProbeMonitor:
             if self.probe is None:
                 if required:
                     raise ValueError(
-                        f"{self.name}: no probe set was given and the trainer has no validation or training data to "
-                        "build one from; pass probe=ProbeSet.from_dataset(val_dataset, num_samples=16)"
+                        f"{self.name}: no probe set was given and the trainer has no map-style validation or training "
+                        "dataset (one with __len__ and __getitem__; an IterableDataset cannot be sampled) to build one "
+                        "from; pass probe=ProbeSet.from_dataset(val_dataset, num_samples=16) or "
+                        "ProbeSet(images, targets)"
                     )
                 return False
             self._check_fingerprint()
@@ -484,6 +506,9 @@ class ProbeMonitor:
         """Once per trainer: a text table of the layers monitors can target (name, type, shape, params, RF)."""
         sharded = is_sharded(pl_module)  # then the summary's forward pass is collective: every rank runs it
         if self.probe is None or trainer in _ARCHITECTURE_LOGGED or not (trainer.is_global_zero or sharded):
+            return
+        if getattr(trainer, "ckpt_path", None):  # a resumed run: the table is in the log dir already
+            _ARCHITECTURE_LOGGED.add(trainer)
             return
         _ARCHITECTURE_LOGGED.add(trainer)
         from probelens.methods.summary import layer_summary, summary_markdown
@@ -641,7 +666,15 @@ class ProbeMonitor:
         self._stage = fn if fn in ("validate", "test") else "fit"
         step = log_step(trainer, epoch_end=epoch_end)
         last = self.last_logged_step if self._stage == "fit" else self._stage_steps.get(self._stage, -1)
-        if step == last:  # never two pictures at one (tag, step): the model has not stepped since
+        if step == last:  # never two pictures at one (tag, step)
+            if self._stage != "fit" and trainer.is_global_zero:
+                # trainer.validate/test at a step already written: e.g. a second ckpt_path, whose weights Lightning
+                # loads without restoring the step counter. Say so rather than skip in silence.
+                rank_zero_warn(
+                    f"{self.name}: {self._stage} pictures for step {step} were already written in this run; this "
+                    f"{self._stage} writes none (never two images at one tag and step). To keep both, give this call "
+                    "its own logger (e.g. TensorBoardLogger(..., version='ckpt-b')) on a new Trainer."
+                )
             return
         if self._stage == "fit":
             self.last_logged_step = step
@@ -663,15 +696,16 @@ class ProbeMonitor:
             self._record_success(trainer, step, start)
 
     # ------------------------------------------------------------------ captions
-    def _captions(self, result: ProbePass, target_set: str | None = None) -> list[str]:
+    def _captions(self, result: ProbePass, shown: Tensor, target_set: str | None = None) -> list[str]:
+        """Per shown probe image: its index, true label, prediction and probability."""
         assert self.probe is not None
         probs = result.probabilities
         preds = result.predictions
         captions = []
-        for i in range(len(self.probe)):
+        for i in (int(j) for j in shown):
             true = self.probe.class_name(int(self.probe.targets[i]))
             pred = int(preds[i])
-            line = f"true: {true}\npred: {self.probe.class_name(pred)} {float(probs[i, pred]):.2f}"
+            line = f"#{i} true: {true}\npred: {self.probe.class_name(pred)} {float(probs[i, pred]):.2f}"
             if target_set == "label":
                 t = int(result.targets["label"][i])
                 line += f"\nmap for: {self.probe.class_name(t)}"

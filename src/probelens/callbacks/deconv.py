@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_choice, check_int, check_layer_spec
+from probelens.callbacks._options import check_choice, check_int, check_single_layer
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -51,7 +51,7 @@ class DeconvMonitor(ProbeMonitor):
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
         owner = type(self).__name__
-        check_layer_spec(owner, "layer", layer)
+        check_single_layer(owner, "layer", layer)
         check_int(owner, "top_k", top_k)
         check_int(owner, "max_images", max_images)
         check_choice(owner, "keep", keep, ("max", "channel"))
@@ -88,10 +88,11 @@ class DeconvMonitor(ProbeMonitor):
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        k = min(self.max_images, len(self.probe))
+        shown = self._shown(self.max_images)
+        k = len(shown)
         projections, channels = deconv_projections(
             unwrap_compiled(pl_module),
-            result.images[:k],
+            result.images[shown.to(result.images.device)],
             self._layer,
             self.top_k,
             self.rule,
@@ -99,12 +100,13 @@ class DeconvMonitor(ProbeMonitor):
             unsupported="ignore",
         )
         projections = self._finite(projections.float().cpu(), "deconvnet projections", step)
-        shown = self.probe.display_images()[:k]
+        pictures = self.probe.display_images()[shown]
         rows, captions = [], []
         for i in range(k):
             scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
             tiles = to_rgb_uint8((scaled * 255).round().to(torch.uint8))
-            rows.append(torch.cat([shown[i : i + 1], tiles]))
-            captions.append(f"#{i}: channels " + ", ".join(str(int(c)) for c in channels[i]))
+            rows.append(torch.cat([pictures[i : i + 1], tiles]))
+            captions.append(f"#{int(shown[i])}: channels " + ", ".join(str(int(c)) for c in channels[i]))
         boxes: list[tuple[int, int, int, int]] = []
-        self._image(f"probelens/deconv/{self._layer}", rows_grid(rows, captions, cell_boxes=boxes), step, boxes)
+        grid = rows_grid(rows, captions, cell_boxes=boxes)
+        self._image(f"probelens/deconv/{self._layer}", grid, step, boxes, shown=shown)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_float, check_int, check_layer_spec
+from probelens.callbacks._options import check_float, check_int, check_single_layer
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.engine import forward_backward
 from probelens.methods.feature_vis import feature_visualization
@@ -53,17 +53,18 @@ class FeatureVisMonitor(ProbeMonitor):
         schedule.setdefault("every_n_epochs", 5)
         super().__init__(probe, **schedule)
         owner = type(self).__name__
-        check_layer_spec(owner, "layer", layer, none_ok=True)
+        check_single_layer(owner, "layer", layer, none_ok=True)
         if isinstance(channels, int) and not isinstance(channels, bool):
             check_int(owner, "channels", channels, fix="or a list of channel indices")
         elif not (
             isinstance(channels, (list, tuple))
             and channels
             and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)
+            and len(set(channels)) == len(channels)
         ):
             raise ValueError(
                 f"{owner}: channels={channels!r} is not allowed; channels must be a count n >= 1 (the first n "
-                "channels) or a non-empty list of channel indices >= 0, e.g. channels=[0, 5, 9]"
+                "channels) or a non-empty list of distinct channel indices >= 0, e.g. channels=[0, 5, 9]"
             )
         check_int(owner, "steps", steps)
         check_float(owner, "lr", lr, 0.0, low_open=True)
@@ -105,6 +106,13 @@ class FeatureVisMonitor(ProbeMonitor):
         else:
             self._channels = [int(c) for c in self.channels_spec]
         # one step at setup: a channel out of range fails now (with the layer's channel count), not after an epoch
+        try:
+            self._dry_run(net)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: channels={self.channels_spec!r}: {err}") from err
+
+    def _dry_run(self, net: nn.Module) -> None:
+        assert self.probe is not None
         feature_visualization(
             net,
             self._layer,

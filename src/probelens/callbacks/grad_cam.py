@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_bool, check_float, check_int, check_layer_spec
+from probelens.callbacks._options import check_bool, check_cmap, check_float, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.probe import ProbeSet
-from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
+from probelens.render import labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -87,7 +87,7 @@ class GradCAMMonitor(ProbeMonitor):
         check_bool(owner, "filmstrip", filmstrip)
         check_int(owner, "filmstrip_frames", filmstrip_frames, minimum=2)
         check_int(owner, "filmstrip_images", filmstrip_images)
-        colormap_lut(cmap)  # unknown names fail here, not at the first log step
+        check_cmap(owner, "cmap", cmap)
         self.layers_spec = layers
         self.target = target
         self.fixed_scale = fixed_scale
@@ -141,41 +141,45 @@ class GradCAMMonitor(ProbeMonitor):
             self.scale[key] = max(float(cam.max()), 1e-12)
         return normalize_maps(cam, vmin=0.0, vmax=self.scale[key])
 
-    def _maps(self, pl_module: nn.Module, result: Any, method: str, layer: str, target_set: str, k: int) -> Tensor:
+    def _maps(
+        self, pl_module: nn.Module, result: Any, method: str, layer: str, target_set: str, shown: Tensor
+    ) -> Tensor:
         assert self.probe is not None
         size = self.probe.image_size
-        activation = result.activations[layer][:k]
+        index = shown.to(result.images.device)
+        activation = result.activations[layer][index]
         if method in FORWARD_CAMS:
             return score_cam_map(
                 unwrap_compiled(pl_module),
-                result.images[:k],
-                result.targets[target_set][:k],
+                result.images[index],
+                result.targets[target_set][index],
                 activation,
                 output_transform=self.output_transform,
             )
-        gradient = result.gradients[target_set][layer][:k] if method in GRADIENT_CAMS else None
+        gradient = result.gradients[target_set][layer][index] if method in GRADIENT_CAMS else None
         return cam_map(activation, gradient, method, size)
 
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        k = len(self.probe) if self.max_images is None else min(self.max_images, len(self.probe))
-        images = self.probe.display_images()[:k]
-        captions = self._captions(result)[:k]
+        shown = self._shown(self.max_images)
+        k = len(shown)
+        images = self.probe.display_images()[shown]
+        captions = self._captions(result, shown)
         strip: Tensor | None = None
         for method in self.methods:
             for layer in self._layers:
                 tiles, tile_captions = [], []
                 for target_set in self.target_sets:
-                    cam = self._maps(pl_module, result, method, layer, target_set, k)
+                    cam = self._maps(pl_module, result, method, layer, target_set, shown)
                     cam = self._finite(cam, f"{method} maps of {layer}", step)
                     key = layer if method == "gradcam" else f"{method}/{layer}"
                     tiles.append(overlay_heatmap(images, self._normalise(key, cam.cpu()), self.alpha, self.cmap))
                     if len(self.target_sets) == 1:
                         tile_captions.append(captions)
                     else:
-                        names = [self.probe.class_name(int(t)) for t in result.targets[target_set][:k]]
+                        names = [self.probe.class_name(int(result.targets[target_set][i])) for i in shown]
                         tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
                 # interleave so each probe image's tiles sit side by side
                 grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
@@ -183,13 +187,14 @@ class GradCAMMonitor(ProbeMonitor):
                 ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
                 boxes: list[tuple[int, int, int, int]] = []
                 grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
-                self._image(f"probelens/{method}/{layer}", grid, step, boxes, per_probe=len(tiles))
+                self._image(f"probelens/{method}/{layer}", grid, step, boxes, per_probe=len(tiles), shown=shown)
                 if method == self.methods[0]:
                     strip = tiles[0]  # ends as the deepest layer's
         if self.filmstrip and strip is not None and self._stage == "fit":  # the strip is the training history
-            self._log_filmstrip(step, list(self._layers)[-1], strip)
+            self._log_filmstrip(step, list(self._layers)[-1], strip, shown)
 
-    def _log_filmstrip(self, step: int, layer: str, overlays: Tensor) -> None:
+    def _log_filmstrip(self, step: int, layer: str, overlays: Tensor, shown: Tensor) -> None:
+        """``overlays``: the deepest layer's tiles of the probe images ``shown`` (interleaved by class)."""
         assert self.probe is not None
         k = min(self.filmstrip_images, overlays.shape[0])
         frame = overlays[:k]
@@ -205,7 +210,8 @@ class GradCAMMonitor(ProbeMonitor):
         steps = ", ".join(str(s) for s, _ in chosen)
         rows = [torch.stack([f[i] for _, f in chosen]) for i in range(k)]
         captions = [
-            f"#{i} {self.probe.class_name(int(self.probe.targets[i]))}" + (f" | steps {steps}" if i == 0 else "")
+            f"#{int(shown[i])} {self.probe.class_name(int(self.probe.targets[shown[i]]))}"
+            + (f" | steps {steps}" if i == 0 else "")
             for i in range(k)
         ]
         self._image(f"probelens/{self.methods[0]}_filmstrip/{layer}", rows_grid(rows, captions), step)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_float, check_int, dry_run
+from probelens.callbacks._options import check_cmap, check_float, check_int, dry_run
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.probe import ProbeSet
-from probelens.render import colormap_lut, labelled_grid, normalize_maps, overlay_heatmap
+from probelens.render import labelled_grid, normalize_maps, overlay_heatmap
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -22,12 +25,12 @@ def _pair(owner: str, option: str, value: object) -> tuple[int, int] | None:
     """``None``, or ``value`` (an int or an ``(h, w)`` pair) as a pair of positive ints; else a ``ValueError``."""
     if value is None:
         return None
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)
-    ):
+
+    def count(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
+
+    pair = (value, value) if count(value) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(count(v) for v in pair):
         raise ValueError(
             f"{owner}: {option}={value!r} is not allowed; {option} must be None (the default), a positive integer or "
             "a pair (h, w) of positive integers"
@@ -82,9 +85,13 @@ class OcclusionMonitor(ProbeMonitor):
             )
         if isinstance(baseline, bool) or not isinstance(baseline, (int, float, str, Tensor)):
             raise ValueError(f"{owner}: baseline={baseline!r} is not allowed; pass a number, a tensor or a name")
+        if (isinstance(baseline, float) and not math.isfinite(baseline)) or (
+            isinstance(baseline, Tensor) and not bool(torch.isfinite(baseline).all())
+        ):
+            raise ValueError(f"{owner}: baseline={baseline!r} is not allowed; a baseline must be finite")
         check_float(owner, "alpha", alpha, 0.0, 1.0)
         check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
-        colormap_lut(cmap)
+        check_cmap(owner, "cmap", cmap)
         self.baseline = baseline
         if probe is not None:
             self._set_window(probe)
@@ -126,23 +133,24 @@ class OcclusionMonitor(ProbeMonitor):
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        k = len(self.probe) if self.max_images is None else min(self.max_images, len(self.probe))
-        shown = self.probe.display_images()[:k]
-        captions = self._captions(result)[:k]
+        shown = self._shown(self.max_images)
+        index = shown.to(result.images.device)
+        pictures = self.probe.display_images()[shown]
+        captions = self._captions(result, shown)
         model = unwrap_compiled(pl_module)
         for target_set in self.target_sets:
             attr = occlusion(
                 model,
-                result.images[:k],
-                result.targets[target_set][:k],
+                result.images[index],
+                result.targets[target_set][index],
                 window=self.window,
                 stride=self.stride,
                 baseline=self.baseline,
                 output_transform=self.output_transform,
             )
             heat = self._finite(attr[:, :1].float().cpu(), "occlusion maps", step)
-            tiles = overlay_heatmap(shown, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)
+            tiles = overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
             tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
             boxes: list[tuple[int, int, int, int]] = []
-            self._image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes)
+            self._image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes, shown=shown)

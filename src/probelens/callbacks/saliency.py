@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_bool, check_choice, check_float, check_int, dry_run
+from probelens.callbacks._options import (
+    check_bool,
+    check_choice,
+    check_cmap,
+    check_float,
+    check_int,
+    check_names,
+    dry_run,
+)
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
@@ -19,7 +27,6 @@ from probelens.methods.smoothgrad import smoothgrad
 from probelens.probe import ProbeSet
 from probelens.render import (
     apply_colormap,
-    colormap_lut,
     labelled_grid,
     normalize_maps,
     overlay_heatmap,
@@ -92,11 +99,8 @@ class SaliencyMonitor(ProbeMonitor):
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
-        methods = [methods] if isinstance(methods, str) else list(methods)
-        unknown = [m for m in methods if m not in SALIENCY_METHODS]
-        if unknown or not methods:
-            raise ValueError(f"unknown saliency method(s) {unknown or methods}; valid: {', '.join(SALIENCY_METHODS)}")
         owner = type(self).__name__
+        methods = check_names(owner, "methods", methods, SALIENCY_METHODS)
         options = {k: dict(v) for k, v in (method_options or {}).items()}
         for method, opts in options.items():
             if method not in methods or method not in MULTI_PASS_METHODS:
@@ -111,7 +115,7 @@ class SaliencyMonitor(ProbeMonitor):
         check_bool(owner, "overlay", overlay)
         check_float(owner, "alpha", alpha, 0.0, 1.0)
         check_int(owner, "max_images", max_images, none_ok=True, fix="None shows the whole probe set")
-        colormap_lut(cmap)
+        check_cmap(owner, "cmap", cmap)
         self.methods = methods
         self.target = target
         self.target_sets = target_sets_for(target, owner)
@@ -128,7 +132,8 @@ class SaliencyMonitor(ProbeMonitor):
 
     def _check_method_options(self, images: Tensor | None) -> None:
         for method, opts in self.method_options.items():
-            call_options = dict(opts)
+            # an inner layer of expected gradients is a name in the user's model: checked at setup, not on a stand-in
+            call_options = {k: v for k, v in opts.items() if k != "layer"}
             if method in ("guided_backprop", "deconvnet"):
                 call_options["method"] = method
             dry_run(
@@ -139,14 +144,18 @@ class SaliencyMonitor(ProbeMonitor):
     def _configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         self._check_method_options(self.probe.images[:1])  # now with the real image shape (baseline tensors)
+        layer = self.method_options.get("expected_gradients", {}).get("layer")
+        if layer is not None:
+            self._resolve_layers(pl_module, layer)  # an unknown name fails now, with the model's valid names
         self._require({}, gradients=False, input_gradient=True, target_sets=set(self.target_sets))
 
-    def _attribution(self, pl_module: nn.Module, result: Any, target_set: str, method: str, k: int) -> Any:
+    def _attribution(self, pl_module: nn.Module, result: Any, target_set: str, method: str, shown: Tensor) -> Any:
+        index = shown.to(result.images.device)
         if method in ONE_PASS_METHODS:
-            return saliency_from_pass(result, target_set, method)[:k]
+            return saliency_from_pass(result, target_set, method)[index]
         model = unwrap_compiled(pl_module)
-        images = result.images[:k]
-        targets = result.targets[target_set][:k]
+        images = result.images[index]
+        targets = result.targets[target_set][index]
         options = dict(self.method_options.get(method, {}))
         options["output_transform"] = self.output_transform
         if method in ("guided_backprop", "deconvnet"):
@@ -159,12 +168,12 @@ class SaliencyMonitor(ProbeMonitor):
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        k = len(self.probe) if self.max_images is None else min(self.max_images, len(self.probe))
-        images = self.probe.display_images()[:k] if self.overlay else None
-        captions = self._captions(result)[:k]
+        shown = self._shown(self.max_images)
+        images = self.probe.display_images()[shown] if self.overlay else None
+        captions = self._captions(result, shown)
         for method in self.methods:
             for target_set in self.target_sets:
-                attribution = self._attribution(pl_module, result, target_set, method, k)
+                attribution = self._attribution(pl_module, result, target_set, method, shown)
                 sal = self._finite(attribution.float().cpu(), method, step)
                 heat = normalize_maps(saliency_to_heat(sal, self.reduce))
                 if images is not None:
@@ -174,4 +183,4 @@ class SaliencyMonitor(ProbeMonitor):
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
                 boxes: list[tuple[int, int, int, int]] = []
                 grid = labelled_grid(tiles, captions, cell_boxes=boxes)
-                self._image(f"probelens/saliency/{method}{suffix}", grid, step, boxes)
+                self._image(f"probelens/saliency/{method}{suffix}", grid, step, boxes, shown=shown)

@@ -10,7 +10,14 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_bool, check_choice, check_float, check_int, check_layer_spec
+from probelens.callbacks._options import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_names,
+    check_single_layer,
+)
 from probelens.callbacks._session import ProbeSession
 from probelens.callbacks._sinks import is_tensorboard_logger
 from probelens.callbacks.base import ProbeMonitor
@@ -101,12 +108,10 @@ class ShortcutMonitor(ProbeMonitor):
         super().__init__(probe, **schedule)
         owner = type(self).__name__
         check_choice(owner, "on_shortcut", on_shortcut, ON_SHORTCUT)
-        check_layer_spec(owner, "layer", layer)
-        methods = [saliency_methods] if isinstance(saliency_methods, str) else list(saliency_methods)
-        unknown = [m for m in methods if m not in ONE_PASS_METHODS]
-        if unknown:
-            raise ValueError(f"{owner}: unknown saliency method(s) {unknown}; valid: {', '.join(ONE_PASS_METHODS)}")
-        check_float(owner, "threshold", threshold, 0.0, 1.0)
+        check_single_layer(owner, "layer", layer)
+        methods = [] if saliency_methods == () or saliency_methods == [] else saliency_methods
+        methods = check_names(owner, "saliency_methods", methods, ONE_PASS_METHODS) if methods else []
+        check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
         check_bool(owner, "panels", panels)
@@ -256,30 +261,30 @@ class ShortcutMonitor(ProbeMonitor):
 
     def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: Any) -> None:
         assert self.probe is not None
-        k = min(self.max_panel_images, len(self.probe))
-        show = self.probe.display_images()[:k]
+        shown = self._shown(self.max_panel_images)
+        show = self.probe.display_images()[shown]
         p = self.probe
 
         def display(x: Tensor) -> Tensor:
-            return to_display_images(x[:k].float(), p.mean, p.std, p.denormalize)
+            return to_display_images(x[shown].float(), p.mean, p.std, p.denormalize)
 
         tiles = torch.stack([show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)], 1)
         captions = []
-        for i in range(k):
+        for i in (int(j) for j in shown):
             true = p.class_name(int(p.targets[i]))
             captions += [
-                f"original ({true})\npred: {p.class_name(int(preds[i]))}",
+                f"#{i} original ({true})\npred: {p.class_name(int(preds[i]))}",
                 f"object only\npred: {p.class_name(int(fg[i]))}",
                 f"background only\npred: {p.class_name(int(bg[i]))}",
                 f"bg swapped\npred: {p.class_name(int(swap[i]))}",
             ]
         boxes: list[tuple[int, int, int, int]] = []
         grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
-        self._image("shortcut/counterfactuals", grid, step, boxes, per_probe=4)
+        self._image("shortcut/counterfactuals", grid, step, boxes, per_probe=4, shown=shown)
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
-        if self._layout_written or self._stage != "fit":
-            return
+        if self._layout_written or self._stage != "fit" or getattr(trainer, "ckpt_path", None):
+            return  # written once per run, not again on resume
         self._layout_written = True
         t = self._tag
         title = "probelens shortcut" + (f" ({self.name})" if self._custom_name else "")
