@@ -57,7 +57,7 @@ def test_all_four_kinds_logged_on_the_loss_step_axis(tmp_path):
         if tag.startswith(("probelens/filters/", "probelens/gradcam_filmstrip/")):  # weights; a history strip
             assert cells == [], tag
         elif tag.startswith("probelens/"):
-            assert cells == list(range(len(cells))) and len(cells) >= 2, (tag, cells)
+            assert cells == probe.interleaved()[: len(cells)].tolist() and len(cells) >= 2, (tag, cells)
     # the images sit exactly on the validation loss curve's steps (Lightning logs epoch-end validation one step
     # behind trainer.global_step: 3, 7, 11 for 4 batches per epoch)
     val_steps = [e.step for e in acc.Scalars("val_loss")]
@@ -286,7 +286,8 @@ def test_max_image_side_downscales_the_picture_and_its_probe_image_layout(tmp_pa
     expected = torch.nn.functional.interpolate(full[None].float(), size=small.shape[-2:], mode="area")[0]
     assert (expected.round() - small.float()).abs().max() <= 1
     sy, sx = small.shape[1] / full.shape[1], small.shape[2] / full.shape[2]
-    assert [c[0] for c in small_cells] == [c[0] for c in full_cells] == list(range(6))
+    order = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=6, seed=0).interleaved().tolist()
+    assert [c[0] for c in small_cells] == [c[0] for c in full_cells] == order
     for (_, *box), (_, *big) in zip(small_cells, full_cells, strict=True):
         scaled = (big[0] * sx, big[1] * sy, big[2] * sx, big[3] * sy)
         assert all(abs(a - b) <= 1 for a, b in zip(box, scaled, strict=True)), (box, scaled)

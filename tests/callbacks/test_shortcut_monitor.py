@@ -60,7 +60,9 @@ def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
     panel = acc.Images("shortcut/counterfactuals")
     assert len(panel) == 2 and decode(panel[-1]).std() > 5
     cells = probe_cells(panel[-1])  # four panels (original, object only, background only, swapped) per probe image
-    assert cells == [k for k in range(len(cells) // 4) for _ in range(4)] and cells
+    shown = monitor.probe.interleaved()[: len(cells) // 4].tolist()  # every class, keyed by probe index
+    assert cells == [k for k in shown for _ in range(4)] and cells
+    assert {int(monitor.probe.targets[k]) for k in shown} == {0, 1}
 
 
 def test_object_model_never_fires(tmp_path):

@@ -36,10 +36,12 @@ def test_saliency_monitor_logs_multi_pass_methods_equal_to_the_functional_api(tm
     sg = smoothgrad(module, x, pred, samples=4, noise=0.1)
     ig = integrated_gradients(module, x, pred, steps=8)
     result = monitor._session.get(module, probe, tr.global_step, monitor._needs)
-    torch.testing.assert_close(monitor._attribution(module, result, "pred", "smoothgrad", 4), sg)
-    torch.testing.assert_close(monitor._attribution(module, result, "pred", "integrated_gradients", 4), ig)
+    torch.testing.assert_close(monitor._attribution(module, result, "pred", "smoothgrad", torch.arange(4)), sg)
+    torch.testing.assert_close(
+        monitor._attribution(module, result, "pred", "integrated_gradients", torch.arange(4)), ig
+    )
     guided = saliency(module, x, pred, method="guided_backprop")
-    torch.testing.assert_close(monitor._attribution(module, result, "pred", "guided_backprop", 4), guided)
+    torch.testing.assert_close(monitor._attribution(module, result, "pred", "guided_backprop", torch.arange(4)), guided)
 
 
 def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
@@ -54,7 +56,7 @@ def test_occlusion_monitor_defaults_to_a_sparser_schedule(tmp_path):
     assert [e.step for e in acc.Images("probelens/occlusion/4x4")] == [9]
     assert [e.step for e in acc.Images("probelens/dense/occlusion/8x8")] == [1, 3, 5, 7, 9]  # named: name in tag
     assert decode(acc.Images("probelens/occlusion/4x4")[0]).std() > 5
-    assert probe_cells(acc.Images("probelens/occlusion/4x4")[0]) == list(range(len(probe)))  # for the export
+    assert probe_cells(acc.Images("probelens/occlusion/4x4")[0]) == probe.interleaved().tolist()  # for the export
 
 
 def test_occlusion_monitor_argument_checks():
@@ -112,7 +114,8 @@ def test_deconv_and_feature_vis_monitors(tmp_path):
         events = acc.Images(tag)
         assert [e.step for e in events] == steps, tag
         assert decode(events[-1]).std() > 5, tag
-        assert probe_cells(events[-1]) == ([0, 1] if "deconv" in tag else []), tag  # rows of probe images 0, 1
+        # rows of the first two probe images interleaved by class (one of each class)
+        assert probe_cells(events[-1]) == (probe.interleaved()[:2].tolist() if "deconv" in tag else []), tag
     # the same seed at every step: with unchanged weights the images are identical (comparable across training)
     module.eval()
     a = feature_visualization(module, "model.8", [0, 1], image_shape=(3, 16, 16), steps=8)
@@ -152,7 +155,8 @@ def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_pat
             assert f"probelens/{method}/{layer}" in images, (method, layer)
             assert f"probelens/gradients/{method}/{layer}" in images or method == "scorecam"
     assert "probelens/gradcam_filmstrip/model.8" in images  # the first method's strip, tag unchanged
-    assert probe_cells(acc.Images("probelens/gradcam++/model.8")[-1]) == [i for i in range(len(probe)) for _ in "pl"]
+    cells = [i for i in probe.interleaved().tolist() for _ in "pl"]  # pred and label tiles per probe image
+    assert probe_cells(acc.Images("probelens/gradcam++/model.8")[-1]) == cells
     pictures = {m: decode(acc.Images(f"probelens/{m}/model.4")[-1]) for m in CAM_METHODS}
     assert len({p.tobytes() for p in pictures.values()}) == len(CAM_METHODS)  # eight different pictures
 

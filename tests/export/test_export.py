@@ -198,11 +198,13 @@ def test_each_probe_image_gets_its_own_cell_over_training(logged_run, exported, 
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         name for k in range(6) for name in (f"probe_{k:03d}.gif", f"probe_{k:03d}.filmstrip.png")
     )
-    crops = []
-    for k in range(6):
-        row, col = divmod(k, ncol)
+    # grid position j shows probe image order[j] (interleaved by class, from the probe's targets alone)
+    order = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=6, seed=0).interleaved().tolist()
+    crops = [None] * 6
+    for j, k in enumerate(order):
+        row, col = divmod(j, ncol)
         x0, y0 = pad + col * (cell_w + pad), pad + row * (cell_h + pad)
-        crops.append(grid[y0 : y0 + cell_h, x0 : x0 + cell_w])
+        crops[k] = grid[y0 : y0 + cell_h, x0 : x0 + cell_w]
     for k in range(6):
         strip = np.asarray(Image.open(folder / f"probe_{k:03d}.filmstrip.png").convert("RGB"))
         assert np.array_equal(strip[:cell_h, :cell_w], crops[k]), f"probe image {k}: not its cell at step {steps[0]}"
