@@ -233,3 +233,24 @@ def test_score_cam_runs_its_masked_copies_in_chunks():
 def test_unknown_method_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown CAM method 'gradcampp'; valid: gradcam, gradcam\\+\\+"):
         cam(small_cnn(), torch.randn(1, 3, 16, 16), method="gradcampp")
+
+
+def test_a_non_finite_image_does_not_stop_the_eigen_variants():
+    """Like pytorch-grad-cam, NaN/Inf become 0 before the SVD: the other images' maps are unchanged."""
+    model = small_cnn(seed=1).eval()
+    x = torch.randn(3, 3, 16, 16)
+    clean = {m: cam(model, x, layers=["8"], method=m)["8"] for m in ("eigencam", "eigengradcam")}
+    x_bad = x.clone()
+    x_bad[1, 0, 2, 2] = float("nan")
+    targets = model(x).argmax(1)
+    for method, reference in clean.items():
+        maps = cam(model, x_bad, targets, layers=["8"], method=method)["8"]
+        torch.testing.assert_close(maps[[0, 2]], reference[[0, 2]])
+
+
+def test_targets_may_be_a_list_or_an_int():
+    model = small_cnn(seed=1).eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = cam(model, x, torch.tensor([0, 1]), layers=["8"])["8"]
+    torch.testing.assert_close(cam(model, x, [0, 1], layers=["8"])["8"], expected)
+    torch.testing.assert_close(cam(model, x, 1, layers=["8"])["8"][1], expected[1])

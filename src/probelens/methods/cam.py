@@ -22,6 +22,10 @@ eigengradcam   the same for ``G * A``                                           
 scorecam       ``w = softmax_k Y(x * H_k)``, ``H_k`` = ``A_k`` upsampled, min-max scaled    Wang et al. 2020
 ============== =========================================================================== =====================
 
+Grad-CAM++ and Score-CAM depend on the scale of the score (the others only through a positive factor): for a
+single-logit binary head, whose scores probelens reads as ``(-z/2, z/2)`` (:func:`probelens.methods.class_scores`),
+their maps are those of ``±z/2``, where pytorch-grad-cam's ``BinaryClassifierOutputTarget`` uses ``±z``.
+
 The sign of a singular vector is arbitrary; the Eigen variants orient it so that the projection correlates
 positively with the channel sum of the (centred) matrix, so a map does not flip between log steps by numerical
 accident (pytorch-grad-cam keeps whatever sign the SVD returns). Score-CAM's masks are upsampled with
@@ -62,6 +66,8 @@ def _check_method(method: str) -> str:
 def _first_component(matrix: Tensor) -> Tensor:
     """``[N, P, C]`` -> ``[N, P]``: the centred rows projected on the first right singular vector, oriented so that
     the projection correlates positively with the rows' sums."""
+    # NaN/Inf (a diverging model) become 0 first, as pytorch-grad-cam does: one bad image must not stop the SVD
+    matrix = torch.nan_to_num(matrix, nan=0.0, posinf=0.0, neginf=0.0)
     centred = matrix - matrix.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = centred @ vh[:, 0, :, None]  # [N, P, 1]

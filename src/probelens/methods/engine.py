@@ -181,7 +181,7 @@ def forward_backward(
         n, k = scores.shape
         predictions = scores.detach().argmax(dim=1)
         resolved = {
-            key: predictions if t is None else check_targets(t.to(predictions.device), n, k)
+            key: predictions if t is None else check_targets(torch.as_tensor(t).to(predictions.device), n, k)
             for key, t in target_sets.items()
         }
         result = ProbePass(
