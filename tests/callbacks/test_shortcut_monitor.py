@@ -118,3 +118,14 @@ def test_gradcam_filmstrip_grows_with_log_steps(tmp_path):
     assert [e.step for e in strips] == [1, 3, 5]
     widths = [decode(e).shape[1] for e in strips]
     assert widths[0] < widths[1] < widths[2]
+
+
+def test_a_small_shortcut_probe_is_warned_about_with_its_resolution(tmp_path):
+    images = torch.randn(8, 3, 16, 16)
+    masks = torch.zeros(8, 1, 16, 16, dtype=torch.bool)
+    masks[..., 4:10, 4:10] = True
+    probe = ProbeSet(images, torch.tensor([0, 1] * 4), masks=masks)
+    train, val = loaders(n=32)
+    tr = trainer(tmp_path, [ShortcutMonitor(probe)], max_epochs=1)
+    with pytest.warns(UserWarning, match=r"the shortcut probe has 8 images \(4 in its smallest class\), so its"):
+        tr.fit(LitClassifier(), train, val)

@@ -39,6 +39,9 @@ from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, saliency_to_heat, to_display_images
 
 ON_SHORTCUT = ("warn", "stop", "ignore")
+MIN_PROBE_IMAGES = 16
+"""Below this many probe images (or :data:`MIN_PROBE_PER_CLASS` in a class) ShortcutMonitor warns at setup."""
+MIN_PROBE_PER_CLASS = 8
 
 SCALAR_TAGS = (
     "shortcut/score",
@@ -125,6 +128,7 @@ class ShortcutMonitor(ProbeMonitor):
         self.threshold = threshold
         self.patience = patience
         self._layer: dict[str, nn.Module] = {}
+        self._warned_small_probe = False
         self._reset_history()
 
     @override
@@ -172,6 +176,23 @@ class ShortcutMonitor(ProbeMonitor):
         self._check_spatial(pl_module, layers, needs_grad=True)
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
+        self._check_probe_size()
+
+    def _check_probe_size(self) -> None:
+        """Warn when the probe is too small for the verdict: its accuracies move in steps of 1/N (1/n_c per class)."""
+        assert self.probe is not None
+        if self.probe.masks is None or self._warned_small_probe:
+            return
+        counts = torch.bincount(self.probe.targets)
+        smallest = int(counts[counts > 0].min())
+        if len(self.probe) < MIN_PROBE_IMAGES or smallest < MIN_PROBE_PER_CLASS:
+            self._warned_small_probe = True
+            rank_zero_warn(
+                f"{self.name}: the shortcut probe has {len(self.probe)} images ({smallest} in its smallest class), "
+                f"so its accuracies and flip rate move in steps of 1/{len(self.probe)} (1/{smallest} within a class) "
+                f"and the verdict rests on few images; use at least {MIN_PROBE_IMAGES} images and "
+                f"{MIN_PROBE_PER_CLASS} per class (ProbeSet.from_dataset(..., num_samples=32, per_class=True))."
+            )
 
     def _chance_accuracy(self) -> float:
         assert self.probe is not None
