@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from probelens.metrics import (
@@ -51,6 +52,27 @@ def test_swap_partners_are_of_another_class_and_deterministic():
     assert all(targets[p] != targets[i] for i, p in enumerate(partners.tolist()))
     assert torch.equal(partners, swap_partners(targets))
     assert swap_partners(torch.tensor([1, 1])).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("counts", [(16, 16), (10, 12, 5), (4, 4, 4, 4)])
+def test_swap_partners_use_every_background_once_when_the_classes_allow(counts):
+    """A class-sorted probe (as from_dataset(per_class=True) returns it): the partners are a permutation (every
+    background used exactly once), every partner of another class, and each class's objects land on backgrounds
+    of several images, not on one."""
+    targets = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    partners = swap_partners(targets)
+    assert sorted(partners.tolist()) == list(range(len(targets)))
+    assert (targets[partners] != targets).all()
+    for k, c in enumerate(counts):
+        assert len(set(partners[targets == k].tolist())) == c
+    assert not torch.equal(partners, swap_partners(targets, seed=1))  # seeded
+
+
+def test_swap_partners_when_one_class_holds_more_than_half():
+    targets = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    partners = swap_partners(targets)
+    assert (targets[partners] != targets).all()
+    assert set(partners[targets == 1].tolist()) <= set(range(5))
 
 
 def test_background_swap_pastes_the_object_on_the_partner_background():

@@ -101,21 +101,38 @@ def foreground_only(images: Tensor, masks: Tensor, fill: Tensor | float | None =
     return torch.where(masks, images, fill_t.expand_as(images) if fill_t.dim() == 4 else fill_t)
 
 
-def swap_partners(targets: Tensor) -> Tensor:
+def swap_partners(targets: Tensor, seed: int = 0) -> Tensor:
     """For each image, the index of a partner of another class ``[N]`` (-1 if every image has the same class).
 
-    Deterministic: image ``i`` takes the first image of a different class after it (cyclically), so partners are spread
-    over the probe set.
+    A seeded, balanced derangement across the whole probe: the images are shuffled within each class (private
+    generator), grouped by class, largest class first, and image ``order[k]`` takes the background of
+    ``order[(k + m) % N]``, ``m`` the largest class's size. While no class holds more than half the probe this is a
+    permutation in which every partner is of another class, so every background is used exactly once; otherwise the
+    images whose shifted partner shares their class take a seeded pick among the other classes' images.
+
+    Example:
+        >>> swap_partners(torch.tensor([0, 0, 1, 1])).tolist()
+        [3, 2, 1, 0]
     """
     n = targets.shape[0]
+    t = targets.cpu()
     partners = torch.full((n,), -1, dtype=torch.long)
-    t = targets.cpu().tolist()
-    for i in range(n):
-        for k in range(1, n):
-            j = (i + k) % n
-            if t[j] != t[i]:
-                partners[i] = j
-                break
+    classes, counts = t.unique(return_counts=True)
+    if len(classes) < 2:
+        return partners.to(targets.device)
+    generator = torch.Generator().manual_seed(int(seed))
+    by_size = sorted(zip(counts.tolist(), classes.tolist()), key=lambda pair: (-pair[0], pair[1]))
+    order: list[int] = []
+    for _, c in by_size:
+        members = (t == c).nonzero().flatten()
+        order += members[torch.randperm(len(members), generator=generator)].tolist()
+    shift = by_size[0][0]
+    for k, i in enumerate(order):
+        j = order[(k + shift) % n]
+        if int(t[j]) == int(t[i]):  # only when one class holds more than half the probe
+            others = (t != t[i]).nonzero().flatten()
+            j = int(others[torch.randint(len(others), (1,), generator=generator)])
+        partners[i] = j
     return partners.to(targets.device)
 
 
