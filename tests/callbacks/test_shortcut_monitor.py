@@ -129,3 +129,33 @@ def test_a_small_shortcut_probe_is_warned_about_with_its_resolution(tmp_path):
     tr = trainer(tmp_path, [ShortcutMonitor(probe)], max_epochs=1)
     with pytest.warns(UserWarning, match=r"the shortcut probe has 8 images \(4 in its smallest class\), so its"):
         tr.fit(LitClassifier(), train, val)
+
+
+def test_an_alert_clears_when_the_model_moves_to_the_object(tmp_path):
+    """Two epochs on backgrounds that always agree with the class (the alert fires), then two on uninformative
+    backgrounds (p=0.5: the model turns to the coat): shortcut/verdict goes 0, 1, 0, 0 and the alert text says when
+    it cleared."""
+    pl.seed_everything(0)
+    val = SnowDesertDataset(n=256, p=1.0, seed=1, return_masks=True)
+    probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    monitor = ShortcutMonitor(probe)
+
+    class Switching(pl.LightningDataModule):
+        def train_dataloader(self):
+            p = 1.0 if self.trainer.current_epoch < 2 else 0.5
+            data = SnowDesertDataset(n=1280, p=p, seed=self.trainer.current_epoch)
+            return DataLoader(data, batch_size=64, shuffle=True)
+
+        def val_dataloader(self):
+            return DataLoader(val, batch_size=256)
+
+    tr = trainer(tmp_path, [monitor], max_epochs=4, log_every_n_steps=10, reload_dataloaders_every_n_epochs=1)
+    tr.fit(leopard_module(), datamodule=Switching())
+    assert monitor.alerts == [39] and monitor.clears == [59], monitor.verdict.history
+    acc = read_events(tr.logger.log_dir)
+    verdict = [(e.step, e.value) for e in acc.Scalars("shortcut/verdict")]
+    assert verdict == [(19, 0.0), (39, 1.0), (59, 0.0), (79, 0.0)]
+    assert [e.step for e in acc.Scalars("val/loss")] == [s for s, _ in verdict]  # on the loss curves' axis
+    texts = acc.Tensors("shortcut/alert/text_summary")
+    assert [e.step for e in texts] == [39, 59]
+    assert b"Shortcut alert cleared at step 59" in texts[1].tensor_proto.string_val[0]

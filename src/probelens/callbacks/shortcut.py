@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -71,6 +71,8 @@ class ShortcutMonitor(ProbeMonitor):
     - ``shortcut/score`` in ``[0, 1]`` (0 = object, 1 = background), see :func:`probelens.metrics.shortcut_score`;
     - ``shortcut/probe_accuracy``, ``shortcut/drift_previous`` and ``shortcut/drift_first`` (Grad-CAM map drift).
 
+    ``shortcut/verdict`` is 1 while an alert stands and 0 otherwise; the alert clears at the first log step whose score
+    drops below ``threshold`` (a ``shortcut/alert`` text says so) and can fire again after ``patience`` counting steps.
     When the score stays at or above ``threshold`` for ``patience`` log steps (and the model is better than chance on
     the probe), the verdict fires: a ``rank_zero_warn``, a TensorBoard text entry ``shortcut/alert`` and, with
     ``on_shortcut="stop"``, ``trainer.should_stop = True``. An image ``shortcut/counterfactuals`` shows, per probe
@@ -135,6 +137,7 @@ class ShortcutMonitor(ProbeMonitor):
     def _reset_history(self) -> None:
         self.verdict = ShortcutVerdict(threshold=self.threshold, patience=self.patience)
         self.alerts: list[int] = []
+        self.clears: list[int] = []
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
         self._counterfactuals: Any = None
@@ -153,6 +156,7 @@ class ShortcutMonitor(ProbeMonitor):
             **super().state_dict(),
             "verdict": self.verdict.state_dict(),
             "alerts": list(self.alerts),
+            "clears": list(self.clears),
             "first_cam": self._first_cam,
             "previous_cam": self._previous_cam,
         }
@@ -162,6 +166,7 @@ class ShortcutMonitor(ProbeMonitor):
         super().load_state_dict(state_dict)
         self.verdict.load_state_dict(state_dict.get("verdict", {}))
         self.alerts = [int(s) for s in state_dict.get("alerts", [])]
+        self.clears = [int(s) for s in state_dict.get("clears", [])]
         self._first_cam = state_dict.get("first_cam")
         self._previous_cam = state_dict.get("previous_cam")
 
@@ -271,8 +276,25 @@ class ShortcutMonitor(ProbeMonitor):
         if self.panels:
             self._panel(step, preds, bg_pred, fg_pred, swap_pred, cf)
         self.verdict.min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + chance) / 2
+        was_active = self.verdict.active
         if self.verdict.update(score, metrics["shortcut/probe_accuracy"]):
             self._alert(trainer, step, metrics)
+        elif was_active and not self.verdict.active:
+            self._cleared(step, metrics)
+        # the verdict's state on the loss curves' axis: 1 while an alert stands, 0 otherwise
+        self._log_scalars(trainer, {"shortcut/verdict": float(self.verdict.active)}, step)
+
+    def _cleared(self, step: int, metrics: dict[str, float]) -> None:
+        text = (
+            f"Shortcut alert cleared at step {step}: score {metrics['shortcut/score']:.2f} < {self.verdict.threshold} "
+            f"(background-only accuracy {metrics['shortcut/background_only_accuracy']:.0%}, swap flip rate "
+            f"{metrics['shortcut/background_swap_flip_rate']:.0%}). It fires again after {self.verdict.patience} "
+            "counting log steps."
+        )
+        self.clears.append(step)
+        if self.on_shortcut != "ignore":
+            self._text("shortcut/alert", text, step)
+            rank_zero_info(f"{self.name}: {text}")
 
     def _counterfactual_batch(self, images: Tensor) -> Any:
         if self._counterfactuals is None:
