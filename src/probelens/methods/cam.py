@@ -223,11 +223,14 @@ def cam(
 
     Example:
         >>> import torch
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        ...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        >>> maps = cam(net, torch.rand(2, 3, 8, 8), layers="all", method="layercam")
-        >>> {k: tuple(v.shape) for k, v in maps.items()}
-        {'0': (2, 1, 8, 8)}
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 3), nn.ReLU(),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> for method in ("gradcam++", "scorecam"):
+        ...     maps = cam(net, torch.rand(2, 3, 12, 12), layers="all", method=method, upsample=False)
+        ...     print(method, {k: tuple(v.shape) for k, v in maps.items()})
+        gradcam++ {'0': (2, 1, 10, 10), '3': (2, 1, 3, 3)}
+        scorecam {'0': (2, 1, 10, 10), '3': (2, 1, 3, 3)}
     """
     _check_method(method)
     _batching.check_images(images)
