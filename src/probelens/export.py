@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from probelens.render.image import cells_from_text
+from probelens.render.image import cells_from_text, probe_from_text
 
 __all__ = [
     "DEFAULT_OUT_NAME",
@@ -78,6 +78,7 @@ class ProbeImageExport:
 
     Attributes:
         index: The probe image's index in the probe set (``#index`` in the grids' captions).
+        probe: The fingerprint of that probe set, as the grid recorded it (``None`` in logs from before it was).
         steps: The steps whose picture has this probe image (one GIF frame each).
         gif: The animated GIF of the cell.
         filmstrip: The filmstrip PNG of the cell (the tag's ``filmstrip_steps`` that have it).
@@ -87,6 +88,7 @@ class ProbeImageExport:
     steps: list[int]
     gif: Path
     filmstrip: Path
+    probe: str | None = None
 
 
 @dataclass
@@ -386,6 +388,8 @@ def _export_probe_images(
     sizes = _layout(encoded)
     if not sizes:
         return []
+    with Image.open(io.BytesIO(encoded[-1][1])) as last:
+        probe = probe_from_text(last.info)
     folder.mkdir(parents=True, exist_ok=True)
     chosen = set(chosen_steps)
     exports: list[ProbeImageExport] = []
@@ -409,7 +413,9 @@ def _export_probe_images(
             write_gif((stamp(_pad(crop, size), f"#{k} step {step}") for step, crop in frames), gif, fps)
             in_strip = [(step, crop) for step, crop in frames if step in chosen] or frames[-1:]
             write_filmstrip([stamp(_pad(crop, size), f"step {step}") for step, crop in in_strip], strip)
-            exports.append(ProbeImageExport(index=k, steps=[step for step, _ in frames], gif=gif, filmstrip=strip))
+            exports.append(
+                ProbeImageExport(index=k, steps=[step for step, _ in frames], gif=gif, filmstrip=strip, probe=probe)
+            )
     return sorted(exports, key=lambda e: e.index)
 
 
@@ -697,25 +703,44 @@ def render_index(runs: Sequence[RunExport], out: Path, logdir: Path, max_frames:
 
 
 def _probe_image_sections(run: RunExport, out: Path) -> list[str]:
-    """``index.html``'s "Per probe image" part of ``run``: each probe image's methods side by side, one GIF each."""
-    by_index: dict[int, list[tuple[str, ProbeImageExport]]] = {}
+    """``index.html``'s "Per probe image" part of ``run``: each probe image's methods side by side, one GIF each.
+
+    Rows are keyed by probe set and index: grids drawn from different probe sets (monitors given different probes)
+    never share a row, and the page lists which probe set each tag used."""
+    by_image: dict[tuple[str, int], list[tuple[str, ProbeImageExport]]] = {}
+    probe_of: dict[str, str] = {}
     for t in run.images:
         for p in t.probe_images:
-            by_index.setdefault(p.index, []).append((t.tag, p))
-    if not by_index:
+            key = p.probe or "unrecorded"
+            by_image.setdefault((key, p.index), []).append((t.tag, p))
+            probe_of[t.tag] = key
+    if not by_image:
         return []
     e = html.escape
+    probes = sorted(set(probe_of.values()))
+    names = {
+        probe: f"probe set {chr(ord('A') + i)}" if i < 26 else f"probe set {probe}" for i, probe in enumerate(probes)
+    }
     parts = [
         "<h3>Per probe image</h3>",
         '<p class="small">Each probe image\'s cell of every grid, one GIF frame per logged step; click a GIF for its '
         "filmstrip.</p>",
     ]
-    for index in sorted(by_index):
-        parts.append(f'<h4>probe image #{index}</h4><div class="grid">')
-        for tag, p in by_index[index]:
+    if len(probes) > 1:
+        parts.append(
+            '<p class="small">The monitors used different probe sets; each row is one image of one set:</p><ul>'
+        )
+        for probe in probes:
+            tags = ", ".join(f"<code>{e(tag)}</code>" for tag, p in sorted(probe_of.items()) if p == probe)
+            parts.append(f'<li class="small">{names[probe]} (fingerprint <code>{e(probe)}</code>): {tags}</li>')
+        parts.append("</ul>")
+    for probe, index in sorted(by_image):
+        label = f"probe image #{index}" + (f" of {names[probe]}" if len(probes) > 1 else "")
+        parts.append(f'<h4>{label}</h4><div class="grid">')
+        for tag, p in by_image[(probe, index)]:
             gif, strip = _href(p.gif, out), _href(p.filmstrip, out)
             parts.append(
-                f'<figure><a href="{strip}"><img src="{gif}" alt="{e(tag)}, probe image #{index}, over the logged '
+                f'<figure><a href="{strip}"><img src="{gif}" alt="{e(tag)}, {label}, over the logged '
                 f'steps"></a><figcaption class="small"><code>{e(tag)}</code></figcaption></figure>'
             )
         parts.append("</div>")

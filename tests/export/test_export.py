@@ -302,3 +302,34 @@ def test_bad_arguments(tmp_path, capsys):
     assert cli_main([]) == 2
     assert cli_main(["exprot", str(tmp_path)]) == 2
     assert "unknown command 'exprot'" in capsys.readouterr().err
+
+
+def test_rows_are_keyed_by_probe_set_and_index(tmp_path):
+    """Two monitors on different probe sets: their cells #0 show different images, so they never share a row, and
+    the page names the probe set of each tag (its fingerprint, which every grid records beside its cells)."""
+    from probelens.render import probe_from_text
+
+    small = ProbeSet.from_dataset(random_data(32, seed=2), num_samples=4, seed=0)
+    other = ProbeSet.from_dataset(random_data(32, seed=5), num_samples=4, seed=1)
+    monitors = [
+        GradCAMMonitor(small, layers="last", filmstrip=False),
+        SaliencyMonitor(other, methods="vanilla", name="other"),
+    ]
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path / "logs", monitors, max_epochs=1)
+    tr.fit(LitClassifier(), train, val)
+    acc = read_events(tr.logger.log_dir)
+    for tag, probe in (("probelens/gradcam/model.8", small), ("probelens/other/saliency/vanilla", other)):
+        with Image.open(io.BytesIO(acc.Images(tag)[-1].encoded_image_string)) as im:
+            assert probe_from_text(im.info) == probe.fingerprint(), tag
+    out = tmp_path / "export"
+    assert main([str(tmp_path / "logs"), "--out", str(out)]) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "The monitors used different probe sets" in text
+    assert small.fingerprint() in text and other.fingerprint() in text
+    sets = sorted([small.fingerprint(), other.fingerprint()])
+    label = {sets[0]: "A", sets[1]: "B"}
+    for k in range(4):
+        for probe in (small, other):
+            assert f"<h4>probe image #{k} of probe set {label[probe.fingerprint()]}</h4>" in text
+    assert "<h4>probe image #0</h4>" not in text  # no row mixing the two sets

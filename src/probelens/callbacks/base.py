@@ -33,7 +33,7 @@ from probelens.methods._sharded import is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass, class_scores
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.probe import ProbeSet
-from probelens.render import Cell, sanitize
+from probelens.render import Cell, ProbeCells, sanitize
 
 TARGET_MODES = ("pred", "label", "both")
 _TB_SAMPLING_NOTICE_SHOWN = False
@@ -433,7 +433,8 @@ class ProbeMonitor:
             small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
             image = small.round().clamp(0, 255).to(torch.uint8)
             cells = [_scale_cell(cell, size[0] / height, size[1] / width, size) for cell in cells]
-        write_image(self._sink, self._tag(tag), image, step, cells)
+        probe = self.probe.fingerprint() if self.probe is not None and cells else None
+        write_image(self._sink, self._tag(tag), image, step, ProbeCells(cells, probe))
 
     def _text(self, tag: str, text: str, step: int) -> None:
         assert self._sink is not None

@@ -17,12 +17,15 @@ from probelens.render.grid import (
 )
 from probelens.render.image import (
     CELLS_KEY,
+    PROBE_KEY,
     Cell,
+    ProbeCells,
     cells_from_text,
     cells_to_text,
     encode_png,
     normalize_maps,
     overlay_heatmap,
+    probe_from_text,
     saliency_to_heat,
     sanitize,
     save_png,
@@ -35,7 +38,9 @@ from probelens.render.image import (
 __all__ = [
     "CELLS_KEY",
     "FALLBACK_COLORMAPS",
+    "PROBE_KEY",
     "Cell",
+    "ProbeCells",
     "activation_grid",
     "apply_colormap",
     "cells_from_text",
@@ -47,6 +52,7 @@ __all__ = [
     "labelled_grid",
     "normalize_maps",
     "overlay_heatmap",
+    "probe_from_text",
     "rows_grid",
     "saliency_to_heat",
     "sanitize",

@@ -391,17 +391,40 @@ def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
 
 CELLS_KEY = "probelens.cells"
 """The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
+PROBE_KEY = "probelens.probe"
+"""The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
+per-image views of grids drawn from different probe sets are never paired by index alone."""
 
 Cell = tuple[int, int, int, int, int]
 """``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
 
 
+class ProbeCells(list):  # type: ignore[type-arg]
+    """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
+    cells with :func:`cells_to_text` records the probe too, without a parameter of its own."""
+
+    def __init__(self, cells: Sequence[Cell], probe: str | None = None) -> None:
+        super().__init__(cells)
+        self.probe = probe
+
+
 def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
-    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`);
-    empty for no cells, so that pictures that are not grids of probe images carry no chunk."""
+    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`, and
+    the probe's fingerprint under :data:`PROBE_KEY` for :class:`ProbeCells`); empty for no cells, so that pictures
+    that are not grids of probe images carry no chunk."""
     if not cells:
         return {}
-    return {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
+    text = {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
+    probe = getattr(cells, "probe", None)
+    if probe:
+        text[PROBE_KEY] = str(probe)
+    return text
+
+
+def probe_from_text(text: Mapping[str, str]) -> str | None:
+    """The probe fingerprint a grid recorded beside its cells (``None`` for pictures, or logs, without one)."""
+    value = text.get(PROBE_KEY)
+    return value if isinstance(value, str) and value else None
 
 
 def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
