@@ -41,6 +41,10 @@ _MONITORS = (
 def __getattr__(name: str) -> Any:
     """Monitors resolve to the ``pytorch_lightning`` flavour (:mod:`probelens.pl`) when that package is installed,
     else to the ``lightning.pytorch`` flavour (:mod:`probelens.lightning`)."""
+    if name in ("register_sink", "unregister_sink"):
+        from probelens.callbacks import _sinks
+
+        return getattr(_sinks, name)
     if name not in _MONITORS:
         raise AttributeError(f"module 'probelens' has no attribute {name!r}")
     try:
@@ -64,4 +68,6 @@ __all__ = [
     "SaliencyMonitor",
     "ShortcutMonitor",
     "__version__",
+    "register_sink",
+    "unregister_sink",
 ]

@@ -298,21 +298,34 @@ def register_sink(factory: SinkFactory) -> SinkFactory:
     ``add_text(tag, text, step)`` for loggers it handles, ``None`` for the others. Registered factories are asked
     before the built-in ones, the latest first. Returns ``factory``, so it also works as a decorator.
 
+    Public as ``probelens.register_sink``; :func:`unregister_sink` undoes it.
+
     Example:
-        >>> from probelens.callbacks._sinks import PngSink, register_sink, sinks_for
+        >>> import probelens
+        >>> from probelens.callbacks._sinks import PngSink, sinks_for
         >>> class ArchiveLogger:  # a logger of yours
         ...     root = "archive"
-        >>> @register_sink
+        >>> @probelens.register_sink
         ... def archive_pngs(logger):
         ...     return PngSink(logger.root) if isinstance(logger, ArchiveLogger) else None
         >>> [type(sink).__name__ for sink in sinks_for([ArchiveLogger()])]
         ['PngSink']
-        >>> _REGISTERED.remove(archive_pngs)  # (only so that this example leaves no trace)
+        >>> probelens.unregister_sink(archive_pngs)
+        >>> sinks_for([ArchiveLogger()])
+        []
     """
     if not callable(factory):
         raise TypeError(f"register_sink expects a callable logger -> sink or None, got {factory!r}")
     _REGISTERED.append(factory)
     return factory
+
+
+def unregister_sink(factory: SinkFactory) -> None:
+    """Forget a factory given to :func:`register_sink` (a ``ValueError`` if it was not registered)."""
+    try:
+        _REGISTERED.remove(factory)
+    except ValueError:
+        raise ValueError(f"{factory!r} is not a registered sink factory; register_sink(factory) adds one") from None
 
 
 def sinks_for(loggers: Iterable[Any]) -> list[ImageSink]:
