@@ -82,3 +82,13 @@ def test_quickstart_and_resnet18_examples(tmp_path, monkeypatch):
     for layer in ("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.layer4"):  # "auto" on a ResNet
         assert decode(acc.Images(f"probelens/gradcam/{layer}")[0]).std() > 5
     assert "probelens/saliency/guided_backprop" in acc.Tags()["images"]
+
+
+def test_the_readme_quickstart_is_the_example_file():
+    """The README's Quickstart block is examples/quickstart.py itself (run above), so what a user pastes runs."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Quickstart") : readme.index("## Gallery")]
+    block = section[section.index("```python\n") + len("```python\n") :]
+    block = block[: block.index("```")]
+    example = (EXAMPLES / "quickstart.py").read_text(encoding="utf-8")
+    assert block.strip() and block.strip() in example
