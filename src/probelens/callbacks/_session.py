@@ -16,7 +16,6 @@ outputs, their gradients and the input gradients) exceeds :data:`PASS_WARN_BYTES
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -137,12 +136,17 @@ class ProbeSession:
             self.chunk_calls += 1
         else:
             chunk = self.pass_chunk(model, images, all_needs.gradients or all_needs.input_gradient)
-            parts = []
+            assembled: PassAssembly | None = None
             for start, stop in _batching.chunk_ranges(images.shape[0], chunk):
                 part_targets = {k: None if t is None else t[start:stop] for k, t in targets.items()}
-                parts.append(forward_backward(model, images[start:stop], part_targets, all_needs.layers, **options))
+                part = forward_backward(model, images[start:stop], part_targets, all_needs.layers, **options)
                 self.chunk_calls += 1
-            result = parts[0] if len(parts) == 1 else concat_passes(parts)
+                if assembled is None:
+                    assembled = PassAssembly(part, images.shape[0])
+                assembled.put(start, part)
+                del part  # only the assembled pass and one chunk's graph are alive at a time
+            assert assembled is not None
+            result = assembled.result
         self.forward_count += 1
         snapshot = _Needs(
             dict(all_needs.layers), all_needs.gradients, all_needs.input_gradient, set(all_needs.target_sets)
@@ -190,38 +194,46 @@ class ProbeSession:
         self._cache.clear()
 
 
-def concat_passes(parts: list[ProbePass]) -> ProbePass:
-    """One :class:`ProbePass` from passes over consecutive chunks of a probe batch. The chunks' tensors are released
-    field by field as they are joined (``parts`` is emptied), so the assembly holds one field twice, not the pass."""
+class PassAssembly:
+    """One :class:`ProbePass` over ``n`` images filled chunk by chunk: its tensors are allocated once, at the first
+    chunk's shapes, and each chunk is copied into its rows, so assembling never holds the pass twice. A single chunk
+    covering every image is taken as it is."""
 
-    def join(get: Callable[[ProbePass], Tensor]) -> Tensor:
-        joined = torch.cat([get(p) for p in parts], dim=0)
-        return joined
+    def __init__(self, first: ProbePass, n: int) -> None:
+        self.n = n
+        if first.images.shape[0] == n:
+            self.result = first
+            return
 
-    first = parts[0]
-    calls = dict(first.calls)
-    out = ProbePass(images=join(lambda p: p.images), logits=join(lambda p: p.logits), targets={}, activations={})
-    for p in parts:
-        p.images = p.logits = None  # type: ignore[assignment]
-    for key in list(first.targets):
-        out.targets[key] = join(lambda p, key=key: p.targets[key])
-    for name in list(first.activations):
-        out.activations[name] = join(lambda p, name=name: p.activations[name])
-        for p in parts:
-            del p.activations[name]
-    for target_set in list(first.gradients):
-        out.gradients[target_set] = {}
-        for name in list(first.gradients[target_set]):
-            out.gradients[target_set][name] = join(lambda p, s=target_set, n=name: p.gradients[s][n])
-            for p in parts:
-                del p.gradients[target_set][name]
-    for key in list(first.input_gradients):
-        out.input_gradients[key] = join(lambda p, key=key: p.input_gradients[key])
-        for p in parts:
-            del p.input_gradients[key]
-    out.calls = calls
-    parts.clear()
-    return out
+        def room(t: Tensor) -> Tensor:
+            return t.new_empty((n, *t.shape[1:]))
+
+        self.result = ProbePass(
+            images=room(first.images),
+            logits=room(first.logits),
+            targets={k: room(v) for k, v in first.targets.items()},
+            activations={k: room(v) for k, v in first.activations.items()},
+            gradients={s: {k: room(v) for k, v in g.items()} for s, g in first.gradients.items()},
+            input_gradients={k: room(v) for k, v in first.input_gradients.items()},
+            calls=dict(first.calls),
+        )
+
+    def put(self, start: int, part: ProbePass) -> None:
+        if part is self.result:
+            return
+        stop = start + part.images.shape[0]
+        out = self.result
+        out.images[start:stop] = part.images
+        out.logits[start:stop] = part.logits
+        for k, v in part.targets.items():
+            out.targets[k][start:stop] = v
+        for k, v in part.activations.items():
+            out.activations[k][start:stop] = v
+        for target_set, grads in part.gradients.items():
+            for k, v in grads.items():
+                out.gradients[target_set][k][start:stop] = v
+        for k, v in part.input_gradients.items():
+            out.input_gradients[k][start:stop] = v
 
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, ProbeSession] = weakref.WeakKeyDictionary()

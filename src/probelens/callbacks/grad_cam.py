@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -147,17 +148,21 @@ class GradCAMMonitor(ProbeMonitor):
         assert self.probe is not None
         size = self.probe.image_size
         index = shown.to(result.images.device)
-        activation = result.activations[layer][index]
-        if method in FORWARD_CAMS:
+        if method in FORWARD_CAMS:  # its cost is per image: only the shown ones
             return score_cam_map(
                 unwrap_compiled(pl_module),
                 result.images[index],
                 result.targets[target_set][index],
-                activation,
+                result.activations[layer][index],
                 output_transform=self.output_transform,
             )
-        gradient = result.gradients[target_set][layer][index] if method in GRADIENT_CAMS else None
-        return cam_map(activation, gradient, method, size)
+        # maps of the whole probe at the layer's resolution, then the shown ones upsampled: indexing the activations
+        # first would copy them (as large as the pass itself)
+        gradient = result.gradients[target_set][layer] if method in GRADIENT_CAMS else None
+        maps = cam_map(result.activations[layer], gradient, method)[index]
+        if tuple(maps.shape[-2:]) != tuple(size):
+            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        return maps
 
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,8 +29,9 @@ def grad_cam_map(activation: Tensor, gradient: Tensor, size: tuple[int, int] | N
     if activation.dim() != 4:
         raise ValueError(f"Grad-CAM needs a spatial feature map [N,C,h,w], got shape {tuple(activation.shape)}")
     act = activation.float()
-    weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * act).sum(dim=1, keepdim=True))
+    weights = gradient.float().mean(dim=(2, 3))
+    # the weighted channel sum without materialising weights * act (as large as the activation itself)
+    cam = F.relu(torch.einsum("nc,nchw->nhw", weights, act)[:, None])
     if size is not None and tuple(cam.shape[-2:]) != tuple(size):
         cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return cam
