@@ -132,10 +132,12 @@ def check_layer_spec(owner: str, option: str, value: Any, *, none_ok: bool = Fal
     if value is None and none_ok:
         return None
     if type(value).__name__ == "ProbeSet":
-        raise TypeError(
-            f"{owner}: got a ProbeSet as {option}=; {owner} shows weights and takes no probe: "
-            f"{owner}(layers='all') (or a layer name)"
+        fix = (
+            "FilterMonitor shows weights and takes no probe: FilterMonitor(layers='all') (or a layer name)"
+            if owner == "FilterMonitor"
+            else f"pass the probe first and layer names as {option}=, e.g. {owner}(probe, {option}='auto')"
         )
+        raise TypeError(f"{owner}: got a ProbeSet as {option}=; {fix}")
 
     def one(v: Any) -> bool:
         return (isinstance(v, str) and bool(v)) or (isinstance(v, type) and issubclass(v, nn.Module))

@@ -159,17 +159,17 @@ class ProbeSession:
         """Probe images per forward/backward of the shared pass: the most whose autograd graph fits the budget."""
         return _batching._chunk_bounds(model, images, 1, None, backward)[1]
 
-    def check_memory(self, model: nn.Module, probe: ProbeSet, transform: OutputTransform | None) -> int:
+    def check_memory(
+        self, model: nn.Module, probe: ProbeSet, transform: OutputTransform | None, example: Tensor
+    ) -> int:
         """Estimated bytes one pass over ``probe`` keeps (captured outputs, their gradients per target set, the
-        input gradients); warns once above :data:`PASS_WARN_BYTES`. Measured with one image through the model."""
+        input gradients); warns once above :data:`PASS_WARN_BYTES`. Measured with ``example`` (one probe image on
+        the model's device, in its dtype) through the model."""
         slot = self._key(probe, transform)
         needs = self._needs.get(slot)
         if needs is None:
             return 0
-        param = next(iter(model.parameters()), None)
-        x = probe.images[:1]
-        if param is not None and param.dtype.is_floating_point:
-            x = x.to(device=param.device, dtype=param.dtype)
+        x = example
         capture = ActivationCapture(needs.layers)
         with probe_context(model), torch.no_grad(), capture:
             model(x.detach().clone())

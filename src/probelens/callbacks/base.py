@@ -264,11 +264,11 @@ class ProbeMonitor:
         """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
 
     # ------------------------------------------------------------------ helpers for subclasses
-    def _example(self, model: nn.Module, count: int = 1) -> Tensor | None:
-        """The first ``count`` probe images on the model's device, in its dtype (``None`` without a probe)."""
+    def _example(self, model: nn.Module) -> Tensor | None:
+        """The first probe image ``[1,C,H,W]`` on the model's device, in its dtype (``None`` without a probe)."""
         if self.probe is None:
             return None
-        x = self.probe.images[:count]
+        x = self.probe.images[:1]
         param = next(iter(model.parameters()), None)
         if param is not None and param.dtype.is_floating_point:
             x = x.to(device=param.device, dtype=param.dtype)
@@ -497,7 +497,10 @@ class ProbeMonitor:
         self._check_probe_fits(pl_module)
         self._configure(pl_module)
         if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
-            self._session.check_memory(unwrap_compiled(pl_module), self.probe, self.output_transform)
+            net = unwrap_compiled(pl_module)
+            example = self._example(net)
+            assert example is not None
+            self._session.check_memory(net, self.probe, self.output_transform, example)
         self._sink = self._make_sink(trainer)
         self._configured_for = id(pl_module)
         self._log_architecture(trainer, pl_module)
@@ -572,22 +575,21 @@ class ProbeMonitor:
     def _check_schedule(self, trainer: pl.Trainer) -> None:
         """Warn when the schedule cannot fire within the run (``every_n_steps`` beyond its optimizer steps,
         ``every_n_epochs`` beyond ``max_epochs``): otherwise the user learns it from an empty dashboard."""
-        runs, unit, every = None, "", None
         if self.every_n_steps is not None:
             try:
                 total = float(trainer.estimated_stepping_batches)
             except Exception:  # an unsized loader: nothing to compare with
                 total = math.inf
-            if math.isfinite(total) and self.every_n_steps > total:
-                runs, unit, every = int(total), "optimizer steps", self.every_n_steps
-        elif self.every_n_epochs is not None:
+            beyond = math.isfinite(total) and self.every_n_steps > total
+            option, every, runs, unit = "every_n_steps", self.every_n_steps, total, "optimizer steps"
+        else:
             max_epochs = trainer.max_epochs
-            if max_epochs is not None and max_epochs >= 0 and self.every_n_epochs > max_epochs:
-                runs, unit, every = max_epochs, "epochs", self.every_n_epochs
-        if runs is not None:
-            option = "every_n_steps" if unit == "optimizer steps" else "every_n_epochs"
+            every = self.every_n_epochs
+            beyond = every is not None and max_epochs is not None and 0 <= max_epochs < every
+            option, runs, unit = "every_n_epochs", max_epochs, "epochs"
+        if beyond:
             rank_zero_warn(
-                f"{self.name}: {option}={every} but this run has only {runs} {unit}, so the monitor never fires"
+                f"{self.name}: {option}={every} but this run has only {int(runs)} {unit}, so the monitor never fires"
                 f"{' after the start' if self.log_at_start else ''}; use a smaller {option}."
             )
 

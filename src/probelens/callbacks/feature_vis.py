@@ -88,8 +88,7 @@ class FeatureVisMonitor(ProbeMonitor):
         net = unwrap_compiled(pl_module)
         if self.layer_spec is None:
             self._layer = None
-            param = next(iter(net.parameters()), None)
-            x = self.probe.images[:1] if param is None else self.probe.images[:1].to(param.device, param.dtype)
+            x = self._example(net)
             probe_pass = forward_backward(
                 net, x, None, {}, gradients=False, input_gradient=False, output_transform=self.output_transform
             )

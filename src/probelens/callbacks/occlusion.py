@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +13,7 @@ from probelens.callbacks._options import check_cmap, check_float, check_int, dry
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
+from probelens.methods.occlusion import _pair as occlusion_pair
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, normalize_maps, overlay_heatmap
 
@@ -22,20 +22,17 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
 
 
 def _pair(owner: str, option: str, value: object) -> tuple[int, int] | None:
-    """``None``, or ``value`` (an int or an ``(h, w)`` pair) as a pair of positive ints; else a ``ValueError``."""
+    """``None``, or ``value`` (an int or an ``(h, w)`` pair) as a pair of positive ints, by the rule
+    :func:`~probelens.methods.occlusion.occlusion` applies; else a ``ValueError`` naming the monitor and option."""
     if value is None:
         return None
-
-    def count(v: object) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
-
-    pair = (value, value) if count(value) else value
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(count(v) for v in pair):
+    try:
+        return occlusion_pair(option, value)
+    except ValueError:
         raise ValueError(
             f"{owner}: {option}={value!r} is not allowed; {option} must be None (the default), a positive integer or "
             "a pair (h, w) of positive integers"
-        )
-    return (int(pair[0]), int(pair[1]))
+        ) from None
 
 
 class OcclusionMonitor(ProbeMonitor):

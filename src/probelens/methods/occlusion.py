@@ -9,6 +9,7 @@ window per forward pass, which costs 1.5-2x more).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,10 @@ BASELINES = ("mean", "blur")
 
 def _pair(name: str, value: object) -> tuple[int, int]:
     pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+    # numbers.Integral admits numpy integers; bools are not sizes
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in pair):
         raise ValueError(f"{name} must be a positive integer or a pair (h, w) of positive integers, got {value!r}")
-    return pair[0], pair[1]
+    return int(pair[0]), int(pair[1])
 
 
 def gaussian_blur(images: Tensor, sigma: tuple[float, float]) -> Tensor:
