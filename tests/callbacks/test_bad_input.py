@@ -153,6 +153,54 @@ CONSTRUCTOR_CASES = [
         lambda: ShortcutMonitor(PROBE, on_shortcut="halt"),
         "on_shortcut='halt' is not allowed",
     ),
+    (
+        "shortcut threshold=0",
+        lambda: ShortcutMonitor(PROBE, threshold=0.0),
+        "threshold=0.0 is not allowed; threshold must be a finite number in (0.0, 1.0]",
+    ),
+    (
+        "shortcut saliency_methods=None",
+        lambda: ShortcutMonitor(PROBE, saliency_methods=None),
+        "saliency_methods=None is not allowed",
+    ),
+    (
+        "shortcut two layers",
+        lambda: ShortcutMonitor(PROBE, layer=["model.4", "model.8"]),
+        "layer=['model.4', 'model.8'] is not allowed; layer must be one layer",
+    ),
+    (
+        "deconv layer='all'",
+        lambda: DeconvMonitor(PROBE, layer="all"),
+        "layer='all' is not allowed; layer must be one layer",
+    ),
+    (
+        "saliency methods=None",
+        lambda: SaliencyMonitor(PROBE, methods=None),
+        "methods=None is not allowed; methods must be a non-empty list of distinct names",
+    ),
+    ("saliency methods=[]", lambda: SaliencyMonitor(PROBE, methods=[]), "methods=[] is not allowed"),
+    (
+        "saliency a method twice",
+        lambda: SaliencyMonitor(PROBE, methods=("vanilla", "vanilla")),
+        "methods=('vanilla', 'vanilla') is not allowed",
+    ),
+    (
+        "cmap=None",
+        lambda: GradCAMMonitor(PROBE, cmap=None),
+        "cmap=None is not allowed; cmap must be a matplotlib colormap name",
+    ),
+    ("cmap unknown", lambda: SaliencyMonitor(PROBE, cmap="nope"), "cmap='nope' is not allowed"),
+    (
+        "occlusion NaN baseline",
+        lambda: OcclusionMonitor(PROBE, window=4, baseline=float("nan")),
+        "baseline=nan is not allowed; a baseline must be finite",
+    ),
+    ("FeatureVis a channel twice", lambda: FeatureVisMonitor(PROBE, channels=(0, 0)), "channels=(0, 0) is not allowed"),
+    (
+        "GradCAM unknown CAM method",
+        lambda: GradCAMMonitor(PROBE, methods=("gradcam", "gradcampp")),
+        "methods=['gradcam', 'gradcampp'] is not allowed",
+    ),
 ]
 
 

@@ -114,8 +114,8 @@ class ShortcutMonitor(ProbeMonitor):
         owner = type(self).__name__
         check_choice(owner, "on_shortcut", on_shortcut, ON_SHORTCUT)
         check_single_layer(owner, "layer", layer)
-        methods = [] if saliency_methods == () or saliency_methods == [] else saliency_methods
-        methods = check_names(owner, "saliency_methods", methods, ONE_PASS_METHODS) if methods else []
+        no_methods = isinstance(saliency_methods, (list, tuple)) and not saliency_methods  # () is allowed: none
+        methods = [] if no_methods else check_names(owner, "saliency_methods", saliency_methods, ONE_PASS_METHODS)
         check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
