@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 LayerSpec = str | Sequence[str | type] | type | None
@@ -97,6 +96,8 @@ def resolve_layers(
     modules = named_modules(model)
     if layers is None:
         layers = "auto"
+    if isinstance(layers, str) and layers == "auto" and example_input is not None:
+        return auto_layers(model, example_input)
     if isinstance(layers, str) and layers in ("auto", "all", "last"):
         convs = {n: m for n, m in modules.items() if is_conv2d(m)}
         if not convs:
@@ -109,8 +110,6 @@ def resolve_layers(
         if layers == "last":
             name = list(convs)[-1]
             return {name: convs[name]}
-        if example_input is not None:
-            return auto_layers(model, example_input)
         return convs
     specs: Sequence[str | type] = [layers] if isinstance(layers, (str, type)) else list(layers)
     if not specs:
@@ -135,53 +134,121 @@ def resolve_layers(
 
 
 def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]:
-    """Pick one layer per resolution stage: the last module to finish at each spatial size.
+    """Pick one layer per resolution stage from the real forward pass.
 
-    The model is run once on ``example_input`` (no grad, eval mode, restored afterwards); every module whose output
-    is a 4-D tensor is recorded in completion order. Consecutive records with the same spatial size form a stage;
-    stages without a 2-D convolution are skipped. Within a stage the last completed module is chosen; when several
-    modules return the very same tensor (a block and its last child), the outermost one wins, so a ResNet gives
-    ``layer1`` ... ``layer4`` and a plain ``nn.Sequential`` CNN gives its last ReLU (or pool input) per resolution.
+    The model is traced once on ``example_input`` (:func:`probelens.methods.layout.trace_layers`: no grad, eval mode,
+    every output classified as NCHW, channels-last, tokens on a grid or not spatial). Then:
+
+    - only spatial maps count (more than one position), of modules that ran **once** (a reused module, e.g. the ReLU
+      of a torchvision ``Bottleneck``, is captured at its last call, which is not the stage's map), that are not
+      pass-throughs (``Identity``, dropout) or tensors inside attention modules; 1x1 gates (squeeze-excite) and pooled
+      vectors are ignored, so they do not split a stage;
+    - a module whose parent outputs a map of a *different* grid is internal to a block that changes resolution (the
+      first conv of a stride-2 bottleneck, a DenseNet transition's norm) and is not a stage's map;
+    - consecutive maps on one grid form a stage; a stage without a learned layer (an adaptive pool alone) is skipped;
+      each stage gives the last module to finish on it (a block container finishes after its children, so a ResNet
+      gives ``layer1`` ... ``layer4``, a plain ``nn.Sequential`` CNN its last ReLU per resolution);
+    - an isotropic transformer (a single stage of tokens or channels-last maps, e.g. ViT/DeiT) gives up to four
+      evenly spaced blocks ending at the last, each at its first token output (``blocks.11.norm1`` in timm: the
+      last block's *output* tokens do not reach a class-token head, so their gradient is zero); hierarchical
+      transformers (Swin) give one layer per stage like a CNN.
+
+    Falls back to every 2-D convolution if no stage is found.
     """
-    from probelens.methods._hooks import eval_mode  # local: _hooks imports this module's helpers
+    from probelens.methods.layout import evenly_spaced, trace_layers  # local: layout imports this module
 
-    modules = named_modules(model)
-    records: list[tuple[str, tuple[int, int], Tensor, bool]] = []  # tensors kept alive so identity is meaningful
-    handles = []
+    records = trace_layers(model, example_input)
+    once = {name: r for name, r in records.items() if r.calls == 1}
+    grids = {name: r.layout.grid for name, r in once.items() if r.spatial and r.layout}
+    # blocks whose output is a pooled vector or a 1x1 map still change resolution
+    block_grids = {name: r.layout.grid if r.layout else (1, 1) for name, r in once.items() if r.shape}
 
-    def make_hook(name: str, module: nn.Module):
-        def hook(_mod, _inp, out):
-            if isinstance(out, Tensor) and out.dim() == 4:
-                records.append((name, (out.shape[-2], out.shape[-1]), out, is_conv2d(module)))
+    def internal(name: str) -> bool:
+        """Inside a block that leaves this grid: an ancestor reads a map on it and writes another grid, and the
+        record is below one of its children or the block branches (a residual shortcut reads its input too)."""
+        parts = name.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            block = once.get(".".join(parts[:depth]))
+            if block is None or block_grids.get(block.name, grids[name]) == grids[name]:
+                continue
+            if block.input_grid != grids[name]:
+                continue
+            nested = depth < len(parts) - 1
+            inside = [r for n, r in once.items() if n.startswith(block.name + ".")]
+            readers = [r for r in inside if r.name.count(".") == depth and r.input_id == block.input_id]
+            # a transition (DenseNet's, torchvision ConvNeXt's downsample) only normalises or mixes channels on
+            # its input grid before it changes resolution
+            transition = all(
+                block_grids.get(r.name) == block.input_grid
+                and not (is_conv2d(r.module) and tuple(r.module.kernel_size) != (1, 1))
+                for r in inside
+                if block_grids.get(r.name, block_grids[block.name]) != block_grids[block.name]
+            )
+            if nested or len(readers) > 1 or transition:
+                return True
+        return False
 
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name, module)))
-        with torch.no_grad(), eval_mode(model):
-            unwrap_compiled(model)(example_input[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    stages: list[list[tuple[str, tuple[int, int], Tensor, bool]]] = []
-    for rec in records:
-        if stages and stages[-1][-1][1] == rec[1]:
-            stages[-1].append(rec)
+    usable = [r for name, r in once.items() if name in grids and not _pass_through(r.module) and not internal(name)]
+    stages: list[list] = []
+    for r in usable:
+        if stages and stages[-1][-1].layout.grid == r.layout.grid:
+            stages[-1].append(r)
         else:
-            stages.append([rec])
+            stages.append([r])
+    stages = [s for s in stages if any(_learned(r.module) for r in s)]
+    transformer = [s for s in stages if any(r.layout.kind in ("tokens", "nhwc") for r in s)]
     out: dict[str, nn.Module] = {}
     for stage in stages:
-        if not any(r[3] for r in stage):
-            continue
-        last_out = stage[-1][2]
-        # the outermost module returning the same tensor finishes last; prefer it
-        name = stage[-1][0]
-        for rec in reversed(stage):
-            if rec[2] is not last_out:
-                break
-            name = rec[0] if rec[0].count(".") < name.count(".") else name
-        out.setdefault(name, modules[name])
+        if len(transformer) == 1 and stage is transformer[0]:
+            picked = _spaced_blocks(stage, evenly_spaced)
+            if picked:
+                out.update({r.name: r.module for r in picked})
+                continue
+        out.setdefault(stage[-1].name, stage[-1].module)
     if not out:
-        return conv_layers(model)
+        convs = conv_layers(model)
+        if not convs:
+            raise ValueError(
+                f"layers='auto' found no spatial feature map in {type(model).__name__} on a "
+                f"{example_input.shape[-2]}x{example_input.shape[-1]} input; pass layer names (and reshape= for "
+                "outputs that are not [N, C, h, w] maps, channels-last maps or tokens on a grid)"
+            )
+        return convs
     return out
+
+
+_PASS_THROUGH_TYPES = (nn.Identity, nn.modules.dropout._DropoutNd)
+
+
+def _pass_through(module: nn.Module) -> bool:
+    """Identity, dropout and permutes (torchvision's ``ops.Permute``): never a stage's layer of their own."""
+    return isinstance(module, _PASS_THROUGH_TYPES) or (
+        type(module).__name__ == "Permute" and not any(True for _ in module.parameters())
+    )
+
+
+def _learned(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _spaced_blocks(stage: list, spacing) -> list:
+    """Up to four evenly spaced blocks of the longest run of sibling blocks in ``stage``, each at its first token
+    output (the block's normalised input)."""
+    children: dict[str, list] = {}
+    for r in stage:
+        if "." in r.name:
+            children.setdefault(r.name.rsplit(".", 1)[0], []).append(r)
+    # blocks: siblings of one type (a transformer's blocks), not the different parts of one block
+    runs = [[r.name for r in rs] for rs in children.values() if len({type(r.module) for r in rs}) == 1]
+    blocks = max(runs, key=len, default=[])
+    if len(blocks) < 2:
+        return []
+    picked = []
+    for index in spacing(len(blocks), 4):
+        block = blocks[index]
+        first = next(
+            (r for r in stage if r.name.startswith(block + ".") and r.layout.kind in ("tokens", "nhwc")),
+            None,
+        )
+        picked.append(first or next(r for r in stage if r.name == block))
+    return picked
