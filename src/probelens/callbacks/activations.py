@@ -12,6 +12,7 @@ from typing_extensions import override
 from probelens.callbacks._options import check_cmap, check_int, check_layer_spec
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.layers import LayerSpec
+from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import apply_colormap, rows_grid
 
@@ -34,6 +35,9 @@ class ActivationMonitor(ProbeMonitor):
         max_images: probe images shown (rows).
         cmap: colormap name.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
+            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
+            :mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class ActivationMonitor(ProbeMonitor):
         max_channels: int = 8,
         max_images: int = 8,
         cmap: str = "viridis",
+        reshape: ReshapeSpec = None,
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
@@ -52,11 +57,13 @@ class ActivationMonitor(ProbeMonitor):
         check_int(owner, "max_channels", max_channels)
         check_int(owner, "max_images", max_images)
         check_cmap(owner, "cmap", cmap)
+        self.reshape = check_reshape(reshape, owner)
         self.layers_spec = layers
         self.max_channels = max_channels
         self.max_images = max_images
         self.cmap = cmap
         self._layers: dict[str, nn.Module] = {}
+        self._layouts: dict[str, Layout] = {}
 
     @property
     @override
@@ -66,7 +73,8 @@ class ActivationMonitor(ProbeMonitor):
     @override
     def _configure(self, pl_module: nn.Module) -> None:
         self._layers = self._resolve_layers(pl_module, self.layers_spec)
-        self._check_spatial(pl_module, self._layers)
+        spatial = self._check_spatial(pl_module, self._layers, reshape=self.reshape)
+        self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._require(self._layers, gradients=False, input_gradient=False, target_sets=set())
 
     def _tile_size(self, rows: int) -> tuple[int, int]:
@@ -95,7 +103,7 @@ class ActivationMonitor(ProbeMonitor):
         if size != self.probe.image_size:  # draw at the size that will be written, not large and then downscaled
             images = F.interpolate(images.float(), size=size, mode="area").round().to(torch.uint8)
         for layer in self._layers:
-            act = result.activations[layer][shown.to(result.images.device)]
+            act = self._layouts[layer].to_nchw(result.activations[layer])[shown.to(result.images.device)]
             act = self._finite(act.float().cpu(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])
             channels = act.mean(dim=(0, 2, 3)).topk(c).indices

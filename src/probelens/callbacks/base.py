@@ -32,6 +32,7 @@ from probelens.callbacks._sinks import (
 from probelens.methods._sharded import is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass, class_scores
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
+from probelens.methods.layout import Layout, ReshapeSpec, layouts_for, trace_layers
 from probelens.probe import ProbeSet
 from probelens.render import Cell, ProbeCells, sanitize
 
@@ -341,10 +342,15 @@ class ProbeMonitor:
             )
 
     def _check_spatial(
-        self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False
-    ) -> dict[str, Any]:
-        """Raise at setup if a selected layer does not output a feature map ``[N,C,H,W]`` (or, with ``needs_grad``,
-        if no gradient can reach it); returns each layer's output shape for one image."""
+        self,
+        model: nn.Module,
+        layers: dict[str, nn.Module],
+        needs_grad: bool = False,
+        reshape: ReshapeSpec = None,
+    ) -> dict[str, tuple[Layout, tuple[int, ...]]]:
+        """Raise at setup if a selected layer's output is not a map (NCHW, channels-last or tokens on a grid, or
+        what ``reshape`` makes of it), is ambiguous, never runs or, with ``needs_grad``, gets no gradient; returns
+        each layer's layout and the ``(C, h, w)`` of its map for one image."""
         from probelens.methods._hooks import ActivationCapture, probe_context
         from probelens.methods.layers import conv_layers
 
@@ -367,22 +373,23 @@ class ProbeMonitor:
                     "use_reentrant=True around them, or no_grad/detach in the forward); use "
                     "checkpoint(..., use_reentrant=False) or pick layers outside the checkpointed block"
                 )
-        bad = {name: tuple(out.shape) for name, out in capture.outputs.items() if out.dim() != 4}
         missing = [name for name in layers if name not in capture.outputs]
-        if bad or missing:
-            convs = list(conv_layers(net))[:12]
-            problem = f"layers {bad} do not output a spatial feature map [N,C,H,W]" if bad else ""
-            if missing:
-                problem += ("; " if problem else "") + f"layers {missing} never run in the forward pass"
-            if convs:
-                hint = f"pick convolutional layers (e.g. {', '.join(convs)}) or layers='auto'"
-            else:
-                hint = (
-                    f"{type(net).__name__} has no 2-D convolution, so no layer outputs a spatial feature map; "
-                    "SaliencyMonitor and OcclusionMonitor explain any image model from its input"
-                )
-            raise ValueError(f"{self.name}: {problem}; {hint}")
-        return {name: tuple(out.shape[1:]) for name, out in capture.outputs.items()}
+        if missing:
+            raise ValueError(
+                f"{self.name}: layers {missing} never run in the forward pass; pick layers on the path "
+                "from input to output (layer_summary(model, x) lists them)"
+            )
+        try:
+            layouts = layouts_for(net, x, layers, reshape, outputs=capture.outputs)
+        except ValueError as err:
+            records = trace_layers(net, x)
+            if not conv_layers(net) and not any(r.spatial for r in records.values()):
+                raise ValueError(
+                    f"{self.name}: {type(net).__name__} has no 2-D convolution, so no layer outputs a spatial "
+                    "feature map; SaliencyMonitor and OcclusionMonitor explain any image model from its input"
+                ) from err
+            raise ValueError(f"{self.name}: {err}") from err
+        return {name: (layouts[name], tuple(layouts[name].to_nchw(capture.outputs[name]).shape[1:])) for name in layers}
 
     def _finite(self, values: Tensor, what: str, step: int) -> Tensor:
         """``values`` with NaN/Inf replaced by 0; the first time it happens, a warning says where."""

@@ -12,6 +12,7 @@ from probelens.callbacks._options import check_choice, check_int, check_single_l
 from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.methods.layout import ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import normalize_maps, rows_grid, to_rgb_uint8
 
@@ -35,6 +36,9 @@ class DeconvMonitor(ProbeMonitor):
         rule: ``"deconvnet"`` or ``"guided_backprop"``.
         max_images: probe images (rows).
         **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
+            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
+            :mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class DeconvMonitor(ProbeMonitor):
         keep: str = "max",
         rule: str = "deconvnet",
         max_images: int = 4,
+        reshape: ReshapeSpec = None,
         **schedule: Any,
     ) -> None:
         schedule.setdefault("every_n_epochs", 5)
@@ -56,6 +61,7 @@ class DeconvMonitor(ProbeMonitor):
         check_int(owner, "max_images", max_images)
         check_choice(owner, "keep", keep, ("max", "channel"))
         check_choice(owner, "rule", rule, ("deconvnet", "guided_backprop"))
+        self.reshape = check_reshape(reshape, owner)
         self.layer_spec = layer
         self.top_k = top_k
         self.keep = keep
@@ -74,8 +80,8 @@ class DeconvMonitor(ProbeMonitor):
         name = list(layers)[-1]
         if len(layers) != 1 and not (isinstance(self.layer_spec, str) and self.layer_spec == "auto"):
             raise ValueError(f"{self.name}: pass one layer, got {list(layers)}")
-        shapes = self._check_spatial(pl_module, {name: layers[name]})
-        channels = shapes[name][0]
+        spatial = self._check_spatial(pl_module, {name: layers[name]}, reshape=self.reshape)
+        channels = spatial[name][1][0]
         if self.top_k > channels:
             raise ValueError(
                 f"{self.name}: top_k={self.top_k} but layer {name!r} has only {channels} channels; pass "
@@ -98,6 +104,7 @@ class DeconvMonitor(ProbeMonitor):
             self.rule,
             keep=self.keep,
             unsupported="ignore",
+            reshape=self.reshape,
         )
         projections = self._finite(projections.float().cpu(), "deconvnet projections", step)
         pictures = self.probe.display_images()[shown]

@@ -14,6 +14,7 @@ from probelens.callbacks.base import ProbeMonitor
 from probelens.methods.engine import forward_backward
 from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.methods.layout import ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, to_rgb_uint8
 
@@ -37,6 +38,9 @@ class FeatureVisMonitor(ProbeMonitor):
         lr: learning rate.
         seed: the fixed seed.
         **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
+            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
+            :mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class FeatureVisMonitor(ProbeMonitor):
         steps: int = 64,
         lr: float = 0.05,
         seed: int = 0,
+        reshape: ReshapeSpec = None,
         **schedule: Any,
     ) -> None:
         schedule.setdefault("every_n_epochs", 5)
@@ -69,6 +74,7 @@ class FeatureVisMonitor(ProbeMonitor):
         check_int(owner, "steps", steps)
         check_float(owner, "lr", lr, 0.0, low_open=True)
         check_int(owner, "seed", seed, minimum=0)
+        self.reshape = check_reshape(reshape, owner)
         self.layer_spec = layer
         self.channels_spec = channels
         self.steps = steps
@@ -96,7 +102,7 @@ class FeatureVisMonitor(ProbeMonitor):
         else:
             layers = self._resolve_layers(pl_module, self.layer_spec)
             name = list(layers)[-1]
-            self._check_spatial(pl_module, {name: layers[name]})
+            self._check_spatial(pl_module, {name: layers[name]}, reshape=self.reshape)
             self._layer = name
             available = None
         if isinstance(self.channels_spec, int):
@@ -121,6 +127,7 @@ class FeatureVisMonitor(ProbeMonitor):
             mean=self.probe.mean,
             std=self.probe.std,
             output_transform=self.output_transform,
+            reshape=self.reshape,
         )
 
     def _image_shape(self) -> tuple[int, int, int]:
@@ -141,6 +148,7 @@ class FeatureVisMonitor(ProbeMonitor):
             mean=self.probe.mean,
             std=self.probe.std,
             output_transform=self.output_transform,
+            reshape=self.reshape,
         )
         images = self._finite(images.float().cpu(), "feature visualisations", step)
         tiles = to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8))

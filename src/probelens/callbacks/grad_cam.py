@@ -14,6 +14,7 @@ from probelens.callbacks._options import check_bool, check_cmap, check_float, ch
 from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
 
@@ -52,6 +53,9 @@ class GradCAMMonitor(ProbeMonitor):
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
+            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
+            :mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class GradCAMMonitor(ProbeMonitor):
         filmstrip: bool = True,
         filmstrip_frames: int = 16,
         filmstrip_images: int = 8,
+        reshape: ReshapeSpec = None,
         **schedule: Any,
     ) -> None:
         super().__init__(probe, **schedule)
@@ -89,6 +94,7 @@ class GradCAMMonitor(ProbeMonitor):
         check_int(owner, "filmstrip_frames", filmstrip_frames, minimum=2)
         check_int(owner, "filmstrip_images", filmstrip_images)
         check_cmap(owner, "cmap", cmap)
+        self.reshape = check_reshape(reshape, owner)
         self.layers_spec = layers
         self.target = target
         self.fixed_scale = fixed_scale
@@ -99,6 +105,7 @@ class GradCAMMonitor(ProbeMonitor):
         self.filmstrip_frames = filmstrip_frames
         self.filmstrip_images = filmstrip_images
         self._layers: dict[str, nn.Module] = {}
+        self._layouts: dict[str, Layout] = {}
         self._reset_history()
 
     @override
@@ -132,7 +139,8 @@ class GradCAMMonitor(ProbeMonitor):
     def _configure(self, pl_module: nn.Module) -> None:
         self._layers = self._resolve_layers(pl_module, self.layers_spec)
         gradients = any(m in GRADIENT_CAMS for m in self.methods)
-        self._check_spatial(pl_module, self._layers, needs_grad=gradients)
+        spatial = self._check_spatial(pl_module, self._layers, needs_grad=gradients, reshape=self.reshape)
+        self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._require(self._layers, gradients=gradients, input_gradient=False, target_sets=set(self.target_sets))
 
     def _normalise(self, key: str, cam: Tensor) -> Tensor:
@@ -148,18 +156,20 @@ class GradCAMMonitor(ProbeMonitor):
         assert self.probe is not None
         size = self.probe.image_size
         index = shown.to(result.images.device)
+        layout = self._layouts[layer]
+        activation = layout.to_nchw(result.activations[layer])
         if method in FORWARD_CAMS:  # its cost is per image: only the shown ones
             return score_cam_map(
                 unwrap_compiled(pl_module),
                 result.images[index],
                 result.targets[target_set][index],
-                result.activations[layer][index],
+                activation[index],
                 output_transform=self.output_transform,
             )
         # maps of the whole probe at the layer's resolution, then the shown ones upsampled: indexing the activations
         # first would copy them (as large as the pass itself)
-        gradient = result.gradients[target_set][layer] if method in GRADIENT_CAMS else None
-        maps = cam_map(result.activations[layer], gradient, method)[index]
+        gradient = layout.to_nchw(result.gradients[target_set][layer]) if method in GRADIENT_CAMS else None
+        maps = cam_map(activation, gradient, method)[index]
         if tuple(maps.shape[-2:]) != tuple(size):
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return maps

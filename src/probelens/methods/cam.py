@@ -45,6 +45,7 @@ from probelens.methods import _batching
 from probelens.methods._hooks import probe_context
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
+from probelens.methods.layout import Layout, ReshapeSpec, as_maps, layouts_for
 
 GRADIENT_CAMS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam")
 """Variants computed from the activations and gradients of the shared pass (no pass of their own)."""
@@ -133,13 +134,19 @@ def cam_map(
 
 
 def cams_from_pass(
-    result: ProbePass, target_set: str, method: str, layers: list[str] | None = None
+    result: ProbePass,
+    target_set: str,
+    method: str,
+    layers: list[str] | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
-    """``{layer: [N,1,H,W]}`` of one gradient or activation variant, read off an existing :class:`ProbePass`."""
+    """``{layer: [N,1,H,W]}`` of one gradient or activation variant, read off an existing :class:`ProbePass`
+    (``layouts``: how to view each layer's output as ``[N,C,h,w]``, see :mod:`probelens.methods.layout`)."""
     size = (result.images.shape[-2], result.images.shape[-1])
     names = layers if layers is not None else list(result.activations)
-    grads = result.gradients.get(target_set, {})
-    return {name: cam_map(result.activations[name], grads.get(name), method, size) for name in names}
+    acts = as_maps({name: result.activations[name] for name in names}, layouts)
+    grads = as_maps({k: v for k, v in result.gradients.get(target_set, {}).items() if k in acts}, layouts)
+    return {name: cam_map(acts[name], grads.get(name), method, size) for name in names}
 
 
 def score_cam_map(
@@ -200,6 +207,7 @@ def cam(
     upsample: bool = True,
     chunk_size: int | None = None,
     output_transform: OutputTransform | None = None,
+    reshape: ReshapeSpec = None,
 ) -> dict[str, Tensor]:
     """A CAM variant at every requested layer.
 
@@ -217,6 +225,9 @@ def cam(
         upsample: upsample to the input size (bilinear); otherwise keep each layer's resolution.
         chunk_size: Score-CAM's masked copies per forward pass (default: from the memory budget).
         output_transform: selects ``[N,K]`` scores from the model output.
+        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on
+            a grid (those are recognised, see :mod:`probelens.methods.layout`): a function used for every such
+            layer, or ``{layer: function}``.
 
     Returns:
         ``{layer_name: Tensor[N,1,H,W]}``, raw ReLU'd maps (not normalised).
@@ -246,17 +257,19 @@ def cam(
         output_transform=output_transform,
     )
     size = (images.shape[-2], images.shape[-1]) if upsample else None
+    layouts = layouts_for(model, images, named, reshape, outputs=result.activations)
+    acts = as_maps(result.activations, layouts)
     if method in FORWARD_CAMS:
         t = result.targets["target"]
         return {
             name: score_cam_map(
-                model, images, t, result.activations[name], chunk_size=chunk_size,
+                model, images, t, acts[name], chunk_size=chunk_size,
                 output_transform=output_transform, upsample=upsample,
             )
             for name in named
         }  # fmt: skip
-    grads = result.gradients.get("target", {})
-    return {name: cam_map(result.activations[name], grads.get(name), method, size) for name in named}
+    grads = as_maps(result.gradients.get("target", {}), layouts)
+    return {name: cam_map(acts[name], grads.get(name), method, size) for name in named}
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from probelens.methods._hooks import probe_context
 from probelens.methods.engine import OutputTransform, class_scores
 from probelens.methods.guided import forward_to_layer, resolve_single_layer
 from probelens.methods.layers import unwrap_compiled
+from probelens.methods.layout import Layout, ReshapeSpec, layout_of
 
 TRANSFORMS: tuple[str, ...] = ("jitter", "scale", "rotate")
 PARAMETERIZATIONS: tuple[str, ...] = ("fourier", "pixel")
@@ -170,6 +171,7 @@ def feature_visualization(
     std: float | Sequence[float] | Tensor | None = None,
     objective: Literal["channel", "neuron"] = "channel",
     output_transform: OutputTransform | None = None,
+    reshape: ReshapeSpec = None,
 ) -> Tensor:
     """Images that maximise channels of a layer (or class logits), one image per channel, optimised as one batch.
 
@@ -200,6 +202,8 @@ def feature_visualization(
         std: the model's input normalisation std; ``None`` for 1.
         objective: ``"channel"`` or ``"neuron"`` (ignored for ``layer=None``).
         output_transform: selects ``[B, K]`` scores from the model output when ``layer`` is ``None``.
+        reshape: how to view the layer's output as ``[B,C_l,h,w]`` where it is not NCHW, channels-last or tokens on
+            a grid (those are recognised, see :mod:`probelens.methods.layout`).
 
     Returns:
         ``[len(channels), C, H, W]`` float32 images in ``[0, 1]`` (display space, before normalisation) on the model's
@@ -240,6 +244,8 @@ def feature_visualization(
     device = reference.device
     model_dtype = reference.dtype if reference.dtype.is_floating_point else torch.float32
 
+    layout: list[Layout] = []  # the layer's, found at the first call
+
     def objective_values(image: Tensor, check: bool) -> Tensor:
         x = ((image - mean_t) / std_t).to(model_dtype)
         rows = torch.arange(x.shape[0], device=device)
@@ -257,6 +263,10 @@ def feature_visualization(
         act = forward_to_layer(net, x, module, name)
         if act.dim() < 2 or act.shape[0] != x.shape[0]:
             raise ValueError(f"layer {name!r} output has shape {tuple(act.shape)}; expected [B, C_l, ...]")
+        if act.dim() > 2:  # a map: channels read through its layout (channels-last, tokens)
+            if not layout:
+                layout.append(layout_of(net, x[:1].detach(), name, module, act, reshape))
+            act = layout[0].to_nchw(act)
         if check:
             _check_channels(chans, act.shape[1], f"layer {name!r}")
         maps = act[rows, chans].float()  # [B, *spatial]

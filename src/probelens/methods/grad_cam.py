@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
 from probelens.methods.layers import LayerSpec, resolve_layers
+from probelens.methods.layout import Layout, ReshapeSpec, as_maps, layouts_for
 
 
 def grad_cam_map(activation: Tensor, gradient: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -37,12 +38,19 @@ def grad_cam_map(activation: Tensor, gradient: Tensor, size: tuple[int, int] | N
     return cam
 
 
-def grad_cam_from_pass(result: ProbePass, target_set: str, layers: list[str] | None = None) -> dict[str, Tensor]:
-    """Grad-CAM maps ``{layer: [N,1,H,W]}`` for one target set of an existing :class:`ProbePass`."""
+def grad_cam_from_pass(
+    result: ProbePass,
+    target_set: str,
+    layers: list[str] | None = None,
+    layouts: Mapping[str, Layout] | None = None,
+) -> dict[str, Tensor]:
+    """Grad-CAM maps ``{layer: [N,1,H,W]}`` for one target set of an existing :class:`ProbePass` (``layouts``: how
+    to view each layer's output as ``[N,C,h,w]``, see :mod:`probelens.methods.layout`)."""
     size = (result.images.shape[-2], result.images.shape[-1])
-    grads = result.gradients[target_set]
-    names = layers if layers is not None else list(grads)
-    return {name: grad_cam_map(result.activations[name], grads[name], size) for name in names}
+    names = layers if layers is not None else list(result.gradients[target_set])
+    acts = as_maps({name: result.activations[name] for name in names}, layouts)
+    grads = as_maps({name: result.gradients[target_set][name] for name in names}, layouts)
+    return {name: grad_cam_map(acts[name], grads[name], size) for name in names}
 
 
 def grad_cam(
@@ -53,8 +61,14 @@ def grad_cam(
     *,
     upsample: bool = True,
     output_transform: OutputTransform | None = None,
+    reshape: ReshapeSpec = None,
 ) -> dict[str, Tensor]:
     """Grad-CAM at every requested layer from one forward and one backward pass.
+
+    Works on any layer whose output is a map: NCHW, channels-last (ConvNeXt blocks, Swin stages) or tokens on a grid
+    (ViT/DeiT, class/register/distillation tokens dropped), recognised from the forward pass
+    (:mod:`probelens.methods.layout`); an output that is none of these, or ambiguous, raises a ``ValueError`` that
+    shows ``reshape=``.
 
     Args:
         model: a CNN classifier.
@@ -63,6 +77,8 @@ def grad_cam(
         layers: ``"auto"``, ``"all"``, a name, a list of names/types, or a ``{name: module}`` mapping.
         upsample: upsample to the input size (bilinear); otherwise keep each layer's resolution.
         output_transform: selects ``[N,K]`` scores from the model output.
+        reshape: a function from a layer's raw output to ``[N,C,h,w]`` (used for every layer whose output is not
+            NCHW, like pytorch-grad-cam's ``reshape_transform``), or ``{layer: function}``.
 
     Returns:
         ``{layer_name: Tensor[N,1,H,W]}``, raw ReLU'd maps (not normalised).
@@ -80,8 +96,10 @@ def grad_cam(
         model, images, targets, named, gradients=True, input_gradient=False, output_transform=output_transform
     )
     size = (images.shape[-2], images.shape[-1]) if upsample else None
-    grads = result.gradients["target"]
-    return {name: grad_cam_map(result.activations[name], grads[name], size) for name in named}
+    layouts = layouts_for(model, images, named, reshape, outputs=result.activations)
+    acts = as_maps(result.activations, layouts)
+    grads = as_maps(result.gradients["target"], layouts)
+    return {name: grad_cam_map(acts[name], grads[name], size) for name in named}
 
 
 __all__ = ["grad_cam", "grad_cam_from_pass", "grad_cam_map"]

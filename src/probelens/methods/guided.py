@@ -42,6 +42,7 @@ from torch.overrides import TorchFunctionMode
 from probelens.methods._hooks import probe_context
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import resolve_layers, unwrap_compiled
+from probelens.methods.layout import ReshapeSpec, layout_of
 
 Rule = Literal["guided_backprop", "deconvnet"]
 Unsupported = Literal["warn", "raise", "ignore"]
@@ -274,6 +275,7 @@ def deconv_projections(
     *,
     keep: Literal["max", "channel"] = "max",
     unsupported: Unsupported = "warn",
+    reshape: ReshapeSpec = None,
 ) -> tuple[Tensor, Tensor]:
     """Project the strongest channels of a layer back to pixel space (Zeiler & Fergus, 2014, Sec. 2.1).
 
@@ -295,6 +297,8 @@ def deconv_projections(
         rule: ``"deconvnet"`` or ``"guided_backprop"``.
         keep: ``"max"`` or ``"channel"``.
         unsupported: see :func:`relu_backward_rule`.
+        reshape: how to view the layer's output as ``[N,C_l,h,w]`` where it is not NCHW, channels-last or tokens on
+            a grid (those are recognised, see :mod:`probelens.methods.layout`).
 
     Returns:
         ``(projections [N,top_k,C,H,W], channels [N,top_k] long)``, channels sorted by decreasing maximum activation.
@@ -314,9 +318,12 @@ def deconv_projections(
     n = images.shape[0]
     with probe_context(net), relu_backward_rule(rule, unsupported):
         x = images.detach().repeat_interleave(top_k, dim=0).requires_grad_(True)
-        act = forward_to_layer(net, x, module, name)
-        if act.dim() < 2 or act.shape[0] != x.shape[0]:
-            raise ValueError(f"layer {name!r} output has shape {tuple(act.shape)}; expected [N,C_l,...] per image")
+        raw = forward_to_layer(net, x, module, name)
+        if raw.dim() < 2 or raw.shape[0] != x.shape[0]:
+            raise ValueError(f"layer {name!r} output has shape {tuple(raw.shape)}; expected [N,C_l,...] per image")
+        act = raw
+        if raw.dim() > 2:  # a map: channels and positions read through its layout (channels-last, tokens)
+            act = layout_of(net, images[:1], name, module, raw, reshape).to_nchw(raw)
         num_channels = act.shape[1]
         if top_k > num_channels:
             raise ValueError(f"top_k={top_k} but layer {name!r} has only {num_channels} channels")

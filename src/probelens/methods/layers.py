@@ -209,9 +209,10 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
         convs = conv_layers(model)
         if not convs:
             raise ValueError(
-                f"layers='auto' found no spatial feature map in {type(model).__name__} on a "
-                f"{example_input.shape[-2]}x{example_input.shape[-1]} input; pass layer names (and reshape= for "
-                "outputs that are not [N, C, h, w] maps, channels-last maps or tokens on a grid)"
+                f"{type(model).__name__} has no 2-D convolution and no layer that outputs a spatial map (NCHW, "
+                f"channels-last or tokens on a grid) on a {example_input.shape[-2]}x{example_input.shape[-1]} "
+                "input, so layers='auto' selects nothing; pass layer names, with reshape= for outputs that hold a "
+                "map in another layout"
             )
         return convs
     return out

@@ -392,9 +392,9 @@ def resolve_layouts(
             )
     if problems:
         raise ValueError(
-            "cannot read these layers as feature maps [N, C, h, w]: "
+            "layers do not output a spatial feature map [N, C, h, w] (NCHW, channels-last or tokens on a grid): "
             + "; ".join(problems)
-            + ". Pick layers with a spatial output (probelens.methods.layer_summary lists them), or "
+            + ". Pick layers with a spatial output (probelens.methods.layer_summary(model, x) lists them), or "
             + reshape_hint(names[0] if len(names) == 1 else "<layer>")
         )
     return out
@@ -429,6 +429,43 @@ def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, r
             f"{record.shape}, got {got}"
         )
     return Layout("custom", (int(viewed.shape[2]), int(viewed.shape[3])), reshape=fn)
+
+
+def plainly_nchw(module: nn.Module, shape: torch.Size | tuple[int, ...], image: tuple[int, int]) -> bool:
+    """True when an output can only be read as ``[N,C,h,w]`` (a conv net's map): no trace is needed to know."""
+    if len(shape) != 4 or _channels_first(module) is False:
+        return False
+    readings = _readings(torch.Size(shape), int(shape[0]), image, None)
+    return len(readings) == 1 and readings[0].kind == "nchw"
+
+
+def layouts_for(
+    model: nn.Module,
+    example: Tensor,
+    layers: Mapping[str, nn.Module],
+    reshape: ReshapeSpec = None,
+    outputs: Mapping[str, Tensor] | None = None,
+) -> dict[str, Layout]:
+    """:func:`resolve_layouts`, without tracing the model when ``outputs`` (the layers' outputs on ``example``'s
+    image size) are all plainly NCHW (:func:`plainly_nchw`) and no ``reshape`` is given."""
+    image = (int(example.shape[-2]), int(example.shape[-1]))
+    if (
+        reshape is None
+        and outputs is not None
+        and all(name in outputs and plainly_nchw(module, outputs[name].shape, image) for name, module in layers.items())
+    ):
+        return dict.fromkeys(layers, NCHW)
+    return resolve_layouts(model, example[:1], layers, reshape)
+
+
+def layout_of(
+    model: nn.Module, example: Tensor, name: str, module: nn.Module, output: Tensor, reshape: ReshapeSpec = None
+) -> Layout:
+    """The layout of one layer whose ``output`` (any batch) on ``example``'s image size is at hand."""
+    image = (int(example.shape[-2]), int(example.shape[-1]))
+    if reshape is None and plainly_nchw(module, output.shape, image):
+        return NCHW
+    return resolve_layouts(model, example[:1], {name: module}, reshape)[name]
 
 
 def as_maps(tensors: Mapping[str, Tensor], layouts: Mapping[str, Layout] | None) -> dict[str, Tensor]:
@@ -470,6 +507,9 @@ __all__ = [
     "as_maps",
     "check_reshape",
     "evenly_spaced",
+    "layout_of",
+    "layouts_for",
+    "plainly_nchw",
     "resolve_layouts",
     "trace_layers",
 ]

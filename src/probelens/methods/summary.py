@@ -9,11 +9,25 @@ from torch import Tensor, nn
 
 from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods.layers import is_conv2d, named_modules, unwrap_compiled
+from probelens.methods.layout import trace_layers
 
 
 @dataclass
 class LayerInfo:
-    """One row of :func:`layer_summary`."""
+    """One row of :func:`layer_summary`.
+
+    Attributes:
+        name: qualified module name (use it in ``layers=``).
+        type: the module's class name.
+        output_shape: the raw output shape of one image (e.g. ``(C, H, W)``, ``(H, W, C)``, ``(T, C)``).
+        parameters: parameters of the module and its children.
+        receptive_field: measured ``(h, w)`` in input pixels of the map's centre position, ``None`` if not measured.
+        is_conv: a 2-D convolution.
+        layout: how the output holds channels and positions (:meth:`probelens.methods.layout.Layout.describe`:
+            ``"NCHW"``, ``"NHWC (channels last)"``, ``"tokens 1+14x14 (1 prefix token dropped)"``), or
+            ``"ambiguous"`` (pass ``reshape=`` to use it).
+        map_shape: ``(C, h, w)`` of the map every method computes on, ``None`` for an ambiguous output.
+    """
 
     name: str
     type: str
@@ -21,6 +35,8 @@ class LayerInfo:
     parameters: int
     receptive_field: tuple[int, int] | None
     is_conv: bool
+    layout: str = "NCHW"
+    map_shape: tuple[int, int, int] | None = None
 
 
 def _extent(grad: Tensor) -> tuple[int, int] | None:
@@ -33,13 +49,16 @@ def _extent(grad: Tensor) -> tuple[int, int] | None:
 
 
 def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = True) -> list[LayerInfo]:
-    """Describe every module that produces a spatial feature map ``[N,C,H,W]`` (``H*W > 1``) on ``example``.
+    """Describe every module whose output is a spatial map on ``example``: NCHW feature maps, channels-last maps
+    (ConvNeXt blocks, Swin stages) and tokens on a grid (vision transformers), each named with its layout
+    (:mod:`probelens.methods.layout`); outputs with two possible readings are listed as ``"ambiguous"``.
 
     The receptive field is *measured*: the height and width of the region of input pixels with a non-zero gradient
-    for the output position at the centre of the feature map (summed over channels), on the first example image.
-    For chains of convolutions and poolings this equals the theoretical receptive field clipped to the image; ReLUs
-    that are off and max-pooling (which routes the gradient to one input) can make it smaller. A field as large as
-    the image means the layer sees everything.
+    for the map position at the centre (a fixed random mix of its channels, so that a norm whose channel sum is
+    constant, e.g. ``LayerNorm2d``, still passes a gradient), on the first example image. For chains of
+    convolutions and poolings this equals the theoretical receptive field clipped to the image; ReLUs that are off
+    and max-pooling (which routes the gradient to one input) can make it smaller. A field as large as the image
+    means the layer sees everything (every token after a global attention).
 
     Args:
         model: the network.
@@ -51,46 +70,38 @@ def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = Tru
     """
     net = unwrap_compiled(model)
     modules = named_modules(net)
-    capture = ActivationCapture(modules)
-    finished: list[str] = []
-
-    def note(name: str):
-        def hook(*_: object) -> None:
-            if name not in finished:
-                finished.append(name)
-
-        return hook
-
-    handles = []
+    records = trace_layers(net, example[:1])
+    listed = [r for r in records.values() if r.spatial or r.ambiguous]
+    capture = ActivationCapture({r.name: modules[r.name] for r in listed})
     rows: list[LayerInfo] = []
     with probe_context(net):
         x = example[:1].detach().clone().requires_grad_(True)
-        try:
-            for name, module in modules.items():
-                handles.append(module.register_forward_hook(note(name)))
-            with _tolerant(capture):
-                net(x)
-        finally:
-            for h in handles:
-                h.remove()
-        for name in finished:
-            out = capture.outputs.get(name)
-            if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[-2] * out.shape[-1] == 1:
-                continue  # not a spatial map (a 1x1 global pool output has nothing to localise)
+        with _tolerant(capture):
+            net(x)
+        mix = torch.Generator().manual_seed(0)
+        for record in listed:
+            out = capture.outputs.get(record.name)
+            if not isinstance(out, Tensor):
+                continue
             rf = None
-            if receptive_field and out.requires_grad:
-                h, w = out.shape[-2:]
-                (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x, retain_graph=True, allow_unused=True)
+            view = record.layout.to_nchw(out) if record.layout is not None else None
+            if receptive_field and view is not None and out.requires_grad:
+                h, w = view.shape[-2:]
+                weights = torch.randn(view.shape[1], generator=mix).to(device=view.device, dtype=view.dtype)
+                centre = (view[0, :, h // 2, w // 2] * weights).sum()
+                (grad,) = torch.autograd.grad(centre, x, retain_graph=True, allow_unused=True)
                 rf = None if grad is None else _extent(grad)
-            module = modules[name]
+            module = modules[record.name]
             rows.append(
                 LayerInfo(
-                    name=name,
+                    name=record.name,
                     type=type(module).__name__,
                     output_shape=tuple(out.shape[1:]),
                     parameters=sum(p.numel() for p in module.parameters()),
                     receptive_field=rf,
                     is_conv=is_conv2d(module),
+                    layout=record.layout.describe() if record.layout is not None else "ambiguous",
+                    map_shape=None if view is None else (int(view.shape[1]), int(view.shape[2]), int(view.shape[3])),
                 )
             )
     return rows
@@ -131,13 +142,17 @@ def summary_markdown(rows: list[LayerInfo], image_size: tuple[int, int]) -> str:
     """The rows as a Markdown table (TensorBoard's text plugin renders it)."""
     lines = [
         f"Layers with a spatial output on a {image_size[0]}x{image_size[1]} probe image. Use these names in "
-        "`layers=`; RF = receptive field of the centre unit, measured from input gradients.",
+        "`layers=`; map = the (C, h, w) every method computes on; RF = receptive field of the centre position, "
+        "measured from input gradients; an ambiguous layout needs `reshape=`.",
         "",
-        "| layer | type | output (C, H, W) | parameters | RF (h x w) |",
-        "|---|---|---|---|---|",
+        "| layer | type | output | layout | map (C, h, w) | parameters | RF (h x w) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rf = "-" if r.receptive_field is None else f"{r.receptive_field[0]} x {r.receptive_field[1]}"
         name = f"**{r.name}**" if r.is_conv else r.name
-        lines.append(f"| {name} | {r.type} | {tuple(r.output_shape)} | {r.parameters:,} | {rf} |")
+        shown = "-" if r.map_shape is None else str(tuple(r.map_shape))
+        lines.append(
+            f"| {name} | {r.type} | {tuple(r.output_shape)} | {r.layout} | {shown} | {r.parameters:,} | {rf} |"
+        )
     return "\n".join(lines)
