@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods.layers import is_conv2d, named_modules, unwrap_compiled
-from probelens.methods.layout import trace_layers
+from probelens.methods.layout import LayerRecord, trace_layers
 
 
 @dataclass
@@ -63,7 +63,8 @@ def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = Tru
     Args:
         model: the network.
         example: ``[N,C,H,W]``; only the first image is used.
-        receptive_field: also measure receptive fields (one backward pass per layer on one image).
+        receptive_field: also measure receptive fields (one forward and backward pass of 32 image copies per 32
+            layers).
 
     Returns:
         Rows in the order the modules finish their forward pass.
@@ -72,39 +73,79 @@ def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = Tru
     modules = named_modules(net)
     records = trace_layers(net, example[:1])
     listed = [r for r in records.values() if r.spatial or r.ambiguous]
-    capture = ActivationCapture({r.name: modules[r.name] for r in listed})
+    fields: dict[str, tuple[int, int] | None] = {}
+    if receptive_field:
+        for start in range(0, len(listed), _RF_CHUNK):
+            fields.update(_receptive_fields(net, modules, example[:1], listed[start : start + _RF_CHUNK]))
     rows: list[LayerInfo] = []
+    for record in listed:
+        module = modules[record.name]
+        map_shape = None
+        if record.layout is not None and record.layout.grid is not None and record.shape is not None:
+            channels = _map_channels(record)
+            map_shape = (channels, *record.layout.grid) if channels else None
+        rows.append(
+            LayerInfo(
+                name=record.name,
+                type=type(module).__name__,
+                output_shape=tuple(record.shape[1:]) if record.shape else (),
+                parameters=sum(p.numel() for p in module.parameters()),
+                receptive_field=fields.get(record.name),
+                is_conv=is_conv2d(module),
+                layout=record.layout.describe() if record.layout is not None else "ambiguous",
+                map_shape=map_shape,
+            )
+        )
+    return rows
+
+
+_RF_CHUNK = 32
+"""Layers whose receptive fields one batched backward pass measures (one probe-image copy each)."""
+
+
+def _map_channels(record: LayerRecord) -> int | None:
+    layout, shape = record.layout, record.shape
+    if layout is None or shape is None:
+        return None
+    if layout.kind == "nchw":
+        return int(shape[1])
+    if layout.kind in ("nhwc", "tokens"):
+        return int(shape[-1])
+    return None
+
+
+def _receptive_fields(
+    net: nn.Module, modules: dict[str, nn.Module], image: Tensor, records: list[LayerRecord]
+) -> dict[str, tuple[int, int] | None]:
+    """Receptive fields of several layers from one forward and one backward pass: copy ``k`` of the image is read at
+    layer ``k``'s centre (a fixed random mix of its channels), and in eval mode the copies do not interact, so the
+    input gradient of copy ``k`` is layer ``k``'s field alone."""
+    spatial = [r for r in records if r.layout is not None]
+    if not spatial:
+        return {}
+    capture = ActivationCapture({r.name: modules[r.name] for r in spatial})
+    out: dict[str, tuple[int, int] | None] = {}
     with probe_context(net):
-        x = example[:1].detach().clone().requires_grad_(True)
+        x = image.detach().repeat(len(spatial), 1, 1, 1).requires_grad_(True)
         with _tolerant(capture):
             net(x)
         mix = torch.Generator().manual_seed(0)
-        for record in listed:
-            out = capture.outputs.get(record.name)
-            if not isinstance(out, Tensor):
+        total = x.new_zeros(())
+        used = []
+        for k, record in enumerate(spatial):
+            raw = capture.outputs.get(record.name)
+            if not isinstance(raw, Tensor) or not raw.requires_grad or record.layout is None:
                 continue
-            rf = None
-            view = record.layout.to_nchw(out) if record.layout is not None else None
-            if receptive_field and view is not None and out.requires_grad:
-                h, w = view.shape[-2:]
-                weights = torch.randn(view.shape[1], generator=mix).to(device=view.device, dtype=view.dtype)
-                centre = (view[0, :, h // 2, w // 2] * weights).sum()
-                (grad,) = torch.autograd.grad(centre, x, retain_graph=True, allow_unused=True)
-                rf = None if grad is None else _extent(grad)
-            module = modules[record.name]
-            rows.append(
-                LayerInfo(
-                    name=record.name,
-                    type=type(module).__name__,
-                    output_shape=tuple(out.shape[1:]),
-                    parameters=sum(p.numel() for p in module.parameters()),
-                    receptive_field=rf,
-                    is_conv=is_conv2d(module),
-                    layout=record.layout.describe() if record.layout is not None else "ambiguous",
-                    map_shape=None if view is None else (int(view.shape[1]), int(view.shape[2]), int(view.shape[3])),
-                )
-            )
-    return rows
+            view = record.layout.to_nchw(raw)
+            h, w = view.shape[-2:]
+            weights = torch.randn(view.shape[1], generator=mix).to(device=view.device, dtype=view.dtype)
+            total = total + (view[k, :, h // 2, w // 2] * weights).sum()
+            used.append((k, record.name))
+        if used and total.requires_grad:
+            (grad,) = torch.autograd.grad(total, x, allow_unused=True)
+            for k, name in used:
+                out[name] = None if grad is None else _extent(grad[k : k + 1])
+    return out
 
 
 class _tolerant:
