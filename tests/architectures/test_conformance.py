@@ -9,6 +9,8 @@ holds, and Grad-CAM at those layers equals Captum's ``LayerGradCam`` (NCHW layer
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -101,8 +103,10 @@ MODELS = {
         ["stages.0", "stages.1", "stages.2", "stages.3", "final_conv"],
     ),
     "timm_vit": (_vit, ["blocks.1.norm1", "blocks.2.norm1", "blocks.4.norm1", "blocks.5.norm1"]),
-    "timm_vit_registers": (lambda: _vit(reg_tokens=4), ["blocks.1.norm1", "blocks.2.norm1", "blocks.4.norm1",
-                                                       "blocks.5.norm1"]),  # fmt: skip
+    "timm_vit_registers": (
+        lambda: _vit(reg_tokens=4),
+        ["blocks.1.norm1", "blocks.2.norm1", "blocks.4.norm1", "blocks.5.norm1"],
+    ),
     "timm_swin": (_swin, ["layers.0", "layers.1", "layers.2", "norm"]),
 }
 
@@ -138,7 +142,7 @@ def test_auto_picks_one_layer_per_stage(name, built):
     assert all(records[n].calls == 1 for n in picked)  # never the last call of a reused module
     assert all(g[0] * g[1] > 1 for g in grids)  # no 1x1 gate, no pooled vector
     if name not in ISOTROPIC:  # CNNs and hierarchical transformers: one layer per stage, coarser and coarser
-        assert all(a[0] * a[1] > b[0] * b[1] for a, b in zip(grids, grids[1:])), grids
+        assert all(a[0] * a[1] > b[0] * b[1] for a, b in itertools.pairwise(grids)), grids
         spatial = {_grid(r) for r in records.values() if r.spatial and r.calls == 1}
         assert len(picked) == len({g for g in spatial if g[0] * g[1] >= grids[-1][0] * grids[-1][1]}) or name in (
             "shufflenet_v2",  # its 16x16 stage is a max-pool alone
