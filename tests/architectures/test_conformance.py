@@ -267,3 +267,27 @@ def test_swin_maps_are_never_computed_on_the_height_axis(built):
     x = torch.rand(2, 3, *SIZE)
     ours = grad_cam(model, x, layers=["layers.3.blocks.1.norm1"], upsample=False)["layers.3.blocks.1.norm1"]
     assert ours.shape == (2, 1, 2, 2)  # the stage's 2x2 grid, not (2, 1, 2, 192)
+
+
+def test_deconvnet_and_feature_visualisation_read_channels_of_a_channels_last_layer(built):
+    from probelens.methods import deconv_projections, feature_visualization
+
+    model = built("timm_swin")
+    x = torch.rand(2, 3, *SIZE)
+    layer = "layers.1"
+    captured = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.setdefault("o", o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    raw = captured["o"]  # [N, h, w, C]
+    assert raw.shape[1:3] == (8, 8)
+    expected = raw.amax(dim=(1, 2)).topk(3, dim=1).indices  # channels are the last axis, positions the middle two
+    projections, channels = deconv_projections(model, x, layer, top_k=3)
+    assert torch.equal(channels, expected)
+    assert projections.shape == (2, 3, 3, *SIZE) and projections.abs().sum() > 0
+    # the feature-visualisation objective is a channel of the map: index 47 exists only on the channel axis (48)
+    images = feature_visualization(model, layer, [47], image_shape=(3, *SIZE), steps=1)
+    assert images.shape == (1, 3, *SIZE)
+    with pytest.raises(ValueError, match="48 channels"):
+        feature_visualization(model, layer, [48], image_shape=(3, *SIZE), steps=1)

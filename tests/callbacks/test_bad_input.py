@@ -39,6 +39,16 @@ PROBE = make_probe()
 # (case, constructor call, the words the message must contain)
 CONSTRUCTOR_CASES = [
     (
+        "reshape= not a function",
+        lambda: GradCAMMonitor(PROBE, reshape="tokens"),
+        "reshape= must be None, a function (raw output -> [N, C, h, w]) or a {layer name: function} mapping",
+    ),
+    (
+        "reshape= mapping to a non-function",
+        lambda: ActivationMonitor(PROBE, reshape={"model.4": 3}),
+        "reshape= must map layer names (str) to functions",
+    ),
+    (
         "SmoothGrad samples=0",
         lambda: SaliencyMonitor(PROBE, ("smoothgrad",), method_options={"smoothgrad": {"samples": 0}}),
         "samples must be an integer >= 1, got 0",
@@ -641,3 +651,44 @@ def test_a_second_validate_at_the_same_step_says_it_writes_nothing(tmp_path):
         tr.validate(module, val, verbose=False)
     acc = read_events(tr.logger.log_dir)
     assert [e.step for e in acc.Images("validate/probelens/gradcam/model.8")] == [step]
+
+
+class _Ambiguous(nn.Module):
+    """A block whose output is [N, 16, 16, 16] made by a functional permute: NCHW or NHWC cannot be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).permute(0, 2, 3, 1).contiguous() * 1.0
+
+
+class _AmbiguousNet(LitClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Sequential(_Ambiguous(), nn.Flatten(), nn.Linear(16 * 16 * 16, 2))
+
+
+def test_an_ambiguous_layout_is_refused_at_fit_start_and_reshape_resolves_it(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    tr = trainer(tmp_path, [GradCAMMonitor(PROBE, layers=["model.0"])], max_epochs=1)
+    with pytest.raises(ValueError, match=r"'model.0' .* could be NCHW 16x16 or NHWC 16x16.*reshape="):
+        tr.fit(_AmbiguousNet(), train, val)
+    assert tr.global_step == 0
+    monitor = GradCAMMonitor(PROBE, layers=["model.0"], reshape={"model.0": lambda t: t.permute(0, 3, 1, 2)})
+    tr = trainer(tmp_path / "ok", [monitor], max_epochs=1)
+    tr.fit(_AmbiguousNet(), train, val)
+    assert monitor.failure_count == 0 and monitor.fire_count == 1
+
+
+def test_a_reshape_that_does_not_make_a_map_fails_at_fit_start(tmp_path):
+    train, val = loaders(n=32, batch_size=16)
+    bad = GradCAMMonitor(PROBE, layers=["model.0"], reshape={"model.0": lambda t: t.flatten(1)})
+    tr = trainer(tmp_path, [bad], max_epochs=1)
+    with pytest.raises(ValueError, match=r"reshape= for layer 'model.0' must return \[N, C, h, w\]"):
+        tr.fit(_AmbiguousNet(), train, val)
+    other = GradCAMMonitor(PROBE, layers=["model.0"], reshape={"model.9": lambda t: t})
+    tr = trainer(tmp_path / "b", [other], max_epochs=1)
+    with pytest.raises(ValueError, match=r"reshape= names layers \['model.9'\] that are not among the selected"):
+        tr.fit(_AmbiguousNet(), train, val)

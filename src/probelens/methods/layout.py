@@ -40,6 +40,30 @@ Reshape = Callable[[Tensor], Tensor]
 ReshapeSpec = Reshape | Mapping[str, Reshape] | None
 LayoutKind = Literal["nchw", "nhwc", "tokens", "custom"]
 
+_GRAPH_LIMIT = 256
+# autograd nodes that may move the channel axis: an output reached through one of them is not given its source's layout
+_AXIS_MOVERS = (
+    "Permute",
+    "Transpose",
+    "View",
+    "Reshape",
+    "Unsafe",
+    "AsStrided",
+    "Mm",
+    "Bmm",
+    "Expand",
+    "Squeeze",
+    "Unfold",
+    "Im2Col",
+    "Col2Im",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "Cat",
+    "Stack",
+    "Split",
+    "Chunk",
+)
+
 MAX_PREFIX_TOKENS = 16
 """Tokens before the patch grid looked for when a model does not say (class, distillation, register tokens)."""
 
@@ -228,10 +252,11 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
 
     net = unwrap_compiled(model)
     modules = named_modules(net)
-    x = example.detach()
+    x = example.detach().clone().requires_grad_(True)
     batch, image = int(x.shape[0]), (int(x.shape[-2]), int(x.shape[-1]))
     hint = _prefix_hint(net)
     known: dict[int, Layout | None] = {id(x): NCHW}
+    by_node: dict[object, Layout] = {}  # autograd node that made a recorded output -> its layout
     alive: list[Tensor] = [x]  # keeps ids unique while the trace runs
     records: dict[str, LayerRecord] = {}
 
@@ -249,6 +274,8 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
                 known[id(out)] = layout
             else:
                 known.setdefault(id(out), None)
+            if out.grad_fn is not None and layout is not None:
+                by_node.setdefault(out.grad_fn, layout)
             alive.append(out)
             first = next((a for a in args if isinstance(a, Tensor)), None)
             source = known.get(id(first)) if first is not None else None
@@ -281,8 +308,7 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
             choices = [
                 known.get(id(first)) if first is not None and first.shape == out.shape else None,
                 _permuted(module, first, known),
-                _last_child(name, out.shape),
-                _last_child("", out.shape),
+                _through_graph(out),
             ]
             choice = next((c for c in choices if c is not None and c in readings), None)
             if choice is not None:
@@ -290,21 +316,36 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
             return None, readings
         return (readings[0], []) if readings else (None, [])
 
-    def _last_child(name: str, shape: torch.Size) -> Layout | None:
-        """A block's output keeps the layout of its last child with the same shape (a residual sum after the
-        block's last norm); with ``name=""``, the last output of that shape anywhere (the operand of the functional
-        op, e.g. a sum, that produced this module's input)."""
-        prefix = name + "." if name else ""
-        for record in reversed(records.values()):
-            if record.name.startswith(prefix) and record.shape == tuple(shape) and record.layout is not None:
-                return record.layout
-        return None
+    def _through_graph(out: Tensor) -> Layout | None:
+        """The layout of the nearest recorded output that ``out`` was computed from by shape-keeping ops only (a
+        residual sum, an activation, a norm applied functionally), read off the autograd graph; ``None`` if the way
+        there passes a permute, view, reshape or matrix product (which may move the channel axis)."""
+        start = out.grad_fn
+        if start is None:
+            return None
+        seen, frontier, found = {start}, [start], []
+        while frontier and len(seen) < _GRAPH_LIMIT:
+            node = frontier.pop(0)
+            if node is not start and node in by_node:
+                found.append(by_node[node])
+                continue
+            if getattr(node, "variable", None) is x:  # the model input
+                found.append(NCHW)
+                continue
+            if any(word in type(node).__name__ for word in _AXIS_MOVERS):
+                return None
+            for parent, _ in node.next_functions:
+                if parent is not None and parent not in seen:
+                    seen.add(parent)
+                    frontier.append(parent)
+        layouts = {layout for layout in found if layout is not None}
+        return layouts.pop() if len(layouts) == 1 else None
 
     handles = []
     try:
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name, module)))
-        with torch.no_grad(), probe_context(net):
+        with probe_context(net):  # with autograd: the graph tells how an output was made from recorded ones
             net(x)
     finally:
         for h in handles:
@@ -481,14 +522,15 @@ def check_reshape(reshape: object, owner: str = "reshape") -> ReshapeSpec:
         return reshape  # type: ignore[return-value]
     if isinstance(reshape, Mapping):
         bad = {k: type(v).__name__ for k, v in reshape.items() if not isinstance(k, str) or not callable(v)}
-        if bad:
-            raise TypeError(
-                f"{owner}: reshape= must map layer names (str) to functions; not callable or not named: {bad}"
-            )
-        return reshape  # type: ignore[return-value]
-    raise TypeError(
-        f"{owner}: reshape= must be None, a function (raw output -> [N, C, h, w]) or a {{layer name: function}} "
-        f"mapping, got {type(reshape).__name__}: {reshape!r}"
+        if not bad:
+            return reshape  # type: ignore[return-value]
+        raise ValueError(
+            f"{owner}: reshape={reshape!r} is not allowed; reshape= must map layer names (str) to functions (raw "
+            f"output -> [N, C, h, w]); not a function or not a name: {bad}"
+        )
+    raise ValueError(
+        f"{owner}: reshape={reshape!r} is not allowed; reshape= must be None, a function (raw output -> "
+        "[N, C, h, w]) or a {layer name: function} mapping"
     )
 
 
