@@ -331,7 +331,7 @@ class ProbeSet:
         elif masks is not None:
             mask_tensor = masks
         elif all(it[2] is not None for it in items):
-            mask_tensor = torch.stack([it[2] for it in items])
+            mask_tensor = torch.stack([it[2] for it in items if it[2] is not None])
         else:
             mask_tensor = None
         if class_names is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
@@ -52,10 +53,10 @@ class _Needs:
 def model_version(model: nn.Module) -> int:
     """Sum of the in-place version counters of all parameters and buffers: changes whenever any of them is updated."""
     total = 0
-    for t in model.parameters():
-        total += t._version
-    for t in model.buffers():
-        total += t._version
+    for parameter in model.parameters():
+        total += parameter._version
+    for buffer in model.buffers():
+        total += buffer._version
     return total
 
 
@@ -126,7 +127,7 @@ class ProbeSession:
         for name in sorted(all_needs.target_sets) or ["pred"]:
             targets[name] = labels if name == "label" else None
         self._cache.pop(slot, None)  # free the stale pass before the new one is built
-        options = dict(
+        options: dict[str, Any] = dict(
             gradients=all_needs.gradients,
             input_gradient=all_needs.input_gradient,
             output_transform=all_needs.output_transform,

@@ -58,7 +58,7 @@ def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequ
 
 
 @functools.cache
-def _summary_writer_type() -> type | None:
+def _summary_writer_type() -> type[Any] | None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard missing: the logger runs on tensorboardX, which gets the plain add_image call
@@ -85,7 +85,7 @@ class TensorBoardSink:
             writer_type is not None
             and isinstance(experiment, writer_type)
             # a SummaryWriter subclass whose add_image does something of its own is given the plain call
-            and type(experiment).add_image is writer_type.add_image
+            and type(experiment).add_image is getattr(writer_type, "add_image", None)
             and image.dtype == torch.uint8
             and image.dim() == 3
             and image.shape[0] in (1, 3)

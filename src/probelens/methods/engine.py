@@ -213,8 +213,8 @@ def forward_backward(
         keys = list(resolved)
         for i, key in enumerate(keys):
             score = scores.gather(1, resolved[key][:, None]).sum()
-            grads = torch.autograd.grad(score, wrt, retain_graph=i < len(keys) - 1, allow_unused=True)
-            grads = [torch.zeros_like(w) if g is None else g.detach() for g, w in zip(grads, wrt)]
+            raw = torch.autograd.grad(score, wrt, retain_graph=i < len(keys) - 1, allow_unused=True)
+            grads = [torch.zeros_like(w) if g is None else g.detach() for g, w in zip(raw, wrt)]
             result.gradients[key] = dict(zip(layer_names, grads[: len(layer_names)]))
             if input_gradient:
                 result.input_gradients[key] = grads[-1]

@@ -141,6 +141,7 @@ class _ImageParameterization:
 
     def __call__(self) -> Tensor:
         if self.fourier:
+            assert self.scale is not None
             image = torch.fft.irfft2(torch.view_as_complex(self.param) * self.scale, s=self.size, norm="ortho")
         else:
             image = self.param
@@ -238,7 +239,7 @@ def feature_visualization(
     std_t = _as_channel_tensor(std, c, "std", 1.0)
     net = unwrap_compiled(model)
     target = resolve_single_layer(net, layer) if layer is not None else None
-    reference = next(iter(net.parameters()), None)
+    reference: Tensor | None = next(iter(net.parameters()), None)
     if reference is None:
         reference = next(iter(net.buffers()), torch.zeros(()))
     device = reference.device
@@ -274,7 +275,7 @@ def feature_visualization(
             return maps
         if objective == "channel":
             return maps.flatten(1).mean(dim=1)
-        centre = tuple(size // 2 for size in maps.shape[1:])
+        centre = [int(size) // 2 for size in maps.shape[1:]]
         return maps[(rows, *centre)]
 
     # every tensor is made inside the probe context: the caller may run under inference mode

@@ -22,5 +22,7 @@ def conv_filters(model: nn.Module, layers: LayerSpec | Mapping[str, nn.Module] =
             raise ValueError(
                 f"layer {name!r} is a {type(module).__name__}, not a 2-D convolution; conv_filters needs conv layers"
             )
-        out[name] = module.weight.detach().float().cpu().clone()
+        weight = module.weight
+        assert isinstance(weight, Tensor)
+        out[name] = weight.detach().float().cpu().clone()
     return out

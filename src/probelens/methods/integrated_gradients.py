@@ -51,8 +51,8 @@ def path_points(method: str, steps: int) -> tuple[Tensor, Tensor]:
     n = _batching.check_count("steps", steps, minimum)
     k = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
-        alphas, weights = _gauss_legendre(n)
-        return torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+        nodes, node_weights = _gauss_legendre(n)
+        return torch.tensor(nodes, dtype=torch.float64), torch.tensor(node_weights, dtype=torch.float64)
     if method == "riemann_trapezoid":
         weights = torch.full((n,), 1 / (n - 1), dtype=torch.float64)
         weights[0] /= 2

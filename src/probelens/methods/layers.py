@@ -180,7 +180,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
             # its input grid before it changes resolution
             transition = all(
                 block_grids.get(r.name) == block.input_grid
-                and not (is_conv2d(r.module) and tuple(r.module.kernel_size) != (1, 1))
+                and not (is_conv2d(r.module) and tuple(getattr(r.module, "kernel_size", (1, 1))) != (1, 1))
                 for r in inside
                 if block_grids.get(r.name, block_grids[block.name]) != block_grids[block.name]
             )
@@ -191,7 +191,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
     usable = [r for name, r in once.items() if name in grids and not _pass_through(r.module) and not internal(name)]
     stages: list[list] = []
     for r in usable:
-        if stages and stages[-1][-1].layout.grid == r.layout.grid:
+        if stages and grids[stages[-1][-1].name] == grids[r.name]:
             stages[-1].append(r)
         else:
             stages.append([r])

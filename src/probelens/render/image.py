@@ -12,6 +12,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -333,13 +334,14 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level of :func:`encode_png`. On the monitors' grids level 1 ran 5-10x faster than PIL's default (6) for files
 within a few percent of its size (``benchmarks/RESULTS.md``)."""
 
+_isal_zlib: Any
 try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels) is ~4x faster than zlib at levels 1-3
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - platforms without isal wheels use zlib
     _isal_zlib = None
 
 
-def _deflate(data: bytes, level: int) -> bytes:
+def _deflate(data: bytes | np.ndarray, level: int) -> bytes:
     """A zlib stream of ``data`` (what a PNG ``IDAT`` holds): ISA-L for levels 1-3 when installed, else zlib.
 
     Both write standard deflate; ISA-L's level ``k`` in 1-3 trades size for speed like zlib's low levels (on the
