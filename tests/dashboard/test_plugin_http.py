@@ -45,6 +45,7 @@ def test_routes_list_every_logged_step_of_two_runs_and_serve_the_stored_pictures
         assert [r["run"] for r in served["runs"]] == sorted(runs)
         assert all(r["probelens"] and r["shortcut"] and r["steps"] == STEPS for r in served["runs"])
 
+        alerted = 0
         for name, acc in runs.items():
             summary = get_json(port, f"{P}/run", run=name)
             if name == "a/version_0":
@@ -77,12 +78,19 @@ def test_routes_list_every_logged_step_of_two_runs_and_serve_the_stored_pictures
             score = [[e.step, e.value] for e in acc.Scalars("shortcut/score")]
             assert summary["scalars"]["shortcut/score"] == [[s, float(np.float32(v))] for s, v in score]
             assert set(summary["scalars"]) == {t for t in acc.Tags()["scalars"] if t.startswith("shortcut/")}
+            alerts = [e.step for e in acc.Tensors("shortcut/alert/text_summary")]
+            assert [a["step"] for a in summary["alerts"]] == alerts
+            alerted += len(alerts)
+            assert all(
+                a["text"].startswith(("Shortcut suspected", "Shortcut alert cleared")) for a in summary["alerts"]
+            )
 
             for step in (0, 5, STEPS - 1):
                 status, body, headers = get(port, f"{P}/image", run=name, tag="probelens/gradcam/model.8", step=step)
                 assert status == 200 and headers["Content-Type"].startswith("image/png")
                 assert body == acc.Images("probelens/gradcam/model.8")[step].encoded_image_string  # as stored
 
+        assert alerted > 0  # these tiny runs lean on the background: the alert texts are there to be listed
         status, body, _ = get(port, f"{P}/run", run="c/version_0")
         assert status == 404 and "no run 'c/version_0'" in json.loads(body)["error"]
         assert "a/version_0, b/version_0" in json.loads(body)["error"]

@@ -164,7 +164,8 @@ class RunIndex:
                 scalars[tag] = [[s, v] for s, v in sorted(by_step.items())]
         alerts = []
         for tag in tags.get("tensors", []):
-            if tag.endswith(_ALERT_TEXT):
+            # add_text writes "<tag>/text_summary"
+            if tag.removesuffix("/text_summary").endswith(_ALERT_TEXT):
                 for e in acc.Tensors(tag):
                     values = list(e.tensor_proto.string_val)
                     text = values[0].decode("utf-8", "replace") if values else ""
