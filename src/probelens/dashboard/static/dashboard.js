@@ -11,6 +11,7 @@ const VIEWS = [
   ['shortcut', 'Shortcut'],
 ];
 const PLAY_MS = 900;
+const POLL_MS = 30000; // a training run that is still writing: its new steps appear without a click
 const CELL_W = 150; // a matrix cell's width in CSS pixels (the crop is scaled to it)
 const STRIP_W = 96; // a filmstrip frame's width
 const HIDDEN_BY_DEFAULT = new Set(['activations']); // one wide row per probe image: shown on request
@@ -122,7 +123,7 @@ function caption(entry, index) {
 export class Dashboard {
   constructor(root) {
     this.root = root;
-    this.state = {view: 'matrix', runs: [], left: null, right: null, step: null, probe: null, playing: false};
+    this.state = {view: 'matrix', runs: [], left: null, right: null, step: null, probes: {}, playing: false};
     this.summaries = new Map();
     this.hiddenMethods = new Set(HIDDEN_BY_DEFAULT);
     this.timer = null;
@@ -145,6 +146,23 @@ export class Dashboard {
     }
     this.state.left = this.state.runs[0];
     await this.load();
+    setInterval(() => this.poll(), POLL_MS);
+  }
+
+  /** Read the shown runs again; redraw only when they grew (following the newest step if it was shown). */
+  async poll() {
+    if (this.state.playing) return;
+    const before = JSON.stringify(this.steps());
+    const atEnd = this.state.step === this.steps()[this.steps().length - 1];
+    try {
+      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
+    } catch (err) {
+      return; // the next poll, or the reload button, tries again
+    }
+    const steps = this.steps();
+    if (JSON.stringify(steps) === before) return;
+    if (atEnd || !steps.includes(this.state.step)) this.state.step = steps[steps.length - 1];
+    this.draw();
   }
 
   fail(message) {
@@ -390,7 +408,7 @@ export class Dashboard {
               text: `#${index}`,
               title: 'this image over time',
               onclick: () => {
-                this.state.probe = key;
+                this.state.probes[summary.run] = key;
                 this.state.view = 'image';
                 this.draw();
               },
@@ -434,26 +452,15 @@ export class Dashboard {
       return h('p', {class: 'message', text: 'This run has no per-image grid, so there is no probe image to follow.'});
     }
     const keys = rows.map((r) => `${r.fingerprint}:${r.index}`);
-    if (!this.state.probe || !keys.includes(this.state.probe)) {
-      if (this.state.probe && this.shown().length > 1) {
-        // the other run has it: say so here rather than silently showing another image
-        if (!keys.includes(this.state.probe)) {
-          return [
-            this.probePicker(summary, rows),
-            h('p', {class: 'message', text: `This run has no probe image ${this.state.probe.split(':')[1]} of that probe set.`}),
-          ];
-        }
-      }
-      this.state.probe = keys[0];
-    }
-    const [fingerprint, indexText] = this.state.probe.split(':');
+    // each run follows its own probe image: two runs' probe sets are different images even at the same index
+    if (!keys.includes(this.state.probes[summary.run])) this.state.probes[summary.run] = keys[0];
+    const [fingerprint, indexText] = this.state.probes[summary.run].split(':');
     const index = Number(indexText);
     const grids = summary.grids.filter(
       (g) => !this.hiddenMethods.has(g.method) && g.entries.some((e) => e.probe === fingerprint && e.boxes[indexText]),
     );
-    const steps = [...new Set(grids.flatMap((g) => g.entries.filter((e) => e.boxes && e.boxes[indexText]).map((e) => e.step)))].sort(
-      (a, b) => a - b,
-    );
+    const has = (e) => e.probe === fingerprint && e.boxes && e.boxes[indexText];
+    const steps = [...new Set(grids.flatMap((g) => g.entries.filter(has).map((e) => e.step)))].sort((a, b) => a - b);
     // the prediction per step, from any grid of this probe set that recorded it
     const predictions = new Map();
     for (const g of grids) {
@@ -540,14 +547,14 @@ export class Dashboard {
         {
           class: 'probe-picker',
           onchange: (e) => {
-            this.state.probe = e.target.value;
+            this.state.probes[summary.run] = e.target.value;
             this.draw();
           },
         },
         rows.map(({fingerprint, index}) => {
           const key = `${fingerprint}:${index}`;
           const set = probeLabel(summary, fingerprint);
-          return h('option', {value: key, selected: key === this.state.probe, text: `#${index}${set ? ` (${set})` : ''}`});
+          return h('option', {value: key, selected: key === this.state.probes[summary.run], text: `#${index}${set ? ` (${set})` : ''}`});
         }),
       ),
     );
