@@ -44,7 +44,9 @@ _CELLS = f"""(() => {{
 }})()"""
 
 
-def _chromium() -> str:
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser binary; requested before the runs are trained, so a machine without one skips at once."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
@@ -114,8 +116,7 @@ def _check_matrix(state: dict[str, Any], acc: Any, step: int, run: str, port: in
     return {c["src"] for c in cells}
 
 
-def test_matrix_follows_the_slider_and_the_views_follow_the_step(two_runs, serve, shots):
-    chromium = _chromium()
+def test_matrix_follows_the_slider_and_the_views_follow_the_step(chromium, two_runs, serve, shots):
     acc_a = read_events(two_runs / "a" / "version_0")
     acc_b = read_events(two_runs / "b" / "version_0")
     last = STEPS - 1
