@@ -135,6 +135,15 @@ def test_matrix_follows_the_slider_and_the_views_follow_the_step(chromium, two_r
         _press(browser, "Home", 36)
         state = _wait(browser, _CELLS, _matrix_at(0), "the matrix at step 0")
         _check_matrix(state, acc_a, 0, "a/version_0", port)
+        # play steps forward on its own; pause stops it there
+        browser.evaluate(f"{_FRAME}.getElementById('play').click()")
+        state = _wait(browser, _CELLS, _matrix_at(1), "the matrix at step 1 after play")
+        browser.evaluate(f"{_FRAME}.getElementById('play').click()")
+        paused = browser.evaluate(f"{_FRAME}.getElementById('step-value').textContent")
+        time.sleep(2.0)  # more than two frames of play
+        assert browser.evaluate(f"{_FRAME}.getElementById('step-value').textContent") == paused
+        _press(browser, "Home", 36)  # the slider kept the focus through play and pause
+        state = _wait(browser, _CELLS, _matrix_at(0), "the matrix back at step 0")
 
         # the second run beside the first, at the same step
         browser.evaluate(
