@@ -46,8 +46,9 @@ export function lineChart({title, series, alerts = [], current = null, onPick = 
   for (const [from, to] of alerts) {
     const left = x(Math.max(from, x0));
     const right = x(Math.min(to, x1));
-    el('rect', {x: left, y: m.top, width: Math.max(3, right - left), height: h, class: 'alert-band'}, svg)
-      .appendChild(el('title')).textContent = `shortcut alert: steps ${from} to ${to}`;
+    el('rect', {x: left, y: m.top, width: Math.max(3, right - left), height: h, class: 'alert-band'}, svg).appendChild(
+      el('title'),
+    ).textContent = `shortcut alert: steps ${from} to ${to}`;
   }
   el('line', {x1: m.left, x2: m.left, y1: m.top, y2: m.top + h, class: 'axis'}, svg);
   el('line', {x1: m.left, x2: m.left + w, y1: m.top + h, y2: m.top + h, class: 'axis'}, svg);

@@ -300,7 +300,11 @@ export class Dashboard {
         'section',
         {class: 'run-panel', dataset: {run: s.run}},
         h('h2', {text: s.run}),
-        this.state.view === 'matrix' ? this.matrix(s) : this.state.view === 'image' ? this.probeView(s) : this.shortcut(s),
+        this.state.view === 'matrix'
+          ? this.matrix(s)
+          : this.state.view === 'image'
+            ? this.probeView(s)
+            : this.shortcut(s),
       ),
     );
     return h('main', {class: `runs runs-${panels.length}`}, panels);
@@ -365,7 +369,12 @@ export class Dashboard {
         {},
         h('th', {text: 'probe image'}),
         columns.map((c) =>
-          h('th', {dataset: {tag: c.tag}}, h('div', {text: (c.stage ? `${c.stage} ` : '') + c.method}), h('code', {text: c.layer})),
+          h(
+            'th',
+            {dataset: {tag: c.tag}},
+            h('div', {text: (c.stage ? `${c.stage} ` : '') + c.method}),
+            h('code', {text: c.layer}),
+          ),
         ),
       );
       const body = this.rows(summary).map(({fingerprint, index}) => {
@@ -391,7 +400,10 @@ export class Dashboard {
             {},
             h(
               'div',
-              {class: 'cell', dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)}},
+              {
+                class: 'cell',
+                dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)},
+              },
               crop(summary.run, c, entry, index, CELL_W),
               entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
             ),
@@ -471,7 +483,12 @@ export class Dashboard {
     }
     const vtag = verdictTag(summary);
     const verdict = new Map(vtag ? summary.scalars[vtag] : []);
-    const header = h('tr', {}, h('th', {text: 'step'}), steps.map((s) => h('th', {class: s === this.state.step ? 'current' : null, text: String(s)})));
+    const header = h(
+      'tr',
+      {},
+      h('th', {text: 'step'}),
+      steps.map((s) => h('th', {class: s === this.state.step ? 'current' : null, text: String(s)})),
+    );
     const changedPred = new Set();
     const changedVerdict = new Set();
     steps.forEach((s, i) => {
@@ -479,7 +496,8 @@ export class Dashboard {
       const a = predictions.get(steps[i - 1]);
       const b = predictions.get(s);
       if (a && b && a[1] !== b[1]) changedPred.add(s);
-      if (verdict.has(steps[i - 1]) && verdict.has(s) && verdict.get(steps[i - 1]) !== verdict.get(s)) changedVerdict.add(s);
+      if (verdict.has(steps[i - 1]) && verdict.has(s) && verdict.get(steps[i - 1]) !== verdict.get(s))
+        changedVerdict.add(s);
     });
     const predRow = h(
       'tr',
@@ -489,7 +507,14 @@ export class Dashboard {
         const p = predictions.get(s);
         return h(
           'td',
-          {class: [changedPred.has(s) ? 'changed' : '', p && p[0] !== p[1] ? 'wrong' : 'right', s === this.state.step ? 'current' : ''].join(' '), dataset: {step: String(s)}},
+          {
+            class: [
+              changedPred.has(s) ? 'changed' : '',
+              p && p[0] !== p[1] ? 'wrong' : 'right',
+              s === this.state.step ? 'current' : '',
+            ].join(' '),
+            dataset: {step: String(s)},
+          },
           p ? `${changedPred.has(s) ? '\u25B2 ' : ''}${p[1]} ${p[2].toFixed(2)}` : '?',
         );
       }),
@@ -502,8 +527,16 @@ export class Dashboard {
           steps.map((s) =>
             h(
               'td',
-              {class: [changedVerdict.has(s) ? 'changed' : '', verdict.get(s) >= 0.5 ? 'wrong' : '', s === this.state.step ? 'current' : ''].join(' ')},
-              verdict.has(s) ? `${changedVerdict.has(s) ? '\u25B2 ' : ''}${verdict.get(s) >= 0.5 ? 'shortcut alert' : 'ok'}` : '',
+              {
+                class: [
+                  changedVerdict.has(s) ? 'changed' : '',
+                  verdict.get(s) >= 0.5 ? 'wrong' : '',
+                  s === this.state.step ? 'current' : '',
+                ].join(' '),
+              },
+              verdict.has(s)
+                ? `${changedVerdict.has(s) ? '\u25B2 ' : ''}${verdict.get(s) >= 0.5 ? 'shortcut alert' : 'ok'}`
+                : '',
             ),
           ),
         )
@@ -519,7 +552,11 @@ export class Dashboard {
           return h(
             'td',
             {class: s === this.state.step ? 'current' : null, onclick: () => this.setStep(s)},
-            h('div', {class: 'cell', dataset: {tag: g.tag, step: String(s), probe: fingerprint, index: indexText}}, crop(summary.run, g, e, index, STRIP_W)),
+            h(
+              'div',
+              {class: 'cell', dataset: {tag: g.tag, step: String(s), probe: fingerprint, index: indexText}},
+              crop(summary.run, g, e, index, STRIP_W),
+            ),
           );
         }),
       ),
@@ -528,12 +565,23 @@ export class Dashboard {
     const notes = [];
     if (changedPred.size) notes.push(`prediction changed at step ${[...changedPred].join(', ')}`);
     if (changedVerdict.size) notes.push(`verdict changed at step ${[...changedVerdict].join(', ')}`);
-    if (!predictions.size) notes.push('no prediction recorded in these logs (probelens before 0.2); the captions in the pictures say it');
+    if (!predictions.size)
+      notes.push('no prediction recorded in these logs (probelens before 0.2); the captions in the pictures say it');
     return [
       this.probePicker(summary, rows),
       this.methodFilter(summary),
-      h('p', {class: 'probe-title'}, h('strong', {text: `#${index}`}), truth ? ` true label: ${truth}. ` : ' ', notes.join('; ') || 'prediction unchanged over the logged steps.'),
-      h('div', {class: 'scroll'}, h('table', {class: 'filmstrips'}, h('thead', {}, header), h('tbody', {}, predRow, verdictRow, strips))),
+      h(
+        'p',
+        {class: 'probe-title'},
+        h('strong', {text: `#${index}`}),
+        truth ? ` true label: ${truth}. ` : ' ',
+        notes.join('; ') || 'prediction unchanged over the logged steps.',
+      ),
+      h(
+        'div',
+        {class: 'scroll'},
+        h('table', {class: 'filmstrips'}, h('thead', {}, header), h('tbody', {}, predRow, verdictRow, strips)),
+      ),
     ];
   }
 
@@ -554,7 +602,11 @@ export class Dashboard {
         rows.map(({fingerprint, index}) => {
           const key = `${fingerprint}:${index}`;
           const set = probeLabel(summary, fingerprint);
-          return h('option', {value: key, selected: key === this.state.probes[summary.run], text: `#${index}${set ? ` (${set})` : ''}`});
+          return h('option', {
+            value: key,
+            selected: key === this.state.probes[summary.run],
+            text: `#${index}${set ? ` (${set})` : ''}`,
+          });
         }),
       ),
     );
@@ -566,8 +618,9 @@ export class Dashboard {
     if (!tags.length) {
       return h('p', {
         class: 'message',
-        text: 'This run has no shortcut/* scalars: add ShortcutMonitor(probe) with a probe set that has foreground ' +
-          'masks to the Trainer\'s callbacks.',
+        text:
+          'This run has no shortcut/* scalars: add ShortcutMonitor(probe) with a probe set that has foreground ' +
+          "masks to the Trainer's callbacks.",
       });
     }
     const vtag = verdictTag(summary);
@@ -584,14 +637,34 @@ export class Dashboard {
       return h(
         'figure',
         {class: 'chart-box', dataset: {tag}},
-        lineChart({title: bare(tag) + (chance ? ' (dashed: chance)' : ''), series, alerts, current: this.state.step, onPick: (s) => this.setStep(s)}),
+        lineChart({
+          title: bare(tag) + (chance ? ' (dashed: chance)' : ''),
+          series,
+          alerts,
+          current: this.state.step,
+          onPick: (s) => this.setStep(s),
+        }),
       );
     });
     const alertList = summary.alerts.length
-      ? h('ul', {class: 'alerts'}, summary.alerts.map((a) => h('li', {}, h('button', {class: 'link', text: `step ${a.step}`, onclick: () => this.setStep(a.step)}), ` ${a.text}`)))
+      ? h(
+          'ul',
+          {class: 'alerts'},
+          summary.alerts.map((a) =>
+            h(
+              'li',
+              {},
+              h('button', {class: 'link', text: `step ${a.step}`, onclick: () => this.setStep(a.step)}),
+              ` ${a.text}`,
+            ),
+          ),
+        )
       : h('p', {class: 'small', text: alerts.length ? '' : 'No shortcut alert in this run.'});
     return [
-      h('p', {class: 'small', text: 'Shaded: steps while a shortcut alert stood. Click a chart to move every view to that step.'}),
+      h('p', {
+        class: 'small',
+        text: 'Shaded: steps while a shortcut alert stood. Click a chart to move every view to that step.',
+      }),
       h('div', {class: 'charts'}, charts),
       alertList,
       this.counterfactuals(summary),
@@ -601,20 +674,33 @@ export class Dashboard {
   counterfactuals(summary) {
     const step = this.state.step;
     const panel = summary.panels[0];
-    if (!panel) return h('p', {class: 'small', text: 'No counterfactual panel (shortcut/counterfactuals) in this run.'});
+    if (!panel)
+      return h('p', {class: 'small', text: 'No counterfactual panel (shortcut/counterfactuals) in this run.'});
     const entry = entryAt(panel.entries, step);
     if (!entry) return h('p', {class: 'small', text: `No counterfactual panel logged by step ${step}.`});
-    const indices = Object.keys(entry.boxes || {}).map(Number).sort((a, b) => a - b);
+    const indices = Object.keys(entry.boxes || {})
+      .map(Number)
+      .sort((a, b) => a - b);
     return h(
       'section',
       {class: 'counterfactuals'},
       h('h3', {text: `Counterfactuals at step ${entry.step}`}),
-      h('p', {class: 'small', text: 'Per probe image: original, object only, background only, background swapped, with the prediction on each.'}),
+      h('p', {
+        class: 'small',
+        text: 'Per probe image: original, object only, background only, background swapped, with the prediction on each.',
+      }),
       h(
         'div',
         {class: 'cf-grid'},
         indices.map((k) =>
-          h('div', {class: 'cell cf', dataset: {tag: panel.tag, step: String(entry.step), probe: entry.probe, index: String(k)}}, crop(summary.run, panel, entry, k, 300)),
+          h(
+            'div',
+            {
+              class: 'cell cf',
+              dataset: {tag: panel.tag, step: String(entry.step), probe: entry.probe, index: String(k)},
+            },
+            crop(summary.run, panel, entry, k, 300),
+          ),
         ),
       ),
     );
