@@ -34,7 +34,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from probelens.render.image import cells_from_text, probe_from_text
+from probelens.logs import describe_dir, encoded_by_step, find_runs, load_run, probe_boxes, run_name
+from probelens.render.image import probe_from_text
 
 __all__ = [
     "DEFAULT_OUT_NAME",
@@ -181,46 +182,10 @@ class ExportResult:
 # reading
 
 
-def _is_event_file(name: str) -> bool:
-    return "tfevents" in name
-
-
-def find_runs(logdir: Path, exclude: Path | None = None) -> list[Path]:
-    """Directories under ``logdir`` (itself included) that hold TensorBoard event files, sorted.
-
-    Args:
-        logdir: The log directory.
-        exclude: A folder not to descend into (the export's own output).
-
-    Returns:
-        The run directories.
-    """
-    excluded = exclude.resolve() if exclude is not None else None
-    runs = []
-    for root, dirs, files in os.walk(logdir):
-        dirs[:] = sorted(d for d in dirs if excluded is None or Path(root, d).resolve() != excluded)
-        if any(_is_event_file(f) for f in files):
-            runs.append(Path(root))
-    return sorted(runs)
-
-
-def _run_name(logdir: Path, run_dir: Path) -> str:
-    rel = run_dir.relative_to(logdir).as_posix()
-    return rel if rel else "."
-
-
-def _load(run_dir: Path) -> Any:
-    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0, SCALARS: 0})
-    acc.Reload()
-    return acc
-
-
-def _encoded_by_step(events: Iterable[Any]) -> list[tuple[int, bytes]]:
-    """The encoded images by step; a step logged twice (a resumed run) keeps the image written last."""
-    by_step = {int(event.step): event.encoded_image_string for event in events}
-    return sorted(by_step.items())
+# the event-file reading lives in probelens.logs (shared with the TensorBoard dashboard)
+_run_name = run_name
+_load = load_run
+_encoded_by_step = encoded_by_step
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -333,23 +298,7 @@ def write_filmstrip(frames: Sequence[Image.Image], path: Path) -> None:
     strip.save(path, format="PNG", optimize=True)
 
 
-Box = tuple[int, int, int, int]
-
-
-def _probe_boxes(image: Image.Image) -> dict[int, Box]:
-    """Probe index -> the box around all of its cells in ``image`` (a monitor's grid), from the PNG's layout chunk."""
-    boxes: dict[int, Box] = {}
-    # ``info`` holds the text chunks read with the header (probelens writes them before the pixels); ``image.text``
-    # would decode every pixel to look for later ones
-    for k, x0, y0, x1, y1 in cells_from_text(image.info):
-        x1, y1 = min(x1, image.width), min(y1, image.height)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        if k in boxes:
-            a0, b0, a1, b1 = boxes[k]
-            x0, y0, x1, y1 = min(a0, x0), min(b0, y0), max(a1, x1), max(b1, y1)
-        boxes[k] = (x0, y0, x1, y1)
-    return boxes
+_probe_boxes = probe_boxes
 
 
 def _layout(encoded: Sequence[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
@@ -519,12 +468,7 @@ def _export_run(acc: Any, run: RunExport, run_out: Path, max_frames: int, fps: f
         run.scalars.append(ScalarExport(tag=tag, plot=plot, points=len(points)))
 
 
-def _describe_dir(logdir: Path, limit: int = 8) -> str:
-    entries = sorted(os.listdir(logdir))
-    if not entries:
-        return "the directory is empty"
-    shown = ", ".join(entries[:limit]) + (f", ... ({len(entries) - limit} more)" if len(entries) > limit else "")
-    return f"it contains {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
+_describe_dir = describe_dir
 
 
 def export(

@@ -210,6 +210,7 @@ class ProbeMonitor:
         self._val_fired_epoch = -1
         self._warned_failure = False
         self._warned_nonfinite = False
+        self._caption_facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
         if not self._probe_given and self.needs_probe:
             self.probe = None  # built again from this trainer's data
 
@@ -441,7 +442,9 @@ class ProbeMonitor:
             image = small.round().clamp(0, 255).to(torch.uint8)
             cells = [_scale_cell(cell, size[0] / height, size[1] / width, size) for cell in cells]
         probe = self.probe.fingerprint() if self.probe is not None and cells else None
-        write_image(self._sink, self._tag(tag), image, step, ProbeCells(cells, probe))
+        facts = self._caption_facts
+        predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
+        write_image(self._sink, self._tag(tag), image, step, ProbeCells(cells, probe, predictions))
 
     def _text(self, tag: str, text: str, step: int) -> None:
         assert self._sink is not None
@@ -698,6 +701,7 @@ class ProbeMonitor:
             return
         self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
+        self._caption_facts = {}  # this firing's captions only: never a prediction of an earlier step
         try:
             self._log(step, pl_module, trainer)
         except Exception as err:  # an explanation must never take the training run down
@@ -715,6 +719,8 @@ class ProbeMonitor:
         for i in (int(j) for j in shown):
             true = self.probe.class_name(int(self.probe.targets[i]))
             pred = int(preds[i])
+            # what the caption says, also recorded in the grid's PNG for viewers (see _image)
+            self._caption_facts[i] = (true, self.probe.class_name(pred), float(probs[i, pred]))
             line = f"#{i} true: {true}\npred: {self.probe.class_name(pred)} {float(probs[i, pred]):.2f}"
             if target_set == "label":
                 t = int(result.targets["label"][i])

@@ -24,12 +24,17 @@ from probelens.render.colormap import apply_colormap
 
 __all__ = [
     "CELLS_KEY",
+    "PREDICTIONS_KEY",
     "Cell",
+    "Prediction",
+    "ProbeCells",
     "cells_from_text",
     "cells_to_text",
     "encode_png",
     "normalize_maps",
     "overlay_heatmap",
+    "predictions_from_text",
+    "probe_from_text",
     "saliency_to_heat",
     "sanitize",
     "save_png",
@@ -393,6 +398,10 @@ def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
 
 CELLS_KEY = "probelens.cells"
 """The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
+PREDICTIONS_KEY = "probelens.predictions"
+"""The PNG ``tEXt`` key of what the grid's captions say per probe image: ``[[index, true label, predicted label,
+probability], ...]`` as compact JSON, so a viewer (the TensorBoard dashboard) can caption and compare predictions
+without reading the pixels."""
 PROBE_KEY = "probelens.probe"
 """The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
 per-image views of grids drawn from different probe sets are never paired by index alone."""
@@ -400,14 +409,18 @@ per-image views of grids drawn from different probe sets are never paired by ind
 Cell = tuple[int, int, int, int, int]
 """``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
 
+Prediction = tuple[int, str, str, float]
+"""``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
+
 
 class ProbeCells(list):  # type: ignore[type-arg]
     """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
     cells with :func:`cells_to_text` records the probe too, without a parameter of its own."""
 
-    def __init__(self, cells: Sequence[Cell], probe: str | None = None) -> None:
+    def __init__(self, cells: Sequence[Cell], probe: str | None = None, predictions: Sequence[Prediction] = ()) -> None:
         super().__init__(cells)
         self.probe = probe
+        self.predictions = list(predictions)
 
 
 def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
@@ -420,7 +433,45 @@ def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
     probe = getattr(cells, "probe", None)
     if probe:
         text[PROBE_KEY] = str(probe)
+    predictions = getattr(cells, "predictions", None)
+    if predictions:
+        rows = [[int(k), str(true), str(pred), round(float(p), 4)] for k, true, pred, p in predictions]
+        text[PREDICTIONS_KEY] = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
     return text
+
+
+def predictions_from_text(text: Mapping[str, str]) -> dict[int, tuple[str, str, float]]:
+    """Probe index -> ``(true label, predicted label, probability)`` recorded by :func:`cells_to_text` for
+    :class:`ProbeCells` with ``predictions``; ``{}`` for pictures (or logs of earlier versions) without them.
+
+    Malformed entries are ignored, never raised.
+
+    Example:
+        >>> predictions_from_text(cells_to_text(ProbeCells([(2, 0, 0, 4, 4)], "ab12", [(2, "snow", "arabian", 0.8)])))
+        {2: ('snow', 'arabian', 0.8)}
+    """
+    raw = text.get(PREDICTIONS_KEY)
+    if not raw:
+        return {}
+    try:
+        rows = json.loads(raw)
+    except ValueError:
+        return {}
+    out: dict[int, tuple[str, str, float]] = {}
+    for row in rows if isinstance(rows, list) else ():
+        if (
+            isinstance(row, list)
+            and len(row) == 4
+            and isinstance(row[0], int)
+            and not isinstance(row[0], bool)
+            and row[0] >= 0
+            and isinstance(row[1], str)
+            and isinstance(row[2], str)
+            and isinstance(row[3], (int, float))
+            and not isinstance(row[3], bool)
+        ):
+            out[row[0]] = (row[1], row[2], float(row[3]))
+    return out
 
 
 def probe_from_text(text: Mapping[str, str]) -> str | None:

@@ -1,0 +1,159 @@
+"""The TensorBoard plugin: a "probelens" tab served by TensorBoard itself (entry point ``tensorboard_plugins``).
+
+Routes, under ``/data/plugin/probelens/``:
+
+- ``index.js``, ``static/<file>``: the frontend (plain ES modules and CSS, no build step, nothing from other hosts);
+- ``runs``: the runs under ``--logdir``, which have probelens data, and a message when none has;
+- ``run?run=<name>``: one run's listing: every grid tag with every logged step, each step's probe-image boxes,
+  probe fingerprint and captions; the counterfactual panels; other pictures; the ``shortcut/*`` scalars and alerts;
+- ``image?run=<name>&tag=<tag>&step=<step>``: one logged picture, the bytes exactly as stored in the event file.
+
+The plugin reads the event files itself (:mod:`probelens.dashboard.index`), so TensorBoard's
+``--samples_per_plugin`` does not limit it: every logged step is listed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from importlib import resources
+from typing import Any
+
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from probelens.dashboard.index import LogIndex
+
+__all__ = ["PLUGIN_NAME", "ProbelensPlugin"]
+
+PLUGIN_NAME = "probelens"
+_STATIC = {
+    "index.js": "text/javascript",
+    "dashboard.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "style.css": "text/css",
+}
+_IMAGE_TYPES = {b"\x89PNG": "image/png", b"GIF8": "image/gif", b"\xff\xd8\xff": "image/jpeg"}
+_IMAGE_CACHE_S = 24 * 3600  # the frontend adds the picture's wall time to the URL, so a rewritten step is fetched anew
+
+
+def _static(name: str) -> bytes:
+    return resources.files("probelens.dashboard").joinpath("static", name).read_bytes()
+
+
+class ProbelensPlugin(base_plugin.TBPlugin):
+    """Every probe image, method, layer and step of probelens' logs, and the shortcut curves, in one tab.
+
+    Args:
+        context: TensorBoard's ``TBContext``; only ``context.logdir`` is used.
+    """
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self._logdir = getattr(context, "logdir", None) or ""
+        self._index = LogIndex(self._logdir) if self._logdir else None
+        self._loaded = threading.Event()
+        if self._index is not None:
+            # read the logs while TensorBoard starts, so that the tab opens at once
+            threading.Thread(target=self._preload, name="probelens-dashboard-preload", daemon=True).start()
+        else:
+            self._loaded.set()
+
+    def _preload(self) -> None:
+        try:
+            assert self._index is not None
+            for run in self._index.runs():
+                run.refresh()
+        except Exception:  # reported by the routes, which read again
+            pass
+        finally:
+            self._loaded.set()
+
+    def get_plugin_apps(self) -> dict[str, Any]:
+        apps: dict[str, Any] = {"/index.js": self._serve_index_js, "/runs": self._serve_runs, "/run": self._serve_run}
+        apps["/image"] = self._serve_image
+        apps["/static/*"] = self._serve_static
+        return apps
+
+    def is_active(self) -> bool:
+        """Active when a run under ``--logdir`` has probelens data (until the first read is done: when there are event
+        files at all); otherwise the tab is listed among TensorBoard's inactive dashboards, where it says why."""
+        if self._index is None:
+            return False
+        if not self._loaded.is_set():
+            return bool(self._index.runs())
+        return any(run.has_probelens() for run in self._index.runs())
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="probelens", disable_reload=False)
+
+    # ------------------------------------------------------------------ routes
+    def _json(self, request: Any, payload: Any, code: int = 200) -> Any:
+        return http_util.Respond(request, json.dumps(payload, separators=(",", ":")), "application/json", code=code)
+
+    def _error(self, request: Any, message: str, code: int = 400) -> Any:
+        return self._json(request, {"error": message}, code=code)
+
+    @wrappers.Request.application
+    def _serve_index_js(self, request: Any) -> Any:
+        return http_util.Respond(request, _static("index.js"), "text/javascript")
+
+    @wrappers.Request.application
+    def _serve_static(self, request: Any) -> Any:
+        name = request.path.rsplit("/", 1)[-1]
+        if name not in _STATIC:
+            return self._error(request, f"no static file {name!r}; there are {', '.join(sorted(_STATIC))}", 404)
+        return http_util.Respond(request, _static(name), _STATIC[name])
+
+    @wrappers.Request.application
+    def _serve_runs(self, request: Any) -> Any:
+        if self._index is None:
+            return self._json(
+                request,
+                {
+                    "logdir": "",
+                    "runs": [],
+                    "message": "TensorBoard was started without --logdir (e.g. with --logdir_spec), and the probelens "
+                    "dashboard reads the event files of --logdir: start it as tensorboard --logdir <folder of runs>.",
+                },
+            )
+        return self._json(request, self._index.listing())
+
+    def _run_or_error(self, request: Any) -> Any:
+        name = request.args.get("run")
+        if self._index is None:
+            return None, self._error(request, "TensorBoard was started without --logdir", 404)
+        if not name:
+            return None, self._error(request, "the run= parameter is missing (one of the names /runs lists)")
+        run = self._index.run(name)
+        if run is None:
+            known = ", ".join(r.name for r in self._index.runs()) or "none"
+            return None, self._error(request, f"no run {name!r} under {self._logdir!r}; the runs are: {known}", 404)
+        return run, None
+
+    @wrappers.Request.application
+    def _serve_run(self, request: Any) -> Any:
+        run, error = self._run_or_error(request)
+        if error is not None:
+            return error
+        return self._json(request, run.summary())
+
+    @wrappers.Request.application
+    def _serve_image(self, request: Any) -> Any:
+        run, error = self._run_or_error(request)
+        if error is not None:
+            return error
+        tag, step = request.args.get("tag"), request.args.get("step")
+        if not tag or step is None:
+            return self._error(request, "image needs run=, tag= and step= (as /run lists them)")
+        try:
+            step_number = int(step)
+        except ValueError:
+            return self._error(request, f"step must be an integer, got {step!r}")
+        data = run.image(tag, step_number)
+        if data is None:
+            return self._error(request, f"run {run.name!r} has no picture for tag {tag!r} at step {step_number}", 404)
+        kind = next((t for magic, t in _IMAGE_TYPES.items() if data.startswith(magic)), "application/octet-stream")
+        return http_util.Respond(request, data, kind, expires=_IMAGE_CACHE_S)

@@ -1,0 +1,708 @@
+// The probelens dashboard: matrix, probe-image and shortcut views of one run, or of two runs side by side.
+//
+// Every picture is a logged PNG served as stored; a probe image's cell is cut out of its grid in the browser with the
+// box the grid recorded for that probe image (its probe set's fingerprint and index), never by position alone.
+
+import {lineChart} from './charts.js';
+
+const VIEWS = [
+  ['matrix', 'Matrix'],
+  ['image', 'Probe image'],
+  ['shortcut', 'Shortcut'],
+];
+const PLAY_MS = 900;
+const POLL_MS = 30000; // a training run that is still writing: its new steps appear without a click
+const CELL_W = 150; // a matrix cell's width in CSS pixels (the crop is scaled to it)
+const STRIP_W = 96; // a filmstrip frame's width
+const HIDDEN_BY_DEFAULT = new Set(['activations']); // one wide row per probe image: shown on request
+const SCALAR_ORDER = [
+  'shortcut/score',
+  'shortcut/background_only_accuracy',
+  'shortcut/foreground_only_accuracy',
+  'shortcut/background_swap_flip_rate',
+  'shortcut/mask_attribution',
+  'shortcut/probe_accuracy',
+  'shortcut/verdict',
+];
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') node.className = v;
+    else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else if (k === 'dataset') Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+  }
+  return node;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error((body && body.error) || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
+function imageURL(run, tag, entry) {
+  const q = new URLSearchParams({run, tag, step: String(entry.step), w: String(entry.wall_time)});
+  return `./image?${q}`;
+}
+
+/** The entry of a tag at `step`, or else the last one before it; null before the first. */
+function entryAt(entries, step) {
+  let found = null;
+  for (const e of entries) {
+    if (e.step <= step) found = e;
+    else break;
+  }
+  return found;
+}
+
+/** Alert periods [[from, to], ...] from the shortcut/verdict scalar (1 while an alert stands). */
+function alertPeriods(points) {
+  const periods = [];
+  let start = null;
+  for (let i = 0; i < points.length; i++) {
+    const [step, value] = points[i];
+    if (value >= 0.5 && start === null) start = step;
+    if (value < 0.5 && start !== null) {
+      periods.push([start, step]);
+      start = null;
+    }
+  }
+  if (start !== null) periods.push([start, points[points.length - 1][0]]);
+  return periods;
+}
+
+function verdictTag(summary) {
+  return Object.keys(summary.scalars).find((t) => t.endsWith('shortcut/verdict')) || null;
+}
+
+function probeLabel(summary, fingerprint) {
+  const sets = Object.keys(summary.probes);
+  if (sets.length < 2) return '';
+  const i = sets.indexOf(fingerprint);
+  return i >= 0 && i < 26 ? `probe set ${String.fromCharCode(65 + i)}` : `probe set ${fingerprint || 'unrecorded'}`;
+}
+
+/** A probe image's box cut out of a logged grid, scaled to `width` CSS pixels. */
+function crop(run, item, entry, index, width) {
+  const box = entry.boxes[String(index)];
+  const [x0, y0, x1, y1] = box;
+  const scale = width / (x1 - x0);
+  const frame = h('div', {class: 'crop'});
+  frame.style.width = `${width}px`;
+  frame.style.height = `${Math.round((y1 - y0) * scale)}px`;
+  const img = h('img', {src: imageURL(run, item.tag, entry), alt: `${item.tag} #${index} step ${entry.step}`});
+  img.style.width = `${Math.round(entry.w * scale)}px`;
+  img.style.left = `${-Math.round(x0 * scale)}px`;
+  img.style.top = `${-Math.round(y0 * scale)}px`;
+  if (scale > 1.01) img.classList.add('pixelated');
+  frame.appendChild(img);
+  return frame;
+}
+
+function caption(entry, index) {
+  const p = entry.predictions && entry.predictions[String(index)];
+  if (!p) return null;
+  const [truth, pred, prob] = p;
+  return h(
+    'div',
+    {class: `cap ${truth === pred ? 'right' : 'wrong'}`},
+    h('div', {class: 'label', text: `true: ${truth}`}),
+    h('div', {class: 'pred', text: `pred: ${pred} ${prob.toFixed(2)}`}),
+  );
+}
+
+export class Dashboard {
+  constructor(root) {
+    this.root = root;
+    this.state = {view: 'matrix', runs: [], left: null, right: null, step: null, probes: {}, playing: false};
+    this.summaries = new Map();
+    this.hiddenMethods = new Set(HIDDEN_BY_DEFAULT);
+    this.timer = null;
+  }
+
+  async start() {
+    this.root.replaceChildren(h('p', {class: 'message', text: 'Reading the logs...'}));
+    let listing;
+    try {
+      listing = await getJSON('./runs');
+    } catch (err) {
+      this.fail(`The probelens plugin did not answer: ${err.message}. Is TensorBoard still running?`);
+      return;
+    }
+    this.logdir = listing.logdir;
+    this.state.runs = listing.runs.filter((r) => r.probelens).map((r) => r.run);
+    if (listing.message || !this.state.runs.length) {
+      this.fail(listing.message || 'No run has probelens data.');
+      return;
+    }
+    this.state.left = this.state.runs[0];
+    await this.load();
+    setInterval(() => this.poll(), POLL_MS);
+  }
+
+  /** Read the shown runs again; redraw only when they grew (following the newest step if it was shown). */
+  async poll() {
+    if (this.state.playing) return;
+    const before = JSON.stringify(this.steps());
+    const atEnd = this.state.step === this.steps()[this.steps().length - 1];
+    try {
+      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
+    } catch (err) {
+      return; // the next poll, or the reload button, tries again
+    }
+    const steps = this.steps();
+    if (JSON.stringify(steps) === before) return;
+    if (atEnd || !steps.includes(this.state.step)) this.state.step = steps[steps.length - 1];
+    this.draw();
+  }
+
+  fail(message) {
+    this.root.replaceChildren(h('p', {class: 'message error', role: 'alert', text: message}));
+  }
+
+  async summary(run) {
+    if (!run) return null;
+    const summary = await getJSON(`./run?${new URLSearchParams({run})}`);
+    this.summaries.set(run, summary);
+    return summary;
+  }
+
+  /** (Re)read the shown runs' listings and draw. */
+  async load() {
+    try {
+      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
+    } catch (err) {
+      this.fail(err.message);
+      return;
+    }
+    const steps = this.steps();
+    if (this.state.step === null || !steps.includes(this.state.step)) {
+      this.state.step = steps.length ? steps[steps.length - 1] : null;
+    }
+    this.draw();
+  }
+
+  shown() {
+    return [this.state.left, this.state.right].filter(Boolean).map((run) => this.summaries.get(run));
+  }
+
+  /** Every logged step of the shown runs (pictures first; the scalar steps when a run has no picture). */
+  steps() {
+    const all = new Set();
+    for (const s of this.shown()) for (const step of s.steps.length ? s.steps : s.scalar_steps) all.add(step);
+    return [...all].sort((a, b) => a - b);
+  }
+
+  setStep(step) {
+    const steps = this.steps();
+    if (!steps.length) return;
+    // the nearest logged step (a click on a chart lands between them)
+    let best = steps[0];
+    for (const s of steps) if (Math.abs(s - step) < Math.abs(best - step)) best = s;
+    this.state.step = best;
+    this.draw();
+  }
+
+  togglePlay() {
+    this.state.playing = !this.state.playing;
+    clearInterval(this.timer);
+    if (this.state.playing) {
+      this.timer = setInterval(() => {
+        const steps = this.steps();
+        const i = steps.indexOf(this.state.step);
+        this.state.step = steps[(i + 1) % steps.length];
+        this.draw();
+      }, PLAY_MS);
+    }
+    this.draw();
+  }
+
+  draw() {
+    const focus = document.activeElement && document.activeElement.id;
+    this.root.replaceChildren(this.toolbar(), this.body());
+    if (focus) document.getElementById(focus)?.focus();
+  }
+
+  toolbar() {
+    const runSelect = (id, value, allowNone) =>
+      h(
+        'select',
+        {
+          id,
+          onchange: (e) => {
+            this.state[id === 'run-left' ? 'left' : 'right'] = e.target.value || null;
+            this.load();
+          },
+        },
+        allowNone ? h('option', {value: '', text: '(none)', selected: !value}) : null,
+        this.state.runs.map((r) => h('option', {value: r, text: r, selected: r === value})),
+      );
+    const steps = this.steps();
+    const index = Math.max(0, steps.indexOf(this.state.step));
+    const slider = h('input', {
+      id: 'step-slider',
+      type: 'range',
+      min: 0,
+      max: Math.max(0, steps.length - 1),
+      step: 1,
+      value: index,
+      'aria-label': 'step',
+      disabled: steps.length < 2,
+      oninput: (e) => {
+        this.state.step = steps[Number(e.target.value)];
+        this.draw();
+      },
+    });
+    return h(
+      'header',
+      {class: 'toolbar'},
+      h(
+        'nav',
+        {class: 'views'},
+        VIEWS.map(([id, label]) =>
+          h('button', {
+            class: `view-tab${this.state.view === id ? ' active' : ''}`,
+            dataset: {view: id},
+            text: label,
+            onclick: () => {
+              this.state.view = id;
+              this.draw();
+            },
+          }),
+        ),
+      ),
+      h('label', {}, 'run ', runSelect('run-left', this.state.left, false)),
+      h('label', {}, 'beside it ', runSelect('run-right', this.state.right, true)),
+      h(
+        'span',
+        {class: 'stepper'},
+        h('button', {id: 'play', text: this.state.playing ? 'pause' : 'play', onclick: () => this.togglePlay()}),
+        slider,
+        h('output', {id: 'step-value', text: steps.length ? `step ${this.state.step}` : 'no steps'}),
+        h('span', {class: 'small', text: ` (${index + 1} of ${steps.length} logged steps)`}),
+      ),
+      h('button', {id: 'reload', text: 'reload', title: 'read the event files again', onclick: () => this.load()}),
+    );
+  }
+
+  body() {
+    const panels = this.shown().map((s) =>
+      h(
+        'section',
+        {class: 'run-panel', dataset: {run: s.run}},
+        h('h2', {text: s.run}),
+        this.state.view === 'matrix'
+          ? this.matrix(s)
+          : this.state.view === 'image'
+            ? this.probeView(s)
+            : this.shortcut(s),
+      ),
+    );
+    return h('main', {class: `runs runs-${panels.length}`}, panels);
+  }
+
+  // ------------------------------------------------------------------ matrix
+  methodFilter(summary) {
+    const methods = [...new Set(summary.grids.map((g) => g.method))];
+    if (methods.length < 2) return null;
+    return h(
+      'div',
+      {class: 'filter'},
+      'methods: ',
+      methods.map((m) =>
+        h(
+          'label',
+          {},
+          h('input', {
+            type: 'checkbox',
+            checked: !this.hiddenMethods.has(m),
+            dataset: {method: m},
+            onchange: (e) => {
+              if (e.target.checked) this.hiddenMethods.delete(m);
+              else this.hiddenMethods.add(m);
+              this.draw();
+            },
+          }),
+          ` ${m} `,
+        ),
+      ),
+    );
+  }
+
+  rows(summary) {
+    const rows = [];
+    for (const [fingerprint, indices] of Object.entries(summary.probes)) {
+      for (const index of indices) rows.push({fingerprint, index});
+    }
+    return rows;
+  }
+
+  matrix(summary) {
+    const step = this.state.step;
+    const columns = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
+    const out = [this.methodFilter(summary)];
+    if (!summary.grids.length) {
+      out.push(
+        h('p', {
+          class: 'message',
+          text: summary.pictures.length
+            ? 'No picture of this run records which box shows which probe image (probelens before 0.2 did not ' +
+              'write that layout), so there is no matrix; the pictures are shown whole below. Train again with ' +
+              'probelens 0.2 or later for per-image cells.'
+            : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).',
+        }),
+      );
+    } else if (!columns.length) {
+      out.push(h('p', {class: 'message', text: 'Every method is switched off above.'}));
+    } else {
+      const head = h(
+        'tr',
+        {},
+        h('th', {text: 'probe image'}),
+        columns.map((c) =>
+          h(
+            'th',
+            {dataset: {tag: c.tag}},
+            h('div', {text: (c.stage ? `${c.stage} ` : '') + c.method}),
+            h('code', {text: c.layer}),
+          ),
+        ),
+      );
+      const body = this.rows(summary).map(({fingerprint, index}) => {
+        const key = `${fingerprint}:${index}`;
+        const set = probeLabel(summary, fingerprint);
+        // the caption of this row at this step: what the first grid that recorded it says
+        let said = null;
+        for (const c of columns) {
+          const entry = entryAt(c.entries, step);
+          if (entry && entry.probe === fingerprint && entry.predictions && entry.predictions[String(index)]) {
+            said = caption(entry, index);
+            break;
+          }
+        }
+        const cells = columns.map((c) => {
+          const entry = entryAt(c.entries, step);
+          if (!entry) return h('td', {class: 'empty', text: `not logged by step ${step}`});
+          if (entry.probe !== fingerprint || !entry.boxes || !entry.boxes[String(index)]) {
+            return h('td', {class: 'empty', text: '-'});
+          }
+          return h(
+            'td',
+            {},
+            h(
+              'div',
+              {
+                class: 'cell',
+                dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)},
+              },
+              crop(summary.run, c, entry, index, CELL_W),
+              entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
+            ),
+          );
+        });
+        return h(
+          'tr',
+          {dataset: {probe: key}},
+          h(
+            'th',
+            {class: 'rowhead'},
+            h('button', {
+              class: 'link',
+              text: `#${index}`,
+              title: 'this image over time',
+              onclick: () => {
+                this.state.probes[summary.run] = key;
+                this.state.view = 'image';
+                this.draw();
+              },
+            }),
+            set ? h('div', {class: 'small', text: set}) : null,
+            said,
+          ),
+          cells,
+        );
+      });
+      out.push(h('div', {class: 'scroll'}, h('table', {class: 'matrix'}, h('thead', {}, head), h('tbody', {}, body))));
+    }
+    if (summary.pictures.length) out.push(this.pictures(summary));
+    return out;
+  }
+
+  pictures(summary) {
+    const step = this.state.step;
+    return h(
+      'details',
+      {class: 'pictures', open: !summary.grids.length},
+      h('summary', {text: `Other pictures at step ${step} (${summary.pictures.length})`}),
+      summary.pictures.map((p) => {
+        const entry = entryAt(p.entries, step);
+        return h(
+          'figure',
+          {},
+          h('figcaption', {}, h('code', {text: p.tag}), entry && entry.step !== step ? ` (step ${entry.step})` : ''),
+          entry
+            ? h('img', {class: 'whole', src: imageURL(summary.run, p.tag, entry), alt: `${p.tag} step ${entry.step}`})
+            : h('span', {class: 'small', text: 'not logged yet'}),
+        );
+      }),
+    );
+  }
+
+  // ------------------------------------------------------------------ probe image
+  probeView(summary) {
+    const rows = this.rows(summary);
+    if (!rows.length) {
+      return h('p', {class: 'message', text: 'This run has no per-image grid, so there is no probe image to follow.'});
+    }
+    const keys = rows.map((r) => `${r.fingerprint}:${r.index}`);
+    // each run follows its own probe image: two runs' probe sets are different images even at the same index
+    if (!keys.includes(this.state.probes[summary.run])) this.state.probes[summary.run] = keys[0];
+    const [fingerprint, indexText] = this.state.probes[summary.run].split(':');
+    const index = Number(indexText);
+    const grids = summary.grids.filter(
+      (g) => !this.hiddenMethods.has(g.method) && g.entries.some((e) => e.probe === fingerprint && e.boxes[indexText]),
+    );
+    const has = (e) => e.probe === fingerprint && e.boxes && e.boxes[indexText];
+    const steps = [...new Set(grids.flatMap((g) => g.entries.filter(has).map((e) => e.step)))].sort((a, b) => a - b);
+    // the prediction per step, from any grid of this probe set that recorded it
+    const predictions = new Map();
+    for (const g of grids) {
+      for (const e of g.entries) {
+        const p = e.predictions && e.probe === fingerprint && e.predictions[indexText];
+        if (p && !predictions.has(e.step)) predictions.set(e.step, p);
+      }
+    }
+    const vtag = verdictTag(summary);
+    const verdict = new Map(vtag ? summary.scalars[vtag] : []);
+    const header = h(
+      'tr',
+      {},
+      h('th', {text: 'step'}),
+      steps.map((s) => h('th', {class: s === this.state.step ? 'current' : null, text: String(s)})),
+    );
+    const changedPred = new Set();
+    const changedVerdict = new Set();
+    steps.forEach((s, i) => {
+      if (!i) return;
+      const a = predictions.get(steps[i - 1]);
+      const b = predictions.get(s);
+      if (a && b && a[1] !== b[1]) changedPred.add(s);
+      if (verdict.has(steps[i - 1]) && verdict.has(s) && verdict.get(steps[i - 1]) !== verdict.get(s))
+        changedVerdict.add(s);
+    });
+    const predRow = h(
+      'tr',
+      {class: 'predictions'},
+      h('th', {text: 'prediction'}),
+      steps.map((s) => {
+        const p = predictions.get(s);
+        return h(
+          'td',
+          {
+            class: [
+              changedPred.has(s) ? 'changed' : '',
+              p && p[0] !== p[1] ? 'wrong' : 'right',
+              s === this.state.step ? 'current' : '',
+            ].join(' '),
+            dataset: {step: String(s)},
+          },
+          p ? `${changedPred.has(s) ? '\u25B2 ' : ''}${p[1]} ${p[2].toFixed(2)}` : '?',
+        );
+      }),
+    );
+    const verdictRow = vtag
+      ? h(
+          'tr',
+          {class: 'verdicts'},
+          h('th', {text: 'verdict'}),
+          steps.map((s) =>
+            h(
+              'td',
+              {
+                class: [
+                  changedVerdict.has(s) ? 'changed' : '',
+                  verdict.get(s) >= 0.5 ? 'wrong' : '',
+                  s === this.state.step ? 'current' : '',
+                ].join(' '),
+              },
+              verdict.has(s)
+                ? `${changedVerdict.has(s) ? '\u25B2 ' : ''}${verdict.get(s) >= 0.5 ? 'shortcut alert' : 'ok'}`
+                : '',
+            ),
+          ),
+        )
+      : null;
+    const strips = grids.map((g) =>
+      h(
+        'tr',
+        {class: 'strip', dataset: {tag: g.tag}},
+        h('th', {}, h('div', {text: g.method}), h('code', {text: g.layer})),
+        steps.map((s) => {
+          const e = g.entries.find((x) => x.step === s);
+          if (!e || e.probe !== fingerprint || !e.boxes[indexText]) return h('td', {class: 'empty', text: '-'});
+          return h(
+            'td',
+            {class: s === this.state.step ? 'current' : null, onclick: () => this.setStep(s)},
+            h(
+              'div',
+              {class: 'cell', dataset: {tag: g.tag, step: String(s), probe: fingerprint, index: indexText}},
+              crop(summary.run, g, e, index, STRIP_W),
+            ),
+          );
+        }),
+      ),
+    );
+    const truth = predictions.size ? [...predictions.values()][0][0] : null;
+    const notes = [];
+    if (changedPred.size) notes.push(`prediction changed at step ${[...changedPred].join(', ')}`);
+    if (changedVerdict.size) notes.push(`verdict changed at step ${[...changedVerdict].join(', ')}`);
+    if (!predictions.size)
+      notes.push('no prediction recorded in these logs (probelens before 0.2); the captions in the pictures say it');
+    return [
+      this.probePicker(summary, rows),
+      this.methodFilter(summary),
+      h(
+        'p',
+        {class: 'probe-title'},
+        h('strong', {text: `#${index}`}),
+        truth ? ` true label: ${truth}. ` : ' ',
+        notes.join('; ') || 'prediction unchanged over the logged steps.',
+      ),
+      h(
+        'div',
+        {class: 'scroll'},
+        h('table', {class: 'filmstrips'}, h('thead', {}, header), h('tbody', {}, predRow, verdictRow, strips)),
+      ),
+    ];
+  }
+
+  probePicker(summary, rows) {
+    return h(
+      'label',
+      {class: 'filter'},
+      'probe image ',
+      h(
+        'select',
+        {
+          class: 'probe-picker',
+          onchange: (e) => {
+            this.state.probes[summary.run] = e.target.value;
+            this.draw();
+          },
+        },
+        rows.map(({fingerprint, index}) => {
+          const key = `${fingerprint}:${index}`;
+          const set = probeLabel(summary, fingerprint);
+          return h('option', {
+            value: key,
+            selected: key === this.state.probes[summary.run],
+            text: `#${index}${set ? ` (${set})` : ''}`,
+          });
+        }),
+      ),
+    );
+  }
+
+  // ------------------------------------------------------------------ shortcut
+  shortcut(summary) {
+    const tags = Object.keys(summary.scalars);
+    if (!tags.length) {
+      return h('p', {
+        class: 'message',
+        text:
+          'This run has no shortcut/* scalars: add ShortcutMonitor(probe) with a probe set that has foreground ' +
+          "masks to the Trainer's callbacks.",
+      });
+    }
+    const vtag = verdictTag(summary);
+    const alerts = vtag ? alertPeriods(summary.scalars[vtag]) : [];
+    const bare = (t) => t.replace(/^(validate|test)\//, '');
+    const ordered = [
+      ...SCALAR_ORDER.flatMap((name) => tags.filter((t) => bare(t) === name)),
+      ...tags.filter((t) => !SCALAR_ORDER.includes(bare(t)) && !bare(t).endsWith('_chance')),
+    ];
+    const charts = ordered.map((tag) => {
+      const series = [{name: bare(tag), points: summary.scalars[tag]}];
+      const chance = tags.find((t) => t === `${tag}_chance`);
+      if (chance) series.push({name: 'chance', points: summary.scalars[chance], dashed: true});
+      return h(
+        'figure',
+        {class: 'chart-box', dataset: {tag}},
+        lineChart({
+          title: bare(tag) + (chance ? ' (dashed: chance)' : ''),
+          series,
+          alerts,
+          current: this.state.step,
+          onPick: (s) => this.setStep(s),
+        }),
+      );
+    });
+    const alertList = summary.alerts.length
+      ? h(
+          'ul',
+          {class: 'alerts'},
+          summary.alerts.map((a) =>
+            h(
+              'li',
+              {},
+              h('button', {class: 'link', text: `step ${a.step}`, onclick: () => this.setStep(a.step)}),
+              ` ${a.text}`,
+            ),
+          ),
+        )
+      : h('p', {class: 'small', text: alerts.length ? '' : 'No shortcut alert in this run.'});
+    return [
+      h('p', {
+        class: 'small',
+        text: 'Shaded: steps while a shortcut alert stood. Click a chart to move every view to that step.',
+      }),
+      h('div', {class: 'charts'}, charts),
+      alertList,
+      this.counterfactuals(summary),
+    ];
+  }
+
+  counterfactuals(summary) {
+    const step = this.state.step;
+    const panel = summary.panels[0];
+    if (!panel)
+      return h('p', {class: 'small', text: 'No counterfactual panel (shortcut/counterfactuals) in this run.'});
+    const entry = entryAt(panel.entries, step);
+    if (!entry) return h('p', {class: 'small', text: `No counterfactual panel logged by step ${step}.`});
+    const indices = Object.keys(entry.boxes || {})
+      .map(Number)
+      .sort((a, b) => a - b);
+    return h(
+      'section',
+      {class: 'counterfactuals'},
+      h('h3', {text: `Counterfactuals at step ${entry.step}`}),
+      h('p', {
+        class: 'small',
+        text: 'Per probe image: original, object only, background only, background swapped, with the prediction on each.',
+      }),
+      h(
+        'div',
+        {class: 'cf-grid'},
+        indices.map((k) =>
+          h(
+            'div',
+            {
+              class: 'cell cf',
+              dataset: {tag: panel.tag, step: String(entry.step), probe: entry.probe, index: String(k)},
+            },
+            crop(summary.run, panel, entry, k, 300),
+          ),
+        ),
+      ),
+    );
+  }
+}
