@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from probelens.logs import describe_dir, encoded_by_step, find_runs, load_run, probe_boxes, run_name
+from probelens.logs import _text_chunks, describe_dir, encoded_by_step, find_runs, load_run, probe_boxes, run_name
 from probelens.render.image import probe_from_text
 
 __all__ = [
@@ -250,7 +250,7 @@ def stamp(image: Image.Image, text: str) -> Image.Image:
     font = _font(max(10, min(14, image.width // 12)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
-    band = bottom - top + 6
+    band = int(bottom - top) + 6
     out = Image.new("RGB", (image.width, image.height + band), _BAND_BACKGROUND)
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
@@ -338,7 +338,7 @@ def _export_probe_images(
     if not sizes:
         return []
     with Image.open(io.BytesIO(encoded[-1][1])) as last:
-        probe = probe_from_text(last.info)
+        probe = probe_from_text(_text_chunks(last))
     folder.mkdir(parents=True, exist_ok=True)
     chosen = set(chosen_steps)
     exports: list[ProbeImageExport] = []

@@ -35,6 +35,12 @@ Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels, right/bottom exclusive."""
 
 
+def _text_chunks(image: Any) -> dict[str, str]:
+    """The PNG text chunks PIL read with the header (``image.info``; probelens writes them before the pixels, so
+    ``image.text``, which decodes every pixel to look for later ones, is not needed)."""
+    return {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def is_event_file(name: str) -> bool:
     """Whether a file name is a TensorBoard event file (``events.out.tfevents.*``)."""
     return "tfevents" in name
@@ -106,7 +112,7 @@ def probe_boxes(image: Image.Image) -> dict[int, Box]:
     boxes: dict[int, Box] = {}
     # ``info`` holds the text chunks read with the header (probelens writes them before the pixels); ``image.text``
     # would decode every pixel to look for later ones
-    for k, x0, y0, x1, y1 in cells_from_text(image.info):
+    for k, x0, y0, x1, y1 in cells_from_text(_text_chunks(image)):
         x1, y1 = min(x1, image.width), min(y1, image.height)
         if x0 >= x1 or y0 >= y1:
             continue
@@ -158,6 +164,6 @@ def png_layout(data: bytes) -> PngLayout:
             image.width,
             image.height,
             probe_boxes(image),
-            probe_from_text(image.info),
-            predictions_from_text(image.info),
+            probe_from_text(_text_chunks(image)),
+            predictions_from_text(_text_chunks(image)),
         )

@@ -43,6 +43,9 @@ _ARCHITECTURE_LOGGED: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
+    from pytorch_lightning import Callback as _CallbackBase  # what the flavours mix in (probelens.pl, .lightning)
+else:
+    _CallbackBase = object
 
 
 def log_step(trainer: pl.Trainer, epoch_end: bool = False) -> int:
@@ -70,7 +73,7 @@ def _scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell
     return (k, left, top, right, bottom)
 
 
-class ProbeMonitor:
+class ProbeMonitor(_CallbackBase):
     """Base class of the probelens monitors (framework-free core).
 
     The classes in ``probelens.callbacks`` import neither ``pytorch_lightning`` nor ``lightning``; the monitors users
@@ -468,7 +471,9 @@ class ProbeMonitor:
 
     def _check_unique_name(self, trainer: pl.Trainer) -> None:
         clash = [
-            cb for cb in trainer.callbacks if isinstance(cb, ProbeMonitor) and cb is not self and cb.name == self.name
+            cb
+            for cb in getattr(trainer, "callbacks", [])
+            if isinstance(cb, ProbeMonitor) and cb is not self and cb.name == self.name
         ]
         if clash:
             other = clash[0]
@@ -486,7 +491,7 @@ class ProbeMonitor:
 
     needs_probe = True  # FilterMonitor shows weights only
 
-    def _ensure_configured(self, trainer: pl.Trainer, pl_module: pl.LightningModule, required: bool = False) -> bool:
+    def _ensure_configured(self, trainer: pl.Trainer, pl_module: nn.Module, required: bool = False) -> bool:
         """Configure once per module and stage; returns False while a probe set cannot be built yet (no data)."""
         pl_module = sharded_root(trainer) or pl_module  # sharded parameters: run through the FSDP root, on all ranks
         if self._configured_for == id(pl_module):
@@ -516,7 +521,7 @@ class ProbeMonitor:
         self._log_architecture(trainer, pl_module)
         return True
 
-    def _log_architecture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log_architecture(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
         """Once per trainer: a text table of the layers monitors can target (name, type, shape, params, RF)."""
         sharded = is_sharded(pl_module)  # then the summary's forward pass is collective: every rank runs it
         if self.probe is None or trainer in _ARCHITECTURE_LOGGED or not (trainer.is_global_zero or sharded):
@@ -585,6 +590,8 @@ class ProbeMonitor:
     def _check_schedule(self, trainer: pl.Trainer) -> None:
         """Warn when the schedule cannot fire within the run (``every_n_steps`` beyond its optimizer steps,
         ``every_n_epochs`` beyond ``max_epochs``): otherwise the user learns it from an empty dashboard."""
+        every: int | None
+        runs: float | None
         if self.every_n_steps is not None:
             try:
                 total = float(trainer.estimated_stepping_batches)
@@ -599,8 +606,8 @@ class ProbeMonitor:
             option, runs, unit = "every_n_epochs", max_epochs, "epochs"
         if beyond:
             rank_zero_warn(
-                f"{self.name}: {option}={every} but this run has only {int(runs)} {unit}, so the monitor never fires"
-                f"{' after the start' if self.log_at_start else ''}; use a smaller {option}."
+                f"{self.name}: {option}={every} but this run has only {int(runs or 0)} {unit}, so the monitor never "
+                f"fires{' after the start' if self.log_at_start else ''}; use a smaller {option}."
             )
 
     @override

@@ -101,8 +101,8 @@ class DeconvMonitor(ProbeMonitor):
             result.images[shown.to(result.images.device)],
             self._layer,
             self.top_k,
-            self.rule,
-            keep=self.keep,
+            "guided_backprop" if self.rule == "guided_backprop" else "deconvnet",
+            keep="channel" if self.keep == "channel" else "max",
             unsupported="ignore",
             reshape=self.reshape,
         )

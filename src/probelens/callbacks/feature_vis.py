@@ -95,6 +95,7 @@ class FeatureVisMonitor(ProbeMonitor):
         if self.layer_spec is None:
             self._layer = None
             x = self._example(net)
+            assert x is not None
             probe_pass = forward_backward(
                 net, x, None, {}, gradients=False, input_gradient=False, output_transform=self.output_transform
             )

@@ -260,7 +260,7 @@ class LogIndex:
                 "folder that holds the runs."
             )
         elif not any(r["probelens"] for r in runs):
-            names = ", ".join(r["run"] for r in runs[:8]) + (" ..." if len(runs) > 8 else "")
+            names = ", ".join(str(r["run"]) for r in runs[:8]) + (" ..." if len(runs) > 8 else "")
             message = (
                 f"None of the {len(runs)} run(s) under {str(self.logdir)!r} ({names}) has probelens data (image tags "
                 "probelens/* or scalars shortcut/*). Add GradCAMMonitor, SaliencyMonitor or ShortcutMonitor to the "

@@ -96,18 +96,18 @@ class ProbelensPlugin(base_plugin.TBPlugin):
     def _error(self, request: Any, message: str, code: int = 400) -> Any:
         return self._json(request, {"error": message}, code=code)
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_index_js(self, request: Any) -> Any:
         return http_util.Respond(request, _static("index.js"), "text/javascript")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_static(self, request: Any) -> Any:
         name = request.path.rsplit("/", 1)[-1]
         if name not in _STATIC:
             return self._error(request, f"no static file {name!r}; there are {', '.join(sorted(_STATIC))}", 404)
         return http_util.Respond(request, _static(name), _STATIC[name])
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_runs(self, request: Any) -> Any:
         if self._index is None:
             return self._json(
@@ -133,14 +133,14 @@ class ProbelensPlugin(base_plugin.TBPlugin):
             return None, self._error(request, f"no run {name!r} under {self._logdir!r}; the runs are: {known}", 404)
         return run, None
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_run(self, request: Any) -> Any:
         run, error = self._run_or_error(request)
         if error is not None:
             return error
         return self._json(request, run.summary())
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_image(self, request: Any) -> Any:
         run, error = self._run_or_error(request)
         if error is not None:

@@ -275,8 +275,8 @@ def feature_visualization(
             return maps
         if objective == "channel":
             return maps.flatten(1).mean(dim=1)
-        centre = [int(size) // 2 for size in maps.shape[1:]]
-        return maps[(rows, *centre)]
+        index: list[Tensor | int] = [rows, *(int(size) // 2 for size in maps.shape[1:])]
+        return maps[tuple(index)]
 
     # every tensor is made inside the probe context: the caller may run under inference mode
     with probe_context(net):

@@ -47,9 +47,13 @@ def saliency(
         ``[N,C,H,W]`` raw attributions.
     """
     if method in GUIDED_METHODS:
-        from probelens.methods.guided import guided_saliency  # guided imports the engine; keep module import light
+        from probelens.methods.guided import (  # guided imports the engine; keep module import light
+            Rule,
+            guided_saliency,
+        )
 
-        return guided_saliency(model, images, targets, rule=method, output_transform=output_transform)
+        rule: Rule = "guided_backprop" if method == "guided_backprop" else "deconvnet"
+        return guided_saliency(model, images, targets, rule=rule, output_transform=output_transform)
     if method not in ONE_PASS_METHODS:
         raise ValueError(f"unknown saliency method {method!r}; valid: {', '.join(SALIENCY_METHODS)}")
     result = forward_backward(
