@@ -252,7 +252,8 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
 
     net = unwrap_compiled(model)
     modules = named_modules(net)
-    x = example.detach().clone().requires_grad_(True)
+    with torch.inference_mode(False):  # validate/test run under inference mode; the trace needs autograd
+        x = example.detach().clone().requires_grad_(True)
     batch, image = int(x.shape[0]), (int(x.shape[-2]), int(x.shape[-1]))
     hint = _prefix_hint(net)
     known: dict[int, Layout | None] = {id(x): NCHW}
