@@ -291,3 +291,70 @@ def test_deconvnet_and_feature_visualisation_read_channels_of_a_channels_last_la
     assert images.shape == (1, 3, *SIZE)
     with pytest.raises(ValueError, match="48 channels"):
         feature_visualization(model, layer, [48], image_shape=(3, *SIZE), steps=1)
+
+
+# the outside tester's wrong-picture cases: refused (or read right), never computed on a wrong axis
+
+
+def test_a_token_mixing_mlp_is_not_read_as_tokens():
+    # MLP-Mixer's token MLP works on [N, C, T]: its output tiles a 64x128 image as "512 tokens" as well
+    mixer = timm.create_model("mixer_s16_224", img_size=(64, 128), num_classes=3).eval()
+    x = torch.rand(1, 3, 64, 128)
+    records = trace_layers(mixer, x)
+    assert records["blocks.3.mlp_tokens"].layout is None and records["blocks.3.mlp_tokens.fc1"].layout is None
+    assert records["blocks.3.mlp_channels"].layout.grid == (4, 8) and records["blocks.3"].layout.grid == (4, 8)
+    picked = list(resolve_layers(mixer, "auto", example_input=x))
+    assert picked == ["blocks.1.norm1", "blocks.3.norm1", "blocks.5.norm1", "blocks.7.norm1"]
+    with pytest.raises(ValueError, match=r"blocks\.3\.mlp_tokens.*reshape="):
+        grad_cam(mixer, x, layers=["blocks.3.mlp_tokens"])
+
+
+class _Flattened(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 64, 8, 8), nn.Flatten(2))  # [N, 64, 256]: channels first
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(2))
+
+
+class _Transposed(nn.Module):
+    def __init__(self, permute: bool) -> None:
+        super().__init__()
+        self.permute = permute
+        self.conv, self.norm, self.head = nn.Conv2d(3, 16, 4, 4), nn.LayerNorm(16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y.permute(0, 2, 3, 1) if self.permute else y.transpose(1, 3)  # NHWC, or [N, W, H, C]
+        return self.head(self.norm(y).mean((1, 2)))
+
+
+def test_flattened_and_transposed_maps_are_refused_and_a_permute_is_followed():
+    flat = trace_layers(_Flattened(), torch.rand(1, 3, 128, 128))
+    assert flat["body.1"].layout is None  # [N, C, T] would have put channels on the token axis
+    assert trace_layers(_Transposed(permute=False), torch.rand(1, 3, 64, 64))["norm"].layout is None
+    assert trace_layers(_Transposed(permute=True), torch.rand(1, 3, 64, 64))["norm"].layout.kind == "nhwc"
+
+
+def test_a_late_class_token_and_attention_internals_of_any_name():
+    cait = timm.create_model("cait_xxs24_224", img_size=64, num_classes=3).eval()
+    x = torch.rand(1, 3, 64, 64)
+    # its class token joins only in the last blocks: the main blocks hold 4x4 tokens without it
+    assert list(resolve_layers(cait, "auto", example_input=x)) == [f"blocks.{k}.norm1" for k in (5, 11, 17, 23)]
+    records = trace_layers(cait, x)
+    assert records["blocks.23.attn.proj_w"].layout is None  # talking-heads logits [N, T, T, heads]
+
+
+def test_a_reshape_must_keep_the_batch_and_bad_ones_are_named(built):
+    model = built("timm_vit")
+    x = torch.rand(4, 3, *SIZE)
+    with pytest.raises(ValueError, match="keeping the batch axis"):
+        grad_cam(
+            model, x, layers=["blocks.3.norm1"], reshape=lambda t: t[:1, 1:].reshape(1, 8, 8, 48).permute(0, 3, 1, 2)
+        )
+    with pytest.raises(ValueError, match="reshape= must be None, a function"):
+        grad_cam(model, x, layers=["blocks.3.norm1"], reshape="tokens")
+    with pytest.raises(ValueError, match="must map layer names"):
+        grad_cam(model, x, layers=["blocks.3.norm1"], reshape={"blocks.3.norm1": 3})

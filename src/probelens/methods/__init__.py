@@ -13,6 +13,7 @@ from probelens.methods.layers import auto_layers, conv_layers, resolve_layers
 from probelens.methods.occlusion import occlusion
 from probelens.methods.saliency import saliency, saliency_from_pass
 from probelens.methods.smoothgrad import smoothgrad, smoothgrad_noise
+from probelens.methods.summary import layer_summary, summary_markdown
 
 __all__ = [
     "CAM_METHODS",
@@ -35,6 +36,7 @@ __all__ = [
     "grad_cam_map",
     "guided_saliency",
     "integrated_gradients",
+    "layer_summary",
     "occlusion",
     "relu_backward_rule",
     "resolve_layers",
@@ -43,4 +45,5 @@ __all__ = [
     "score_cam_map",
     "smoothgrad",
     "smoothgrad_noise",
+    "summary_markdown",
 ]

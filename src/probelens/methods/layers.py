@@ -191,7 +191,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
     usable = [r for name, r in once.items() if name in grids and not _pass_through(r.module) and not internal(name)]
     stages: list[list] = []
     for r in usable:
-        if stages and grids[stages[-1][-1].name] == grids[r.name]:
+        if stages and _same_stage(grids[stages[-1][-1].name], grids[r.name]):
             stages[-1].append(r)
         else:
             stages.append([r])
@@ -226,6 +226,12 @@ def _pass_through(module: nn.Module) -> bool:
     return isinstance(module, _PASS_THROUGH_TYPES) or (
         type(module).__name__ == "Permute" and not any(True for _ in module.parameters())
     )
+
+
+def _same_stage(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """One resolution: equal grids, or grids that differ only by an unpadded convolution's border (Inception-v3's
+    149 -> 147), at most 5% per side."""
+    return all(abs(p - q) <= 0.05 * max(p, q) for p, q in zip(a, b))
 
 
 def _learned(module: nn.Module) -> bool:

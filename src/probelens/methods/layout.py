@@ -33,14 +33,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from probelens.methods.layers import named_modules, unwrap_compiled
+from probelens.methods.layers import named_modules, strip_compile_prefix, unwrap_compiled
 
 Reshape = Callable[[Tensor], Tensor]
 """A user function from a layer's raw output to ``[N,C,h,w]`` (pytorch-grad-cam's ``reshape_transform``)."""
 ReshapeSpec = Reshape | Mapping[str, Reshape] | None
-LayoutKind = Literal["nchw", "nhwc", "tokens", "custom"]
+LayoutKind = Literal["nchw", "nhwc", "tokens", "custom", "channels_first_tokens"]
 
 _GRAPH_LIMIT = 256
+_SCRAMBLED = object()  # a permute of a known map into an order that is neither NCHW nor NHWC
 # autograd nodes that may move the channel axis: an output reached through one of them is not given its source's layout
 _AXIS_MOVERS = (
     "Permute",
@@ -62,6 +63,16 @@ _AXIS_MOVERS = (
     "Stack",
     "Split",
     "Chunk",
+    "Index",
+    "Gather",
+    "Scatter",
+    "Roll",
+    "Flip",
+    "Sort",
+    "Take",
+    "Select",
+    "Slice",
+    "Narrow",
 )
 
 MAX_PREFIX_TOKENS = 16
@@ -149,6 +160,12 @@ def _channels_first(module: nn.Module) -> bool | None:
     return None
 
 
+def _trusted_channels_last(module: nn.Module) -> bool:
+    """A LayerNorm (not LayerNorm2d) normalises the last axis: its output is channels-last. The order of the positions
+    before it is taken as row-major (Hiera's unrolled tokens, NesT's blocks are not; pass ``reshape=`` there)."""
+    return isinstance(module, nn.LayerNorm) and _channels_first(module) is False
+
+
 def _grid_fits(h: int, w: int, image: tuple[int, int], slack: float) -> bool:
     """Whether an ``h x w`` grid can tile an ``H x W`` image: the same stride on both axes within rounding (and,
     with ``slack``, the border lost by unpadded convolutions)."""
@@ -180,11 +197,22 @@ def _readings(shape: torch.Size, batch: int, image: tuple[int, int], prefix_hint
             out.append(Layout("nhwc", (int(shape[1]), int(shape[2]))))
         return out
     if len(shape) == 3:
-        prefixes = [prefix_hint] if prefix_hint is not None else range(MAX_PREFIX_TOKENS + 1)
+        # the model's own count of prefix tokens first (timm's num_prefix_tokens), then the smallest that fits: a
+        # model may add its class token late (CaiT, XCiT), so its early blocks have none
+        prefixes = [prefix_hint] if prefix_hint is not None else []
+        prefixes += [p for p in range(MAX_PREFIX_TOKENS + 1) if p != prefix_hint]
+        out = []
         for prefix in prefixes:
             grid = _token_grid(int(shape[1]), image, prefix)
             if grid is not None:
-                return [Layout("tokens", grid, prefix)]
+                out.append(Layout("tokens", grid, prefix))
+                break
+        # [N, C, T] (channels first, e.g. a conv map flattened, or a token-mixing MLP): never read as a map, but its
+        # possibility makes a [N, T, C] reading of the same tensor ambiguous
+        grid = _token_grid(int(shape[2]), image, 0)
+        if grid is not None:
+            out.append(Layout("channels_first_tokens", grid, 0))
+        return out
     return []
 
 
@@ -231,13 +259,17 @@ def _prefix_hint(model: nn.Module) -> int | None:
     return int(hint) if isinstance(hint, int) and 0 <= hint <= 64 else None
 
 
+_ATTENTION_WORDS = ("attention", "attn")
+
+
 def _attention_internal(name: str, modules: Mapping[str, nn.Module]) -> bool:
-    """Inside an attention module (its maps, queries, window partitions), or a windowed attention's own output."""
+    """An attention module or inside one (its maps, queries, keys, talking-heads logits, window partitions): by
+    class name (``Attention``, ``WindowAttention``, ``XCA``'s ``attn``) or attribute name (``attn``, ``self_attn``)."""
     parts = name.split(".")
     for depth in range(1, len(parts) + 1):
         module = modules.get(".".join(parts[:depth]))
-        kind = type(module).__name__ if module is not None else ""
-        if "Attention" in kind and (depth < len(parts) or "Window" in kind):
+        kind = type(module).__name__.lower() if module is not None else ""
+        if any(word in kind or word in parts[depth - 1].lower() for word in _ATTENTION_WORDS):
             return True
     return False
 
@@ -299,31 +331,88 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
             return None, []
         readings = _readings(out.shape, batch, image, hint)
         evidence = _channels_first(module)
-        if evidence is not None:
+        if evidence is not None and not (evidence is False and isinstance(module, nn.Linear)):
+            # a Linear's last axis is its features, which a token-mixing MLP makes the tokens: no evidence
             kinds = ("nchw",) if evidence else ("nhwc", "tokens")
             readings = [r for r in readings if r.kind in kinds]
         elif known.get(id(out)) is not None:
             return known[id(out)], []
-        if len(readings) > 1:
-            first = next((a for a in args if isinstance(a, Tensor)), None)
-            choices = [
-                known.get(id(first)) if first is not None and first.shape == out.shape else None,
-                _permuted(module, first, known),
-                _through_graph(out),
-            ]
-            choice = next((c for c in choices if c is not None and c in readings), None)
-            if choice is not None:
-                return choice, []
-            return None, readings
-        return (readings[0], []) if readings else (None, [])
+        first_arg = next((a for a in args if isinstance(a, Tensor)), None)
+        if out.dim() == 4 and first_arg is not None and first_arg.dim() == 4:
+            moved = _permute_of_known(first_arg)
+            if moved is _SCRAMBLED:  # e.g. x.transpose(1, 3): [N, W, H, C] read as NHWC would be a transposed map
+                return None, []
+            if isinstance(moved, Layout) and first_arg.shape[:3] == out.shape[:3] and moved in readings:
+                return moved, []
+        if len(readings) == 1 and readings[0].kind == "nchw":
+            return readings[0], []  # the one reading, channels first: a conv net's map
+        if len(readings) == 1 and readings[0].kind != "channels_first_tokens" and _trusted_channels_last(module):
+            return readings[0], []  # a LayerNorm normalises its channels, last
+        # channels-last and token readings, and any choice between readings, need the forward structure to agree
+        choices = [
+            known.get(id(first_arg)) if first_arg is not None and first_arg.shape == out.shape else None,
+            _permuted(module, first_arg, known),
+            _features_of(first_arg, out),
+        ]
+        fitting = [c for c in _through_graph(out) if c in readings]
+        if len(set(fitting)) == 1:
+            choices.append(fitting[0])
+        choice = next((c for c in choices if c is not None and c in readings), None)
+        if choice is not None and choice.kind != "channels_first_tokens":
+            return choice, []
+        return None, readings if len(readings) > 1 else []
 
-    def _through_graph(out: Tensor) -> Layout | None:
-        """The layout of the nearest recorded output that ``out`` was computed from by shape-keeping ops only (a
-        residual sum, an activation, a norm applied functionally), read off the autograd graph; ``None`` if the way
-        there passes a permute, view, reshape or matrix product (which may move the channel axis)."""
+    def _features_of(first: Tensor | None, out: Tensor) -> Layout | None:
+        """A module that maps the channels of a channels-last map or of tokens (a Linear, an MLP) keeps its input's
+        positions: its output has the input's layout when all but the last axis agree."""
+        if first is None or first.dim() != out.dim() or first.shape[:-1] != out.shape[:-1]:
+            return None
+        source = known.get(id(first))
+        if source is None:
+            fitting = _through_graph(first)
+            source = fitting.pop() if len(fitting) == 1 else None
+        return source if source is not None and source.kind in ("nhwc", "tokens") else None
+
+    def _permute_of_known(tensor: Tensor) -> Layout | object | None:
+        """If ``tensor`` is a permute/transpose (then perhaps ``contiguous()``) of a recorded 4-D map: its layout, or
+        ``_SCRAMBLED`` when the axes end in an order that is neither NCHW nor NHWC; else ``None``."""
+        node = tensor.grad_fn
+        while node is not None and type(node).__name__.startswith("CloneBackward"):
+            node = node.next_functions[0][0]
+        if node is None:
+            return None
+        kind = type(node).__name__
+        if kind.startswith("PermuteBackward"):
+            order = list(node._saved_dims)
+        elif kind.startswith("TransposeBackward"):
+            order = [0, 1, 2, 3]
+            a, b = int(node._saved_dim0) % 4, int(node._saved_dim1) % 4
+            order[a], order[b] = order[b], order[a]
+        else:
+            return None
+        parent = node.next_functions[0][0]
+        source = by_node.get(parent) if parent is not None else None
+        if source is None and parent is not None and getattr(parent, "variable", None) is x:
+            source = NCHW
+        if source is None or len(order) != 4 or source.kind not in ("nchw", "nhwc"):
+            return None
+        roles = ["N", "C", "H", "W"] if source.kind == "nchw" else ["N", "H", "W", "C"]
+        moved = [roles[i] for i in order]
+        if moved == ["N", "C", "H", "W"]:
+            return Layout("nchw", source.grid)
+        if moved == ["N", "H", "W", "C"]:
+            return Layout("nhwc", source.grid)
+        return _SCRAMBLED
+
+    def _through_graph(out: Tensor) -> set[Layout]:
+        """The layouts of the nearest recorded outputs that ``out`` was computed from by shape-keeping ops (a
+        residual sum, an activation, a norm applied functionally), read off the autograd graph. A way through a
+        permute, view, reshape, matrix product or gather (which may move the channel or the token axis) is not
+        followed: a tensor made only that way has no layout from here; an elementwise op that joins such a branch
+        with a followed one has the followed one's layout (both have its shape)."""
         start = out.grad_fn
         if start is None:
-            return None
+            return set()
         seen, frontier, found = {start}, [start], []
         while frontier and len(seen) < _GRAPH_LIMIT:
             node = frontier.pop(0)
@@ -334,13 +423,12 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
                 found.append(NCHW)
                 continue
             if any(word in type(node).__name__ for word in _AXIS_MOVERS):
-                return None
+                continue
             for parent, _ in node.next_functions:
                 if parent is not None and parent not in seen:
                     seen.add(parent)
                     frontier.append(parent)
-        layouts = {layout for layout in found if layout is not None}
-        return layouts.pop() if len(layouts) == 1 else None
+        return {layout for layout in found if layout is not None}
 
     handles = []
     try:
@@ -404,7 +492,9 @@ def resolve_layouts(
         records: a trace of ``model`` on ``example`` already made (:func:`trace_layers`).
     """
     names = list(layers)
+    reshape = check_reshape(reshape, "reshape")
     if isinstance(reshape, Mapping):
+        reshape = {strip_compile_prefix(key): fn for key, fn in reshape.items()}  # `_orig_mod.` names as layers= takes
         unknown = [key for key in reshape if key not in names]
         if unknown:
             raise ValueError(f"reshape= names layers {unknown} that are not among the selected layers {names}")
@@ -452,10 +542,12 @@ def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, r
         if isinstance(out, Tensor) and not seen:
             seen.append(out)
 
+    # two images, so a reshape that drops or folds the batch axis is caught (it would show one image of N)
+    batch = example[:2] if example.shape[0] >= 2 else torch.cat([example, example])
     handle = modules[name].register_forward_hook(hook)
     try:
         with torch.no_grad(), probe_context(unwrap_compiled(model)):
-            unwrap_compiled(model)(example.detach())
+            unwrap_compiled(model)(batch.detach())
     finally:
         handle.remove()
     try:
@@ -464,11 +556,12 @@ def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, r
         raise ValueError(
             f"reshape= for layer {name!r} raised {type(err).__name__}: {err} on its output of shape {record.shape}"
         ) from err
-    if not isinstance(viewed, Tensor) or viewed.dim() != 4 or viewed.shape[0] != example.shape[0]:
+    if not isinstance(viewed, Tensor) or viewed.dim() != 4 or viewed.shape[0] != batch.shape[0]:
         got = tuple(viewed.shape) if isinstance(viewed, Tensor) else type(viewed).__name__
         raise ValueError(
-            f"reshape= for layer {name!r} must return [N, C, h, w] with N={example.shape[0]} for its output of shape "
-            f"{record.shape}, got {got}"
+            f"reshape= for layer {name!r} must return [N, C, h, w] keeping the batch axis: checked on a batch of "
+            f"{batch.shape[0]} probe images, its output of shape {tuple(seen[0].shape)} became {got} (use "
+            "t.shape[0], not a fixed batch size)"
         )
     return Layout("custom", (int(viewed.shape[2]), int(viewed.shape[3])), reshape=fn)
 
@@ -490,6 +583,7 @@ def layouts_for(
 ) -> dict[str, Layout]:
     """:func:`resolve_layouts`, without tracing the model when ``outputs`` (the layers' outputs on ``example``'s
     image size) are all plainly NCHW (:func:`plainly_nchw`) and no ``reshape`` is given."""
+    reshape = check_reshape(reshape, "reshape")
     image = (int(example.shape[-2]), int(example.shape[-1]))
     if (
         reshape is None
@@ -497,7 +591,7 @@ def layouts_for(
         and all(name in outputs and plainly_nchw(module, outputs[name].shape, image) for name, module in layers.items())
     ):
         return dict.fromkeys(layers, NCHW)
-    return resolve_layouts(model, example[:1], layers, reshape)
+    return resolve_layouts(model, example[:2], layers, reshape)
 
 
 def layout_of(

@@ -48,7 +48,9 @@ def _extent(grad: Tensor) -> tuple[int, int] | None:
     return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
-def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = True) -> list[LayerInfo]:
+def layer_summary(
+    model: nn.Module, example: Tensor, receptive_field: bool = True, max_receptive_fields: int | None = 48
+) -> list[LayerInfo]:
     """Describe every module whose output is a spatial map on ``example``: NCHW feature maps, channels-last maps
     (ConvNeXt blocks, Swin stages) and tokens on a grid (vision transformers), each named with its layout
     (:mod:`probelens.methods.layout`); outputs with two possible readings are listed as ``"ambiguous"``.
@@ -65,6 +67,9 @@ def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = Tru
         example: ``[N,C,H,W]``; only the first image is used.
         receptive_field: also measure receptive fields (one forward and backward pass of 32 image copies per 32
             layers).
+        max_receptive_fields: measure at most this many layers' fields, evenly spaced over the rows (the first and
+            the last included; the others show ``None``), so that a deep network's table costs a few passes;
+            ``None`` measures every row.
 
     Returns:
         Rows in the order the modules finish their forward pass.
@@ -75,8 +80,13 @@ def layer_summary(model: nn.Module, example: Tensor, receptive_field: bool = Tru
     listed = [r for r in records.values() if r.spatial or r.ambiguous]
     fields: dict[str, tuple[int, int] | None] = {}
     if receptive_field:
-        for start in range(0, len(listed), _RF_CHUNK):
-            fields.update(_receptive_fields(net, modules, example[:1], listed[start : start + _RF_CHUNK]))
+        measured = listed
+        if max_receptive_fields is not None and len(listed) > max(2, max_receptive_fields):
+            k = max(2, max_receptive_fields)
+            picks = sorted({round(i * (len(listed) - 1) / (k - 1)) for i in range(k)})
+            measured = [listed[i] for i in picks]
+        for start in range(0, len(measured), _RF_CHUNK):
+            fields.update(_receptive_fields(net, modules, example[:1], measured[start : start + _RF_CHUNK]))
     rows: list[LayerInfo] = []
     for record in listed:
         module = modules[record.name]
