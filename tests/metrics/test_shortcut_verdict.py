@@ -82,6 +82,9 @@ def test_no_verdict_while_the_model_is_at_chance():
     verdict = ShortcutVerdict(threshold=0.5, patience=1, min_accuracy=0.75)
     assert not verdict.update(0.9, accuracy=0.5)
     assert verdict.update(0.9, accuracy=0.9)
+    # a collapse to chance is no recovery: the alert stands until a counting step scores low
+    assert not verdict.update(0.0, accuracy=0.5) and verdict.active
+    assert not verdict.update(0.1, accuracy=0.9) and not verdict.active
 
 
 def test_verdict_state_round_trip_and_validation():

@@ -96,7 +96,8 @@ class ShortcutVerdict:
 
     A step only counts when the model is better than chance on the unedited probe (``accuracy >= min_accuracy``):
     an untrained model has no shortcut to report. One high score between low ones never fires. After firing, the
-    verdict re-arms once the score has dropped below the threshold again.
+    alert stands until a counting step scores below the threshold (a step at chance, e.g. a model that collapsed to
+    one class, neither clears it nor counts towards firing again); then the verdict re-arms.
     """
 
     threshold: float = 0.5
@@ -115,7 +116,9 @@ class ShortcutVerdict:
     def update(self, score: float, accuracy: float) -> bool:
         """Feed one log step; return True exactly when the alert fires."""
         self.history.append(score)
-        if score >= self.threshold and accuracy >= self.min_accuracy:
+        if accuracy < self.min_accuracy:
+            self.streak = 0  # a model at chance neither fires nor clears: it has neither a shortcut nor recovered
+        elif score >= self.threshold:
             self.streak += 1
         else:
             self.streak = 0
