@@ -71,11 +71,11 @@ def shortcut_score(class_flip_rates: Mapping[int, float] | Sequence[float]) -> f
     well the background alone predicts with the object removed): an object model whose fallback without an object is
     the correlated background has a high background-only accuracy but flips nothing, and scores 0.
 
-    The worst class, not the mean: a model that calls every object on sand "arabian" but still tells snow leopards on
-    snow from arabian leopards on snow has learned a shortcut in one direction; the mean over both directions would
-    halve it. The three cases (measured in ``docs/shortcut.md``): a background model scores ~1; an object model
-    with an informative background ~0; the demo's mixed model at p=0.95 (overall flip rate 0.28-0.44) scores
-    0.7-0.8, since nearly all its flips are snow leopards on sand.
+    The worst class, not the mean: a model that calls every arabian leopard on snow "snow" but still tells snow
+    leopards on sand by their coat has learned a shortcut in one direction; the mean over both directions would halve
+    it. The three cases (measured in ``docs/shortcut.md``): a background model scores ~1; an object model with an
+    informative background ~0; the demo's mixed model at p=0.95 (overall flip rate 0.31-0.47) scores 0.56-0.81,
+    nearly all its flips being arabian leopards on snow.
 
     Example:
         >>> shortcut_score({0: 0.75, 1: 0.0})
