@@ -191,3 +191,33 @@ def test_an_alert_clears_when_the_model_moves_to_the_object(tmp_path):
     texts = acc.Tensors("shortcut/alert/text_summary")
     assert [e.step for e in texts] == [39, cleared]
     assert f"Shortcut alert cleared at step {cleared}".encode() in texts[1].tensor_proto.string_val[0]
+
+
+def test_per_class_and_per_direction_flip_rates_with_three_classes(tmp_path):
+    """Three classes: per-class flip rates (tag-safe class names) and per-direction ones, read back; each class's rate
+    is the swap-count-weighted mean of its directions, and the score is the largest per-class rate."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(24, 3, 16, 16, generator=g)
+    masks = torch.zeros(24, 1, 16, 16, dtype=torch.bool)
+    masks[..., 4:10, 5:11] = True
+    targets = torch.arange(24) % 3
+    probe = ProbeSet(images, targets, masks=masks, class_names=["red fox", "cat", "dog/puppy"])
+    train, val = loaders(n=48, num_classes=3)
+    monitor = ShortcutMonitor(probe, layer="model.8", min_accuracy=0.0)
+    tr = trainer(tmp_path, [monitor], max_epochs=1)
+    tr.fit(LitClassifier(num_classes=3), train, val)
+    events = read_events(tr.logger.log_dir)
+    scalars = {t: events.Scalars(t)[-1].value for t in events.Tags()["scalars"]}
+    names = ["red_fox", "cat", "dog_puppy"]
+    per_class = [scalars[f"shortcut/background_swap_flip_rate/{n}"] for n in names]
+    assert scalars["shortcut/score"] == pytest.approx(max(per_class))
+    partners = monitor._counterfactual_batch(probe.images).partners
+    for c, name in enumerate(names):
+        weighted, count = 0.0, 0
+        for b, other in enumerate(names):
+            tag = f"shortcut/background_swap_flip_rate/{name}_on_{other}"
+            n_swaps = int(((targets == c) & (targets[partners] == b)).sum())
+            assert (tag in scalars) == (n_swaps > 0)  # b == c never: partners are of another class
+            if n_swaps:
+                weighted, count = weighted + scalars[tag] * n_swaps, count + n_swaps
+        assert per_class[c] == pytest.approx(weighted / count)
