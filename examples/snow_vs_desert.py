@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     if shortcut.alerts:
         print(f"SHORTCUT ALERT at step(s) {shortcut.alerts}: the model leans on the background (scores: {scores}).")
     else:
-        print(f"No shortcut alert (scores per epoch: {scores}; 0 = object, 1 = background).")
+        print(f"No shortcut alert (scores per epoch: {scores}; the worst class's background-swap flip rate).")
     print(f"TensorBoard run: {logger.log_dir}")
     print(f"View it with:  tensorboard --logdir {args.logdir} --samples_per_plugin images=1000")
     return trainer

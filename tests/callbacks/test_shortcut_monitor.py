@@ -12,6 +12,7 @@ from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_e
 from probelens import GradCAMMonitor, ProbeSet, ShortcutMonitor
 from probelens.callbacks.shortcut import SCALAR_TAGS
 from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
+from shortcut_truth import ConflictAccuracy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -23,14 +24,23 @@ def leopard_module(width=8):
     return demo.LeopardClassifier(width=width)
 
 
-def run(tmp_path, p, n, epochs, **monitor_kw):
+def conflict_truth(**data):
+    """Ground truth: accuracy on demo images whose background disagrees with the class (p=0)."""
+    conflict = SnowDesertDataset(n=128, p=0.0, seed=7, **data)
+    return ConflictAccuracy(conflict.images, conflict.labels)
+
+
+def run(tmp_path, p, n, epochs, data=None, **monitor_kw):
+    data = data or {}
     pl.seed_everything(0)
-    train = SnowDesertDataset(n=n, p=p, seed=0)
-    val = SnowDesertDataset(n=256, p=p, seed=1, return_masks=True)
+    train = SnowDesertDataset(n=n, p=p, seed=0, **data)
+    val = SnowDesertDataset(n=256, p=p, seed=1, return_masks=True, **data)
     probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
     monitor = ShortcutMonitor(probe, **monitor_kw)
-    tr = trainer(tmp_path, [monitor], max_epochs=epochs, log_every_n_steps=10)
+    truth = conflict_truth(**data)
+    tr = trainer(tmp_path, [monitor, truth], max_epochs=epochs, log_every_n_steps=10)
     tr.fit(leopard_module(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=256))
+    tr.truth = truth
     return tr, monitor
 
 
@@ -39,10 +49,14 @@ def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
         tr, monitor = run(tmp_path, p=1.0, n=1280, epochs=2)
     steps_per_epoch = 20
     assert monitor.alerts == [2 * steps_per_epoch - 1]  # the second epoch's validation step
+    assert tr.truth.epochs()[0] < 0.3  # ground truth: the shortcut is learned in the first epoch
     acc = read_events(tr.logger.log_dir)
     scalars = {tag: [s.value for s in acc.Scalars(tag)] for tag in SCALAR_TAGS}
     assert all(len(v) == 2 for v in scalars.values())
     assert scalars["shortcut/score"][-1] > 0.8
+    assert scalars["shortcut/verdict"] == [0.0, 1.0]
+    for name in CLASS_NAMES:  # both directions follow the background
+        assert acc.Scalars(f"shortcut/background_swap_flip_rate/{name}")[-1].value > 0.8
     assert scalars["shortcut/background_only_accuracy"][-1] > 0.9
     assert scalars["shortcut/background_swap_flip_rate"][-1] > 0.8
     # the map metric sits near chance for a background model
@@ -77,6 +91,18 @@ def test_object_model_never_fires(tmp_path):
     assert all(0.3 < a < 0.7 for a in bg_acc)  # the background alone predicts nothing
     mass = acc.Scalars("shortcut/mask_attribution")[-1].value
     assert mass > acc.Scalars("shortcut/mask_attribution_chance")[-1].value + 0.1
+
+
+def test_object_model_with_an_informative_background_never_fires(tmp_path):
+    """An easy coat (every spot class-typical, full contrast) on a background that agrees with the class 90% of the
+    time: the model decides most conflicts by the coat at every epoch and all but a few at the end (ground truth), so
+    the verdict, which asks whether the background wins a conflict, stays 0."""
+    tr, monitor = run(tmp_path, p=0.9, n=1280, epochs=3, data={"purity": 1.0, "spot_contrast": 1.0})
+    assert min(tr.truth.epochs()) >= 0.5 and tr.truth.epochs()[-1] >= 0.9, tr.truth.by_step
+    assert monitor.alerts == []
+    acc = read_events(tr.logger.log_dir)
+    assert {e.value for e in acc.Scalars("shortcut/verdict")} == {0.0}
+    assert acc.Scalars("shortcut/score")[-1].value < 0.2
 
 
 def test_stop_ends_the_run_cleanly(tmp_path):
@@ -132,13 +158,14 @@ def test_a_small_shortcut_probe_is_warned_about_with_its_resolution(tmp_path):
 
 
 def test_an_alert_clears_when_the_model_moves_to_the_object(tmp_path):
-    """Two epochs on backgrounds that always agree with the class (the alert fires), then two on uninformative
-    backgrounds (p=0.5: the model turns to the coat): shortcut/verdict goes 0, 1, 0, 0 and the alert text says when
-    it cleared."""
+    """Two epochs on backgrounds that always agree with the class (the alert fires), then three on uninformative
+    backgrounds (p=0.5: the model turns to the coat): shortcut/verdict goes 0, 1, ..., 0 and the alert text says when
+    it cleared, at a step where the model decides conflicts by the coat again (ground truth)."""
     pl.seed_everything(0)
     val = SnowDesertDataset(n=256, p=1.0, seed=1, return_masks=True)
     probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
     monitor = ShortcutMonitor(probe)
+    truth = conflict_truth()
 
     class Switching(pl.LightningDataModule):
         def train_dataloader(self):
@@ -149,13 +176,48 @@ def test_an_alert_clears_when_the_model_moves_to_the_object(tmp_path):
         def val_dataloader(self):
             return DataLoader(val, batch_size=256)
 
-    tr = trainer(tmp_path, [monitor], max_epochs=4, log_every_n_steps=10, reload_dataloaders_every_n_epochs=1)
+    tr = trainer(tmp_path, [monitor, truth], max_epochs=5, log_every_n_steps=10, reload_dataloaders_every_n_epochs=1)
     tr.fit(leopard_module(), datamodule=Switching())
-    assert monitor.alerts == [39] and monitor.clears == [59], monitor.verdict.history
+    why = (monitor.verdict.history, truth.by_step, truth.worst_class_by_step)
+    # ground truth: the shortcut is learned in the first epoch, the alert fires one epoch later
+    assert truth.by_step[19] < 0.3 and monitor.alerts == [39], why
+    assert len(monitor.clears) == 1 and monitor.clears[0] > 39, why
+    cleared = monitor.clears[0]
+    assert truth.worst_class_by_step[cleared] >= 0.5, why  # recovered: even the worst class wins most conflicts
     acc = read_events(tr.logger.log_dir)
     verdict = [(e.step, e.value) for e in acc.Scalars("shortcut/verdict")]
-    assert verdict == [(19, 0.0), (39, 1.0), (59, 0.0), (79, 0.0)]
+    assert verdict == [(s, float(39 <= s < cleared)) for s in (19, 39, 59, 79, 99)]
     assert [e.step for e in acc.Scalars("val/loss")] == [s for s, _ in verdict]  # on the loss curves' axis
     texts = acc.Tensors("shortcut/alert/text_summary")
-    assert [e.step for e in texts] == [39, 59]
-    assert b"Shortcut alert cleared at step 59" in texts[1].tensor_proto.string_val[0]
+    assert [e.step for e in texts] == [39, cleared]
+    assert f"Shortcut alert cleared at step {cleared}".encode() in texts[1].tensor_proto.string_val[0]
+
+
+def test_per_class_and_per_direction_flip_rates_with_three_classes(tmp_path):
+    """Three classes: per-class flip rates (tag-safe class names) and per-direction ones, read back; each class's rate
+    is the swap-count-weighted mean of its directions, and the score is the largest per-class rate."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(24, 3, 16, 16, generator=g)
+    masks = torch.zeros(24, 1, 16, 16, dtype=torch.bool)
+    masks[..., 4:10, 5:11] = True
+    targets = torch.arange(24) % 3
+    probe = ProbeSet(images, targets, masks=masks, class_names=["red fox", "cat", "dog/puppy"])
+    train, val = loaders(n=48, num_classes=3)
+    monitor = ShortcutMonitor(probe, layer="model.8", min_accuracy=0.0)
+    tr = trainer(tmp_path, [monitor], max_epochs=1)
+    tr.fit(LitClassifier(num_classes=3), train, val)
+    events = read_events(tr.logger.log_dir)
+    scalars = {t: events.Scalars(t)[-1].value for t in events.Tags()["scalars"]}
+    names = ["red_fox", "cat", "dog_puppy"]
+    per_class = [scalars[f"shortcut/background_swap_flip_rate/{n}"] for n in names]
+    assert scalars["shortcut/score"] == pytest.approx(max(per_class))
+    partners = monitor._counterfactual_batch(probe.images).partners
+    for c, name in enumerate(names):
+        weighted, count = 0.0, 0
+        for b, other in enumerate(names):
+            tag = f"shortcut/background_swap_flip_rate/{name}_on_{other}"
+            n_swaps = int(((targets == c) & (targets[partners] == b)).sum())
+            assert (tag in scalars) == (n_swaps > 0)  # b == c never: partners are of another class
+            if n_swaps:
+                weighted, count = weighted + scalars[tag] * n_swaps, count + n_swaps
+        assert per_class[c] == pytest.approx(weighted / count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,10 @@ from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
     ShortcutVerdict,
+    class_flip_rates,
     counterfactual_probes,
+    direction_flip_rates,
+    foreground_only_drop,
     map_drift,
     mask_area,
     relevance_mass,
@@ -50,7 +54,10 @@ SCALAR_TAGS = (
     "shortcut/background_only_accuracy",
     "shortcut/foreground_only_accuracy",
     "shortcut/background_swap_flip_rate",
+    "shortcut/foreground_only_drop",
+    "shortcut/verdict",
 )
+"""Scalars logged at every log step of a probe with masks (besides per-class ones and the map metrics)."""
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -64,11 +71,16 @@ class ShortcutMonitor(ProbeMonitor):
     - ``shortcut/mask_attribution``: share of the predicted-class Grad-CAM inside the mask (relevance mass), next to
       ``shortcut/mask_attribution_chance`` (mean mask area: what a map spread evenly would score);
       ``shortcut/mask_attribution/<method>`` for each saliency method and ``shortcut/relevance_rank_accuracy``;
-    - ``shortcut/background_only_accuracy``: accuracy with the object inpainted away from the background;
-    - ``shortcut/foreground_only_accuracy``: accuracy with the background replaced by a neutral colour;
+    - ``shortcut/background_only_accuracy``: accuracy with the object removed (its region filled with a copy of the
+      image's own background, :func:`probelens.metrics.fill_from_background`): whether the background *suffices*,
+      logged for context and not part of the verdict;
+    - ``shortcut/foreground_only_accuracy``: accuracy with the background replaced by a neutral colour, and
+      ``shortcut/foreground_only_drop``: the share of the above-chance accuracy that this loses;
     - ``shortcut/background_swap_flip_rate``: how often the prediction changes when the object is pasted onto the
-      background of a probe image of another class;
-    - ``shortcut/score`` in ``[0, 1]`` (0 = object, 1 = background), see :func:`probelens.metrics.shortcut_score`;
+      background of a probe image of another class, and ``shortcut/background_swap_flip_rate/<class>`` per class of
+      the object (with more than two classes also ``.../<class>_on_<background class>`` per direction);
+    - ``shortcut/score`` in ``[0, 1]``: the flip rate of the worst class, i.e. how often the background wins a
+      conflict with the object (see :func:`probelens.metrics.shortcut_score`);
     - ``shortcut/probe_accuracy``, ``shortcut/drift_previous`` and ``shortcut/drift_first`` (Grad-CAM map drift).
 
     ``shortcut/verdict`` is 1 while an alert stands and 0 otherwise; the alert clears at the first log step whose score
@@ -88,7 +100,7 @@ class ShortcutMonitor(ProbeMonitor):
         layer: the Grad-CAM layer; ``"auto"`` takes the deepest stage.
         saliency_methods: one-pass saliency methods whose mask attribution is also logged.
         on_shortcut: ``"warn"``, ``"stop"`` or ``"ignore"`` (still logs the numbers).
-        threshold: score at or above which a log step counts towards the verdict.
+        threshold: score (worst-class flip rate) at or above which a log step counts towards the verdict.
         patience: consecutive counting log steps before the verdict fires.
         min_accuracy: probe accuracy a model needs before its score counts (default: halfway between chance and 1).
         panels: log the counterfactual image panel.
@@ -141,6 +153,7 @@ class ShortcutMonitor(ProbeMonitor):
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
         self._counterfactuals: Any = None
+        self._worst_class: int | None = None
         self._layout_written = False
         self._said_no_masks = False
 
@@ -262,15 +275,25 @@ class ShortcutMonitor(ProbeMonitor):
         bg_acc = float((bg_pred == labels).float().mean())
         fg_acc = float((fg_pred == labels).float().mean())
         flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
-        score = shortcut_score(bg_acc, flip, chance)
+        per_class = class_flip_rates(preds, swap_pred, labels, valid)
+        score = shortcut_score(per_class)
         metrics.update(
             {
                 "shortcut/background_only_accuracy": bg_acc,
                 "shortcut/foreground_only_accuracy": fg_acc,
+                "shortcut/foreground_only_drop": foreground_only_drop(
+                    metrics["shortcut/probe_accuracy"], fg_acc, chance
+                ),
                 "shortcut/background_swap_flip_rate": flip,
                 "shortcut/score": score,
             }
         )
+        for c, rate in per_class.items():
+            metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}"] = rate
+        if len(per_class) > 2:  # with two classes a class's objects only ever land on the other's backgrounds
+            for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.partners).items():
+                metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}_on_{self._class_tag(b)}"] = rate
+        self._worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
         self._log_scalars(trainer, metrics, step)
         self._write_layout(trainer)
         if self.panels:
@@ -284,11 +307,26 @@ class ShortcutMonitor(ProbeMonitor):
         # the verdict's state on the loss curves' axis: 1 while an alert stands, 0 otherwise
         self._log_scalars(trainer, {"shortcut/verdict": float(self.verdict.active)}, step)
 
+    def _class_tag(self, c: int) -> str:
+        assert self.probe is not None
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.probe.class_name(c)).strip("_") or str(c)
+
+    def _worst_text(self, metrics: dict[str, float]) -> str:
+        if self._worst_class is None:
+            return "no valid background swap"
+        assert self.probe is not None
+        name = self._class_tag(self._worst_class)
+        rate = metrics[f"shortcut/background_swap_flip_rate/{name}"]
+        return (
+            f"{rate:.0%} of the {self.probe.class_name(self._worst_class)!r} objects change prediction on the "
+            f"background of another class (all swaps: {metrics['shortcut/background_swap_flip_rate']:.0%})"
+        )
+
     def _cleared(self, step: int, metrics: dict[str, float]) -> None:
         text = (
             f"Shortcut alert cleared at step {step}: score {metrics['shortcut/score']:.2f} < {self.verdict.threshold} "
-            f"(background-only accuracy {metrics['shortcut/background_only_accuracy']:.0%}, swap flip rate "
-            f"{metrics['shortcut/background_swap_flip_rate']:.0%}). It fires again after {self.verdict.patience} "
+            f"({self._worst_text(metrics)}; accuracy with a neutral background "
+            f"{metrics['shortcut/foreground_only_accuracy']:.0%}). It fires again after {self.verdict.patience} "
             "counting log steps."
         )
         self.clears.append(step)
@@ -333,13 +371,20 @@ class ShortcutMonitor(ProbeMonitor):
         title = "probelens shortcut" + (f" ({self.name})" if self._custom_name else "")
         layout = {
             title: {
-                "verdict": ["Multiline", [t("shortcut/score"), t("shortcut/probe_accuracy")]],
+                "verdict": [
+                    "Multiline",
+                    [t("shortcut/score"), t("shortcut/verdict"), t("shortcut/probe_accuracy")],
+                ],
+                "background swaps (flip rate per class of the object)": [
+                    "Multiline",
+                    [t("shortcut/background_swap_flip_rate") + ".*"],
+                ],
                 "counterfactual accuracy": [
                     "Multiline",
                     [
                         t("shortcut/background_only_accuracy"),
                         t("shortcut/foreground_only_accuracy"),
-                        t("shortcut/background_swap_flip_rate"),
+                        t("shortcut/foreground_only_drop"),
                     ],
                 ],
                 "attribution on the object": [
@@ -359,10 +404,11 @@ class ShortcutMonitor(ProbeMonitor):
             return
         text = (
             f"Shortcut suspected at step {step} (epoch {trainer.current_epoch}): score {metrics['shortcut/score']:.2f} "
-            f">= {self.verdict.threshold} for {self.verdict.patience} log steps. With the object removed the model "
-            f"still scores {metrics['shortcut/background_only_accuracy']:.0%} accuracy; with a neutral background "
-            f"{metrics['shortcut/foreground_only_accuracy']:.0%}; swapping backgrounds flips "
-            f"{metrics['shortcut/background_swap_flip_rate']:.0%} of predictions. Grad-CAM mass on the object is "
+            f">= {self.verdict.threshold} for {self.verdict.patience} log steps: in a conflict the background wins, "
+            f"{self._worst_text(metrics)}. With a neutral background the model scores "
+            f"{metrics['shortcut/foreground_only_accuracy']:.0%} accuracy (drop "
+            f"{metrics['shortcut/foreground_only_drop']:.2f}); with the object removed "
+            f"{metrics['shortcut/background_only_accuracy']:.0%}. Grad-CAM mass on the object is "
             f"{metrics['shortcut/mask_attribution']:.2f} (chance {metrics['shortcut/mask_attribution_chance']:.2f})."
         )
         self._text("shortcut/alert", text, step)

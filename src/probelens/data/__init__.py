@@ -1,5 +1,13 @@
 """Synthetic datasets for probelens demos and tests."""
 
+from probelens.data.cue_scenes import (
+    CUE_FAMILIES,
+    OBJECT_KINDS,
+    SHAPE_NAMES,
+    CueSample,
+    CueScenesDataset,
+    generate_cue_scenes,
+)
 from probelens.data.snow_desert import (
     BACKGROUND_NAMES,
     CLASS_NAMES,
@@ -13,9 +21,15 @@ from probelens.data.snow_desert import (
 __all__ = [
     "BACKGROUND_NAMES",
     "CLASS_NAMES",
+    "CUE_FAMILIES",
     "MEAN",
+    "OBJECT_KINDS",
+    "SHAPE_NAMES",
     "STD",
+    "CueSample",
+    "CueScenesDataset",
     "SnowDesertDataset",
     "SnowDesertSample",
+    "generate_cue_scenes",
     "generate_snow_desert",
 ]

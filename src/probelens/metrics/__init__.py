@@ -5,6 +5,7 @@ from probelens.metrics.counterfactual import (
     background_only,
     background_swap,
     counterfactual_probes,
+    fill_from_background,
     foreground_only,
     inpaint_harmonic,
     neutral_background,
@@ -12,15 +13,25 @@ from probelens.metrics.counterfactual import (
 )
 from probelens.metrics.drift import map_drift
 from probelens.metrics.localisation import mask_area, pointing_game, relevance_mass, relevance_rank_accuracy
-from probelens.metrics.shortcut import ShortcutVerdict, shortcut_score
+from probelens.metrics.shortcut import (
+    ShortcutVerdict,
+    class_flip_rates,
+    direction_flip_rates,
+    foreground_only_drop,
+    shortcut_score,
+)
 
 __all__ = [
     "CounterfactualProbes",
     "ShortcutVerdict",
     "background_only",
     "background_swap",
+    "class_flip_rates",
     "counterfactual_probes",
+    "direction_flip_rates",
+    "fill_from_background",
     "foreground_only",
+    "foreground_only_drop",
     "inpaint_harmonic",
     "map_drift",
     "mask_area",

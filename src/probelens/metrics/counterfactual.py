@@ -3,16 +3,18 @@ without the background?
 
 Three edited copies of a probe batch (all in the model's input space, so they go through the model as is):
 
-- **background only**: the object region is filled by harmonic inpainting from the surrounding background (each
-  masked pixel becomes the average of its neighbours, iterated to convergence), so it holds background colour and no
-  object texture;
+- **background only**: the object region is filled with a copy of the image's own background
+  (:func:`fill_from_background`: the nearest shift of the silhouette that lands on background only), so it holds the
+  background's texture, not a smooth patch; pixels no shift can reach fall back to harmonic inpainting
+  (:func:`inpaint_harmonic`);
 - **foreground only**: the background is replaced by one neutral colour, the average background colour over the whole
   probe set (it carries no class information when the probe set is class-balanced);
-- **background swap**: each object is pasted onto the background-only image of a probe image of another class.
+- **background swap**: each object is pasted onto the background-only image of a probe image of another class (the
+  partner's own object region filled the same way, so no smooth "ghost" of it remains).
 
 Assumptions (documented for users): the masks cover the object and little else (a mask that includes background
 context leaks the background into "foreground only" and hides it from "background only"); the object is a minority of
-the image; inpainting is a smooth fill, so the silhouette outline stays visible as a smooth region.
+the image, so a copy of its silhouette fits into the background; the seam around the copied patch remains.
 """
 
 from __future__ import annotations
@@ -74,9 +76,93 @@ def inpaint_harmonic(images: Tensor, masks: Tensor, iterations: int | None = Non
     return out.to(images.dtype)
 
 
-def background_only(images: Tensor, masks: Tensor) -> Tensor:
-    """The probe images with the object removed (inpainted from the background) ``[N,C,H,W]``."""
-    return inpaint_harmonic(images, masks)
+def _donor_offset(todo: Tensor, mask: Tensor) -> tuple[int, int] | None:
+    """The shift ``(dy, dx)`` that moves the most pixels of ``todo`` ``[H,W]`` onto unmasked pixels of ``mask``
+    inside the image, the shortest among those; ``None`` if no shift reaches any.
+
+    ``bad(dy, dx) = sum_p T(p) * B(p + (dy, dx))`` with ``B`` = 1 on masked pixels and outside the image is one
+    cross-correlation of the padded ``B`` with ``todo``'s bounding box.
+    """
+    ys, xs = todo.nonzero(as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    kernel = todo[y0:y1, x0:x1].float()
+    kh, kw = kernel.shape[-2:]
+    blocked = F.pad(mask.float(), (kw, kw, kh, kh), value=1.0)
+    # the cross-correlation by FFT (a large kernel: conv2d would cost O(H W kh kw))
+    size = blocked.shape
+    spectrum = torch.fft.rfft2(blocked) * torch.fft.rfft2(kernel, s=size).conj()
+    full = torch.fft.irfft2(spectrum, s=size)
+    bad = full[: size[0] - kh + 1, : size[1] - kw + 1].round()  # bad[r, c]: the box's corner at image (r-kh, c-kw)
+    if float(bad.min()) >= ys.numel():
+        return None
+    dy = torch.arange(bad.shape[0], device=todo.device)[:, None] - kh - y0
+    dx = torch.arange(bad.shape[1], device=todo.device)[None, :] - kw - x0
+    # fewest blocked pixels first, then the shortest shift (the nearest background looks most alike)
+    rank = bad * float(bad.numel()) + (dy * dy + dx * dx).float() / float(bad.numel())
+    r, c = divmod(int(rank.argmin()), bad.shape[1])
+    return int(dy[r, 0]), int(dx[0, c])
+
+
+def fill_from_background(images: Tensor, masks: Tensor, max_patches: int = 4) -> Tensor:
+    """Fill the masked pixels with a copy of the image's own background: texture kept, no smooth patch.
+
+    Per image, the masked region is replaced by the background under the same silhouette moved by the shortest shift
+    ``(dy, dx)`` at which it lies wholly on unmasked pixels inside the image (``x[p] <- x[p + (dy, dx)]``), so grain,
+    drifts or stripes of the surroundings continue into the hole (only a seam at its outline remains). Where no shift
+    fits the whole silhouette (an object too large for its background), the shift that reaches the most of it is
+    used, then another for the rest, up to ``max_patches``; what is still left is filled by :func:`inpaint_harmonic`.
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool, True where pixels are replaced.
+        max_patches: copied patches per image at most.
+
+    Returns:
+        ``[N,C,H,W]`` with the masked region filled.
+    """
+    masks = _check(images, masks)
+    out = images.clone()
+    h, w = images.shape[-2:]
+    leftover = torch.zeros_like(masks)
+    for i in range(images.shape[0]):
+        mask = masks[i, 0].cpu()
+        todo = mask.clone()
+        for _ in range(max_patches):
+            offset = _donor_offset(todo, mask)
+            if offset is None:
+                break
+            ys, xs = todo.nonzero(as_tuple=True)
+            sy, sx = ys + offset[0], xs + offset[1]
+            inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+            ok = inside.clone()
+            ok[inside] = ~mask[sy[inside], sx[inside]]
+            ys, xs, sy, sx = ys[ok], xs[ok], sy[ok], sx[ok]
+            out[i, :, ys, xs] = images[i, :, sy, sx]
+            todo[ys, xs] = False
+            if not todo.any():
+                break
+        leftover[i, 0] = todo
+    if leftover.any():
+        out = inpaint_harmonic(out, leftover)
+    return out
+
+
+def background_only(images: Tensor, masks: Tensor, method: str = "texture") -> Tensor:
+    """The probe images with the object removed ``[N,C,H,W]``.
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool.
+        method: ``"texture"`` (default, :func:`fill_from_background`) or ``"harmonic"`` (:func:`inpaint_harmonic`, the
+            smooth fill of probelens 0.1).
+    """
+    if method == "texture":
+        return fill_from_background(images, masks)
+    if method == "harmonic":
+        return inpaint_harmonic(images, masks)
+    raise ValueError(f"background_only: method must be 'texture' or 'harmonic', got {method!r}")
 
 
 def neutral_background(images: Tensor, masks: Tensor) -> Tensor:
@@ -160,16 +246,26 @@ def background_swap(
 
 @dataclass
 class CounterfactualProbes:
-    """The three edited copies of a probe batch and which swaps are valid."""
+    """The three edited copies of a probe batch, which swaps are valid and whose background each image got."""
 
     background_only: Tensor
     foreground_only: Tensor
     swapped: Tensor
     swap_valid: Tensor
+    partners: Tensor
 
 
-def counterfactual_probes(images: Tensor, masks: Tensor, targets: Tensor) -> CounterfactualProbes:
-    """Build all counterfactual copies of a probe batch (inpainting runs once)."""
+def counterfactual_probes(images: Tensor, masks: Tensor, targets: Tensor, seed: int = 0) -> CounterfactualProbes:
+    """Build all counterfactual copies of a probe batch (the object region is filled once per image).
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool.
+        targets: ``[N]`` labels.
+        seed: seed of the swap partners (:func:`swap_partners`).
+    """
     bg = background_only(images, masks)
-    swapped, valid = background_swap(images, masks, targets, backgrounds=bg)
-    return CounterfactualProbes(bg, foreground_only(images, masks), swapped, valid)
+    partners = swap_partners(targets, seed=seed)
+    valid = partners >= 0
+    swapped = torch.where(_check(images, masks), images, bg[partners.clamp_min(0)])
+    return CounterfactualProbes(bg, foreground_only(images, masks), swapped, valid, partners)

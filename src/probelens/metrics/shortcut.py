@@ -1,33 +1,93 @@
-"""The shortcut verdict: one score from the counterfactual accuracies, and an alert with patience."""
+"""The shortcut verdict: one score from the background swaps (reliance), and an alert with patience."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
 
 
 def _clip01(x: float) -> float:
     return min(1.0, max(0.0, x))
 
 
-def shortcut_score(background_only_accuracy: float, flip_rate: float, chance: float) -> float:
-    """How much the model's decisions depend on the background: 0 = not at all, 1 = entirely.
+def class_flip_rates(
+    predictions: Tensor, swapped_predictions: Tensor, targets: Tensor, valid: Tensor
+) -> dict[int, float]:
+    """Per class of the *object*, the share of its valid swaps whose prediction changed ``{class: rate}``.
 
-    The mean of two components, each in ``[0, 1]``:
+    Image ``i`` of class ``c`` with a partner of another class is a conflict: its object says ``c``, its (swapped)
+    background says the partner's class. ``rate[c] = mean over those i of [swapped_pred_i != pred_i]``. Classes
+    without a valid swap are left out.
 
-    - ``b = clip((acc_bg - c) / (1 - c))``: accuracy with the object removed, above chance ``c`` — the background
-      alone is enough for the model to decide;
-    - ``s``: the prediction flip rate when backgrounds are swapped between classes — in a conflict between object and
-      background, the background wins.
+    Example:
+        >>> class_flip_rates(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 1, 1]), torch.tensor([0, 0, 1, 1]),
+        ...                  torch.ones(4, dtype=torch.bool))
+        {0: 0.5, 1: 0.0}
+    """
+    flipped = (swapped_predictions.cpu() != predictions.cpu()) & valid.cpu()
+    t, v = targets.cpu(), valid.cpu()
+    return {int(c): float(flipped[(t == c) & v].float().mean()) for c in t.unique().tolist() if ((t == c) & v).any()}
 
-    An object model scores near 0 (``b ~ 0``, ``s ~ 0``); a background model near 1; a model that uses both cues in
-    between (e.g. ``b = 0.9``, ``s = 0.4`` -> 0.65). An untrained model with constant predictions scores 0. The
-    foreground-only accuracy is reported beside the score but not part of it: a model can know the object *and*
-    lean on the background, and the latter is what the verdict is about.
+
+def direction_flip_rates(
+    predictions: Tensor, swapped_predictions: Tensor, targets: Tensor, partners: Tensor
+) -> dict[tuple[int, int], float]:
+    """Flip rate per direction ``{(object class, background class): rate}``: objects of one class on backgrounds of
+    probe images of another (``partners[i]`` the image whose background ``i`` got, -1 for none)."""
+    t, q = targets.cpu(), partners.cpu()
+    valid = q >= 0
+    flipped = swapped_predictions.cpu() != predictions.cpu()
+    pair_bg = torch.where(valid, t[q.clamp_min(0)], torch.full_like(t, -1))
+    out: dict[tuple[int, int], float] = {}
+    for c in t.unique().tolist():
+        for b in pair_bg[valid & (t == c)].unique().tolist():
+            sel = valid & (t == c) & (pair_bg == b)
+            out[(int(c), int(b))] = float(flipped[sel].float().mean())
+    return out
+
+
+def foreground_only_drop(accuracy: float, foreground_only_accuracy: float, chance: float) -> float:
+    """The share of above-chance accuracy lost when the background is neutralised, in ``[0, 1]``.
+
+    ``clip((acc - acc_fg) / (acc - c))``: 0 when the object alone keeps the accuracy, 1 when it falls to chance ``c``
+    (0 while the model is at chance itself).
     """
     if not 0.0 <= chance < 1.0:
         raise ValueError(f"chance must be in [0, 1), got {chance}")
-    b = _clip01((background_only_accuracy - chance) / (1.0 - chance))
-    return (b + _clip01(flip_rate)) / 2.0
+    if accuracy <= chance:
+        return 0.0
+    return _clip01((accuracy - foreground_only_accuracy) / (accuracy - chance))
+
+
+def shortcut_score(class_flip_rates: Mapping[int, float] | Sequence[float]) -> float:
+    """How much the model follows the background in a conflict: the flip rate of its worst class, in ``[0, 1]``.
+
+    ``score = max_c flip_c`` with ``flip_c`` the share of class-``c`` objects whose prediction changes when they are
+    pasted onto the background of a probe image of another class (:func:`class_flip_rates`). It measures
+    *reliance*: the background wins a conflict with the object. It does not reward background *sufficiency* (how
+    well the background alone predicts with the object removed): an object model whose fallback without an object is
+    the correlated background has a high background-only accuracy but flips nothing, and scores 0.
+
+    The worst class, not the mean: a model that calls every arabian leopard on snow "snow" but still tells snow
+    leopards on sand by their coat has learned a shortcut in one direction; the mean over both directions would halve
+    it. The three cases (measured in ``docs/shortcut.md``): a background model scores ~1; an object model with an
+    informative background ~0; the demo's mixed model at p=0.95 (overall flip rate 0.31-0.47) scores 0.56-0.81,
+    nearly all its flips being arabian leopards on snow.
+
+    Example:
+        >>> shortcut_score({0: 0.75, 1: 0.0})
+        0.75
+    """
+    rates = list(class_flip_rates.values()) if isinstance(class_flip_rates, Mapping) else list(class_flip_rates)
+    if not rates:
+        return 0.0
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]
+    if bad:
+        raise ValueError(f"flip rates must be in [0, 1], got {bad}")
+    return float(max(rates))
 
 
 @dataclass
@@ -36,7 +96,8 @@ class ShortcutVerdict:
 
     A step only counts when the model is better than chance on the unedited probe (``accuracy >= min_accuracy``):
     an untrained model has no shortcut to report. One high score between low ones never fires. After firing, the
-    verdict re-arms once the score has dropped below the threshold again.
+    alert stands until a counting step scores below the threshold (a step at chance, e.g. a model that collapsed to
+    one class, neither clears it nor counts towards firing again); then the verdict re-arms.
     """
 
     threshold: float = 0.5
@@ -55,7 +116,9 @@ class ShortcutVerdict:
     def update(self, score: float, accuracy: float) -> bool:
         """Feed one log step; return True exactly when the alert fires."""
         self.history.append(score)
-        if score >= self.threshold and accuracy >= self.min_accuracy:
+        if accuracy < self.min_accuracy:
+            self.streak = 0  # a model at chance neither fires nor clears: it has neither a shortcut nor recovered
+        elif score >= self.threshold:
             self.streak += 1
         else:
             self.streak = 0
