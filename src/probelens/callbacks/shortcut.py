@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -26,6 +26,7 @@ from probelens.methods._batching import chunk_ranges
 from probelens.methods.engine import forward_backward
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
+from probelens.methods.layout import Layout
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
     ShortcutVerdict,
@@ -142,6 +143,7 @@ class ShortcutMonitor(ProbeMonitor):
         self.threshold = threshold
         self.patience = patience
         self._layer: dict[str, nn.Module] = {}
+        self._layouts: dict[str, Layout] = {}
         self._warned_small_probe = False
         self._reset_history()
 
@@ -191,7 +193,8 @@ class ShortcutMonitor(ProbeMonitor):
             layers = {name: layers[name]}
         if len(layers) != 1:
             raise ValueError(f"{self.name}: pass one layer for the mask attribution, got {list(layers)}")
-        self._check_spatial(pl_module, layers, needs_grad=True)
+        spatial = self._check_spatial(pl_module, layers, needs_grad=True)
+        self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
         self._check_probe_size()
@@ -222,12 +225,17 @@ class ShortcutMonitor(ProbeMonitor):
         assert self.probe is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
-        cam = grad_cam_map(result.activations[name], result.gradients["pred"][name], self.probe.image_size).cpu()
+        layout = self._layouts[name]  # channels-last and token layers viewed as [N, C, h, w]
+        cam = grad_cam_map(
+            layout.to_nchw(result.activations[name]),
+            layout.to_nchw(result.gradients["pred"][name]),
+            self.probe.image_size,
+        ).cpu()
         cam = self._finite(cam, "Grad-CAM maps", step)
         labels = self.probe.targets
         preds = result.predictions.cpu()
         metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
-        if self._previous_cam is not None:
+        if self._previous_cam is not None and self._first_cam is not None:
             metrics["shortcut/drift_previous"] = float(map_drift(self._previous_cam, cam).mean())
             metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean())
         if self._first_cam is None:
@@ -396,7 +404,7 @@ class ShortcutMonitor(ProbeMonitor):
         }
         for logger in trainer.loggers:
             if is_tensorboard_logger(logger):
-                logger.experiment.add_custom_scalars(layout)
+                cast(Any, logger).experiment.add_custom_scalars(layout)  # a TensorBoardLogger (checked above)
 
     def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float]) -> None:
         self.alerts.append(step)

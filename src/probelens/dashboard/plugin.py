@@ -39,7 +39,7 @@ _IMAGE_CACHE_S = 24 * 3600  # the frontend adds the picture's wall time to the U
 
 
 def _static(name: str) -> bytes:
-    return resources.files("probelens.dashboard").joinpath("static", name).read_bytes()
+    return resources.files("probelens.dashboard").joinpath("static").joinpath(name).read_bytes()
 
 
 class ProbelensPlugin(base_plugin.TBPlugin):

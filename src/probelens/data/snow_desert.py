@@ -305,9 +305,11 @@ def _spot_alpha(g: torch.Generator, labels: Tensor, yy: Tensor, xx: Tensor, unit
             if best_d2 is None:
                 best_d2, best_k = d2, kk
             else:
+                assert best_k is not None
                 closer = d2 < best_d2
                 best_d2 = torch.where(closer, d2, best_d2)
                 best_k = torch.where(closer, kk, best_k)
+    assert best_d2 is not None and best_k is not None
     r = torch.gather(radius, 1, best_k).reshape(n, h, w)
     ring = torch.gather(is_ring, 1, best_k).reshape(n, h, w)
     d = best_d2.sqrt().reshape(n, h, w)

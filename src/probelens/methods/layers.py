@@ -159,7 +159,9 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
 
     records = trace_layers(model, example_input)
     once = {name: r for name, r in records.items() if r.calls == 1}
-    grids = {name: r.layout.grid for name, r in once.items() if r.spatial and r.layout}
+    grids: dict[str, tuple[int, int]] = {
+        name: r.layout.grid for name, r in once.items() if r.spatial and r.layout and r.layout.grid
+    }
     # blocks whose output is a pooled vector or a 1x1 map still change resolution
     block_grids = {name: r.layout.grid if r.layout else (1, 1) for name, r in once.items() if r.shape}
 

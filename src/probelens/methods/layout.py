@@ -383,10 +383,10 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
             return None
         kind = type(node).__name__
         if kind.startswith("PermuteBackward"):
-            order = list(node._saved_dims)
+            order = list(getattr(node, "_saved_dims"))  # noqa: B009 (autograd saves them)
         elif kind.startswith("TransposeBackward"):
             order = [0, 1, 2, 3]
-            a, b = int(node._saved_dim0) % 4, int(node._saved_dim1) % 4
+            a, b = int(getattr(node, "_saved_dim0")) % 4, int(getattr(node, "_saved_dim1")) % 4  # noqa: B009
             order[a], order[b] = order[b], order[a]
         else:
             return None
@@ -614,11 +614,11 @@ def as_maps(tensors: Mapping[str, Tensor], layouts: Mapping[str, Layout] | None)
 def check_reshape(reshape: object, owner: str = "reshape") -> ReshapeSpec:
     """Validate a ``reshape=`` argument: ``None``, a callable, or a mapping from layer names to callables."""
     if reshape is None or callable(reshape):
-        return reshape  # type: ignore[return-value]
+        return reshape
     if isinstance(reshape, Mapping):
         bad = {k: type(v).__name__ for k, v in reshape.items() if not isinstance(k, str) or not callable(v)}
         if not bad:
-            return reshape  # type: ignore[return-value]
+            return reshape
         raise ValueError(
             f"{owner}: reshape={reshape!r} is not allowed; reshape= must map layer names (str) to functions (raw "
             f"output -> [N, C, h, w]); not a function or not a name: {bad}"

@@ -414,7 +414,7 @@ Prediction = tuple[int, str, str, float]
 """``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
 
 
-class ProbeCells(list):  # type: ignore[type-arg]
+class ProbeCells(list):
     """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
     cells with :func:`cells_to_text` records the probe too, without a parameter of its own."""
 
