@@ -6,7 +6,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("package", ["probelens.methods", "probelens.render", "probelens.data"])
+@pytest.mark.parametrize(
+    "package", ["probelens.methods", "probelens.metrics", "probelens.render", "probelens.data", "probelens.logs"]
+)
 def test_torch_only_packages(package):
     code = (
         f"import sys, {package}\n"
