@@ -144,8 +144,6 @@ _CHANNELS_FIRST = (
     nn.PixelShuffle,
     nn.Dropout2d,
 )
-# modules that pass their input through unchanged: never a stage's layer of their own
-_PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd)
 
 
 def _channels_first(module: nn.Module) -> bool | None:
@@ -275,7 +273,8 @@ def _attention_internal(name: str, modules: Mapping[str, nn.Module]) -> bool:
 
 
 def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
-    """Run ``model`` once on ``example`` (no grad, eval mode, RNG restored) and classify every module's output.
+    """Run ``model`` once on ``example`` (eval mode, RNG restored; with autograd, whose graph shows how a functional
+    op made a tensor from recorded ones) and classify every module's output.
 
     Returns:
         ``{name: LayerRecord}`` in completion order of each module's first call, for modules that returned a tensor.
@@ -338,12 +337,19 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
         elif known.get(id(out)) is not None:
             return known[id(out)], []
         first_arg = next((a for a in args if isinstance(a, Tensor)), None)
-        if out.dim() == 4 and first_arg is not None and first_arg.dim() == 4:
-            moved = _permute_of_known(first_arg)
-            if moved is _SCRAMBLED:  # e.g. x.transpose(1, 3): [N, W, H, C] read as NHWC would be a transposed map
-                return None, []
-            if isinstance(moved, Layout) and first_arg.shape[:3] == out.shape[:3] and moved in readings:
-                return moved, []
+        if out.dim() == 4:
+            # the module is a permute of a recorded map (torchvision's ops.Permute), or reads one (a LayerNorm
+            # after a functional permute) and keeps all but the channel axis
+            for moved, source in ((_permute_of_known(out), out), (_permute_of_known(first_arg), first_arg)):
+                if moved is _SCRAMBLED:  # e.g. x.transpose(1, 3): [N, W, H, C] read as NHWC would be transposed
+                    return None, []
+                if (
+                    isinstance(moved, Layout)
+                    and source is not None
+                    and source.shape[:3] == out.shape[:3]
+                    and moved in readings
+                ):
+                    return moved, []
         if len(readings) == 1 and readings[0].kind == "nchw":
             return readings[0], []  # the one reading, channels first: a conv net's map
         if len(readings) == 1 and readings[0].kind != "channels_first_tokens" and _trusted_channels_last(module):
@@ -351,7 +357,6 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
         # channels-last and token readings, and any choice between readings, need the forward structure to agree
         choices = [
             known.get(id(first_arg)) if first_arg is not None and first_arg.shape == out.shape else None,
-            _permuted(module, first_arg, known),
             _features_of(first_arg, out),
         ]
         fitting = [c for c in _through_graph(out) if c in readings]
@@ -373,9 +378,11 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
             source = fitting.pop() if len(fitting) == 1 else None
         return source if source is not None and source.kind in ("nhwc", "tokens") else None
 
-    def _permute_of_known(tensor: Tensor) -> Layout | object | None:
+    def _permute_of_known(tensor: Tensor | None) -> Layout | object | None:
         """If ``tensor`` is a permute/transpose (then perhaps ``contiguous()``) of a recorded 4-D map: its layout, or
         ``_SCRAMBLED`` when the axes end in an order that is neither NCHW nor NHWC; else ``None``."""
+        if tensor is None or tensor.dim() != 4:
+            return None
         node = tensor.grad_fn
         while node is not None and type(node).__name__.startswith("CloneBackward"):
             node = node.next_functions[0][0]
@@ -439,22 +446,7 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
     finally:
         for h in handles:
             h.remove()
-    return dict(sorted(records.items(), key=lambda item: item[1].order))
-
-
-def _permuted(module: nn.Module, first: Tensor | None, known: Mapping[int, Layout | None]) -> Layout | None:
-    """The output layout of a ``Permute``-like module (torchvision's ``ops.Permute``) from its input's."""
-    dims = getattr(module, "dims", None)
-    if first is None or not isinstance(dims, (list, tuple)) or len(dims) != 4:
-        return None
-    source = known.get(id(first))
-    if source is None or source.grid is None:
-        return None
-    if source.kind == "nchw" and list(dims) == [0, 2, 3, 1]:
-        return Layout("nhwc", source.grid)
-    if source.kind == "nhwc" and list(dims) == [0, 3, 1, 2]:
-        return Layout("nchw", source.grid)
-    return None
+    return records  # insertion order is completion order of each first call
 
 
 def _reshape_for(name: str, reshape: ReshapeSpec) -> Reshape | None:
