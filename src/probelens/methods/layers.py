@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
@@ -155,7 +156,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
 
     Falls back to every 2-D convolution if no stage is found.
     """
-    from probelens.methods.layout import evenly_spaced, trace_layers  # local: layout imports this module
+    from probelens.methods.layout import trace_layers  # local: layout imports this module
 
     records = trace_layers(model, example_input)
     once = {name: r for name, r in records.items() if r.calls == 1}
@@ -165,9 +166,24 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
     # blocks whose output is a pooled vector or a 1x1 map still change resolution
     block_grids = {name: r.layout.grid if r.layout else (1, 1) for name, r in once.items() if r.shape}
 
+    @functools.cache
+    def branching_or_transition(block_name: str) -> bool:
+        """A block that branches (a residual shortcut reads its input too), or a transition (DenseNet's, torchvision
+        ConvNeXt's downsample) that only normalises or mixes channels on its input grid before changing it."""
+        block = once[block_name]
+        inside = [r for n, r in once.items() if n.startswith(block_name + ".")]
+        depth = block_name.count(".") + 1
+        readers = [r for r in inside if r.name.count(".") == depth and r.input_id == block.input_id]
+        return len(readers) > 1 or all(
+            block_grids.get(r.name) == block.input_grid
+            and not (is_conv2d(r.module) and tuple(getattr(r.module, "kernel_size", (1, 1))) != (1, 1))
+            for r in inside
+            if block_grids.get(r.name, block_grids[block_name]) != block_grids[block_name]
+        )
+
     def internal(name: str) -> bool:
         """Inside a block that leaves this grid: an ancestor reads a map on it and writes another grid, and the
-        record is below one of its children or the block branches (a residual shortcut reads its input too)."""
+        record is below one of its children, or the block branches or is a transition."""
         parts = name.split(".")
         for depth in range(len(parts) - 1, 0, -1):
             block = once.get(".".join(parts[:depth]))
@@ -175,18 +191,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
                 continue
             if block.input_grid != grids[name]:
                 continue
-            nested = depth < len(parts) - 1
-            inside = [r for n, r in once.items() if n.startswith(block.name + ".")]
-            readers = [r for r in inside if r.name.count(".") == depth and r.input_id == block.input_id]
-            # a transition (DenseNet's, torchvision ConvNeXt's downsample) only normalises or mixes channels on
-            # its input grid before it changes resolution
-            transition = all(
-                block_grids.get(r.name) == block.input_grid
-                and not (is_conv2d(r.module) and tuple(getattr(r.module, "kernel_size", (1, 1))) != (1, 1))
-                for r in inside
-                if block_grids.get(r.name, block_grids[block.name]) != block_grids[block.name]
-            )
-            if nested or len(readers) > 1 or transition:
+            if depth < len(parts) - 1 or branching_or_transition(block.name):
                 return True
         return False
 
@@ -202,7 +207,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
     out: dict[str, nn.Module] = {}
     for stage in stages:
         if len(transformer) == 1 and stage is transformer[0]:
-            picked = _spaced_blocks(stage, evenly_spaced)
+            picked = _spaced_blocks(stage)
             if picked:
                 out.update({r.name: r.module for r in picked})
                 continue
@@ -240,9 +245,11 @@ def _learned(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def _spaced_blocks(stage: list, spacing) -> list:
+def _spaced_blocks(stage: list) -> list:
     """Up to four evenly spaced blocks of the longest run of sibling blocks in ``stage``, each at its first token
     output (the block's normalised input)."""
+    from probelens.methods.layout import evenly_spaced  # local: layout imports this module
+
     children: dict[str, list] = {}
     for r in stage:
         if "." in r.name:
@@ -253,7 +260,7 @@ def _spaced_blocks(stage: list, spacing) -> list:
     if len(blocks) < 2:
         return []
     picked = []
-    for index in spacing(len(blocks), 4):
+    for index in evenly_spaced(len(blocks), 4):
         block = blocks[index]
         first = next(
             (r for r in stage if r.name.startswith(block + ".") and r.layout.kind in ("tokens", "nhwc")),
