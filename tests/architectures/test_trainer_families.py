@@ -4,6 +4,7 @@ back from the TensorBoard event file: every auto layer's images are there, at ev
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,8 @@ def _decode(event) -> np.ndarray:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_a_training_run_logs_every_auto_layer(family, tmp_path):
+def test_a_training_run_logs_every_auto_layer(family, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, *SIZE, generator=g)
     y = torch.arange(16) % 2
@@ -88,6 +90,8 @@ def test_a_training_run_logs_every_auto_layer(family, tmp_path):
         assert [e.step for e in cams] == steps, layer
         assert _decode(cams[-1]).std() > 1, layer  # a drawn map, not a blank card
         assert [e.step for e in acc.Images(f"probelens/activations/{layer}")] == steps, layer
+    if family == "vit (tokens)":  # setup says how token layers are read: the class token dropped
+        assert f"GradCAMMonitor: reading {expected[0]} as tokens 1+8x6 (1 prefix token dropped)" in caplog.text
 
 
 def test_the_vit_example_trains_with_grad_cam_on_token_layers(tmp_path):

@@ -393,6 +393,9 @@ class ProbeMonitor(_CallbackBase):
                     "feature map; SaliencyMonitor and OcclusionMonitor explain any image model from its input"
                 ) from err
             raise ValueError(f"{self.name}: {err}") from err
+        read = [f"{name} as {layout.describe()}" for name, layout in layouts.items() if layout.kind != "nchw"]
+        if read:  # say how a layer that is not an NCHW map is read (prefix tokens dropped, a user reshape)
+            rank_zero_info(f"{self.name}: reading {'; '.join(read)}")
         return {name: (layouts[name], tuple(layouts[name].to_nchw(capture.outputs[name]).shape[1:])) for name in layers}
 
     def _finite(self, values: Tensor, what: str, step: int) -> Tensor:
