@@ -118,7 +118,8 @@ class RunIndex:
         tags = acc.Tags()
         images: dict[tuple[str, int], bytes] = {}
         grids, pictures, panels = [], [], []
-        probes: dict[str, set[int]] = {}
+        # the matrix' rows per probe set, in the order the grids show them (interleaved by class), not by index
+        probes: dict[str, list[int]] = {}
         for tag in sorted(tags.get("images", [])):
             kind = classify_tag(tag)
             if kind is None:
@@ -145,7 +146,8 @@ class RunIndex:
                     entry["probe"] = fingerprint
                     entry["boxes"] = {str(k): list(box) for k, box in sorted(layout.boxes.items())}
                     if method != "counterfactuals":  # the matrix' rows: the grids' probe images
-                        probes.setdefault(fingerprint, set()).update(layout.boxes)
+                        rows = probes.setdefault(fingerprint, [])
+                        rows.extend(k for k in layout.boxes if k not in rows)
                 if layout.predictions:
                     entry["predictions"] = {str(k): list(v) for k, v in sorted(layout.predictions.items())}
                 listing.entries.append(entry)
@@ -182,7 +184,7 @@ class RunIndex:
             "pictures": pictures,
             "scalars": scalars,
             "alerts": sorted(alerts, key=lambda a: a["step"]),
-            "probes": {fp: sorted(indices) for fp, indices in sorted(probes.items())},
+            "probes": dict(sorted(probes.items())),
             "other_tags": {
                 kind: len(values)
                 for kind, values in tags.items()
