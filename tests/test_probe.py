@@ -102,3 +102,11 @@ def test_masks_from_boxes():
         ProbeSet.masks_from_boxes([[4, 0, 2, 3]], (8, 8))
     with pytest.raises(ValueError, match=r"\[N,4\]"):
         ProbeSet.masks_from_boxes([[1, 2, 3]], (8, 8))
+
+
+def test_probe_sets_compare_by_identity_and_key_dicts():
+    images, targets = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    a, b = ProbeSet(images, targets), ProbeSet(images.clone(), targets.clone())
+    assert a == a and a != b  # no elementwise tensor comparison (which raised before)
+    assert {a: 1, b: 2}[a] == 1
+    assert a.fingerprint() == b.fingerprint()  # contents compare through the fingerprint

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from probelens.probe import ProbeSet
 
-if TYPE_CHECKING:  # the cores: the same signatures as the generated Lightning subclasses
+if TYPE_CHECKING:  # the Lightning callbacks these names resolve to (see __getattr__)
     from probelens.callbacks import (
         ActivationMonitor,
         DeconvMonitor,
@@ -22,38 +22,24 @@ if TYPE_CHECKING:  # the cores: the same signatures as the generated Lightning s
         SaliencyMonitor,
         ShortcutMonitor,
     )
+    from probelens.core.sinks import register_sink, unregister_sink
 
 __version__ = "0.2.0.dev0"
 
-_MONITORS = (
-    "ActivationMonitor",
-    "DeconvMonitor",
-    "FeatureVisMonitor",
-    "FilterMonitor",
-    "GradCAMMonitor",
-    "OcclusionMonitor",
-    "ProbeMonitor",
-    "SaliencyMonitor",
-    "ShortcutMonitor",
-)
-
 
 def __getattr__(name: str) -> Any:
-    """Monitors resolve to the ``pytorch_lightning`` flavour (:mod:`probelens.pl`) when that package is installed,
-    else to the ``lightning.pytorch`` flavour (:mod:`probelens.lightning`)."""
+    """``probelens.<Name>Monitor`` is the Lightning callback of :mod:`probelens.callbacks` (the ``pytorch_lightning``
+    flavour when that package is installed, else the ``lightning.pytorch`` one), imported on first use so that
+    ``import probelens.methods`` does not import Lightning."""
     if name in ("register_sink", "unregister_sink"):
-        from probelens.callbacks import _sinks
+        from probelens.core import sinks
 
-        return getattr(_sinks, name)
-    if name not in _MONITORS:
-        raise AttributeError(f"module 'probelens' has no attribute {name!r}")
-    try:
-        module = importlib.import_module("probelens.pl")
-    except ModuleNotFoundError as err:
-        if err.name != "pytorch_lightning":
-            raise
-        module = importlib.import_module("probelens.lightning")
-    return getattr(module, name)
+        return getattr(sinks, name)
+    if name.endswith("Monitor"):
+        callbacks = importlib.import_module("probelens.callbacks")
+        if name in callbacks.__all__:
+            return getattr(callbacks, name)
+    raise AttributeError(f"module 'probelens' has no attribute {name!r}")
 
 
 __all__ = [

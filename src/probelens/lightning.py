@@ -1,5 +1,10 @@
 """The monitors as ``lightning.pytorch.Callback`` subclasses (``import lightning.pytorch as pl``).
 
+Each class is its framework-free core (:mod:`probelens.core`: signature, docs, behaviour) with this namespace's
+``Callback`` mixed in. ``pytorch_lightning.Callback`` and ``lightning.pytorch.Callback`` are unrelated classes: a
+Trainer duck-types a callback of the other namespace, but ``LightningCLI`` checks ``isinstance``, hence one module
+per namespace. Module-level classes, so a config's ``class_path`` finds them and they pickle (``ddp_spawn``).
+
 Example:
     >>> from probelens.lightning import GradCAMMonitor
     >>> import lightning.pytorch
@@ -11,9 +16,56 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback
 
-from probelens.callbacks._flavours import MONITOR_NAMES, make_monitors
+from probelens import core
 
-# the classes are generated (one per framework-free core in probelens.callbacks, same signature and docs), so a
-# config's class_path "probelens.<flavour>.GradCAMMonitor" and pickling under ddp_spawn both find them here
-globals().update(make_monitors(Callback, __name__))
-__all__ = list(MONITOR_NAMES)
+# The cores are type-checked against pytorch_lightning.Callback (their hooks take its Trainer); lightning.pytorch's
+# Callback has the same hooks over its own Trainer class, which mypy reports as an incompatible second base.
+
+
+class ProbeMonitor(core.MonitorCore, Callback):  # type: ignore[misc]
+    __doc__ = core.MonitorCore.__doc__
+
+
+class ActivationMonitor(core.ActivationCore, Callback):  # type: ignore[misc]
+    __doc__ = core.ActivationCore.__doc__
+
+
+class DeconvMonitor(core.DeconvCore, Callback):  # type: ignore[misc]
+    __doc__ = core.DeconvCore.__doc__
+
+
+class FeatureVisMonitor(core.FeatureVisCore, Callback):  # type: ignore[misc]
+    __doc__ = core.FeatureVisCore.__doc__
+
+
+class FilterMonitor(core.FilterCore, Callback):  # type: ignore[misc]
+    __doc__ = core.FilterCore.__doc__
+
+
+class GradCAMMonitor(core.GradCAMCore, Callback):  # type: ignore[misc]
+    __doc__ = core.GradCAMCore.__doc__
+
+
+class OcclusionMonitor(core.OcclusionCore, Callback):  # type: ignore[misc]
+    __doc__ = core.OcclusionCore.__doc__
+
+
+class SaliencyMonitor(core.SaliencyCore, Callback):  # type: ignore[misc]
+    __doc__ = core.SaliencyCore.__doc__
+
+
+class ShortcutMonitor(core.ShortcutCore, Callback):  # type: ignore[misc]
+    __doc__ = core.ShortcutCore.__doc__
+
+
+__all__ = [
+    "ActivationMonitor",
+    "DeconvMonitor",
+    "FeatureVisMonitor",
+    "FilterMonitor",
+    "GradCAMMonitor",
+    "OcclusionMonitor",
+    "ProbeMonitor",
+    "SaliencyMonitor",
+    "ShortcutMonitor",
+]

@@ -1,5 +1,10 @@
 """The monitors as ``pytorch_lightning.Callback`` subclasses (``import pytorch_lightning as pl``).
 
+Each class is its framework-free core (:mod:`probelens.core`: signature, docs, behaviour) with this namespace's
+``Callback`` mixed in. ``pytorch_lightning.Callback`` and ``lightning.pytorch.Callback`` are unrelated classes: a
+Trainer duck-types a callback of the other namespace, but ``LightningCLI`` checks ``isinstance``, hence one module
+per namespace. Module-level classes, so a config's ``class_path`` finds them and they pickle (``ddp_spawn``).
+
 Example:
     >>> from probelens.pl import GradCAMMonitor
     >>> import pytorch_lightning
@@ -11,9 +16,53 @@ from __future__ import annotations
 
 from pytorch_lightning import Callback
 
-from probelens.callbacks._flavours import MONITOR_NAMES, make_monitors
+from probelens import core
 
-# the classes are generated (one per framework-free core in probelens.callbacks, same signature and docs), so a
-# config's class_path "probelens.<flavour>.GradCAMMonitor" and pickling under ddp_spawn both find them here
-globals().update(make_monitors(Callback, __name__))
-__all__ = list(MONITOR_NAMES)
+
+class ProbeMonitor(core.MonitorCore, Callback):
+    __doc__ = core.MonitorCore.__doc__
+
+
+class ActivationMonitor(core.ActivationCore, Callback):
+    __doc__ = core.ActivationCore.__doc__
+
+
+class DeconvMonitor(core.DeconvCore, Callback):
+    __doc__ = core.DeconvCore.__doc__
+
+
+class FeatureVisMonitor(core.FeatureVisCore, Callback):
+    __doc__ = core.FeatureVisCore.__doc__
+
+
+class FilterMonitor(core.FilterCore, Callback):
+    __doc__ = core.FilterCore.__doc__
+
+
+class GradCAMMonitor(core.GradCAMCore, Callback):
+    __doc__ = core.GradCAMCore.__doc__
+
+
+class OcclusionMonitor(core.OcclusionCore, Callback):
+    __doc__ = core.OcclusionCore.__doc__
+
+
+class SaliencyMonitor(core.SaliencyCore, Callback):
+    __doc__ = core.SaliencyCore.__doc__
+
+
+class ShortcutMonitor(core.ShortcutCore, Callback):
+    __doc__ = core.ShortcutCore.__doc__
+
+
+__all__ = [
+    "ActivationMonitor",
+    "DeconvMonitor",
+    "FeatureVisMonitor",
+    "FilterMonitor",
+    "GradCAMMonitor",
+    "OcclusionMonitor",
+    "ProbeMonitor",
+    "SaliencyMonitor",
+    "ShortcutMonitor",
+]

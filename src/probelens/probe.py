@@ -67,9 +67,13 @@ def _rng_preserved() -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-@dataclass
+@dataclass(eq=False)
 class ProbeSet:
     """A fixed batch of images that the monitors explain at every log step.
+
+    Identity: a probe set equals only itself (``==`` is ``is``) and hashes by identity, so it can key a dict; the
+    monitors sharing one ``ProbeSet`` object share one explanation pass. To compare contents (e.g. across a resume),
+    compare :meth:`fingerprint` values.
 
     Args:
         images: ``[N,C,H,W]`` float model inputs (already normalised as the model expects). Any channel count and any

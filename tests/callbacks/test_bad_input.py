@@ -26,7 +26,7 @@ from probelens import (
     SaliencyMonitor,
     ShortcutMonitor,
 )
-from probelens.callbacks._session import ProbeSession, session_for
+from probelens.core.session import ProbeSession, session_for
 from probelens.methods import grad_cam
 
 
@@ -524,7 +524,7 @@ def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n)
     session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
     per_image, _ = _batching.activation_bytes(model, probe.images)  # measured once (one image), then cached
     model.seen.clear()
-    from probelens.callbacks._session import _Needs
+    from probelens.core.session import _Needs
 
     result = session.get(model, probe, 0, _Needs(layers, True, True, {"pred"}))
     assert max(model.seen) * per_image * 2 <= budget  # every chunk's graph within the budget
@@ -538,7 +538,7 @@ def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n)
 
 
 def test_no_pass_tensor_is_kept_between_firings_and_a_large_pass_is_warned_about(tmp_path, monkeypatch):
-    from probelens.callbacks import _session
+    from probelens.core import session as _session
 
     monkeypatch.setattr(_session, "PASS_WARN_BYTES", 1000)
     train, val = loaders(n=32)
@@ -606,7 +606,7 @@ _PEAK_SCRIPT = """
 import resource, sys, torch
 from torch import nn
 from probelens import ProbeSet
-from probelens.callbacks._session import ProbeSession, _Needs
+from probelens.core.session import ProbeSession, _Needs
 torch.set_num_threads(1)
 n = int(sys.argv[1])
 torch.manual_seed(0)

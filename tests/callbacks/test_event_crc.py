@@ -10,7 +10,7 @@ from tensorboard.summary.writer import record_writer
 
 from lit import LitClassifier, loaders, random_data, read_events, trainer
 from probelens import GradCAMMonitor, ProbeSet
-from probelens.callbacks import _event_crc
+from probelens.core import _event_crc
 
 
 @pytest.fixture

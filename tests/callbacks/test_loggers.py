@@ -20,8 +20,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lit import LitClassifier, decode, loaders, random_data, read_events, trainer
 from probelens import GradCAMMonitor, ProbeSet, SaliencyMonitor
-from probelens.callbacks import _sinks
-from probelens.callbacks._sinks import MLflowSink, TensorBoardSink, WandbSink, register_sink, sinks_for
+from probelens.core import sinks as _sinks
+from probelens.core.sinks import MLflowSink, TensorBoardSink, WandbSink, register_sink, sinks_for
 from probelens.render import cells_from_text
 
 DEADLINE_S = 90  # the whole file takes ~30 s; a logger waiting on a network must fail the test, not hang the CI job

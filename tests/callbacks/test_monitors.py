@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
-from probelens.callbacks._session import session_for
+from probelens.core.session import session_for
 
 
 def boxes(images, targets):

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import GradCAMMonitor, ProbeSet, ShortcutMonitor
-from probelens.callbacks.shortcut import SCALAR_TAGS
+from probelens.core.shortcut import SCALAR_TAGS
 from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
 from shortcut_truth import ConflictAccuracy
 

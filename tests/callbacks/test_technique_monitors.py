@@ -134,7 +134,7 @@ def test_feature_vis_channel_out_of_range_fails_at_setup(tmp_path):
 
 
 def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_path):
-    from probelens.callbacks._session import session_for
+    from probelens.core.session import session_for
     from probelens.methods.cam import CAM_METHODS, GRADIENT_CAMS
 
     probe = make_probe()

@@ -148,7 +148,7 @@ def test_tensorboard_sink_writes_encoded_pngs_readable_by_event_accumulator(tmp_
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    from probelens.callbacks._sinks import TensorBoardSink
+    from probelens.core.sinks import TensorBoardSink
 
     gallery = _gallery()
     writer = SummaryWriter(str(tmp_path))

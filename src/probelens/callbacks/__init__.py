@@ -1,23 +1,15 @@
-"""Lightning callbacks (the only probelens package that imports Lightning)."""
+"""The monitors as Lightning callbacks of the installed namespace.
 
-from probelens.callbacks.activations import ActivationMonitor
-from probelens.callbacks.base import ProbeMonitor
-from probelens.callbacks.deconv import DeconvMonitor
-from probelens.callbacks.feature_vis import FeatureVisMonitor
-from probelens.callbacks.filters import FilterMonitor
-from probelens.callbacks.grad_cam import GradCAMMonitor
-from probelens.callbacks.occlusion import OcclusionMonitor
-from probelens.callbacks.saliency import SaliencyMonitor
-from probelens.callbacks.shortcut import ShortcutMonitor
+These are the classes of :mod:`probelens.pl` (``pytorch_lightning.Callback``) when ``pytorch_lightning`` is
+installed, else those of :mod:`probelens.lightning` (``lightning.pytorch.Callback``): the same classes that
+``probelens.GradCAMMonitor`` etc. resolve to. Their framework-free cores are in :mod:`probelens.core`.
+"""
 
-__all__ = [
-    "ActivationMonitor",
-    "DeconvMonitor",
-    "FeatureVisMonitor",
-    "FilterMonitor",
-    "GradCAMMonitor",
-    "OcclusionMonitor",
-    "ProbeMonitor",
-    "SaliencyMonitor",
-    "ShortcutMonitor",
-]
+try:
+    from probelens.pl import *  # noqa: F403
+    from probelens.pl import __all__
+except ModuleNotFoundError as err:  # only lightning.pytorch is installed
+    if err.name != "pytorch_lightning":
+        raise
+    from probelens.lightning import *  # type: ignore[assignment]  # noqa: F403
+    from probelens.lightning import __all__  # noqa: F401

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_cmap, check_int, check_layer_spec
-from probelens.callbacks.base import ProbeMonitor
+from probelens.core.base import MonitorCore
+from probelens.core.options import check_cmap, check_int, check_layer_spec
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class ActivationMonitor(ProbeMonitor):
+class ActivationCore(MonitorCore):
     """Logs feature maps of the probe images.
 
     Tags: ``probelens/activations/<layer>``, one grid per layer and step: one row per probe image, starting with the
@@ -35,9 +35,8 @@ class ActivationMonitor(ProbeMonitor):
         max_images: probe images shown (rows).
         cmap: colormap name.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
-        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
-            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
-            :mod:`probelens.methods.layout`).
+        reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
+            pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -72,9 +71,7 @@ class ActivationMonitor(ProbeMonitor):
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
-        self._layers = self._resolve_layers(pl_module, self.layers_spec)
-        spatial = self._check_spatial(pl_module, self._layers, reshape=self.reshape)
-        self._layouts = {name: layout for name, (layout, _) in spatial.items()}
+        self._layers, self._layouts = self._map_layers(pl_module, self.layers_spec, reshape=self.reshape)
         self._require(self._layers, gradients=False, input_gradient=False, target_sets=set())
 
     def _tile_size(self, rows: int) -> tuple[int, int]:
@@ -120,4 +117,4 @@ class ActivationMonitor(ProbeMonitor):
             captions = [f"#{int(j)} channels {chans}" if i == 0 else f"#{int(j)}" for i, j in enumerate(shown)]
             boxes: list[tuple[int, int, int, int]] = []
             grid = rows_grid(rows, captions, cell_boxes=boxes)
-            self._image(f"probelens/activations/{layer}", grid, step, boxes, shown=shown)
+            self.writer.image(f"probelens/activations/{self.layer_tags[layer]}", grid, step, boxes, shown=shown)

@@ -11,7 +11,8 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import (
+from probelens.core.base import MonitorCore
+from probelens.core.options import (
     check_bool,
     check_choice,
     check_float,
@@ -19,9 +20,8 @@ from probelens.callbacks._options import (
     check_names,
     check_single_layer,
 )
-from probelens.callbacks._session import ProbeSession
-from probelens.callbacks._sinks import is_tensorboard_logger
-from probelens.callbacks.base import ProbeMonitor
+from probelens.core.session import ProbeSession
+from probelens.core.sinks import is_tensorboard_logger
 from probelens.methods._batching import chunk_ranges
 from probelens.methods.engine import forward_backward
 from probelens.methods.grad_cam import grad_cam_map
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class ShortcutMonitor(ProbeMonitor):
+class ShortcutCore(MonitorCore):
     """Measures, at every log step, whether the model decides by the object or by the background.
 
     With foreground masks in the probe set it logs (contract tags):
@@ -159,11 +159,6 @@ class ShortcutMonitor(ProbeMonitor):
         self._layout_written = False
         self._said_no_masks = False
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(name=self.name)
-
     @override
     def state_dict(self) -> dict[str, Any]:
         # the drift references travel too: after a resume drift_first still compares with the first map of the run
@@ -248,7 +243,7 @@ class ShortcutMonitor(ProbeMonitor):
                     f"{self.name}: the probe set has no foreground masks, so only map drift is logged. Give "
                     "ProbeSet(masks=...) (from the dataset, boxes or a function) to enable the shortcut verdict."
                 )
-            self._log_scalars(trainer, metrics, step)
+            self.writer.scalars(trainer.loggers, metrics, step)
             return
         masks = self.probe.masks
         metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean())
@@ -302,7 +297,7 @@ class ShortcutMonitor(ProbeMonitor):
             for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.partners).items():
                 metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}_on_{self._class_tag(b)}"] = rate
         self._worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
-        self._log_scalars(trainer, metrics, step)
+        self.writer.scalars(trainer.loggers, metrics, step)
         self._write_layout(trainer)
         if self.panels:
             self._panel(step, preds, bg_pred, fg_pred, swap_pred, cf)
@@ -313,7 +308,7 @@ class ShortcutMonitor(ProbeMonitor):
         elif was_active and not self.verdict.active:
             self._cleared(step, metrics)
         # the verdict's state on the loss curves' axis: 1 while an alert stands, 0 otherwise
-        self._log_scalars(trainer, {"shortcut/verdict": float(self.verdict.active)}, step)
+        self.writer.scalars(trainer.loggers, {"shortcut/verdict": float(self.verdict.active)}, step)
 
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
@@ -339,7 +334,7 @@ class ShortcutMonitor(ProbeMonitor):
         )
         self.clears.append(step)
         if self.on_shortcut != "ignore":
-            self._text("shortcut/alert", text, step)
+            self.writer.text("shortcut/alert", text, step)
             rank_zero_info(f"{self.name}: {text}")
 
     def _counterfactual_batch(self, images: Tensor) -> Any:
@@ -369,14 +364,14 @@ class ShortcutMonitor(ProbeMonitor):
             ]
         boxes: list[tuple[int, int, int, int]] = []
         grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
-        self._image("shortcut/counterfactuals", grid, step, boxes, per_probe=4, shown=shown)
+        self.writer.image("shortcut/counterfactuals", grid, step, boxes, per_probe=4, shown=shown)
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
-        if self._layout_written or self._stage != "fit" or getattr(trainer, "ckpt_path", None):
+        if self._layout_written or self.writer.stage != "fit" or getattr(trainer, "ckpt_path", None):
             return  # written once per run, not again on resume
         self._layout_written = True
-        t = self._tag
-        title = "probelens shortcut" + (f" ({self.name})" if self._custom_name else "")
+        t = self.writer.tag
+        title = "probelens shortcut" + (f" ({self.name})" if self.writer.named else "")
         layout = {
             title: {
                 "verdict": [
@@ -419,7 +414,7 @@ class ShortcutMonitor(ProbeMonitor):
             f"{metrics['shortcut/background_only_accuracy']:.0%}. Grad-CAM mass on the object is "
             f"{metrics['shortcut/mask_attribution']:.2f} (chance {metrics['shortcut/mask_attribution_chance']:.2f})."
         )
-        self._text("shortcut/alert", text, step)
+        self.writer.text("shortcut/alert", text, step)
         rank_zero_warn(f"{self.name}: {text}")
         if self.on_shortcut == "stop":
             trainer.should_stop = True

@@ -14,15 +14,15 @@ import inspect
 import os
 import re
 import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from probelens.callbacks import _event_crc
+from probelens.core import _event_crc
+from probelens.core.run import run_session
 from probelens.render import Cell, cells_to_text, encode_png, save_png
 
 
@@ -205,19 +205,13 @@ class MLflowSink:
         self.logger.experiment.log_text(self.logger.run_id, text, artifact_file)
 
 
-_REPORTED: weakref.WeakSet[Any] = weakref.WeakSet()  # sinks (by logger) whose failure was reported already
-
-
-def _report_once(sink: Any, err: Exception) -> None:
-    key = getattr(sink, "logger", sink)
-    try:
-        if key in _REPORTED:
-            return
-        _REPORTED.add(key)
-    except TypeError:  # not weak-referenceable: report every time rather than never
-        pass
+def _report_once(sink: Any, err: Exception, reported: set[int]) -> None:
+    logger = getattr(sink, "logger", sink)
+    if id(logger) in reported:
+        return
+    reported.add(id(logger))
     rank_zero_warn(
-        f"probelens: writing to {type(key).__name__} failed ({type(err).__name__}: {err}); the other loggers still "
+        f"probelens: writing to {type(logger).__name__} failed ({type(err).__name__}: {err}); the other loggers still "
         "get every image. Further failures of this logger are not reported."
     )
 
@@ -230,10 +224,11 @@ class FanOutSink:
     the firing as failed, as for a single sink).
     """
 
-    def __init__(self, sinks: Sequence[ImageSink]) -> None:
+    def __init__(self, sinks: Sequence[ImageSink], reported: set[int] | None = None) -> None:
         if not sinks:
             raise ValueError("FanOutSink needs at least one sink, got none")
         self.sinks = list(sinks)
+        self._reported = set() if reported is None else reported  # ids of loggers whose failure was reported
 
     def _each(self, write: Callable[[ImageSink], None]) -> None:
         errors: list[Exception] = []
@@ -243,7 +238,7 @@ class FanOutSink:
             except Exception as err:
                 errors.append(err)
                 if len(errors) < len(self.sinks):
-                    _report_once(sink, err)
+                    _report_once(sink, err, self._reported)
         if len(errors) == len(self.sinks):
             raise errors[0]
 
@@ -302,7 +297,7 @@ def register_sink(factory: SinkFactory) -> SinkFactory:
 
     Example:
         >>> import probelens
-        >>> from probelens.callbacks._sinks import PngSink, sinks_for
+        >>> from probelens.core.sinks import PngSink, sinks_for
         >>> class ArchiveLogger:  # a logger of yours
         ...     root = "archive"
         >>> @probelens.register_sink
@@ -338,3 +333,25 @@ def sinks_for(loggers: Iterable[Any]) -> list[ImageSink]:
                 sinks.append(sink)
                 break
     return sinks
+
+
+def sink_for_trainer(trainer: Any, png_root: str) -> ImageSink:
+    """The sink of a monitor on ``trainer``: each attached logger that takes images gets them (TensorBoard, W&B,
+    MLflow, registered ones); loggers that take only scalars, such as ``CSVLogger``, are skipped; with none left,
+    PNG files under ``png_root``, and one warning per run. Notices are given once per run (:mod:`~.run`)."""
+    run = run_session(trainer)
+    sinks = sinks_for(trainer.loggers)
+    if any(isinstance(sink, TensorBoardSink) for sink in sinks) and run.first_time("tensorboard-sampling"):
+        rank_zero_info(
+            "probelens: TensorBoard shows only 10 sampled steps per image tag by default; start it with "
+            "`tensorboard --logdir <dir> --samples_per_plugin images=1000` to see every logged step."
+        )
+    if sinks:
+        return sinks[0] if len(sinks) == 1 else FanOutSink(sinks, run.failed_loggers)
+    if run.first_time("png-fallback"):
+        rank_zero_warn(
+            "probelens: no TensorBoardLogger (nor a WandbLogger or MLflowLogger) is attached, so images are "
+            f"written as PNG files under {png_root}. Pass logger=TensorBoardLogger(...) to the Trainer to see them "
+            "next to the loss curves."
+        )
+    return PngSink(png_root)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_bool, check_cmap, check_float, check_int, check_layer_spec
-from probelens.callbacks.base import ProbeMonitor, target_sets_for
+from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class GradCAMMonitor(ProbeMonitor):
+class GradCAMCore(MonitorCore):
     """Logs Grad-CAM (Selvaraju et al., 2017), or any set of the CAM family, over the probe images at each layer.
 
     Tags: ``probelens/<method>/<layer>`` (``probelens/gradcam/<layer>`` for Grad-CAM), one labelled grid per method,
@@ -53,9 +53,8 @@ class GradCAMMonitor(ProbeMonitor):
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
-        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
-            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
-            :mod:`probelens.methods.layout`).
+        reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
+            pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -137,10 +136,10 @@ class GradCAMMonitor(ProbeMonitor):
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
-        self._layers = self._resolve_layers(pl_module, self.layers_spec)
         gradients = any(m in GRADIENT_CAMS for m in self.methods)
-        spatial = self._check_spatial(pl_module, self._layers, needs_grad=gradients, reshape=self.reshape)
-        self._layouts = {name: layout for name, (layout, _) in spatial.items()}
+        self._layers, self._layouts = self._map_layers(
+            pl_module, self.layers_spec, needs_grad=gradients, reshape=self.reshape
+        )
         self._require(self._layers, gradients=gradients, input_gradient=False, target_sets=set(self.target_sets))
 
     def _normalise(self, key: str, cam: Tensor) -> Tensor:
@@ -181,7 +180,7 @@ class GradCAMMonitor(ProbeMonitor):
         shown = self._shown(self.max_images)
         k = len(shown)
         images = self.probe.display_images()[shown]
-        captions = self._captions(result, shown)
+        captions = self.writer.captions(result, shown)
         strip: Tensor | None = None
         for method in self.methods:
             for layer in self._layers:
@@ -202,10 +201,12 @@ class GradCAMMonitor(ProbeMonitor):
                 ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
                 boxes: list[tuple[int, int, int, int]] = []
                 grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
-                self._image(f"probelens/{method}/{layer}", grid, step, boxes, per_probe=len(tiles), shown=shown)
+                self.writer.image(
+                    f"probelens/{method}/{self.layer_tags[layer]}", grid, step, boxes, per_probe=len(tiles), shown=shown
+                )
                 if method == self.methods[0]:
                     strip = tiles[0]  # ends as the deepest layer's
-        if self.filmstrip and strip is not None and self._stage == "fit":  # the strip is the training history
+        if self.filmstrip and strip is not None and self.writer.stage == "fit":  # the strip is the training history
             self._log_filmstrip(step, list(self._layers)[-1], strip, shown)
 
     def _log_filmstrip(self, step: int, layer: str, overlays: Tensor, shown: Tensor) -> None:
@@ -229,4 +230,6 @@ class GradCAMMonitor(ProbeMonitor):
             + (f" | steps {steps}" if i == 0 else "")
             for i in range(k)
         ]
-        self._image(f"probelens/{self.methods[0]}_filmstrip/{layer}", rows_grid(rows, captions), step)
+        self.writer.image(
+            f"probelens/{self.methods[0]}_filmstrip/{self.layer_tags[layer]}", rows_grid(rows, captions), step
+        )

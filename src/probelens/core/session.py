@@ -29,6 +29,8 @@ from probelens.methods._sharded import is_sharded, sharded_forward_backward
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
 from probelens.probe import ProbeSet
 
+_Slot = tuple[ProbeSet, Any]  # (probe set, output transform): one pass each
+
 PASS_WARN_BYTES = 2 * 2**30
 """Above this many bytes kept by one shared pass (layer outputs, their gradients, input gradients) setup warns."""
 
@@ -65,16 +67,16 @@ class ProbeSession:
 
     def __init__(self) -> None:
         # keyed by (probe, output transform): monitors that read the model's output differently never share a pass
-        self._needs: dict[tuple[int, int], _Needs] = {}
-        self._cache: dict[tuple[int, int], tuple[tuple, _Needs, ProbePass]] = {}
-        self._inputs: dict[int, tuple[tuple, Tensor, Tensor]] = {}
-        self._memory_checked: set[tuple[int, int]] = set()
+        self._needs: dict[_Slot, _Needs] = {}
+        self._cache: dict[_Slot, tuple[tuple, _Needs, ProbePass]] = {}
+        self._inputs: dict[ProbeSet, tuple[tuple, Tensor, Tensor]] = {}
+        self._memory_checked: set[_Slot] = set()
         self.forward_count = 0
         self.chunk_calls = 0  # forward passes of all chunks (equals forward_count when no pass is chunked)
 
     @staticmethod
-    def _key(probe: ProbeSet, transform: OutputTransform | None) -> tuple[int, int]:
-        return (id(probe), 0 if transform is None else id(transform))
+    def _key(probe: ProbeSet, transform: OutputTransform | None) -> _Slot:
+        return (probe, transform)  # a ProbeSet hashes by identity; so does a function
 
     def register(
         self,
@@ -95,11 +97,11 @@ class ProbeSession:
     def probe_inputs(self, probe: ProbeSet, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The probe images and targets on the model's device and in its dtype (cached)."""
         key = (device, dtype)
-        hit = self._inputs.get(id(probe))
+        hit = self._inputs.get(probe)
         if hit is None or hit[0] != key:
             images = probe.images.detach().to(device=device, dtype=dtype)
             hit = (key, images, probe.targets.to(device))
-            self._inputs[id(probe)] = hit
+            self._inputs[probe] = hit
         return hit[1], hit[2]
 
     def get(self, model: nn.Module, probe: ProbeSet, step: int, needs: _Needs) -> ProbePass:

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_cmap, check_float, check_int, dry_run
-from probelens.callbacks.base import ProbeMonitor, target_sets_for
+from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.options import check_cmap, check_float, check_int, dry_run
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.methods.occlusion import _pair as occlusion_pair
@@ -35,7 +35,7 @@ def _pair(owner: str, option: str, value: object) -> tuple[int, int] | None:
         ) from None
 
 
-class OcclusionMonitor(ProbeMonitor):
+class OcclusionCore(MonitorCore):
     """Logs occlusion sensitivity: how much the target score drops when a window of the image is replaced.
 
     Tags: ``probelens/occlusion/<h>x<w>`` with the window size (``/pred``, ``/label`` suffixes with
@@ -133,7 +133,7 @@ class OcclusionMonitor(ProbeMonitor):
         shown = self._shown(self.max_images)
         index = shown.to(result.images.device)
         pictures = self.probe.display_images()[shown]
-        captions = self._captions(result, shown)
+        captions = self.writer.captions(result, shown)
         model = unwrap_compiled(pl_module)
         for target_set in self.target_sets:
             attr = occlusion(
@@ -150,4 +150,4 @@ class OcclusionMonitor(ProbeMonitor):
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
             tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
             boxes: list[tuple[int, int, int, int]] = []
-            self._image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes, shown=shown)
+            self.writer.image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes, shown=shown)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.callbacks._options import (
+from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.options import (
     check_bool,
     check_choice,
     check_cmap,
@@ -18,7 +19,6 @@ from probelens.callbacks._options import (
     check_names,
     dry_run,
 )
-from probelens.callbacks.base import ProbeMonitor, target_sets_for
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
 from probelens.methods.layers import unwrap_compiled
@@ -60,7 +60,7 @@ def _check_options(method: str, options: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown option(s) {unknown} for saliency method {method!r}; valid: {', '.join(valid)}")
 
 
-class SaliencyMonitor(ProbeMonitor):
+class SaliencyCore(MonitorCore):
     """Logs saliency maps of the probe images for each method.
 
     Tags: ``probelens/saliency/<method>``, one labelled grid per method and step (``/pred`` and ``/label`` suffixes
@@ -170,7 +170,7 @@ class SaliencyMonitor(ProbeMonitor):
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)
         images = self.probe.display_images()[shown] if self.overlay else None
-        captions = self._captions(result, shown)
+        captions = self.writer.captions(result, shown)
         for method in self.methods:
             for target_set in self.target_sets:
                 attribution = self._attribution(pl_module, result, target_set, method, shown)
@@ -183,4 +183,4 @@ class SaliencyMonitor(ProbeMonitor):
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
                 boxes: list[tuple[int, int, int, int]] = []
                 grid = labelled_grid(tiles, captions, cell_boxes=boxes)
-                self._image(f"probelens/saliency/{method}{suffix}", grid, step, boxes, shown=shown)
+                self.writer.image(f"probelens/saliency/{method}{suffix}", grid, step, boxes, shown=shown)

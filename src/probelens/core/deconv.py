@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_choice, check_int, check_single_layer
-from probelens.callbacks.base import ProbeMonitor
+from probelens.core.base import MonitorCore
+from probelens.core.options import check_choice, check_int, check_single_layer
 from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class DeconvMonitor(ProbeMonitor):
+class DeconvCore(MonitorCore):
     """Logs, per probe image, the ``top_k`` most activated channels of a layer projected back to pixel space.
 
     Tag: ``probelens/deconv/<layer>``: one row per probe image, the image followed by its projections (each scaled to
@@ -36,9 +36,8 @@ class DeconvMonitor(ProbeMonitor):
         rule: ``"deconvnet"`` or ``"guided_backprop"``.
         max_images: probe images (rows).
         **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
-        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
-            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
-            :mod:`probelens.methods.layout`).
+        reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
+            pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -116,4 +115,4 @@ class DeconvMonitor(ProbeMonitor):
             captions.append(f"#{int(shown[i])}: channels " + ", ".join(str(int(c)) for c in channels[i]))
         boxes: list[tuple[int, int, int, int]] = []
         grid = rows_grid(rows, captions, cell_boxes=boxes)
-        self._image(f"probelens/deconv/{self._layer}", grid, step, boxes, shown=shown)
+        self.writer.image(f"probelens/deconv/{self._layer}", grid, step, boxes, shown=shown)

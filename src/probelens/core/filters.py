@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_int, check_layer_spec
-from probelens.callbacks.base import ProbeMonitor
+from probelens.core.base import MonitorCore
+from probelens.core.options import check_int, check_layer_spec
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
 from probelens.render import filter_grid
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class FilterMonitor(ProbeMonitor):
+class FilterCore(MonitorCore):
     """Logs the filters of convolution layers.
 
     Tags: ``probelens/filters/<layer>``. A first layer with three input channels is shown as colour patches (one per
@@ -61,4 +61,4 @@ class FilterMonitor(ProbeMonitor):
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         for name, weight in conv_filters(pl_module, self._layers).items():
             weight = self._finite(weight, f"weights of {name}", step)
-            self._image(f"probelens/filters/{name}", filter_grid(weight, max_filters=self.max_filters), step)
+            self.writer.image(f"probelens/filters/{name}", filter_grid(weight, max_filters=self.max_filters), step)

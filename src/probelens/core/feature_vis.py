@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from probelens.callbacks._options import check_float, check_int, check_single_layer
-from probelens.callbacks.base import ProbeMonitor
+from probelens.core.base import MonitorCore
+from probelens.core.options import check_float, check_int, check_single_layer
 from probelens.methods.engine import forward_backward
 from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
-class FeatureVisMonitor(ProbeMonitor):
+class FeatureVisCore(MonitorCore):
     """Logs feature visualisations (activation maximisation, Olah et al. 2017) of a layer's channels or of classes.
 
     Tag: ``probelens/feature_vis/<layer>`` (``probelens/feature_vis/classes`` with ``layer=None``). All channels are
@@ -38,9 +38,8 @@ class FeatureVisMonitor(ProbeMonitor):
         lr: learning rate.
         seed: the fixed seed.
         **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
-        reshape: how to view a layer's output as ``[N,C,h,w]`` where it is not NCHW, channels-last or tokens on a
-            grid (those are recognised from the forward pass): a function, or ``{layer: function}`` (see
-            :mod:`probelens.methods.layout`).
+        reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
+            pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
 
     def __init__(
@@ -157,4 +156,4 @@ class FeatureVisMonitor(ProbeMonitor):
             captions = [f"class {self.probe.class_name(c)}" for c in self._channels]
         else:
             captions = [f"channel {c}" for c in self._channels]
-        self._image(f"probelens/feature_vis/{self._layer or 'classes'}", labelled_grid(tiles, captions), step)
+        self.writer.image(f"probelens/feature_vis/{self._layer or 'classes'}", labelled_grid(tiles, captions), step)

@@ -1,0 +1,42 @@
+"""The layer table (``probelens/architecture``): once per run, the layers a monitor can target, with their type,
+layout, map shape, parameter count and receptive field (:func:`probelens.methods.summary.layer_summary`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_utilities.core.rank_zero import rank_zero_warn
+from torch import nn
+
+from probelens.core.checks import probe_example
+from probelens.core.run import run_session
+from probelens.core.schedule import log_step
+from probelens.core.sharded import sharded_layer_summary
+from probelens.core.sinks import ImageSink
+from probelens.methods._sharded import is_sharded
+from probelens.methods.layers import unwrap_compiled
+from probelens.probe import ProbeSet
+
+TAG = "probelens/architecture"
+
+
+def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, sink: ImageSink) -> None:
+    """Writes the table once per run, on rank 0 (under sharded parameters every rank runs the summary's forward
+    pass, which is collective). A resumed run (``ckpt_path``) has it already. Never raises: a failure warns."""
+    sharded = is_sharded(model)
+    run = run_session(trainer)
+    if run.architecture_logged or not (trainer.is_global_zero or sharded):
+        return
+    run.architecture_logged = True
+    if getattr(trainer, "ckpt_path", None):  # a resumed run: the table is in the log dir already
+        return
+    from probelens.methods.summary import layer_summary, summary_markdown
+
+    try:
+        net = unwrap_compiled(model)
+        example = probe_example(net, probe)
+        rows = sharded_layer_summary(net, example) if sharded else layer_summary(net, example)
+        if trainer.is_global_zero:
+            sink.add_text(TAG, summary_markdown(rows, probe.image_size), log_step(trainer))
+    except Exception as err:  # a summary is a convenience: never let it stop training
+        rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")

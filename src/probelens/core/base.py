@@ -1,0 +1,512 @@
+"""The base of every monitor: its options, the Lightning hooks, and the one firing path.
+
+Everything else a monitor needs is a concern of its own module (see :mod:`probelens.core`): when to fire
+(:mod:`~probelens.core.schedule`), the probe set from the trainer's data (:mod:`~probelens.core.probe_source`), what
+to write and how it is named (:mod:`~probelens.core.writer`, over one sink per logger: :mod:`~probelens.core.sinks`),
+the setup checks (:mod:`~probelens.core.checks`), the layer table (:mod:`~probelens.core.architecture`), the
+checkpointed counters (:mod:`~probelens.core.state`), the run's once-only state (:mod:`~probelens.core.run`) and
+the shared pass of one model (:mod:`~probelens.core.session`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from probelens.core.architecture import log_architecture
+from probelens.core.checks import check_probe_fits, check_spatial, probe_example, scores_of
+from probelens.core.options import check_callable, check_choice, check_int, check_name
+from probelens.core.probe_source import probe_from_trainer
+from probelens.core.schedule import Schedule, log_step, stage_of
+from probelens.core.session import ProbeSession, _Needs, session_for
+from probelens.core.sharded import sharded_root
+from probelens.core.sinks import sink_for_trainer
+from probelens.core.state import MonitorState
+from probelens.core.writer import MonitorWriter, layer_labels
+from probelens.methods._sharded import failed_ranks, failure_messages, full_weights, is_sharded
+from probelens.methods.engine import OutputTransform, ProbePass
+from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
+from probelens.methods.layout import Layout, ReshapeSpec
+from probelens.probe import ProbeSet
+from probelens.render import sanitize
+
+TARGET_MODES = ("pred", "label", "both")
+
+if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
+    import pytorch_lightning as pl
+    from pytorch_lightning import Callback as _CallbackBase  # what the flavours mix in (probelens.pl, .lightning)
+else:
+    _CallbackBase = object
+
+
+class MonitorCore(_CallbackBase):
+    """Base class of the probelens monitors (framework-free core).
+
+    This class and its subclasses in :mod:`probelens.core` import neither ``pytorch_lightning`` nor ``lightning``;
+    the monitors users attach to a Trainer are their subclasses in :mod:`probelens.pl` (``pytorch_lightning``) and
+    :mod:`probelens.lightning` (``lightning.pytorch``), which ``probelens.callbacks`` and ``probelens.GradCAMMonitor``
+    etc. resolve to. Custom monitors subclass ``probelens.ProbeMonitor``.
+
+    Args:
+        probe: the probe set to explain (``None`` for monitors that need no images, such as filters).
+        every_n_epochs: fire at the end of every n-th epoch (``None`` to disable).
+        every_n_steps: fire every n optimizer steps instead (takes precedence over ``every_n_epochs``).
+        probe_size: with ``probe=None``, the monitor builds its probe set when training starts, from the validation
+            data (else the training data) with :meth:`ProbeSet.from_dataset`: this many images, class-balanced,
+            with the dataset's ``mean``/``std``/``class_names`` attributes when it has them. Monitors with the same
+            size and seed share one probe set (and one pass). This is what a LightningCLI config uses.
+        probe_seed: the seed of that pick.
+        log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
+        max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
+            caps the event-file bytes per image; ``None`` writes them at full size.
+        output_transform: maps the model's output to class scores ``[N, K]`` (e.g. ``lambda out: out["scores"]``);
+            by default a tensor is taken as is, a mapping's ``"logits"`` entry, an object's ``.logits`` attribute or
+            a tuple's first element. A single logit per image (``[N]`` or ``[N, 1]``, a binary head) is read as the
+            two class scores ``(-z/2, z/2)``, whose softmax is ``(1 - sigmoid(z), sigmoid(z))``. Anything else is
+            refused when training starts.
+        name: a label for warnings, the checkpoint state key and the cost/failure scalars (defaults to the class
+            name). When given, it also enters every tag after its first segment (``probelens/<name>/gradcam/...``,
+            ``shortcut/<name>/score``), so two monitors of one class can run side by side. Monitors on one Trainer
+            must have distinct names (checked at setup).
+
+    When it fires: by default at the end of validation (sanity check skipped); without a validation loop, at the end
+    of the training epoch. Each firing runs on global rank 0 only, on the unwrapped module (with sharded parameters,
+    FSDP: on every rank through the sharded model, rank 0 writing; see ``docs/distributed.md``), and logs the
+    monitor's own cost as ``probelens/cost_ms/<name>``.
+
+    After ``fit``: ``trainer.validate`` and ``trainer.test`` fire once at their end and write under a stage prefix
+    (``validate/probelens/gradcam/...``, ``test/shortcut/score``), so they never write a second image at a
+    (tag, step) that training already wrote; a second ``validate`` at the same step is skipped. ``predict`` never
+    fires. A monitor passed to another Trainer attaches to it: its sink, log dir, probe built from the trainer's data,
+    step bookkeeping and history (filmstrip, drift, verdict) start afresh for that run.
+
+    Extending: a subclass implements :meth:`_configure` (resolve the layers, register what the shared pass must
+    compute; raise on misconfiguration), :meth:`_log` (compute one step and write it through :attr:`writer`) and,
+    where it keeps history across firings, :meth:`_reset_history`; :meth:`_after_fire` runs on every rank after each
+    firing. Those four are the only hooks: the firing path (``_fire``, the Lightning hooks that call it, ``setup``,
+    ``_ensure_configured``) cannot be overridden (checked when the subclass is defined).
+    """
+
+    _SEALED: ClassVar[tuple[str, ...]] = (
+        "_fire",
+        "setup",
+        "_ensure_configured",
+        "on_train_start",
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_validation_end",
+        "on_test_end",
+        "on_train_epoch_end",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in MonitorCore._SEALED if name in cls.__dict__]
+        if overridden:
+            raise TypeError(
+                f"{cls.__qualname__} overrides {overridden}, which belong to the one firing path of every monitor; "
+                "extend it through _configure, _log, _reset_history and _after_fire instead"
+            )
+
+    needs_probe: ClassVar[bool] = True  # FilterMonitor shows weights only
+
+    def __init__(
+        self,
+        probe: ProbeSet | None = None,
+        *,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        log_at_start: bool = False,
+        max_image_side: int | None = 1024,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if probe is not None and not isinstance(probe, ProbeSet):
+            raise TypeError(
+                f"{owner}: probe must be a probelens.ProbeSet, got {type(probe).__name__}; build one with "
+                "ProbeSet(images, targets) or ProbeSet.from_dataset(val_dataset, num_samples=16)"
+            )
+        self.schedule = Schedule(owner, every_n_epochs, every_n_steps, log_at_start)
+        check_int(owner, "probe_size", probe_size)
+        check_int(owner, "probe_seed", probe_seed, minimum=0)
+        check_int(owner, "max_image_side", max_image_side, minimum=16, none_ok=True, fix="None writes full size")
+        check_callable(owner, "output_transform", output_transform, "lambda out: out['scores']")
+        self.name = check_name(owner, name) or owner
+        self.probe = probe
+        self.probe_size = probe_size
+        self.probe_seed = probe_seed
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.log_at_start = log_at_start
+        self.max_image_side = max_image_side
+        self.output_transform = output_transform
+        self._probe_given = probe is not None
+        self.writer = MonitorWriter(self.name, name is not None, max_image_side)
+        """Where :meth:`_log` writes its pictures, text and scalars."""
+        self.state = MonitorState()
+        self.layer_tags: dict[str, str] = {}
+        """The tag segment of each monitored layer (its name, or its depth and name where names do not sort)."""
+        self._trainer: weakref.ref[Any] | None = None
+        self._session: ProbeSession | None = None
+        self._needs = _Needs()
+        self._png_root: str | None = None
+        self._reset_run()  # subclasses set up their history in their own __init__ (with _reset_history)
+
+    # ------------------------------------------------------------------ one run
+    def _attach(self, trainer: Any) -> None:
+        """Start afresh for ``trainer``: everything that belongs to one run (its sink, step bookkeeping, warn-once
+        flags, a probe built from its data, the subclass's history). A checkpoint loaded after this restores the
+        checkpointed part."""
+        self._trainer = weakref.ref(trainer)
+        self._reset_run()
+        self._reset_history()
+
+    def _reset_run(self) -> None:
+        self._configured_for: int | None = None
+        self.state = MonitorState()
+        self.schedule.reset()
+        self._warned_failure = False
+        self._warned_nonfinite = False
+        if not self._probe_given and self.needs_probe:
+            self.probe = None  # built again from this trainer's data
+
+    @property
+    def fire_count(self) -> int:
+        """Firings that wrote their pictures in this run."""
+        return self.state.fire_count
+
+    @property
+    def failure_count(self) -> int:
+        """Firings that failed in this run (each skipped; training went on)."""
+        return self.state.failure_count
+
+    @property
+    def last_logged_step(self) -> int:
+        """The last training step this monitor wrote (``-1`` before the first)."""
+        return self.state.last_logged_step
+
+    # ------------------------------------------------------------------ identity and checkpoint state
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """``ClassName{kwargs}``, as Lightning's ``Callback._generate_state_key`` (identity-only arguments)."""
+        return f"{type(self).__qualname__}{kwargs!r}"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.to_dict(self.probe)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.state.load(state_dict)
+        self._check_fingerprint()
+
+    def _check_fingerprint(self) -> None:
+        saved = self.state.saved_fingerprint
+        if self.probe is not None and saved is not None and saved != self.probe.fingerprint():
+            rank_zero_warn(
+                f"{self.name}: the probe set differs from the one in the checkpoint (fingerprint {saved} vs "
+                f"{self.probe.fingerprint()}); maps before and after the resume are not comparable. Rebuild the probe "
+                "with the same dataset, num_samples and seed."
+            )
+
+    # ------------------------------------------------------------------ the subclass hooks
+    def _configure(self, pl_module: nn.Module) -> None:
+        """Resolve and validate the configuration against the model; register needs. Raise on misconfiguration."""
+
+    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        """Compute and write everything for one step, through :attr:`writer`."""
+        raise NotImplementedError
+
+    def _reset_history(self) -> None:
+        """Forget what earlier firings of this run left (filmstrip frames, first maps, verdict): a new run starts."""
+
+    def _after_fire(self, trainer: pl.Trainer) -> None:
+        """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _example(self, model: nn.Module) -> Tensor | None:
+        """The first probe image ``[1,C,H,W]`` on the model's device, in its dtype (``None`` without a probe)."""
+        return None if self.probe is None else probe_example(model, self.probe)
+
+    def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
+        return resolve_layers(model, layers, example_input=self._example(unwrap_compiled(model)))
+
+    def _check_spatial(
+        self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False, reshape: ReshapeSpec = None
+    ) -> dict[str, tuple[Layout, tuple[int, ...]]]:
+        """See :func:`probelens.core.checks.check_spatial` (``{}`` without a probe)."""
+        if self.probe is None:
+            return {}
+        return check_spatial(self.name, model, self.probe, layers, needs_grad, reshape)
+
+    def _map_layers(
+        self, model: nn.Module, spec: LayerSpec, *, needs_grad: bool = False, reshape: ReshapeSpec = None
+    ) -> tuple[dict[str, nn.Module], dict[str, Layout]]:
+        """The layers ``spec`` selects, checked to output maps (:meth:`_check_spatial`), in depth order, with their
+        layouts; sets :attr:`layer_tags` (their tag segments, :func:`~probelens.core.writer.layer_labels`)."""
+        layers = self._resolve_layers(model, spec)
+        spatial = self._check_spatial(model, layers, needs_grad=needs_grad, reshape=reshape)
+        ordered = {name: layers[name] for name in spatial} if spatial else layers
+        self.layer_tags = layer_labels(list(ordered))
+        renamed = [label for name, label in self.layer_tags.items() if label != name]
+        if renamed:
+            rank_zero_info(
+                f"{self.name}: the layer names do not sort by depth, so their tags carry the depth first: "
+                f"{', '.join(renamed)}"
+            )
+        return ordered, {name: layout for name, (layout, _) in spatial.items()}
+
+    def _scores(self, output: Any) -> Tensor:
+        """The class scores ``[N, K]`` in a model output, or a ``ValueError`` that shows ``output_transform=``."""
+        return scores_of(self.name, output, self.output_transform)
+
+    def _require(
+        self, layers: dict[str, nn.Module], *, gradients: bool, input_gradient: bool, target_sets: set[str]
+    ) -> None:
+        """Register what the shared pass must compute for this monitor (at configure time)."""
+        assert self.probe is not None and self._session is not None
+        transform = self.output_transform
+        self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), transform)
+        self._session.register(
+            self.probe,
+            layers,
+            gradients=gradients,
+            input_gradient=input_gradient,
+            target_sets=target_sets,
+            output_transform=transform,
+        )
+
+    def _pass(self, pl_module: nn.Module, step: int) -> ProbePass:
+        """The shared pass at this step (computed by the first monitor that asks, read by the others)."""
+        assert self.probe is not None and self._session is not None
+        return self._session.get(unwrap_compiled(pl_module), self.probe, step, self._needs)
+
+    def _shown(self, limit: int | None) -> Tensor:
+        """The probe indices a picture of at most ``limit`` images shows: interleaved by class
+        (:meth:`ProbeSet.interleaved`), so every grid shows every class."""
+        assert self.probe is not None
+        order = self.probe.interleaved()
+        return order if limit is None else order[:limit]
+
+    def _finite(self, values: Tensor, what: str, step: int) -> Tensor:
+        """``values`` with NaN/Inf replaced by 0; the first time it happens, a warning says where."""
+        clean, replaced = sanitize(values)
+        if replaced and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"{self.name}: non-finite values (NaN/Inf) in the {what} at step {step} were replaced by 0 for "
+                "display; the model's outputs or weights are probably diverging (check the loss and the learning rate)."
+            )
+        return clean
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._trainer is None or self._trainer() is not trainer:
+            self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
+        self._check_unique_name(trainer)
+        # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
+        self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
+        self._configured_for = None  # configured again for this stage's module, sink resolved for this trainer
+
+    def _check_unique_name(self, trainer: pl.Trainer) -> None:
+        clash = [
+            cb
+            for cb in getattr(trainer, "callbacks", [])
+            if isinstance(cb, MonitorCore) and cb is not self and cb.name == self.name
+        ]
+        if clash:
+            other = clash[0]
+            raise ValueError(
+                f"two probelens monitors on this Trainer are named {self.name!r} ({self.state_key} and "
+                f"{other.state_key}), so they would write the same tags (probelens/cost_ms/{self.name} and their "
+                f"images) and the same checkpoint state; give each its own name=, e.g. "
+                f"{type(self).__name__}(..., name='{self.name.lower()}_1') and name='{self.name.lower()}_2'"
+            )
+
+    def _ensure_configured(self, trainer: pl.Trainer, pl_module: nn.Module, required: bool = False) -> bool:
+        """Configure once per module and stage; returns False while a probe set cannot be built yet (no data)."""
+        pl_module = sharded_root(trainer) or pl_module  # sharded parameters: run through the FSDP root, on all ranks
+        if self._configured_for == id(pl_module):
+            return True
+        if self.probe is None and self.needs_probe:
+            self.probe = probe_from_trainer(trainer, self.probe_size, self.probe_seed, self.name)
+            if self.probe is None:
+                if required:
+                    raise ValueError(
+                        f"{self.name}: no probe set was given and the trainer has no map-style validation or training "
+                        "dataset (one with __len__ and __getitem__; an IterableDataset cannot be sampled) to build one "
+                        "from; pass probe=ProbeSet.from_dataset(val_dataset, num_samples=16) or "
+                        "ProbeSet(images, targets)"
+                    )
+                return False
+            self._check_fingerprint()
+        net = unwrap_compiled(pl_module)
+        self._session = session_for(net)
+        if self.probe is not None:
+            check_probe_fits(self.name, pl_module, self.probe, self.output_transform)
+        self._configure(pl_module)
+        if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
+            self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
+        sink = sink_for_trainer(trainer, self._png_root or os.path.join(trainer.default_root_dir, "probelens_images"))
+        self.writer.attach(sink, self.probe)
+        self._configured_for = id(pl_module)
+        if self.probe is not None:
+            log_architecture(trainer, pl_module, self.probe, sink)
+        return True
+
+    # ------------------------------------------------------------------ Lightning hooks
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_configured(trainer, pl_module, required=True)
+        self.schedule.warn_if_never(trainer, self.name)
+        if self.log_at_start and trainer.global_step == 0:
+            self._fire(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._session is not None:
+            self._session.release()  # the model is about to change: a cached pass could only be stale memory
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.schedule.after_batch(trainer):
+            self._fire(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        stage = stage_of(trainer)
+        if stage == "validate" or (stage == "fit" and self.schedule.after_fit_validation(trainer)):
+            self._fire(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fire(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation at epoch end runs before this hook: fire here only if it did not this epoch
+        if self.schedule.after_train_epoch(trainer):
+            self._fire(trainer, pl_module, epoch_end=True)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._session is not None:
+            self._session.release()  # no pass tensor outlives the run
+
+    # ------------------------------------------------------------------ the firing path
+    @final
+    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool = False) -> None:
+        """The one firing path: every hook that fires calls this, on every rank, and then :meth:`_after_fire`."""
+        stage, step = stage_of(trainer), log_step(trainer, epoch_end=epoch_end)
+        if self.state.claim(stage, step):
+            self.writer.begin(stage)
+            sharded = sharded_root(trainer)
+            if sharded is not None:  # FSDP: every rank computes together, rank 0 writes
+                self._fire_sharded(trainer, sharded, step)
+            elif trainer.is_global_zero:
+                self._fire_rank_zero(trainer, pl_module, step)
+        elif stage != "fit" and trainer.is_global_zero:
+            # trainer.validate/test at a step already written: e.g. a second ckpt_path, whose weights Lightning
+            # loads without restoring the step counter. Say so rather than skip in silence.
+            rank_zero_warn(
+                f"{self.name}: {stage} pictures for step {step} were already written in this run; this {stage} writes "
+                "none (never two images at one tag and step). To keep both, give this call its own logger (e.g. "
+                "TensorBoardLogger(..., version='ckpt-b')) on a new Trainer."
+            )
+        self._after_fire(trainer)
+
+    def _fire_rank_zero(self, trainer: pl.Trainer, pl_module: nn.Module, step: int) -> None:
+        self._ensure_configured(trainer, pl_module, required=True)
+        start = time.perf_counter()
+        try:
+            self._log(step, pl_module, trainer)
+        except Exception as err:  # an explanation must never take the training run down
+            self._record_failure(trainer, step, f"and was skipped ({type(err).__name__}: {err})")
+        else:
+            self._record_success(trainer, step, start)
+
+    def _fire_sharded(self, trainer: pl.Trainer, model: nn.Module, step: int) -> None:
+        """One firing on the sharded ``model`` (see :mod:`probelens.core.sharded`): collective, entered by every
+        rank at the same hook. Writes are held until the ranks agree that every one of them succeeded."""
+        self._ensure_configured(trainer, model, required=True)
+        rank_zero = bool(trainer.is_global_zero)
+        weights_only = not self.needs_probe  # FilterMonitor: weights are read, no forward pass
+        start = time.perf_counter()
+        error: Exception | None = None
+        with self.writer.held() as held:
+            try:
+                with full_weights(model, rank0_only=True) if weights_only else contextlib.nullcontext():
+                    if rank_zero or not weights_only:  # with rank0_only, ranks != 0 hold shards: nothing to draw
+                        self._log(step, model, trainer)
+            except Exception as err:  # reported below, once the ranks agree
+                error = err
+        failed = failed_ranks(error is None)
+        if failed:  # every rank sees the same list, so this gather is entered by all of them
+            messages = failure_messages(None if error is None else f"{type(error).__name__}: {error}")
+            self._record_failure(trainer, step, f"on rank(s) {failed} and was skipped on every rank ({messages[0]})")
+            return
+        if rank_zero:
+            try:
+                held.release()
+            except Exception as err:  # rank 0 only, after the last collective: safe to fail alone
+                self._record_failure(trainer, step, f"while writing its images ({type(err).__name__}: {err})")
+                return
+        self._record_success(trainer, step, start)
+
+    def _record_failure(self, trainer: pl.Trainer, step: int, what: str) -> None:
+        """Count a failed firing, warn about the first one, and log the count as ``probelens/failures/<name>``."""
+        self.state.failure_count += 1
+        tag = f"probelens/failures/{self.name}"
+        if not self._warned_failure:
+            self._warned_failure = True
+            rank_zero_warn(
+                f"{self.name} failed at step {step} {what}. Training goes on; further failures are counted silently "
+                f"in the scalar {self.writer.tag(tag, named=False)}."
+            )
+        self.writer.scalars(trainer.loggers, {tag: float(self.state.failure_count)}, step, named=False)
+
+    def _record_success(self, trainer: pl.Trainer, step: int, start: float) -> None:
+        """Count a firing begun at ``time.perf_counter()`` ``start``; log its cost as ``probelens/cost_ms/<name>``."""
+        self.state.fire_count += 1
+        cost_ms = (time.perf_counter() - start) * 1000.0
+        self.writer.scalars(trainer.loggers, {f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
+
+
+def target_sets_for(target: str, owner: str = "probelens") -> list[str]:
+    """``"pred"`` -> ``["pred"]``, ``"label"`` -> ``["label"]``, ``"both"`` -> ``["pred", "label"]``."""
+    check_choice(owner, "target", target, TARGET_MODES)
+    return ["pred", "label"] if target == "both" else [target]

@@ -1,0 +1,49 @@
+"""A probe set picked from the trainer's own data, for monitors constructed without one (e.g. in a LightningCLI
+config): the validation dataset, else the test one, else the training one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_utilities.core.rank_zero import rank_zero_warn
+
+from probelens.core.run import run_session
+from probelens.probe import ProbeSet
+
+_SOURCES = ("val_dataloaders", "test_dataloaders", "train_dataloader")
+
+
+def _first_map_dataset(trainer: Any) -> tuple[Any, str]:
+    for attr in _SOURCES:
+        loaders = getattr(trainer, attr, None)
+        if loaders is None:
+            continue
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+            return dataset, attr.split("_")[0]
+    return None, ""
+
+
+def probe_from_trainer(trainer: Any, size: int, seed: int, owner: str = "probelens") -> ProbeSet | None:
+    """``ProbeSet.from_dataset`` of the trainer's first map-style dataset (``None`` when it has none yet: loaders
+    are attached lazily), with the dataset's ``mean``/``std`` attributes when it has them; one per (dataset, size,
+    seed) and run, so monitors with the same options share one probe set and one pass."""
+    dataset, source = _first_map_dataset(trainer)
+    if dataset is None:
+        return None
+    available = len(dataset)
+    if available < size:
+        rank_zero_warn(
+            f"{owner}: probe_size={size} but the {source} dataset has only {available} images, so the probe set "
+            f"holds all {available}; pass probe_size<={available} to silence this."
+        )
+        size = available
+    probes = run_session(trainer).probes
+    key = (id(dataset), size, seed)
+    if key not in probes:
+        mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+        if not (isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list))):
+            mean = std = None
+        probes[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
+    return probes[key]

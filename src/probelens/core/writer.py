@@ -1,0 +1,186 @@
+"""What a monitor writes, and how it is named: tags, downscaling, captions and the probe-image layout of a grid.
+
+A :class:`MonitorWriter` belongs to one monitor. It is given the run's sink (:mod:`probelens.core.sinks`) when the
+monitor is configured for a Trainer, and the stage at every firing; the monitor's ``_log`` writes through it only:
+:meth:`~MonitorWriter.image`, :meth:`~MonitorWriter.text`, :meth:`~MonitorWriter.scalars`, and
+:meth:`~MonitorWriter.captions` for the per-image captions whose facts (true label, prediction, probability) are
+also recorded in the grid's PNG. :meth:`~MonitorWriter.held` keeps a firing's writes back until they are known to
+be wanted (sharded firings, where every rank must first agree that the step succeeded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probelens.core.sinks import ImageSink, write_image
+from probelens.methods.engine import ProbePass
+from probelens.probe import ProbeSet
+from probelens.render import Cell, ProbeCells
+
+Box = tuple[int, int, int, int]
+
+
+def scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
+    """``cell``'s box on an image resized by ``(sy, sx)`` to ``size``: the covering pixel box, at least 1 px."""
+    k, x0, y0, x1, y1 = cell
+    left, top = min(int(x0 * sx), size[1] - 1), min(int(y0 * sy), size[0] - 1)
+    right = max(left + 1, min(size[1], math.ceil(x1 * sx)))
+    bottom = max(top + 1, min(size[0], math.ceil(y1 * sy)))
+    return (k, left, top, right, bottom)
+
+
+def downscale(image: Tensor, max_side: int | None) -> tuple[Tensor, float, float]:
+    """``image`` (uint8 ``[C,H,W]``) area-resized so its longer side is at most ``max_side``, and the scale
+    factors ``(sy, sx)`` (``1.0`` when it already fits or ``max_side`` is ``None``)."""
+    height, width = image.shape[-2:]
+    side = max(height, width)
+    if max_side is None or side <= max_side:
+        return image, 1.0, 1.0
+    size = (max(1, int(height * max_side / side)), max(1, int(width * max_side / side)))
+    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
+    return small.round().clamp(0, 255).to(torch.uint8), size[0] / height, size[1] / width
+
+
+def _natural(text: str) -> list[Any]:
+    """TensorBoard's tag order: digit runs compare as numbers (``model.4`` before ``model.10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
+
+
+def layer_labels(layers: Sequence[str]) -> dict[str, str]:
+    """The tag segment of each layer (``layers`` in depth order): its name where TensorBoard's natural sort of the
+    names is the depth order, else the name after its zero-padded depth (``00_net.0.2``, ``01_net.0.10``,
+    ``02_net.0``), so the cards of one method sort by depth either way."""
+    names = list(layers)
+    if sorted(names, key=_natural) == names:
+        return {name: name for name in names}
+    width = max(2, len(str(len(names) - 1)))
+    return {name: f"{i:0{width}d}_{name}" for i, name in enumerate(names)}
+
+
+class HeldWrites:
+    """A firing's writes kept back, in order, until :meth:`release` hands them to the real sink."""
+
+    def __init__(self, sink: ImageSink) -> None:
+        self._sink = sink
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+        self._writes.append(("image", (tag, image, step, cells)))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self._writes.append(("text", (tag, text, step)))
+
+    def release(self) -> None:
+        """Write everything held to the real sink (texts and images in the order they came)."""
+        for kind, args in self._writes:
+            if kind == "text":
+                self._sink.add_text(*args)
+            else:
+                write_image(self._sink, *args)
+        self._writes = []
+
+
+class MonitorWriter:
+    """Names and writes one monitor's pictures, text and scalars (see the module docstring).
+
+    Args:
+        name: the monitor's name.
+        named: whether ``name`` was given by the user; then it enters every tag after its first segment
+            (``probelens/<name>/gradcam/...``), so two monitors of one class write apart.
+        max_image_side: longer side (pixels) above which images are downscaled before they are written.
+    """
+
+    def __init__(self, name: str, named: bool, max_image_side: int | None) -> None:
+        self.name = name
+        self.named = named
+        self.max_image_side = max_image_side
+        self.sink: ImageSink | None = None
+        self.probe: ProbeSet | None = None
+        self.stage = "fit"
+        self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
+
+    def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
+        """Write to ``sink`` from now on, about ``probe``'s images."""
+        self.sink, self.probe = sink, probe
+
+    def begin(self, stage: str) -> None:
+        """A firing starts in ``stage``: its captions only (never a prediction of an earlier step)."""
+        self.stage = stage
+        self._facts = {}
+
+    def tag(self, tag: str, named: bool = True) -> str:
+        """``tag`` as written: the monitor's name after the first segment when the user named it (and ``named``),
+        and the stage first under ``validate``/``test`` (``validate/probelens/gradcam/...``)."""
+        if named and self.named:
+            head, _, rest = tag.partition("/")
+            tag = f"{head}/{self.name}/{rest}" if rest else f"{head}/{self.name}"
+        return tag if self.stage == "fit" else f"{self.stage}/{tag}"
+
+    def captions(self, result: ProbePass, shown: Tensor, target_set: str | None = None) -> list[str]:
+        """Per shown probe image: its index, true label, prediction and probability (``target_set="label"`` adds
+        the class the map is for). The facts are recorded in the PNG of the grid that shows those images."""
+        probe = self.probe
+        assert probe is not None
+        probs, preds = result.probabilities, result.predictions
+        captions = []
+        for i in (int(j) for j in shown):
+            true, pred = probe.class_name(int(probe.targets[i])), int(preds[i])
+            self._facts[i] = (true, probe.class_name(pred), float(probs[i, pred]))
+            line = f"#{i} true: {true}\npred: {probe.class_name(pred)} {float(probs[i, pred]):.2f}"
+            if target_set == "label":
+                line += f"\nmap for: {probe.class_name(int(result.targets['label'][i]))}"
+            captions.append(line)
+        return captions
+
+    def image(
+        self,
+        tag: str,
+        image: Tensor,
+        step: int,
+        boxes: Sequence[Box] = (),
+        per_probe: int = 1,
+        shown: Tensor | None = None,
+    ) -> None:
+        """Writes ``image`` (uint8 ``[C,H,W]``) at ``tag`` and ``step``. ``boxes`` (a grid's ``cell_boxes``:
+        ``per_probe`` consecutive boxes per probe image, the images ``shown``, by default probe images 0, 1, ...)
+        become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`), keyed by probe index."""
+        assert self.sink is not None, "the writer is attached when the monitor is configured"
+        index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
+        cells = [(index[j // per_probe], *box) for j, box in enumerate(boxes)]
+        image, sy, sx = downscale(image, self.max_image_side)
+        if (sy, sx) != (1.0, 1.0):
+            cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]
+        fingerprint = self.probe.fingerprint() if self.probe is not None and cells else None
+        predictions = [(k, *self._facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in self._facts]
+        write_image(self.sink, self.tag(tag), image, step, ProbeCells(cells, fingerprint, predictions))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Writes a text entry (markdown) at ``tag`` and ``step``."""
+        assert self.sink is not None, "the writer is attached when the monitor is configured"
+        self.sink.add_text(self.tag(tag), text, step)
+
+    def scalars(self, loggers: Sequence[Any], metrics: dict[str, float], step: int, named: bool = True) -> None:
+        """Logs ``metrics`` to each of the trainer's ``loggers`` (scalars go to every logger, CSV included)."""
+        tagged = {self.tag(key, named): value for key, value in metrics.items()}
+        for logger in loggers:
+            logger.log_metrics(tagged, step=step)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[HeldWrites]:
+        """Inside the block, writes are kept in the :class:`HeldWrites` it yields; call its ``release()`` after the
+        block to write them, or drop it to write nothing."""
+        assert self.sink is not None, "the writer is attached when the monitor is configured"
+        sink = self.sink
+        held = HeldWrites(sink)
+        self.sink = held
+        try:
+            yield held
+        finally:
+            self.sink = sink
