@@ -35,8 +35,8 @@ def _worker(rank: int, mode: str, port: int, probe_size: int, side: int, root: s
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    import probelens.core.session as session
     import probelens.core.base as base
+    import probelens.core.session as session
     from lit import LitClassifier, random_data, trainer
     from probelens import ProbeSet
     from probelens.pl import ActivationMonitor, GradCAMMonitor, SaliencyMonitor

@@ -24,7 +24,7 @@ def test_names_that_do_not_sort_by_depth_get_their_depth_first():
     assert list(labels.values()) == ["00_net.0.2", "01_net.0.10", "02_net.0"]
     assert sorted(labels.values(), key=natural) == list(labels.values())
     many = layer_labels([f"b.{i}" for i in range(120)][::-1])
-    assert list(many.values())[0] == "000_b.119" and sorted(many.values()) == list(many.values())
+    assert next(iter(many.values())) == "000_b.119" and sorted(many.values()) == list(many.values())
 
 
 class Nested(LitClassifier):
@@ -44,7 +44,7 @@ class Nested(LitClassifier):
 def test_a_trainer_run_writes_layer_tags_in_depth_order(tmp_path):
     train, val = loaders(32)
     probe = ProbeSet(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))
-    given = ["model.0", "model.0.10", "model.0.2"]  # in no particular order: the monitors order them by the forward pass
+    given = ["model.0", "model.0.10", "model.0.2"]  # any order: the monitors order them by the forward pass
     monitors = [ActivationMonitor(probe, layers=given), GradCAMMonitor(probe, layers=given)]
     tr = trainer(tmp_path, monitors, max_epochs=1)
     tr.fit(Nested(), train, val)
