@@ -37,7 +37,7 @@ def _declared() -> tuple[set[str], set[str]]:
 
 def test_every_import_of_the_package_is_declared():
     """Each third-party module src/ imports belongs to a declared distribution: module-level imports to a runtime
-    dependency (the lightning flavour module excepted: it exists for users who have lightning), imports inside
+    dependency (the two flavour modules excepted: each exists for users who have its Lightning extra), imports inside
     functions or try blocks (optional speed-ups, other loggers) to a runtime or optional one."""
     import ast
     import importlib.metadata
@@ -61,7 +61,11 @@ def test_every_import_of_the_package_is_declared():
                 if root in sys.stdlib_module_names or root in ("probelens", "__future__"):
                     continue
                 dists = {d.lower().replace("_", "-") for d in distributions.get(root, [root])}
-                allowed = runtime if id(node) in top_level and path.name != "lightning.py" else runtime | optional
+                allowed = (
+                    runtime
+                    if id(node) in top_level and path.name not in ("lightning.py", "pl.py")
+                    else runtime | optional
+                )
                 if not dists & allowed:
                     problems.append(f"{path.name}: {module} ({', '.join(sorted(dists))})")
     assert not problems, problems

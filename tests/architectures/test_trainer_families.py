@@ -83,13 +83,15 @@ def test_a_training_run_logs_every_auto_layer(family, tmp_path, caplog):
     tr.fit(module, DataLoader(TensorDataset(x, y), batch_size=4), DataLoader(TensorDataset(x[:4], y[:4]), batch_size=4))
     assert all(m.failure_count == 0 and m.fire_count == 2 for m in monitors)
     acc = read_events(tr.logger.log_dir)
-    steps = [e.step for e in acc.Images(f"probelens/gradcam/{expected[0]}")]
+    tags = monitors[0].layer_tags  # the layer's name, or its depth and name where the names do not sort by depth
+    assert list(tags) == expected and monitors[1].layer_tags == tags
+    steps = [e.step for e in acc.Images(f"probelens/gradcam/{tags[expected[0]]}")]
     assert len(steps) == 2
     for layer in expected:
-        cams = acc.Images(f"probelens/gradcam/{layer}")
+        cams = acc.Images(f"probelens/gradcam/{tags[layer]}")
         assert [e.step for e in cams] == steps, layer
         assert _decode(cams[-1]).std() > 1, layer  # a drawn map, not a blank card
-        assert [e.step for e in acc.Images(f"probelens/activations/{layer}")] == steps, layer
+        assert [e.step for e in acc.Images(f"probelens/activations/{tags[layer]}")] == steps, layer
     if family == "vit (tokens)":  # setup says how token layers are read: the class token dropped
         assert f"GradCAMMonitor: reading {expected[0]} as tokens 1+8x6 (1 prefix token dropped)" in caplog.text
 

@@ -1,5 +1,8 @@
 """Both Lightning namespaces: ``pytorch_lightning`` (probelens.pl) and ``lightning.pytorch`` (probelens.lightning)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,3 +178,51 @@ def test_lazy_probe_takes_masks_normalisation_and_class_names_from_the_dataset(t
     assert "shortcut/score" in read_events(tr.logger.log_dir).Tags()["scalars"]
     with pytest.raises(ValueError, match="probe_size=0 is not allowed; probe_size must be an integer >= 1"):
         probelens_pl.GradCAMMonitor(probe_size=0)
+
+
+@pytest.mark.parametrize(
+    ("installed", "blocked"), [("lightning.pytorch", "pytorch_lightning"), ("pytorch_lightning", "lightning")]
+)
+def test_either_namespace_works_alone(tmp_path, installed, blocked):
+    """With the other namespace not importable, ``probelens.GradCAMMonitor`` is a callback of the installed one and a
+    Trainer of that namespace runs it; with neither, the error names both extras."""
+    script = f"""
+import sys
+sys.modules[{blocked!r}] = None  # as if not installed: importing it raises ModuleNotFoundError
+import torch, torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+import {installed} as L
+import probelens
+from probelens import GradCAMMonitor, ProbeSet
+assert issubclass(GradCAMMonitor, L.Callback)
+class Lit(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    def forward(self, x):
+        return self.net(x)
+    def training_step(self, batch, i):
+        return F.cross_entropy(self(batch[0]), batch[1])
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+data = TensorDataset(torch.randn(8, 3, 12, 12), torch.tensor([0, 1] * 4))
+monitor = GradCAMMonitor(ProbeSet(data.tensors[0][:4], data.tensors[1][:4]))
+trainer = L.Trainer(max_epochs=1, callbacks=[monitor], logger=L.loggers.TensorBoardLogger({str(tmp_path)!r}),
+                    enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+trainer.fit(Lit(), DataLoader(data, batch_size=4))
+assert monitor.fire_count == 1 and monitor.failure_count == 0, (monitor.fire_count, monitor.failure_count)
+print(type(monitor).__module__)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == ("probelens.lightning" if installed == "lightning.pytorch" else "probelens.pl")
+
+
+def test_without_lightning_the_error_names_the_extras():
+    script = (
+        "import sys\nsys.modules['pytorch_lightning'] = sys.modules['lightning'] = None\nimport probelens.methods\n"
+        "try:\n    probelens.GradCAMMonitor\nexcept ModuleNotFoundError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "probelens[pl]" in out.stdout and "probelens[lightning]" in out.stdout, out.stdout

@@ -8,8 +8,18 @@ installed, else those of :mod:`probelens.lightning` (``lightning.pytorch.Callbac
 try:
     from probelens.pl import *  # noqa: F403
     from probelens.pl import __all__
-except ModuleNotFoundError as err:  # only lightning.pytorch is installed
+except ModuleNotFoundError as err:  # only lightning.pytorch is installed, or no Lightning at all
     if err.name != "pytorch_lightning":
         raise
-    from probelens.lightning import *  # type: ignore[assignment]  # noqa: F403
-    from probelens.lightning import __all__  # noqa: F401
+    try:
+        from probelens.lightning import *  # type: ignore[assignment]  # noqa: F403
+        from probelens.lightning import __all__  # noqa: F401
+    except ModuleNotFoundError as missing:
+        if missing.name not in ("lightning", "lightning.pytorch"):
+            raise
+        raise ModuleNotFoundError(
+            "probelens' monitors are Lightning callbacks, and neither pytorch_lightning nor lightning is installed; "
+            "pip install 'probelens[pl]' (import pytorch_lightning as pl) or 'probelens[lightning]' "
+            "(import lightning.pytorch as pl)",
+            name="pytorch_lightning",
+        ) from None

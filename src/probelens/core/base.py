@@ -90,8 +90,9 @@ class MonitorCore(_CallbackBase):
     Extending: a subclass implements :meth:`_configure` (resolve the layers, register what the shared pass must
     compute; raise on misconfiguration), :meth:`_log` (compute one step and write it through :attr:`writer`) and,
     where it keeps history across firings, :meth:`_reset_history`; :meth:`_after_fire` runs on every rank after each
-    firing. Those four are the only hooks: the firing path (``_fire``, the Lightning hooks that call it, ``setup``,
-    ``_ensure_configured``) cannot be overridden (checked when the subclass is defined).
+    firing, and :meth:`_at_fit_end` on rank 0 when training ends. Those are the only hooks: the firing path
+    (``_fire``, the Lightning hooks that call it, ``setup``, ``_ensure_configured``) cannot be overridden (checked
+    when the subclass is defined).
     """
 
     _SEALED: ClassVar[tuple[str, ...]] = (
@@ -104,6 +105,7 @@ class MonitorCore(_CallbackBase):
         "on_validation_end",
         "on_test_end",
         "on_train_epoch_end",
+        "on_train_end",
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -112,7 +114,7 @@ class MonitorCore(_CallbackBase):
         if overridden:
             raise TypeError(
                 f"{cls.__qualname__} overrides {overridden}, which belong to the one firing path of every monitor; "
-                "extend it through _configure, _log, _reset_history and _after_fire instead"
+                "extend it through _configure, _log, _reset_history, _after_fire and _at_fit_end instead"
             )
 
     needs_probe: ClassVar[bool] = True  # FilterMonitor shows weights only
@@ -237,6 +239,10 @@ class MonitorCore(_CallbackBase):
 
     def _after_fire(self, trainer: pl.Trainer) -> None:
         """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
+
+    def _at_fit_end(self, trainer: pl.Trainer) -> None:
+        """Runs on rank 0 when training ends, after the last firing: write what sums up the run and was held back
+        (the Grad-CAM filmstrip). Writes through :attr:`writer` under the ``fit`` stage; never calls a collective."""
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _example(self, model: nn.Module) -> Tensor | None:
@@ -421,6 +427,18 @@ class MonitorCore(_CallbackBase):
         # validation at epoch end runs before this hook: fire here only if it did not this epoch
         if self.schedule.after_train_epoch(trainer):
             self._fire(trainer, pl_module, epoch_end=True)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or self._configured_for is None or self.writer.sink is None:
+            return
+        self.writer.begin("fit")
+        try:
+            self._at_fit_end(trainer)
+        except Exception as err:  # like a failed firing: warn once, count, let the run end normally
+            self._record_failure(
+                trainer, self.last_logged_step, f"at the end of training ({type(err).__name__}: {err})"
+            )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

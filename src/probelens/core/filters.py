@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_int, check_layer_spec
+from probelens.methods._sharded import is_sharded
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
 from probelens.render import filter_grid
@@ -17,12 +18,20 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
     import pytorch_lightning as pl
 
 
+def _weight_version(module: nn.Module) -> tuple[int, int]:
+    """Changes whenever the conv's weight is updated in place (an optimizer step) or replaced."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return (weight._version, weight.data_ptr())
+
+
 class FilterCore(MonitorCore):
     """Logs the filters of convolution layers.
 
     Tags: ``probelens/filters/<layer>``. A first layer with three input channels is shown as colour patches (one per
     filter); deeper layers as a grid with one row per output filter and one tile per input channel, on a diverging
-    colormap centred on zero so the sign of each weight is visible.
+    colormap centred on zero so the sign of each weight is visible. A layer whose weights have not changed since its
+    last picture (a frozen layer: its version counter did not move) is not drawn again.
 
     Args:
         layers: ``"all"`` (every conv, default), ``"last"``, names or module types; must be 2-D convolutions.
@@ -38,8 +47,13 @@ class FilterCore(MonitorCore):
         self.layers_spec = layers
         self.max_filters = max_filters
         self._layers: dict[str, nn.Module] = {}
+        self._reset_history()
 
     needs_probe = False
+
+    @override
+    def _reset_history(self) -> None:
+        self._drawn: dict[str, tuple[int, int]] = {}  # layer -> (version, storage) of the weight last drawn
 
     @property
     @override
@@ -59,6 +73,13 @@ class FilterCore(MonitorCore):
 
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
-        for name, weight in conv_filters(pl_module, self._layers).items():
+        if is_sharded(pl_module):  # gathered weights: no version counter to trust, draw them all
+            layers = self._layers
+        else:
+            layers = {n: m for n, m in self._layers.items() if self._drawn.get(n) != _weight_version(m)}
+            self._drawn.update({n: _weight_version(m) for n, m in layers.items()})
+        if not layers:
+            return
+        for name, weight in conv_filters(pl_module, layers).items():
             weight = self._finite(weight, f"weights of {name}", step)
             self.writer.image(f"probelens/filters/{name}", filter_grid(weight, max_filters=self.max_filters), step)

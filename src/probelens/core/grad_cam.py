@@ -49,7 +49,9 @@ class GradCAMCore(MonitorCore):
         filmstrip: also log ``probelens/<method>_filmstrip/<layer>`` (``probelens/gradcam_filmstrip/<layer>``) for
             the first method and the deepest layer: one row per probe image, its overlay at each log step so far
             (left to right), so the evolution is visible at a glance despite TensorBoard's 10-sample default. At
-            most ``filmstrip_frames`` steps are shown: the first, the last and evenly spaced ones between.
+            most ``filmstrip_frames`` steps are shown: the first, the last and evenly spaced ones between. It is
+            written at most once per epoch (at the epoch's first firing, and when training ends), not at every
+            firing: each picture holds the whole history.
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
@@ -111,6 +113,9 @@ class GradCAMCore(MonitorCore):
     def _reset_history(self) -> None:
         self.scale: dict[str, float] = {}
         self._frames: list[tuple[int, Tensor]] = []  # (step, uint8 [k,3,h,w]) of the deepest layer
+        self._strip_of: tuple[str, Tensor] | None = None  # the strip's layer and probe images
+        self._strip_epoch = -1  # the epoch whose first firing wrote the strip
+        self._strip_pending: int | None = None  # the step of a frame not yet in a written strip
 
     @property
     @override
@@ -207,11 +212,12 @@ class GradCAMCore(MonitorCore):
                 if method == self.methods[0]:
                     strip = tiles[0]  # ends as the deepest layer's
         if self.filmstrip and strip is not None and self.writer.stage == "fit":  # the strip is the training history
-            self._log_filmstrip(step, list(self._layers)[-1], strip, shown)
+            self._add_frame(step, trainer.current_epoch, list(self._layers)[-1], strip, shown)
 
-    def _log_filmstrip(self, step: int, layer: str, overlays: Tensor, shown: Tensor) -> None:
-        """``overlays``: the deepest layer's tiles of the probe images ``shown`` (interleaved by class)."""
-        assert self.probe is not None
+    def _add_frame(self, step: int, epoch: int, layer: str, overlays: Tensor, shown: Tensor) -> None:
+        """Keep ``overlays`` (the deepest layer's tiles of the probe images ``shown``) as the strip's frame at
+        ``step``; write the strip at the first firing of each epoch, so it is encoded at most once per epoch (the
+        last epoch's is written when training ends, :meth:`_at_fit_end`)."""
         k = min(self.filmstrip_images, overlays.shape[0])
         frame = overlays[:k]
         if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
@@ -222,14 +228,30 @@ class GradCAMCore(MonitorCore):
         if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
             keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
             self._frames = [self._frames[i] for i in keep]
+        self._strip_of = (layer, shown[:k])
+        if epoch != self._strip_epoch:
+            self._strip_epoch = epoch
+            self._write_filmstrip(step)
+        else:
+            self._strip_pending = step
+
+    def _write_filmstrip(self, step: int) -> None:
+        assert self.probe is not None and self._strip_of is not None
+        layer, shown = self._strip_of
         chosen = [self._frames[i] for i in select_frames(len(self._frames), self.filmstrip_frames)]
         steps = ", ".join(str(s) for s, _ in chosen)
-        rows = [torch.stack([f[i] for _, f in chosen]) for i in range(k)]
+        rows = [torch.stack([f[i] for _, f in chosen]) for i in range(len(shown))]
         captions = [
             f"#{int(shown[i])} {self.probe.class_name(int(self.probe.targets[shown[i]]))}"
             + (f" | steps {steps}" if i == 0 else "")
-            for i in range(k)
+            for i in range(len(shown))
         ]
         self.writer.image(
             f"probelens/{self.methods[0]}_filmstrip/{self.layer_tags[layer]}", rows_grid(rows, captions), step
         )
+        self._strip_pending = None
+
+    @override
+    def _at_fit_end(self, trainer: pl.Trainer) -> None:
+        if self._strip_pending is not None and self._frames:
+            self._write_filmstrip(self._strip_pending)

@@ -44,7 +44,8 @@ MULTI_PASS_METHODS: dict[str, Callable[..., Any]] = {
     "integrated_gradients": integrated_gradients,
     "expected_gradients": expected_gradients,
 }
-SALIENCY_METHODS = (*ONE_PASS_METHODS, *MULTI_PASS_METHODS)
+MONITOR_METHODS = (*ONE_PASS_METHODS, *MULTI_PASS_METHODS)
+"""What `SaliencyMonitor(methods=...)` takes: the functional `saliency` methods and the multi-pass ones."""
 _FIXED_ARGS = {"model", "images", "targets", "output_transform", "method", "return_convergence_delta"}
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
@@ -100,7 +101,7 @@ class SaliencyCore(MonitorCore):
     ) -> None:
         super().__init__(probe, **schedule)
         owner = type(self).__name__
-        methods = check_names(owner, "methods", methods, SALIENCY_METHODS)
+        methods = check_names(owner, "methods", methods, MONITOR_METHODS)
         options = {k: dict(v) for k, v in (method_options or {}).items()}
         for method, opts in options.items():
             if method not in methods or method not in MULTI_PASS_METHODS:
