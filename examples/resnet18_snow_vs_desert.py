@@ -3,7 +3,8 @@
     python examples/resnet18_snow_vs_desert.py          # a few minutes on 2 CPU cores with the defaults
 
 Shows the layer choices on a real architecture: ``layers="auto"`` picks ``net.relu`` (stem), ``net.layer1`` ...
-``net.layer4``; Grad-CAM at ``net.layer4`` is the classic choice, earlier stages localise more finely.
+``net.layer4``; Grad-CAM at ``net.layer4`` is the classic choice, earlier stages localise more finely. Their tags
+carry the depth first (``probelens/gradcam/00_net.relu`` ... ``04_net.layer4``): by name, ``relu`` would sort last.
 """
 
 from __future__ import annotations

@@ -53,3 +53,7 @@ def test_thousand_log_steps_keep_memory_and_tensors_flat(tmp_path):
     assert per_step < 60_000, per_step
     acc = read_events(tr.logger.log_dir)
     assert len(acc.Images("probelens/gradcam/model.8")) == 1000
+    # the filmstrip holds the whole history: written when it would show a new frame slot (and at the end), not at
+    # each of the 1000 one-step epochs
+    strips = [e.step for e in acc.Images("probelens/gradcam_filmstrip/model.8")]
+    assert 16 <= len(strips) <= 100 and strips[-1] == 999, strips

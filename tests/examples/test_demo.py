@@ -79,8 +79,9 @@ def test_quickstart_and_resnet18_examples(tmp_path, monkeypatch):
         ["--n", "32", "--size", "64", "--epochs", "1", "--logdir", str(tmp_path / "r")]
     )
     acc = read_events(resnet.logger.log_dir)
-    for layer in ("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.layer4"):  # "auto" on a ResNet
-        assert decode(acc.Images(f"probelens/gradcam/{layer}")[0]).std() > 5
+    # "auto" on a ResNet; the stem's relu would sort after layer4, so the tags carry the depth first
+    for tag in ("00_net.relu", "01_net.layer1", "02_net.layer2", "03_net.layer3", "04_net.layer4"):
+        assert decode(acc.Images(f"probelens/gradcam/{tag}")[0]).std() > 5
     assert "probelens/saliency/guided_backprop" in acc.Tags()["images"]
 
 

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_cmap, check_int, check_layer_spec
+from probelens.core.writer import Box
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
@@ -96,7 +97,7 @@ class ActivationCore(MonitorCore):
         shown = self._shown(self.max_images)
         k = len(shown)
         images = self.probe.display_images()[shown]
-        size = self._tile_size(k)
+        size, cmap = self._tile_size(k), self.cmap
         if size != self.probe.image_size:  # draw at the size that will be written, not large and then downscaled
             images = F.interpolate(images.float(), size=size, mode="area").round().to(torch.uint8)
         for layer in self._layers:
@@ -104,17 +105,15 @@ class ActivationCore(MonitorCore):
             act = self._finite(act.float().cpu(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])
             channels = act.mean(dim=(0, 2, 3)).topk(c).indices
-            maps = act[:, channels]
-            lo = maps.amin(dim=(0, 2, 3), keepdim=True)
-            hi = maps.amax(dim=(0, 2, 3), keepdim=True)
-            maps = ((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0)
-            maps = F.interpolate(maps, size=size, mode="nearest")
-            rows = []
-            for i in range(k):
-                tiles = apply_colormap(maps[i].unsqueeze(1), self.cmap)
-                rows.append(torch.cat([images[i : i + 1], tiles], dim=0))
             chans = ", ".join(str(int(ch)) for ch in channels)
             captions = [f"#{int(j)} channels {chans}" if i == 0 else f"#{int(j)}" for i, j in enumerate(shown)]
-            boxes: list[tuple[int, int, int, int]] = []
-            grid = rows_grid(rows, captions, cell_boxes=boxes)
-            self.writer.image(f"probelens/activations/{self.layer_tags[layer]}", grid, step, boxes, shown=shown)
+
+            def render(maps: Tensor = act[:, channels], captions: list[str] = captions) -> tuple[Tensor, list[Box]]:
+                lo = maps.amin(dim=(0, 2, 3), keepdim=True)
+                hi = maps.amax(dim=(0, 2, 3), keepdim=True)
+                scaled = F.interpolate(((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0), size, mode="nearest")
+                rows = [torch.cat([images[i : i + 1], apply_colormap(scaled[i].unsqueeze(1), cmap)]) for i in range(k)]
+                boxes: list[Box] = []
+                return rows_grid(rows, captions, cell_boxes=boxes), boxes
+
+            self.writer.draw(f"probelens/activations/{self.layer_tags[layer]}", step, render, shown=shown)

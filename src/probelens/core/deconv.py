@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_choice, check_int, check_single_layer
+from probelens.core.writer import Box
 from probelens.methods.guided import deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
@@ -107,12 +108,14 @@ class DeconvCore(MonitorCore):
         )
         projections = self._finite(projections.float().cpu(), "deconvnet projections", step)
         pictures = self.probe.display_images()[shown]
-        rows, captions = [], []
-        for i in range(k):
-            scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
-            tiles = to_rgb_uint8((scaled * 255).round().to(torch.uint8))
-            rows.append(torch.cat([pictures[i : i + 1], tiles]))
-            captions.append(f"#{int(shown[i])}: channels " + ", ".join(str(int(c)) for c in channels[i]))
-        boxes: list[tuple[int, int, int, int]] = []
-        grid = rows_grid(rows, captions, cell_boxes=boxes)
-        self.writer.image(f"probelens/deconv/{self._layer}", grid, step, boxes, shown=shown)
+        captions = [f"#{int(shown[i])}: channels " + ", ".join(str(int(c)) for c in channels[i]) for i in range(k)]
+
+        def render() -> tuple[Tensor, list[Box]]:
+            rows = []
+            for i in range(k):
+                scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
+                rows.append(torch.cat([pictures[i : i + 1], to_rgb_uint8((scaled * 255).round().to(torch.uint8))]))
+            boxes: list[Box] = []
+            return rows_grid(rows, captions, cell_boxes=boxes), boxes
+
+        self.writer.draw(f"probelens/deconv/{self._layer}", step, render, shown=shown)

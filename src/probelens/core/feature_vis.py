@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
@@ -151,9 +151,12 @@ class FeatureVisCore(MonitorCore):
             reshape=self.reshape,
         )
         images = self._finite(images.float().cpu(), "feature visualisations", step)
-        tiles = to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8))
         if self._layer is None:
             captions = [f"class {self.probe.class_name(c)}" for c in self._channels]
         else:
             captions = [f"channel {c}" for c in self._channels]
-        self.writer.image(f"probelens/feature_vis/{self._layer or 'classes'}", labelled_grid(tiles, captions), step)
+
+        def render() -> Tensor:
+            return labelled_grid(to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8)), captions)
+
+        self.writer.draw(f"probelens/feature_vis/{self._layer or 'classes'}", step, render)

@@ -80,6 +80,10 @@ class FilterCore(MonitorCore):
             self._drawn.update({n: _weight_version(m) for n, m in layers.items()})
         if not layers:
             return
-        for name, weight in conv_filters(pl_module, layers).items():
+        for name, weight in conv_filters(pl_module, layers).items():  # detached CPU copies
             weight = self._finite(weight, f"weights of {name}", step)
-            self.writer.image(f"probelens/filters/{name}", filter_grid(weight, max_filters=self.max_filters), step)
+
+            def render(weight: Tensor = weight, max_filters: int = self.max_filters) -> Tensor:
+                return filter_grid(weight, max_filters=max_filters)
+
+            self.writer.draw(f"probelens/filters/{name}", step, render)

@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, target_sets_for
 from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
+from probelens.core.writer import Box
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
@@ -49,9 +50,9 @@ class GradCAMCore(MonitorCore):
         filmstrip: also log ``probelens/<method>_filmstrip/<layer>`` (``probelens/gradcam_filmstrip/<layer>``) for
             the first method and the deepest layer: one row per probe image, its overlay at each log step so far
             (left to right), so the evolution is visible at a glance despite TensorBoard's 10-sample default. At
-            most ``filmstrip_frames`` steps are shown: the first, the last and evenly spaced ones between. It is
-            written at most once per epoch (at the epoch's first firing, and when training ends), not at every
-            firing: each picture holds the whole history.
+            most ``filmstrip_frames`` steps are shown: the first, the last and evenly spaced ones between. Each
+            picture holds the whole history, so it is written at most once per epoch (at the epoch's first firing,
+            once ``1/filmstrip_frames`` of the history has come since the last one) and when training ends.
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
@@ -116,6 +117,8 @@ class GradCAMCore(MonitorCore):
         self._strip_of: tuple[str, Tensor] | None = None  # the strip's layer and probe images
         self._strip_epoch = -1  # the epoch whose first firing wrote the strip
         self._strip_pending: int | None = None  # the step of a frame not yet in a written strip
+        self._strip_frames = 0  # frames added in this run
+        self._strip_written = 0  # frames added when the last strip was written
 
     @property
     @override
@@ -129,9 +132,10 @@ class GradCAMCore(MonitorCore):
     @override
     def state_dict(self) -> dict[str, Any]:
         # the filmstrip's frames (uint8 thumbnails, at most 4 * filmstrip_frames of them) travel with the checkpoint,
-        # so a resumed run continues the strip instead of restarting it
+        # so a resumed run continues the strip instead of restarting it; the base flushes pending pictures first
+        state = super().state_dict()
         frames = [(int(step), frame.cpu()) for step, frame in self._frames]
-        return {**super().state_dict(), "scale": dict(self.scale), "filmstrip_frames": frames}
+        return {**state, "scale": dict(self.scale), "filmstrip_frames": frames}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -147,12 +151,14 @@ class GradCAMCore(MonitorCore):
         )
         self._require(self._layers, gradients=gradients, input_gradient=False, target_sets=set(self.target_sets))
 
-    def _normalise(self, key: str, cam: Tensor) -> Tensor:
+    def _vmax(self, key: str, cam: Tensor) -> float | None:
+        """The top of the colour scale of ``key``'s maps: fixed by the first logged step with ``fixed_scale``, else
+        ``None`` (each map scaled to its own maximum)."""
         if not self.fixed_scale:
-            return normalize_maps(cam, vmin=0.0)
+            return None
         if key not in self.scale:
             self.scale[key] = max(float(cam.max()), 1e-12)
-        return normalize_maps(cam, vmin=0.0, vmax=self.scale[key])
+        return self.scale[key]
 
     def _maps(
         self, pl_module: nn.Module, result: Any, method: str, layer: str, target_set: str, shown: Tensor
@@ -186,58 +192,80 @@ class GradCAMCore(MonitorCore):
         k = len(shown)
         images = self.probe.display_images()[shown]
         captions = self.writer.captions(result, shown)
-        strip: Tensor | None = None
+        if len(self.target_sets) == 1:
+            tile_captions = [captions]
+        else:
+            tile_captions = []
+            for target_set in self.target_sets:
+                names = [self.probe.class_name(int(result.targets[target_set][i])) for i in shown]
+                tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
+        # interleaved so each probe image's tiles sit side by side
+        grid_captions = [c for group in zip(*tile_captions) for c in group]
+        ncol = None if len(self.target_sets) == 1 else 2 * max(1, round((k / 2) ** 0.5))
+        alpha, cmap = self.alpha, self.cmap
         for method in self.methods:
             for layer in self._layers:
-                tiles, tile_captions = [], []
+                maps = []  # (CPU maps of the shown images, top of their colour scale) per target set
                 for target_set in self.target_sets:
-                    cam = self._maps(pl_module, result, method, layer, target_set, shown)
+                    cam = self._maps(pl_module, result, method, layer, target_set, shown).cpu()
                     cam = self._finite(cam, f"{method} maps of {layer}", step)
-                    key = layer if method == "gradcam" else f"{method}/{layer}"
-                    tiles.append(overlay_heatmap(images, self._normalise(key, cam.cpu()), self.alpha, self.cmap))
-                    if len(self.target_sets) == 1:
-                        tile_captions.append(captions)
-                    else:
-                        names = [self.probe.class_name(int(result.targets[target_set][i])) for i in shown]
-                        tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
-                # interleave so each probe image's tiles sit side by side
-                grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
-                grid_captions = [c for group in zip(*tile_captions) for c in group]
-                ncol = None if len(tiles) == 1 else 2 * max(1, round((k / 2) ** 0.5))
-                boxes: list[tuple[int, int, int, int]] = []
-                grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes)
-                self.writer.image(
-                    f"probelens/{method}/{self.layer_tags[layer]}", grid, step, boxes, per_probe=len(tiles), shown=shown
-                )
-                if method == self.methods[0]:
-                    strip = tiles[0]  # ends as the deepest layer's
-        if self.filmstrip and strip is not None and self.writer.stage == "fit":  # the strip is the training history
-            self._add_frame(step, trainer.current_epoch, list(self._layers)[-1], strip, shown)
+                    maps.append((cam, self._vmax(layer if method == "gradcam" else f"{method}/{layer}", cam)))
 
-    def _add_frame(self, step: int, epoch: int, layer: str, overlays: Tensor, shown: Tensor) -> None:
-        """Keep ``overlays`` (the deepest layer's tiles of the probe images ``shown``) as the strip's frame at
-        ``step``; write the strip at the first firing of each epoch, so it is encoded at most once per epoch (the
-        last epoch's is written when training ends, :meth:`_at_fit_end`)."""
-        k = min(self.filmstrip_images, overlays.shape[0])
-        frame = overlays[:k]
-        if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
-            scale = 96 / max(frame.shape[-2:])
-            size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))
-            frame = torch.nn.functional.interpolate(frame.float(), size=size, mode="area").round().to(torch.uint8)
-        self._frames.append((step, frame))
-        if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
-            keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
-            self._frames = [self._frames[i] for i in keep]
+                def render(maps: list[tuple[Tensor, float | None]] = maps) -> tuple[Tensor, list[Box]]:
+                    tiles = [overlay_heatmap(images, normalize_maps(m, vmin=0.0, vmax=v), alpha, cmap) for m, v in maps]
+                    boxes: list[Box] = []
+                    grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
+                    return labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes), boxes
+
+                tag = f"probelens/{method}/{self.layer_tags[layer]}"
+                self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown)
+                if method == self.methods[0]:
+                    strip_maps = maps[0][0]  # ends as the deepest layer's
+        if self.filmstrip and self.writer.stage == "fit":  # the strip is the training history
+            self._add_frame(step, trainer.current_epoch, images, strip_maps, shown)
+
+    def _add_frame(self, step: int, epoch: int, images: Tensor, cam: Tensor, shown: Tensor) -> None:
+        """Add this step's frame (the deepest layer's first-method maps ``cam`` over ``images``, the probe images
+        ``shown``) to the strip. The strip is written at most once per epoch, at its first firing, and only once it
+        would show a new frame slot; what came after the last one is written when training ends
+        (:meth:`_at_fit_end`)."""
+        k = min(self.filmstrip_images, len(shown))
+        layer = list(self._layers)[-1]
+        vmax = self._vmax(layer if self.methods[0] == "gradcam" else f"{self.methods[0]}/{layer}", cam)
         self._strip_of = (layer, shown[:k])
-        if epoch != self._strip_epoch:
-            self._strip_epoch = epoch
-            self._write_filmstrip(step)
+        self._strip_frames += 1
+        # a new strip only where it would show a new frame slot: at the epoch's first firing, once 1/filmstrip_frames
+        # of the history has come since the last one (1000 one-step epochs write ~80 strips, not 1000)
+        spacing = max(1, self._strip_frames // self.filmstrip_frames)
+        write_now = epoch != self._strip_epoch and self._strip_frames - self._strip_written >= spacing
+        if write_now:
+            self._strip_epoch, self._strip_written, self._strip_pending = epoch, self._strip_frames, None
         else:
             self._strip_pending = step
+        alpha, cmap = self.alpha, self.cmap
 
-    def _write_filmstrip(self, step: int) -> None:
+        def render() -> Tensor | None:  # on the pipeline's worker, in order: the frames change only there
+            frame = overlay_heatmap(images[:k], normalize_maps(cam[:k], vmin=0.0, vmax=vmax), alpha, cmap)
+            if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
+                scale = 96 / max(frame.shape[-2:])
+                size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))
+                frame = F.interpolate(frame.float(), size=size, mode="area").round().to(torch.uint8)
+            self._frames.append((step, frame))
+            if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
+                keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
+                self._frames = [self._frames[i] for i in keep]
+            return self._strip_picture() if write_now else None
+
+        self.writer.draw(self._strip_tag(), step, render)
+
+    def _strip_tag(self) -> str:
+        assert self._strip_of is not None
+        return f"probelens/{self.methods[0]}_filmstrip/{self.layer_tags[self._strip_of[0]]}"
+
+    def _strip_picture(self) -> Tensor:
+        """The strip of the frames so far: one row per probe image, at most ``filmstrip_frames`` steps."""
         assert self.probe is not None and self._strip_of is not None
-        layer, shown = self._strip_of
+        shown = self._strip_of[1]
         chosen = [self._frames[i] for i in select_frames(len(self._frames), self.filmstrip_frames)]
         steps = ", ".join(str(s) for s, _ in chosen)
         rows = [torch.stack([f[i] for _, f in chosen]) for i in range(len(shown))]
@@ -246,12 +274,10 @@ class GradCAMCore(MonitorCore):
             + (f" | steps {steps}" if i == 0 else "")
             for i in range(len(shown))
         ]
-        self.writer.image(
-            f"probelens/{self.methods[0]}_filmstrip/{self.layer_tags[layer]}", rows_grid(rows, captions), step
-        )
-        self._strip_pending = None
+        return rows_grid(rows, captions)
 
     @override
     def _at_fit_end(self, trainer: pl.Trainer) -> None:
-        if self._strip_pending is not None and self._frames:
-            self._write_filmstrip(self._strip_pending)
+        if self._strip_pending is not None:
+            self.writer.draw(self._strip_tag(), self._strip_pending, self._strip_picture)
+            self._strip_pending = None

@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
+from probelens.core.writer import Box
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.methods.occlusion import _pair as occlusion_pair
@@ -135,6 +136,7 @@ class OcclusionCore(MonitorCore):
         pictures = self.probe.display_images()[shown]
         captions = self.writer.captions(result, shown)
         model = unwrap_compiled(pl_module)
+        alpha, cmap = self.alpha, self.cmap
         for target_set in self.target_sets:
             attr = occlusion(
                 model,
@@ -146,8 +148,13 @@ class OcclusionCore(MonitorCore):
                 output_transform=self.output_transform,
             )
             heat = self._finite(attr[:, :1].float().cpu(), "occlusion maps", step)
-            tiles = overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), self.alpha, self.cmap)
+
+            def render(heat: Tensor = heat) -> tuple[Tensor, list[Box]]:
+                tiles = overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), alpha, cmap)
+                boxes: list[Box] = []
+                return labelled_grid(tiles, captions, cell_boxes=boxes), boxes
+
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-            tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
-            boxes: list[tuple[int, int, int, int]] = []
-            self.writer.image(tag, labelled_grid(tiles, captions, cell_boxes=boxes), step, boxes, shown=shown)
+            self.writer.draw(
+                f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}", step, render, shown=shown
+            )

@@ -19,6 +19,7 @@ from probelens.core.options import (
     check_names,
     dry_run,
 )
+from probelens.core.writer import Box
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
 from probelens.methods.layers import unwrap_compiled
@@ -172,16 +173,17 @@ class SaliencyCore(MonitorCore):
         shown = self._shown(self.max_images)
         images = self.probe.display_images()[shown] if self.overlay else None
         captions = self.writer.captions(result, shown)
+        alpha, cmap, reduce = self.alpha, self.cmap, self.reduce
         for method in self.methods:
             for target_set in self.target_sets:
                 attribution = self._attribution(pl_module, result, target_set, method, shown)
                 sal = self._finite(attribution.float().cpu(), method, step)
-                heat = normalize_maps(saliency_to_heat(sal, self.reduce))
-                if images is not None:
-                    tiles = overlay_heatmap(images, heat, self.alpha, self.cmap)
-                else:
-                    tiles = apply_colormap(heat, self.cmap)
+
+                def render(sal: Tensor = sal) -> tuple[Tensor, list[Box]]:
+                    heat = normalize_maps(saliency_to_heat(sal, reduce))
+                    tiles = apply_colormap(heat, cmap) if images is None else overlay_heatmap(images, heat, alpha, cmap)
+                    boxes: list[Box] = []
+                    return labelled_grid(tiles, captions, cell_boxes=boxes), boxes
+
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-                boxes: list[tuple[int, int, int, int]] = []
-                grid = labelled_grid(tiles, captions, cell_boxes=boxes)
-                self.writer.image(f"probelens/saliency/{method}{suffix}", grid, step, boxes, shown=shown)
+                self.writer.draw(f"probelens/saliency/{method}{suffix}", step, render, shown=shown)

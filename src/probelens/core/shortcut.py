@@ -352,7 +352,6 @@ class ShortcutCore(MonitorCore):
         def display(x: Tensor) -> Tensor:
             return to_display_images(x[shown].float(), p.mean, p.std, p.denormalize)
 
-        tiles = torch.stack([show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)], 1)
         captions = []
         for i in (int(j) for j in shown):
             true = p.class_name(int(p.targets[i]))
@@ -362,9 +361,13 @@ class ShortcutCore(MonitorCore):
                 f"background only\npred: {p.class_name(int(bg[i]))}",
                 f"bg swapped\npred: {p.class_name(int(swap[i]))}",
             ]
-        boxes: list[tuple[int, int, int, int]] = []
-        grid = labelled_grid(tiles.flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
-        self.writer.image("shortcut/counterfactuals", grid, step, boxes, per_probe=4, shown=shown)
+
+        def render() -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+            columns = [show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)]
+            boxes: list[tuple[int, int, int, int]] = []
+            return labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes), boxes
+
+        self.writer.draw("shortcut/counterfactuals", step, render, per_probe=4, shown=shown)
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
         if self._layout_written or self.writer.stage != "fit" or getattr(trainer, "ckpt_path", None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,8 @@ from probelens.probe import ProbeSet
 from probelens.render import Cell, ProbeCells
 
 Box = tuple[int, int, int, int]
+Render = Callable[[], "Tensor | tuple[Tensor, Sequence[Box]] | None"]
+"""Draws one picture from what it closed over: the image, or the image and its grid's cell boxes (``None``: none)."""
 
 
 def scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
@@ -105,6 +107,10 @@ class MonitorWriter:
         self.probe: ProbeSet | None = None
         self.stage = "fit"
         self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
+        self.pipeline: Any = None
+        """The run's image pipeline (``submit(job)``, ``flush()``), or ``None``: draw on the calling thread."""
+        self.on_failure: Callable[[int, str], None] | None = None
+        """Told ``(step, what)`` when a picture drawn on the pipeline's worker fails."""
 
     def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
         """Write to ``sink`` from now on, about ``probe``'s images."""
@@ -139,6 +145,43 @@ class MonitorWriter:
             captions.append(line)
         return captions
 
+    def draw(
+        self,
+        tag: str,
+        step: int,
+        render: Render,
+        *,
+        per_probe: int = 1,
+        shown: Tensor | None = None,
+    ) -> None:
+        """Writes the picture ``render()`` returns at ``tag`` and ``step``: a uint8 ``[C,H,W]`` image, or the image and
+        its grid's cell boxes (``per_probe`` consecutive boxes per probe image, the images ``shown``, by default
+        probe images 0, 1, ...), which become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`).
+
+        With an image pipeline attached, ``render`` runs later on its worker thread, in submission order (so steps
+        stay ordered), and a failure there is reported to :attr:`on_failure`; without one (and inside
+        :meth:`held`) it runs now. Either way ``render`` must read only what it closed over: CPU tensors that the
+        training thread no longer changes (the tag, the captions' facts and the probe's fingerprint are taken now).
+        """
+        full, sink, facts = self.tag(tag), self.sink, dict(self._facts)
+        assert sink is not None, "the writer is attached when the monitor is configured"
+        fingerprint = self.probe.fingerprint() if self.probe is not None else None
+
+        def job() -> None:
+            out = render()
+            if out is None:  # the render kept history only (e.g. a filmstrip frame), nothing to write this step
+                return
+            image, boxes = (out, ()) if isinstance(out, Tensor) else out
+            index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
+            cells = [(index[j // per_probe], *box) for j, box in enumerate(boxes)]
+            image, sy, sx = downscale(image, self.max_image_side)
+            if (sy, sx) != (1.0, 1.0):
+                cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]
+            predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
+            write_image(sink, full, image, step, ProbeCells(cells, fingerprint if cells else None, predictions))
+
+        self._run(job, step, f"drawing {full}")
+
     def image(
         self,
         tag: str,
@@ -148,23 +191,34 @@ class MonitorWriter:
         per_probe: int = 1,
         shown: Tensor | None = None,
     ) -> None:
-        """Writes ``image`` (uint8 ``[C,H,W]``) at ``tag`` and ``step``. ``boxes`` (a grid's ``cell_boxes``:
-        ``per_probe`` consecutive boxes per probe image, the images ``shown``, by default probe images 0, 1, ...)
-        become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`), keyed by probe index."""
-        assert self.sink is not None, "the writer is attached when the monitor is configured"
-        index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
-        cells = [(index[j // per_probe], *box) for j, box in enumerate(boxes)]
-        image, sy, sx = downscale(image, self.max_image_side)
-        if (sy, sx) != (1.0, 1.0):
-            cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]
-        fingerprint = self.probe.fingerprint() if self.probe is not None and cells else None
-        predictions = [(k, *self._facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in self._facts]
-        write_image(self.sink, self.tag(tag), image, step, ProbeCells(cells, fingerprint, predictions))
+        """Writes an image already drawn (see :meth:`draw`, which also takes the drawing off the training thread)."""
+        self.draw(tag, step, lambda: (image, boxes), per_probe=per_probe, shown=shown)
 
     def text(self, tag: str, text: str, step: int) -> None:
-        """Writes a text entry (markdown) at ``tag`` and ``step``."""
-        assert self.sink is not None, "the writer is attached when the monitor is configured"
-        self.sink.add_text(self.tag(tag), text, step)
+        """Writes a text entry (markdown) at ``tag`` and ``step`` (in order with the pictures)."""
+        full, sink = self.tag(tag), self.sink
+        assert sink is not None, "the writer is attached when the monitor is configured"
+        self._run(lambda: sink.add_text(full, text, step), step, f"writing {full}")
+
+    def _run(self, job: Callable[[], None], step: int, what: str) -> None:
+        pipeline = self.pipeline
+        if pipeline is None or isinstance(self.sink, HeldWrites):
+            job()  # a failure propagates: the firing counts it
+            return
+
+        def reported() -> None:
+            try:
+                job()
+            except Exception as err:  # on the worker: the training thread hears of it through on_failure
+                if self.on_failure is not None:
+                    self.on_failure(step, f"while {what} ({type(err).__name__}: {err})")
+
+        pipeline.submit(reported)
+
+    def flush(self) -> None:
+        """Wait until everything handed to the pipeline is written (no-op without one)."""
+        if self.pipeline is not None:
+            self.pipeline.flush()
 
     def scalars(self, loggers: Sequence[Any], metrics: dict[str, float], step: int, named: bool = True) -> None:
         """Logs ``metrics`` to each of the trainer's ``loggers`` (scalars go to every logger, CSV included)."""
