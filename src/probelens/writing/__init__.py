@@ -6,5 +6,6 @@
 """
 
 from probelens.writing.event_file import FAST_CRC, EventFileWriter, masked_crc32c
+from probelens.writing.pipeline import SYNC_ENV_VAR, ImagePipeline, JobFailure
 
-__all__ = ["FAST_CRC", "EventFileWriter", "masked_crc32c"]
+__all__ = ["FAST_CRC", "SYNC_ENV_VAR", "EventFileWriter", "ImagePipeline", "JobFailure", "masked_crc32c"]
