@@ -34,9 +34,9 @@ How TensorBoard reads the two files of one run (measured with tensorboard 2.21 a
   TensorBoard purges "orphaned" data only when it meets a ``SessionLog.START`` event, and this writer never writes
   one. (It must not: the files are read in name order, so a START here, read after the logger's file, drops every
   scalar logged after its step.) Lightning's logger never writes one either. A ``SummaryWriter(purge_step=T)``
-  does, in its new file; then the readers disagree among themselves, with or without this file: ``EventAccumulator``
-  drops the records at steps >= T of both files, the Rust server drops the logger's scalars but keeps this file's
-  images, and the Python server purges nothing (it takes a run's first START as its start, not a restart).
+  does, in its new file; then the readers disagree among themselves: ``EventAccumulator`` drops the records at
+  steps >= T of both files, the Rust server drops the logger's scalars but keeps this file's images, and the Python
+  server purges nothing (it takes a run's first START as its start, not a restart).
 - During the run: the Python readers' ``DirectoryWatcher`` reads a directory's files one after the other in name
   order and never goes back to a file once it has moved on (it assumes one writer per directory). One
   ``EventAccumulator`` reloaded again and again, or ``tensorboard --load_fast=false``, therefore keeps following the
