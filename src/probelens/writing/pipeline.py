@@ -34,16 +34,20 @@ Guarantees:
 
 Why a thread and not a process (measured, ``benchmarks/event_writer_bench.py``): the heavy parts of a job (zlib or
 ISA-L deflate, Pillow, torch ops) release the GIL, so a worker thread runs them beside the training thread; a worker
-process would need every tensor pickled across and costs a second interpreter's memory. The worker's torch ops use
-``worker_torch_threads`` intra-op threads (default 1): with torch's OpenMP backend the count is per calling thread,
-so this leaves the training thread's setting alone and keeps the two from oversubscribing the cores.
+process would need every tensor pickled across, the PNG bytes sent back to the one writer of the event file, and a
+second interpreter's memory.
+
+Torch threads: the worker leaves them alone. ``torch.set_num_threads`` is not per thread: called in a worker thread
+before the training thread's first parallel op, it sets the count that the training thread's ops then run with
+(measured with torch 2.14, OpenMP: after a worker thread's ``set_num_threads(1)`` the main thread's
+``get_num_threads()`` reads 1 and a conv uses one core, process CPU time / thread CPU time 1.0 instead of 2.0). So a
+job's torch ops share the process' intra-op threads; keep them small (maps of the probe images, not batches).
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import sys
 import threading
 import time
 import weakref
@@ -74,15 +78,6 @@ class JobFailure:
 
 def _env_sync() -> bool:
     return os.environ.get(SYNC_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _limit_torch_threads(n: int | None) -> None:
-    """Gives the calling (worker) thread ``n`` torch intra-op threads, where that setting is per thread (OpenMP)."""
-    torch = sys.modules.get("torch")
-    if n is None or torch is None:  # a pipeline whose jobs never import torch does not import it either
-        return
-    if "OpenMP" in torch.__config__.parallel_info():
-        torch.set_num_threads(n)
 
 
 class _State:
@@ -124,8 +119,7 @@ class _State:
             thread.join()
 
 
-def _work(state: _State, torch_threads: int | None) -> None:
-    _limit_torch_threads(torch_threads)
+def _work(state: _State) -> None:
     while True:
         with state.cond:
             while not state.queue and not state.stopping:
@@ -157,7 +151,6 @@ class ImagePipeline:
             byte bound.
         sync: Run each job at once on the caller's thread; ``None`` reads ``PROBELENS_SYNC_IMAGES``.
         on_error: Called with each :class:`JobFailure`, on the owner's thread, once.
-        worker_torch_threads: Torch intra-op threads for the worker's own torch ops (``None``: leave as is).
         name: The worker thread's name.
     """
 
@@ -168,19 +161,15 @@ class ImagePipeline:
         *,
         sync: bool | None = None,
         on_error: Callable[[JobFailure], Any] | None = None,
-        worker_torch_threads: int | None = 1,
         name: str = "probelens-images",
     ) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
-        if worker_torch_threads is not None and worker_torch_threads < 1:
-            raise ValueError(f"worker_torch_threads must be >= 1 or None, got {worker_torch_threads}")
         self.sync = _env_sync() if sync is None else bool(sync)
         self.on_error = on_error
         self.name = name
-        self.worker_torch_threads = worker_torch_threads
         self._state = _State(max_jobs, max_bytes)
         self._closed = False
         self._finalizer = weakref.finalize(self, self._state.stop)
@@ -212,9 +201,7 @@ class ImagePipeline:
     def _start(self) -> None:
         state = self._state
         if state.thread is None:
-            state.thread = threading.Thread(
-                target=_work, args=(state, self.worker_torch_threads), name=self.name, daemon=True
-            )
+            state.thread = threading.Thread(target=_work, args=(state,), name=self.name, daemon=True)
             state.thread.start()
 
     def _report(self) -> None:
