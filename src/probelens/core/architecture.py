@@ -12,7 +12,7 @@ from probelens.core.checks import probe_example
 from probelens.core.run import run_session
 from probelens.core.schedule import log_step
 from probelens.core.sharded import sharded_layer_summary
-from probelens.core.sinks import ImageSink
+from probelens.core.writer import MonitorWriter
 from probelens.methods._sharded import is_sharded
 from probelens.methods.layers import unwrap_compiled
 from probelens.probe import ProbeSet
@@ -20,7 +20,7 @@ from probelens.probe import ProbeSet
 TAG = "probelens/architecture"
 
 
-def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, sink: ImageSink) -> None:
+def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, writer: MonitorWriter) -> None:
     """Writes the table once per run, on rank 0 (under sharded parameters every rank runs the summary's forward
     pass, which is collective). A resumed run (``ckpt_path``) has it already. Never raises: a failure warns."""
     sharded = is_sharded(model)
@@ -37,6 +37,8 @@ def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, sink: Imag
         example = probe_example(net, probe)
         rows = sharded_layer_summary(net, example) if sharded else layer_summary(net, example)
         if trainer.is_global_zero:
-            sink.add_text(TAG, summary_markdown(rows, probe.image_size), log_step(trainer))
+            table, step, sink = summary_markdown(rows, probe.image_size), log_step(trainer), writer.sink
+            assert sink is not None
+            writer.submit(lambda: sink.add_text(TAG, table, step), step, "writing the layer table")
     except Exception as err:  # a summary is a convenience: never let it stop training
         rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")

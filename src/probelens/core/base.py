@@ -24,6 +24,7 @@ from probelens.core.architecture import log_architecture
 from probelens.core.checks import check_probe_fits, check_spatial, probe_example, scores_of
 from probelens.core.options import check_callable, check_choice, check_int, check_name
 from probelens.core.probe_source import probe_from_trainer
+from probelens.core.run import run_session
 from probelens.core.schedule import Schedule, log_step, stage_of
 from probelens.core.session import ProbeSession, _Needs, session_for
 from probelens.core.sharded import sharded_root
@@ -106,6 +107,8 @@ class MonitorCore(_CallbackBase):
         "on_test_end",
         "on_train_epoch_end",
         "on_train_end",
+        "on_exception",
+        "teardown",
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -210,6 +213,7 @@ class MonitorCore(_CallbackBase):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self.writer.flush()  # the history the worker keeps (filmstrip frames) is complete in the checkpoint
         return self.state.to_dict(self.probe)
 
     @override
@@ -371,10 +375,20 @@ class MonitorCore(_CallbackBase):
             self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
         sink = sink_for_trainer(trainer, self._png_root or os.path.join(trainer.default_root_dir, "probelens_images"))
         self.writer.attach(sink, self.probe)
+        # pictures are drawn and written by the run's worker thread; under sharded parameters every rank holds its
+        # writes until all agree, so they are written there and then (writer.held)
+        self.writer.pipeline = None if is_sharded(pl_module) else run_session(trainer).pipeline
+        self.writer.on_failure = self._record_drawing_failure
         self._configured_for = id(pl_module)
         if self.probe is not None:
-            log_architecture(trainer, pl_module, self.probe, sink)
+            log_architecture(trainer, pl_module, self.probe, self.writer)
         return True
+
+    def _record_drawing_failure(self, step: int, what: str) -> None:
+        """A picture of this monitor failed on the pipeline's worker (told on the training thread)."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is not None:
+            self._record_failure(trainer, step, what)
 
     # ------------------------------------------------------------------ Lightning hooks
     @override
@@ -439,11 +453,20 @@ class MonitorCore(_CallbackBase):
             self._record_failure(
                 trainer, self.last_logged_step, f"at the end of training ({type(err).__name__}: {err})"
             )
+        run_session(trainer).flush()  # every picture of the run on disk when fit returns
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        try:
+            run_session(trainer).flush()  # what was drawn before the crash is written
+        except Exception as err:  # never mask the run's own exception
+            rank_zero_warn(f"probelens: could not write the pending pictures ({type(err).__name__}: {err})")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._session is not None:
             self._session.release()  # no pass tensor outlives the run
+        run_session(trainer).close()  # the worker stops, the event files close (a later stage opens them again)
 
     # ------------------------------------------------------------------ the firing path
     @final

@@ -17,13 +17,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from probelens.core import _event_crc
 from probelens.core.run import run_session
 from probelens.render import Cell, cells_to_text, encode_png, save_png
+from probelens.writing.event_file import EventFileWriter
 
 
 class ImageSink(Protocol):
@@ -57,53 +56,39 @@ def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequ
         sink.add_image(tag, image, step)
 
 
-@functools.cache
-def _summary_writer_type() -> type[Any] | None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard missing: the logger runs on tensorboardX, which gets the plain add_image call
-        return None
-    return SummaryWriter
-
-
 class TensorBoardSink:
-    """Writes through a ``TensorBoardLogger``'s ``SummaryWriter`` (``logger.experiment``).
+    """Writes into a ``TensorBoardLogger``'s run directory (``logger.log_dir``), through an event file of probelens'
+    own beside the logger's (:class:`probelens.writing.event_file.EventFileWriter`): TensorBoard reads every event
+    file of a directory as one run, so the pictures sit next to the loss curves on the same step axis, and the
+    logger's ``SummaryWriter`` is neither patched nor reached into.
 
-    Images are PNG-encoded once, by :func:`probelens.render.encode_png`, and written as an image summary through the
-    writer's file writer, as ``SummaryWriter.add_image`` does after its own encoding (same tag, step and wall time).
-    ``add_image`` itself re-encodes with PIL's default zlib level, which cost 100+ ms per large grid.
+    Images are PNG-encoded once, by :func:`probelens.render.encode_png` (with the probe-image layout as a text chunk);
+    text is laid out as ``SummaryWriter.add_text`` does, under ``<tag>/text_summary`` as TensorBoard lists it. The
+    monitors of one run share one file (:meth:`probelens.core.run.RunSession.event_file`).
     """
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, events: EventFileWriter | None = None) -> None:
         self.logger = logger
-        _event_crc.install()  # TensorBoard's writer thread otherwise checksums in pure Python, holding the GIL
+        self._events = events
+
+    @property
+    def events(self) -> EventFileWriter:
+        if self._events is None:
+            self._events = EventFileWriter(self.logger.log_dir)
+        return self._events
+
+    def share(self, events: Callable[[str], EventFileWriter]) -> None:
+        """Write through ``events(log_dir)`` (the run's shared writer) instead of a file of this sink's own."""
+        self.logger.experiment  # noqa: B018 (the logger's file first: ours, made later, sorts after it)
+        self._events = events(self.logger.log_dir)
 
     def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        experiment = self.logger.experiment
-        writer_type = _summary_writer_type()
-        fast = (
-            writer_type is not None
-            and isinstance(experiment, writer_type)
-            # a SummaryWriter subclass whose add_image does something of its own is given the plain call
-            and type(experiment).add_image is getattr(writer_type, "add_image", None)
-            and image.dtype == torch.uint8
-            and image.dim() == 3
-            and image.shape[0] in (1, 3)
-        )
-        if not fast:
-            experiment.add_image(tag, image.cpu().numpy(), global_step=step, dataformats="CHW")
-            return
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
         png = encode_png(rgb, text=cells_to_text(cells))
-        height, width = int(rgb.shape[1]), int(rgb.shape[2])
-        encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
-        summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
-        experiment._get_file_writer().add_summary(summary, global_step=step)
+        self.events.add_image(tag, png, int(rgb.shape[1]), int(rgb.shape[2]), step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
-        self.logger.experiment.add_text(tag, text, global_step=step)
+        self.events.add_text(f"{tag}/text_summary", text, step)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -341,6 +326,9 @@ def sink_for_trainer(trainer: Any, png_root: str) -> ImageSink:
     PNG files under ``png_root``, and one warning per run. Notices are given once per run (:mod:`~.run`)."""
     run = run_session(trainer)
     sinks = sinks_for(trainer.loggers)
+    for sink in sinks:
+        if isinstance(sink, TensorBoardSink):
+            sink.share(run.event_file)
     if any(isinstance(sink, TensorBoardSink) for sink in sinks) and run.first_time("tensorboard-sampling"):
         rank_zero_info(
             "probelens: TensorBoard shows only 10 sampled steps per image tag by default; start it with "

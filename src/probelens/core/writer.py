@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probelens.core.run import DrawFailed
 from probelens.core.sinks import ImageSink, write_image
 from probelens.methods.engine import ProbePass
 from probelens.probe import ProbeSet
@@ -108,7 +109,7 @@ class MonitorWriter:
         self.stage = "fit"
         self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
         self.pipeline: Any = None
-        """The run's image pipeline (``submit(job)``, ``flush()``), or ``None``: draw on the calling thread."""
+        """The run's :class:`~probelens.writing.pipeline.ImagePipeline`, or ``None``: draw on the calling thread."""
         self.on_failure: Callable[[int, str], None] | None = None
         """Told ``(step, what)`` when a picture drawn on the pipeline's worker fails."""
 
@@ -153,6 +154,7 @@ class MonitorWriter:
         *,
         per_probe: int = 1,
         shown: Tensor | None = None,
+        nbytes: int = 0,
     ) -> None:
         """Writes the picture ``render()`` returns at ``tag`` and ``step``: a uint8 ``[C,H,W]`` image, or the image and
         its grid's cell boxes (``per_probe`` consecutive boxes per probe image, the images ``shown``, by default
@@ -162,6 +164,7 @@ class MonitorWriter:
         stay ordered), and a failure there is reported to :attr:`on_failure`; without one (and inside
         :meth:`held`) it runs now. Either way ``render`` must read only what it closed over: CPU tensors that the
         training thread no longer changes (the tag, the captions' facts and the probe's fingerprint are taken now).
+        ``nbytes``: what those tensors hold, counted against the pipeline's memory bound (back-pressure).
         """
         full, sink, facts = self.tag(tag), self.sink, dict(self._facts)
         assert sink is not None, "the writer is attached when the monitor is configured"
@@ -180,7 +183,7 @@ class MonitorWriter:
             predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
             write_image(sink, full, image, step, ProbeCells(cells, fingerprint if cells else None, predictions))
 
-        self._run(job, step, f"drawing {full}")
+        self.submit(job, step, f"drawing {full}", nbytes)
 
     def image(
         self,
@@ -198,22 +201,23 @@ class MonitorWriter:
         """Writes a text entry (markdown) at ``tag`` and ``step`` (in order with the pictures)."""
         full, sink = self.tag(tag), self.sink
         assert sink is not None, "the writer is attached when the monitor is configured"
-        self._run(lambda: sink.add_text(full, text, step), step, f"writing {full}")
+        self.submit(lambda: sink.add_text(full, text, step), step, f"writing {full}")
 
-    def _run(self, job: Callable[[], None], step: int, what: str) -> None:
+    def submit(self, job: Callable[[], None], step: int, what: str, nbytes: int = 0) -> None:
+        """Run ``job`` (a write) on the pipeline's worker, after what was handed over before it (now without one)."""
         pipeline = self.pipeline
         if pipeline is None or isinstance(self.sink, HeldWrites):
             job()  # a failure propagates: the firing counts it
             return
+        report = self.on_failure
 
         def reported() -> None:
             try:
                 job()
-            except Exception as err:  # on the worker: the training thread hears of it through on_failure
-                if self.on_failure is not None:
-                    self.on_failure(step, f"while {what} ({type(err).__name__}: {err})")
+            except Exception as err:  # told to the monitor on the training thread (the pipeline's on_error)
+                raise DrawFailed(report, step, f"while {what} ({type(err).__name__}: {err})") from err
 
-        pipeline.submit(reported)
+        pipeline.submit(reported, nbytes=nbytes, name=what)
 
     def flush(self) -> None:
         """Wait until everything handed to the pipeline is written (no-op without one)."""
