@@ -313,6 +313,45 @@ def test_the_pipeline_leaves_the_training_threads_torch_threads_alone():
     assert done.stdout.split() == ["2"]
 
 
+def test_many_failures_are_counted_and_their_tensors_freed():
+    freed = []
+
+    class Payload:
+        def __del__(self):
+            freed.append(1)
+
+    def job():
+        payload = Payload()  # a local of the failing frame
+        raise RuntimeError(f"bad {payload is not None}")
+
+    reported = []
+    pipeline = ImagePipeline(on_error=reported.append)
+    for _ in range(150):
+        pipeline.submit(job)
+    failures = pipeline.flush()
+    pipeline.close()
+    assert pipeline.failed == 150 and len(failures) == 100
+    # handed over at each submit/flush: at most 100 pile up between two of them; each failure at most once
+    indices = [f.index for f in reported]
+    assert 100 <= len(indices) <= 150 and len(set(indices)) == len(indices)
+    assert len(freed) == 150, "a kept traceback still holds the failed job's locals"
+    assert failures[0].error.__traceback__ is not None
+
+
+def test_a_job_cannot_wait_for_its_own_pipeline():
+    errors_seen = []
+    with ImagePipeline() as pipeline:
+
+        def job():
+            try:
+                pipeline.flush()
+            except RuntimeError as err:
+                errors_seen.append(str(err))
+
+        pipeline.submit(job)
+    assert errors_seen and "its own jobs" in errors_seen[0]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"max_jobs": 0}, "max_jobs"), ({"max_bytes": 0}, "max_bytes")],

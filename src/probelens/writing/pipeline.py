@@ -24,7 +24,10 @@ Guarantees:
 - **Ordered.** Jobs run one after the other in submission order.
 - **Errors are reported, never raised at the caller.** A job's exception is kept as a :class:`JobFailure`, handed to
   ``on_error`` on the owner's thread (from the next :meth:`submit`, :meth:`flush` or :meth:`close`), and listed by
-  the :meth:`flush` that follows. Exceptions of ``on_error`` itself are the owner's and do propagate.
+  the :meth:`flush` that follows (at most :data:`MAX_KEPT_FAILURES` between two flushes; :attr:`ImagePipeline.failed`
+  counts all). Its traceback is kept without the frames' locals. Exceptions of ``on_error`` itself are the owner's
+  and do propagate. A job must not call :meth:`submit` or :meth:`flush` of its own pipeline (refused: it would wait
+  for itself).
 - **Flushed** by :meth:`flush`, :meth:`close`, leaving a ``with`` block (also on an exception), at interpreter exit
   and when the pipeline is garbage-collected. The worker is a daemon thread, so a pipeline that is never closed
   does not keep the interpreter alive; the exit hook drains it first.
@@ -50,12 +53,17 @@ import collections
 import os
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SYNC_ENV_VAR", "ImagePipeline", "JobFailure"]
+__all__ = ["MAX_KEPT_FAILURES", "SYNC_ENV_VAR", "ImagePipeline", "JobFailure"]
+
+MAX_KEPT_FAILURES = 100
+"""Failures kept between two flushes (and handed to ``on_error`` between two calls); the rest are only counted
+(:attr:`ImagePipeline.failed`), so a job that fails at every firing of a long run holds no growing memory."""
 
 SYNC_ENV_VAR = "PROBELENS_SYNC_IMAGES"
 """Set to ``1`` to run every pipeline's jobs synchronously (when ``ImagePipeline(sync=...)`` is not given)."""
@@ -94,6 +102,7 @@ class _State:
         self.submitted = 0
         self.done = 0
         self.stopping = False
+        self.failed = 0  # ever
         self.failures: list[JobFailure] = []  # since the last flush
         self.unreported: list[JobFailure] = []  # not yet handed to on_error
         self.thread: threading.Thread | None = None
@@ -106,8 +115,14 @@ class _State:
         return self.max_bytes is None or self.in_flight_bytes + nbytes <= self.max_bytes
 
     def record(self, failure: JobFailure) -> None:
-        self.failures.append(failure)
-        self.unreported.append(failure)
+        # the traceback stays (file, line, function) but its frames drop their locals: a failed job's tensors are
+        # freed now, not when the owner gets round to flushing
+        traceback.clear_frames(failure.error.__traceback__)
+        self.failed += 1
+        if len(self.failures) < MAX_KEPT_FAILURES:
+            self.failures.append(failure)
+        if len(self.unreported) < MAX_KEPT_FAILURES:
+            self.unreported.append(failure)
 
     def stop(self) -> None:
         """Lets the worker finish what is queued, then end; waits for it (used by close and the finaliser)."""
@@ -195,6 +210,12 @@ class ImagePipeline:
             return self._state.in_flight_bytes
 
     @property
+    def failed(self) -> int:
+        """How many jobs have raised since the pipeline was made."""
+        with self._state.cond:
+            return self._state.failed
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -203,6 +224,10 @@ class ImagePipeline:
         if state.thread is None:
             state.thread = threading.Thread(target=_work, args=(state,), name=self.name, daemon=True)
             state.thread.start()
+
+    def _not_from_a_job(self, what: str) -> None:
+        if self._state.thread is not None and threading.current_thread() is self._state.thread:
+            raise RuntimeError(f"ImagePipeline.{what}() called from one of its own jobs (it would wait for itself)")
 
     def _report(self) -> None:
         """Hands the failures not reported yet to ``on_error`` (on the calling, i.e. the owner's, thread)."""
@@ -226,6 +251,7 @@ class ImagePipeline:
         """
         if self._closed:
             raise RuntimeError(f"ImagePipeline {self.name!r} is closed; a job was submitted after close()")
+        self._not_from_a_job("submit")
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         state = self._state
@@ -264,6 +290,7 @@ class ImagePipeline:
         Raises:
             TimeoutError: Jobs were still pending after ``timeout`` seconds.
         """
+        self._not_from_a_job("flush")
         state = self._state
         deadline = None if timeout is None else time.monotonic() + timeout
         with state.cond:
