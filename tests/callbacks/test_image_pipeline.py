@@ -1,0 +1,90 @@
+"""The monitors' pictures are drawn, encoded and written off the training thread (probelens.writing.pipeline):
+the same bytes as drawing them on the training thread, in step order, flushed when fit ends or crashes, and a
+picture that fails on the worker is warned about once and counted while training goes on."""
+
+import threading
+
+import pytest
+import torch
+
+from lit import LitClassifier, loaders, read_events, trainer
+from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
+from probelens.writing.pipeline import SYNC_ENV_VAR
+
+PROBE = ProbeSet(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 0, 1]))
+
+
+def monitors():
+    return [
+        FilterMonitor(every_n_steps=1),
+        ActivationMonitor(PROBE, every_n_steps=1),
+        GradCAMMonitor(PROBE, layers="all", every_n_steps=1),
+        SaliencyMonitor(PROBE, methods=("vanilla", "gradient_x_input"), every_n_steps=1),
+    ]
+
+
+def pictures(log_dir) -> dict[tuple[str, int], bytes]:
+    acc = read_events(log_dir)
+    return {(t, e.step): e.encoded_image_string for t in acc.Tags()["images"] for e in acc.Images(t)}
+
+
+def fit(tmp_path, name, **kw):
+    torch.manual_seed(0)
+    train, val = loaders(n=48, batch_size=16)
+    tr = trainer(tmp_path / name, monitors(), max_epochs=2, **kw)
+    tr.fit(LitClassifier(), train, val)
+    return tr
+
+
+def test_the_worker_writes_the_bytes_the_training_thread_would(tmp_path, monkeypatch):
+    workers_seen = []
+    monkeypatch.setenv(SYNC_ENV_VAR, "1")
+    sync = pictures(fit(tmp_path, "sync").logger.log_dir)
+    monkeypatch.delenv(SYNC_ENV_VAR)
+    tr = fit(tmp_path, "async")
+    workers_seen = [t.name for t in threading.enumerate() if t.name.startswith("probelens")]
+    written = pictures(tr.logger.log_dir)
+    assert len(sync) >= 40 and written.keys() == sync.keys()
+    assert all(written[key] == sync[key] for key in sync), [k for k in sync if written[k] != sync[k]][:3]
+    assert workers_seen == []  # teardown stopped the worker
+    steps = {}
+    for tag, step in written:
+        steps.setdefault(tag, []).append(step)
+    assert all(s == sorted(s) for s in steps.values())
+
+
+class CrashAt(LitClassifier):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_pictures_drawn_before_a_crash_are_written(tmp_path):
+    train, val = loaders(n=48, batch_size=16)
+    tr = trainer(tmp_path, monitors(), max_epochs=3)
+    with pytest.raises(RuntimeError, match="boom"):
+        tr.fit(CrashAt(), train, val)
+    acc = read_events(tr.logger.log_dir)
+    assert [e.step for e in acc.Images("probelens/gradcam/model.8")] == [0, 1, 2, 3]  # every firing before it
+
+
+def test_a_picture_failing_on_the_worker_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    import probelens.core.saliency as saliency_core
+
+    def broken(*args, **kwargs):
+        raise ValueError("no colours today")
+
+    monkeypatch.setattr(saliency_core, "saliency_to_heat", broken)  # runs inside the picture's render, on the worker
+    sal = SaliencyMonitor(PROBE, methods="vanilla", every_n_steps=1)
+    cam = GradCAMMonitor(PROBE, layers="last", every_n_steps=1)
+    train, val = loaders(n=48, batch_size=16)
+    tr = trainer(tmp_path, [sal, cam], max_epochs=2)
+    with pytest.warns(
+        UserWarning, match=r"SaliencyMonitor failed at step \d+ while drawing probelens/saliency/vanilla"
+    ):
+        tr.fit(LitClassifier(), train, val)
+    assert sal.failure_count == 6 and cam.failure_count == 0 and cam.fire_count == 6
+    acc = read_events(tr.logger.log_dir)
+    assert "probelens/saliency/vanilla" not in acc.Tags()["images"]
+    assert [e.value for e in acc.Scalars("probelens/failures/SaliencyMonitor")][-1] == 6
