@@ -2,10 +2,10 @@
 
 Every public function takes torch tensors and returns ``torch.uint8`` images on CPU, ``[3, H, W]`` for one image and
 ``[N, 3, H, W]`` for a batch (normalisation helpers return floats). Importing this package does not import
-matplotlib; colormap tables are built from it lazily on first use (with hand-written fallbacks for a few maps).
+matplotlib; colormap tables are sampled from it lazily on first use.
 """
 
-from probelens.render.colormap import FALLBACK_COLORMAPS, apply_colormap, colormap_lut
+from probelens.render.colormap import apply_colormap, colormap_lut
 from probelens.render.grid import (
     activation_grid,
     filmstrip,
@@ -40,7 +40,6 @@ from probelens.render.image import (
 
 __all__ = [
     "CELLS_KEY",
-    "FALLBACK_COLORMAPS",
     "PREDICTIONS_KEY",
     "PROBE_KEY",
     "Cell",
