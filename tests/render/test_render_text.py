@@ -32,5 +32,5 @@ def test_stamped_lines_match_pil_drawing(background: int) -> None:
 
 def test_stamping_clips_at_the_canvas_edges() -> None:
     canvas = torch.full((3, 10, 20), 255, dtype=torch.uint8)
-    stamp_lines(canvas, [(15, 5, 100, ["a long line that runs off"])], load_font(14), (0, 0, 0), center=False)
+    stamp_lines(canvas, [(15, 0, 100, ["HHHH long line that runs off"])], load_font(14), (0, 0, 0), center=False)
     assert (canvas < 255).any()
