@@ -8,9 +8,11 @@ matplotlib; colormap tables are sampled from it lazily on first use.
 from probelens.render.colormap import apply_colormap, colormap_lut
 from probelens.render.grid import (
     activation_grid,
+    caption_band,
     filmstrip,
     filter_grid,
     labelled_grid,
+    pad_to,
     rows_grid,
     select_channels,
     select_frames,
@@ -47,6 +49,7 @@ __all__ = [
     "ProbeCells",
     "activation_grid",
     "apply_colormap",
+    "caption_band",
     "cells_from_text",
     "cells_to_text",
     "colormap_lut",
@@ -56,6 +59,7 @@ __all__ = [
     "labelled_grid",
     "normalize_maps",
     "overlay_heatmap",
+    "pad_to",
     "predictions_from_text",
     "probe_from_text",
     "rows_grid",

@@ -24,6 +24,7 @@ from probelens.render.text import CARD_WIDTH, MIN_FONT, Font, card_font_size, fi
 
 __all__ = [
     "activation_grid",
+    "caption_band",
     "filmstrip",
     "filter_grid",
     "labelled_grid",
@@ -132,15 +133,17 @@ def labelled_grid(
     max_caption_lines: int = 4,
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
     card_width: int | None = CARD_WIDTH,
+    margin: int | None = None,
 ) -> Tensor:
     """Lays tiles out in a grid with a caption under each tile and an optional title on top.
 
     Layout (all sizes in pixels): every tile is upscaled (nearest) by ``s = max(1, ceil(min_tile / max(h, w)))``;
     each cell is ``cell_w = max(s * w, min_tile)`` wide (the tile is centred in it) and ``s * h + band`` high, where
     ``band`` is the caption band height (0 when there are no captions or all are empty). Cells are separated from
-    each other and from the border by ``pad``. Hence
-    ``W = ncol * cell_w + (ncol + 1) * pad`` and ``H = title_band + nrow * (s * h + band) + (nrow + 1) * pad``
-    with ``nrow = ceil(N / ncol)``. Captions may contain ``"\\n"``; lines that do not fit are word-wrapped.
+    each other by ``pad`` and from the border by ``margin`` (default ``pad``). Hence
+    ``W = ncol * cell_w + (ncol - 1) * pad + 2 * margin`` and
+    ``H = title_band + nrow * (s * h + band) + (nrow - 1) * pad + 2 * margin`` with ``nrow = ceil(N / ncol)``.
+    Captions may contain ``"\\n"``; lines that do not fit are word-wrapped.
 
     Args:
         tiles: uint8 ``[N, 3, h, w]`` (non-square allowed; ``[N, 1, h, w]`` gray and float ``[0, 1]`` tiles are
@@ -157,6 +160,7 @@ def labelled_grid(
         card_width: The width the picture is shown at (TensorBoard's card, :data:`probelens.render.text.CARD_WIDTH`):
             captions and title are drawn large enough to stay readable there (:func:`card_font_size`), wrapping if
             they must. None sizes the text by the cell alone.
+        margin: Gap between the cells and the border; None for ``pad``.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -169,13 +173,14 @@ def labelled_grid(
         raise ValueError(f"got {len(captions)} captions for {n} tiles")
     background = _check_background(background)
     pad = max(0, int(pad))
+    margin = pad if margin is None else max(0, int(margin))
     ncol = math.ceil(math.sqrt(n)) if ncol is None else max(1, min(int(ncol), n))
     nrow = math.ceil(n / ncol)
     s = _tile_scale(h, w, min_tile)
     t = upscale_nearest(t, s)
     th, tw = h * s, w * s
     cell_w = max(tw, min_tile)
-    width = ncol * cell_w + (ncol + 1) * pad
+    width = ncol * cell_w + (ncol - 1) * pad + 2 * margin
 
     size, smallest = _caption_size(cell_w, width, card_width)
     cap_lines: list[list[str]] = []
@@ -196,9 +201,9 @@ def labelled_grid(
         )
         title_h = _band_height(len(title_lines), title_lh)
 
-    height = title_h + nrow * (th + band_h) + (nrow + 1) * pad
+    height = title_h + nrow * (th + band_h) + (nrow - 1) * pad + 2 * margin
     canvas = torch.full((3, height, width), background, dtype=torch.uint8)
-    boxes = _place(canvas, t, ncol, pad, title_h + pad, (cell_w, th + band_h), pad)
+    boxes = _place(canvas, t, ncol, margin, title_h + margin, (cell_w, th + band_h), pad)
     if cell_boxes is not None:
         cell_boxes.extend(boxes)
     if title_font is not None:
@@ -451,6 +456,28 @@ def pad_to(image: Tensor, height: int, width: int, background: int = 255) -> Ten
     return out
 
 
+def caption_band(image: Tensor, text: str, *, background: int = 32, size: int | None = None) -> Tensor:
+    """``image`` with a band underneath carrying ``text``, centred (the picture itself is not covered): a step stamp
+    ("step 120") under a frame of an animation.
+
+    Args:
+        image: uint8 ``[3, h, w]``.
+        text: One line (cut with ``"..."`` where it is wider than the image).
+        background: Gray level of the band; the text is white on dark bands, black on light ones.
+        size: Font size; default ``w / 12`` within ``[10, 14]``.
+
+    Returns:
+        uint8 ``[3, h + band, w]`` on CPU.
+    """
+    picture = _as_rgb_tiles(image.reshape(-1, *image.shape[-3:]))[0]
+    _, h, w = picture.shape
+    font, (lines,), line_h = fit_text([text], w - 2 * _TEXT_MARGIN, size or max(MIN_FONT, min(14, w // 12)), 1)
+    out = torch.full((3, h + _band_height(1, line_h), w), _check_background(background), dtype=torch.uint8)
+    out[:, :h] = picture
+    stamp_lines(out, [(0, h + _TEXT_MARGIN, w, lines)], font, _text_color(background), center=True)
+    return out
+
+
 def filmstrip(
     frames: Sequence[Tensor],
     captions: Sequence[str] | None = None,
@@ -461,6 +488,7 @@ def filmstrip(
     min_tile: int = 128,
     background: int = 255,
     card_width: int | None = None,
+    margin: int | None = None,
 ) -> Tensor:
     """Lays out frames over time (e.g. probe images' Grad-CAM overlays at successive log steps), oldest on the left.
 
@@ -483,6 +511,7 @@ def filmstrip(
         background: Gray level of the background and of the padding.
         card_width: See :func:`labelled_grid`; None (the default) sizes the text by the frames, as a strip of many
             frames is read enlarged rather than at card size.
+        margin: Gap around the one-row strip (see :func:`labelled_grid`); None for ``pad``.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -502,7 +531,14 @@ def filmstrip(
     caps = [captions[k] for k in keep] if captions is not None else None
     if stack.shape[0] == 1 and row_captions is None:
         return labelled_grid(
-            stack[0], caps, ncol=len(keep), pad=pad, min_tile=min_tile, background=background, card_width=card_width
+            stack[0],
+            caps,
+            ncol=len(keep),
+            pad=pad,
+            min_tile=min_tile,
+            background=background,
+            card_width=card_width,
+            margin=margin,
         )
     if row_captions is not None and len(row_captions) != stack.shape[0]:
         raise ValueError(f"got {len(row_captions)} row captions for {stack.shape[0]} rows")

@@ -7,17 +7,15 @@ NaN/Inf values are replaced by 0 rather than propagated (see :func:`sanitize`).
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 from probelens.render.colormap import apply_colormap
@@ -336,65 +334,8 @@ def _single_image(image: Tensor) -> Tensor:
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of :func:`encode_png`. On the monitors' grids level 1 ran 5-10x faster than PIL's default (6) for files
-within a few percent of its size (``benchmarks/RESULTS.md``)."""
-
-_isal_zlib: Any
-try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels) is ~4x faster than zlib at levels 1-3
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - platforms without isal wheels use zlib
-    _isal_zlib = None
-
-
-def _deflate(data: bytes | np.ndarray, level: int) -> bytes:
-    """A zlib stream of ``data`` (what a PNG ``IDAT`` holds): ISA-L for levels 1-3 when installed, else zlib.
-
-    Both write standard deflate; ISA-L's level ``k`` in 1-3 trades size for speed like zlib's low levels (on the
-    monitors' grids: ~4x faster than zlib level 1, files ~15% larger).
-    """
-    buffer = memoryview(data)  # type: ignore[arg-type]  # an ndarray exports its buffer as is, no copy
-    if _isal_zlib is not None and 1 <= level <= 3:
-        return _isal_zlib.compress(buffer, level)
-    return zlib.compress(buffer, level)
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_FILTER_NONE = 0
-_PNG_FILTER_UP = 2
-_PNG_TRIAL_BYTES = 256 * 1024  # below this, both filters are tried on the whole image
-_PNG_TRIAL_BLOCK = 8  # larger images: trial rows are blocks of 8 rows ...
-_PNG_TRIAL_EVERY = 64  # ... one every 64 rows (1/8 of the image)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: length, type, data and the CRC-32 of type + data."""
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_scanlines(rows: np.ndarray, filter_type: int) -> np.ndarray:
-    """``rows`` (uint8 ``[H, W*C]``) as PNG scanlines: a filter-type byte, then the row filtered with it.
-
-    Filter "Up" stores ``row - previous row`` (mod 256, which uint8 arithmetic does); the first row's "previous row"
-    is zero, so it is stored as is.
-    """
-    lines = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
-    lines[:, 0] = filter_type
-    lines[:, 1:] = rows
-    if filter_type == _PNG_FILTER_UP and rows.shape[0] > 1:
-        np.subtract(rows[1:], rows[:-1], out=lines[1:, 1:])
-    return lines
-
-
-def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
-    """The PNG filter (None or Up) under which ``rows`` compress smaller, and, when the whole image was tried, its
-    compressed data (else ``None``)."""
-    if rows.size <= _PNG_TRIAL_BYTES:
-        none, up = (_deflate(_png_scanlines(rows, kind), level) for kind in (_PNG_FILTER_NONE, _PNG_FILTER_UP))
-        return (_PNG_FILTER_NONE, none) if len(none) <= len(up) else (_PNG_FILTER_UP, up)
-    starts = np.arange(0, rows.shape[0] - _PNG_TRIAL_BLOCK + 1, _PNG_TRIAL_EVERY)
-    sample = rows[(starts[:, None] + np.arange(_PNG_TRIAL_BLOCK)[None, :]).ravel()]
-    sizes = [len(_deflate(_png_scanlines(sample, kind), level)) for kind in (_PNG_FILTER_NONE, _PNG_FILTER_UP)]
-    return (_PNG_FILTER_NONE, _PNG_FILTER_UP)[int(np.argmin(sizes))], None
+"""zlib level of :func:`encode_png`. On the monitors' grids Pillow's level 1 ran 4-6x faster than its default (6) for
+files at most 12% larger, and smaller on sparse saliency grids (``benchmarks/RESULTS.md``)."""
 
 
 CELLS_KEY = "probelens.cells"
@@ -517,37 +458,35 @@ def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
     return cells
 
 
-def _png_text_chunks(text: Mapping[str, str] | None) -> bytes:
-    chunks = b""
+def _png_info(text: Mapping[str, str] | None) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         if not 1 <= len(key) <= 79 or key != key.strip() or not key.isprintable() or not key.isascii():
             raise ValueError(f"a PNG text key must be 1-79 printable ASCII characters, no outer spaces; got {key!r}")
-        chunks += _png_chunk(b"tEXt", key.encode("ascii") + b"\0" + value.encode("latin-1"))
-    return chunks
+        info.add_text(key, value)
+    return info
 
 
 def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Mapping[str, str] | None = None) -> bytes:
-    """Encodes an image as PNG (8-bit RGB, or grayscale for one channel).
+    """Encodes an image as PNG (8-bit RGB, or grayscale for one channel) with Pillow.
 
-    Written with numpy and zlib rather than PIL, for speed: PIL filters every row adaptively and deflates at level 6,
-    which cost 100+ ms per activation grid. Here the whole image uses one PNG filter, "None" or "Up", whichever
-    compresses smaller (tried on the whole image when it is small, else on 1/8 of its rows), deflated at
-    ``compress_level``. On the monitors' grids (colour-mapped maps, nearest-neighbour upscaled tiles, flat caption
-    bands) "None" wins; on photographs and overlays "Up" does.
+    Pillow writes the ``tEXt`` chunks before the image data, so a reader gets them from the header alone
+    (:mod:`probelens.logs` relies on this). Pillow was measured against probelens' earlier hand-written encoder (one
+    filter per image, ISA-L deflate): that one was 4-6x faster but wrote up to 50% larger files, so it was dropped
+    (``benchmarks/RESULTS.md``).
 
     Args:
         image: uint8 ``[3, H, W]`` (also ``[1, H, W]``/``[H, W]`` grayscale, or ``[1, 3, H, W]``), any device.
-        compress_level: zlib level, 0 (store) to 9 (smallest); levels 1-3 use ISA-L's faster deflate when the
-            ``isal`` package is installed.
-        text: Optional ``tEXt`` chunks, key to value (Latin-1); PIL reads them back as ``Image.open(...).text``.
-            probelens stores the probe-image layout of its grids there (:data:`CELLS_KEY`).
+        compress_level: zlib level, 0 (store) to 9 (smallest).
+        text: Optional ``tEXt`` chunks, key to value (Latin-1; Pillow writes other values as ``iTXt``); PIL reads them
+            back as ``Image.open(...).text``. probelens stores the probe-image layout of its grids there
+            (:data:`CELLS_KEY`).
 
     Returns:
         The PNG file contents.
 
     Example:
         >>> import io, torch
-        >>> from PIL import Image
         >>> image = torch.arange(24, dtype=torch.uint8).reshape(3, 2, 4)
         >>> decoded = Image.open(io.BytesIO(encode_png(image)))
         >>> decoded.mode, decoded.size, torch.equal(torch.from_numpy(np.array(decoded)).permute(2, 0, 1), image)
@@ -556,29 +495,11 @@ def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Ma
     if isinstance(compress_level, bool) or not isinstance(compress_level, int) or not 0 <= compress_level <= 9:
         raise ValueError(f"compress_level must be an integer in [0, 9], got {compress_level!r}")
     t = _single_image(image)
-    height, width = t.shape[-2:]
-    if height == 0 or width == 0:
+    if t.shape[-2] == 0 or t.shape[-1] == 0:
         raise ValueError(f"cannot encode an empty image of shape {tuple(image.shape)}")
-    planes = t.numpy()
-    if t.ndim == 2:
-        color_type, rows = 0, np.ascontiguousarray(planes)
-    else:
-        # interleave channel by channel: ~4x faster than a copy of the [H,W,3] transposed view
-        color_type, pixels = 2, np.empty((height, width, 3), dtype=np.uint8)
-        for c in range(3):
-            pixels[..., c] = planes[c]
-        rows = pixels.reshape(height, width * 3)
-    filter_type, data = _png_pick_filter(rows, compress_level)
-    if data is None:
-        data = _deflate(_png_scanlines(rows, filter_type), compress_level)
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)  # 8 bit, deflate, no interlace
-    return (
-        _PNG_SIGNATURE
-        + _png_chunk(b"IHDR", header)
-        + _png_text_chunks(text)
-        + _png_chunk(b"IDAT", data)
-        + _png_chunk(b"IEND", b"")
-    )
+    buffer = io.BytesIO()
+    to_pil_image(t).save(buffer, format="PNG", compress_level=compress_level, optimize=False, pnginfo=_png_info(text))
+    return buffer.getvalue()
 
 
 def save_png(image: Tensor, path: str | os.PathLike[str], text: Mapping[str, str] | None = None) -> None:
