@@ -433,3 +433,17 @@ def test_rows_grid_cell_boxes_hold_each_row_with_its_caption():
         assert all(not (_colour_mask(canvas, c) & inside).any() for j, c in enumerate(colours) if j != i)
         assert ((canvas[:, y0:y1, x0:x1].permute(1, 2, 0).numpy() < DARK).all(axis=-1)).any()  # its caption
     assert [b[3] <= n[1] for b, n in itertools.pairwise(boxes)] == [True, True]
+
+
+def test_filmstrip_of_probe_rows_is_the_rows_grid_of_the_kept_frames() -> None:
+    """GradCAMMonitor's strip (one row per probe image, the steps listed after the first row's caption) is
+    ``filmstrip(history, steps, max_frames, row_captions=...)``: the same picture as its hand-made rows_grid."""
+    g = torch.Generator().manual_seed(3)
+    history = [(10 * s, torch.randint(0, 256, (3, 3, 24, 32), dtype=torch.uint8, generator=g)) for s in range(9)]
+    names = ["#4 snow | steps", "#1 arabian", "#7 snow"]
+    strip = filmstrip([f for _, f in history], [str(s) for s, _ in history], 4, row_captions=names, min_tile=64)
+    chosen = [history[i] for i in select_frames(len(history), 4)]
+    rows = [torch.stack([f[i] for _, f in chosen]) for i in range(3)]
+    captions = [names[0] + " " + ", ".join(str(s) for s, _ in chosen), *names[1:]]
+    assert captions[0] == "#4 snow | steps 0, 30, 50, 80"
+    assert torch.equal(strip, rows_grid(rows, captions))
