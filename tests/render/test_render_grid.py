@@ -379,6 +379,9 @@ def test_wrap_breaks_at_separators_then_words_and_ellipsises() -> None:
     lines = text_module.wrap("one two three four five six seven eight nine ten", font, width, 2)
     assert len(lines) == 2 and lines[-1].endswith("...")
     assert all(text_module.text_width(line, font) <= width for line in lines)
+    for narrow in (1, 5, 20):  # narrower than the ellipsis or a single letter: shortened, never raised
+        lines = text_module.wrap("supercalifragilistic word | pred: snow 0.93", font, narrow, 2)
+        assert len(lines) == 2 and all(len(line) <= 3 for line in lines)
 
 
 def _solid_tiles(n: int, h: int, w: int) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:

@@ -46,6 +46,7 @@ MIN_FONT = 10
 """The smallest font size any caption is drawn at."""
 
 _CAP_SAMPLE = "H0"  # glyphs whose ink is the cap height
+_ELLIPSIS = "..."
 
 
 @functools.cache
@@ -138,16 +139,19 @@ def wrap(text: str, font: Font, width: float, max_lines: int) -> list[str]:
 
 
 def _wrap_to_width(text: str, font: Font, width: float, max_lines: int | None = None) -> list[str]:
-    """:func:`textwrap.wrap` at the largest character count whose lines all fit ``width`` pixels."""
+    """:func:`textwrap.wrap` at the largest character count whose lines all fit ``width`` pixels (with ``max_lines``,
+    the last line ends in ``"..."`` where text was cut; ``["..."]`` or ``[""]`` when not even that fits)."""
     if text_width(text, font) <= width:
         return [text]
     per_char = text_width(text, font) / max(1, len(text))
-    chars = max(1, int(width / per_char) + 2)
-    while True:
-        lines = textwrap.wrap(text, chars, max_lines=max_lines, placeholder="...") or [""]
-        if chars == 1 or all(text_width(line, font) <= width for line in lines):
+    smallest = 1 if max_lines is None else len(_ELLIPSIS) + 1  # textwrap needs room for the placeholder
+    for chars in range(max(smallest, int(width / per_char) + 2), smallest - 1, -1):
+        lines = textwrap.wrap(text, chars, max_lines=max_lines, placeholder=_ELLIPSIS) or [""]
+        if all(text_width(line, font) <= width for line in lines):
             return lines
-        chars -= 1
+    if max_lines is None:
+        return lines  # one character per line, the best there is
+    return [_ELLIPSIS if text_width(_ELLIPSIS, font) <= width else ""]
 
 
 def fit_text(
