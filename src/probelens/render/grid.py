@@ -5,7 +5,8 @@ on CPU. Images are composed with torch; only the text is drawn, with Pillow (:mo
 
 To keep captions readable on small inputs, tiles are upscaled by an integer factor (nearest neighbour) until their
 longer side reaches ``min_tile`` pixels, and each grid cell is at least ``min_tile`` pixels wide. Captions are sized to
-stay readable at TensorBoard's card width (``card_width``); captions that do not fit the cell width are first drawn
+stay readable at the width the picture is shown at (``card_width``: TensorBoard's card by default for
+:func:`labelled_grid`, opted into for :func:`rows_grid`); captions that do not fit the cell width are first drawn
 with a slightly smaller font (never below that), then word-wrapped (at most ``max_caption_lines`` lines, the last one
 ellipsised).
 """
@@ -225,7 +226,7 @@ def rows_grid(
     *,
     max_caption_lines: int = 2,
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
-    card_width: int | None = CARD_WIDTH,
+    card_width: int | None = None,
 ) -> Tensor:
     """Stacks rows of tiles, one grid row per entry (e.g. a probe image followed by its channel maps).
 
@@ -242,8 +243,10 @@ def rows_grid(
         max_caption_lines: Maximum number of lines per row caption after wrapping.
         cell_boxes: If given, a list that receives each row (caption band and tiles) as
             ``(left, top, right, bottom)``, right/bottom exclusive, in row order.
-        card_width: The width the picture is shown at: row captions stay readable there (see
-            :func:`labelled_grid`); None sizes them by the tiles alone.
+        card_width: The width the picture is shown at, e.g. :data:`probelens.render.text.CARD_WIDTH` for a
+            TensorBoard card: row captions stay readable there (see :func:`labelled_grid`). None (the default) sizes
+            them by the tiles alone, as for strips of many frames that are read enlarged, where card-size text would
+            double the picture's height.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
