@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from probelens.render import apply_colormap, colormap_lut
-from probelens.render.colormap import _cached_lut, _fallback_float_lut
+from probelens.render.colormap import _cached_lut
 
 # Registers a bare `probelens` parent package so that only the render subpackage is imported (the top-level package
 # pulls in Lightning, which imports matplotlib on its own).
@@ -103,38 +103,6 @@ def test_apply_colormap_accepts_lut_tensor() -> None:
 def test_apply_colormap_rejects_multichannel() -> None:
     with pytest.raises(ValueError):
         apply_colormap(torch.rand(2, 3, 4, 4))
-
-
-@pytest.mark.parametrize("name", ["jet", "gray", "viridis", "seismic", "jet_r"])
-def test_fallback_luts_resemble_matplotlib(name: str) -> None:
-    fallback = _fallback_float_lut(name)
-    assert fallback is not None
-    assert fallback.shape == (256, 3)
-    reference = torch.from_numpy(np.asarray(matplotlib.colormaps[name](np.linspace(0, 1, 256)))[:, :3])
-    diff = (fallback - reference).abs() * 255.0
-    assert diff.mean() < 8.0
-    assert diff.max() < 40.0
-
-
-def test_fallback_used_without_matplotlib() -> None:
-    code = (
-        "sys.modules['matplotlib'] = None\n"  # makes `import matplotlib` raise ImportError
-        "import torch\n"
-        "from probelens.render import colormap_lut, apply_colormap\n"
-        "lut = colormap_lut('jet')\n"
-        "assert lut.shape == (256, 3) and lut.dtype == torch.uint8\n"
-        "assert lut[0].tolist() == [0, 0, 128], lut[0].tolist()\n"
-        "assert colormap_lut('gray')[255].tolist() == [255, 255, 255]\n"
-        "assert apply_colormap(torch.rand(4, 4), 'viridis').shape == (3, 4, 4)\n"
-        "try:\n"
-        "    colormap_lut('magma')\n"
-        "except ValueError as exc:\n"
-        "    assert 'jet' in str(exc)\n"
-        "else:\n"
-        "    raise AssertionError('expected ValueError')\n"
-        "print('ok')\n"
-    )
-    assert run_isolated(code) == "ok"
 
 
 def test_apply_colormap_quantises_to_nearest_entry() -> None:

@@ -19,7 +19,8 @@ from probelens.render import (
     select_channels,
     select_frames,
 )
-from probelens.render import grid as grid_module
+from probelens.render import text as text_module
+from probelens.render.text import CARD_TEXT_PX, CARD_WIDTH, MIN_FONT, card_font_size
 
 DARK = 100  # a pixel is "text" when all channels are below this on a white background
 
@@ -142,15 +143,16 @@ def test_labelled_grid_with_legacy_bitmap_font(monkeypatch: pytest.MonkeyPatch) 
     def load_default() -> ImageFont.ImageFont:  # the pre-10.1 signature: no size argument
         return legacy
 
-    monkeypatch.setattr(grid_module.ImageFont, "load_default", load_default)
-    grid_module._load_font.cache_clear()
-    grid_module._line_height.cache_clear()
+    caches = (text_module.load_font, text_module.line_height, text_module.text_width, text_module._cap_height)
+    monkeypatch.setattr(text_module.ImageFont, "load_default", load_default)
+    for cache in caches:
+        cache.cache_clear()
     try:
         out = labelled_grid(_white(2, 64, 64), ["true: snow → pred: arabian 0.87", "ok"], ncol=2)
         assert _dark_mask(out)[128:].any()
     finally:
-        grid_module._load_font.cache_clear()
-        grid_module._line_height.cache_clear()
+        for cache in caches:
+            cache.cache_clear()
 
 
 def test_rows_grid_layout_and_captions() -> None:
@@ -281,46 +283,105 @@ def test_filmstrip_captions_and_mismatched_sizes() -> None:
         filmstrip(frames, ["too few"])
 
 
-@pytest.mark.parametrize("background", [255, 40])
-def test_captions_stamped_on_the_tensor_match_pil_drawing(background):
-    """The grids stamp cached glyph masks onto the tensor canvas; the pixels must equal PIL's own ``ImageDraw.text``
-    on the same canvas (to rounding), title and captions included."""
-    from PIL import Image, ImageDraw
+def _ink_height(image: torch.Tensor, top: int, bottom: int) -> int:
+    """Rows ``[top, bottom)`` of ``image`` from the first to the last one holding dark (text) pixels."""
+    rows = torch.nonzero(_dark_mask(image[:, top:bottom]).any(dim=1)).flatten()
+    return int(rows[-1] - rows[0] + 1) if rows.numel() else 0
 
-    grid_mod = grid_module
 
-    tiles = torch.zeros(2, 3, 20, 30, dtype=torch.uint8)
-    captions = ["true: snow | pred: snow 0.93", "true: arabian\npred: snow 0.51"]
-    out = labelled_grid(tiles, captions, ncol=2, min_tile=64, background=background, title="Grad-CAM layer4")
-    # redraw the same layout with PIL: blank the text bands, then draw the lines where the grid put them
-    width = out.shape[2]
-    cell_w = max(30 * grid_mod._tile_scale(20, 30, 64), 64)
-    font, lines, lh = grid_mod._layout_text(
-        captions, cell_w - 2 * grid_mod._TEXT_MARGIN, grid_mod._base_font_size(cell_w), 4
+def _shown_at_card(height: int, image: torch.Tensor) -> float:
+    """``height`` pixels of ``image`` as TensorBoard's card shows them (the picture scaled to the card's width)."""
+    return height * CARD_WIDTH / image.shape[2]
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32])
+def test_activation_grid_headers_are_readable_at_card_size(channels: int) -> None:
+    """ActivationMonitor's grid: a row per probe image (the image and its channel maps), a header above each row."""
+    rows = [_white(channels + 1, 64, 64) for _ in range(3)]
+    headers = ["#0 channels 1, 5, 9", "#1 H0", "#2 H0"]
+    for card_width, readable in ((CARD_WIDTH, True), (None, False)):  # None: the sizes before legibility mattered
+        grid = rows_grid(rows, headers, card_width=card_width)
+        plain = rows_grid(rows)
+        band = (grid.shape[1] - plain.shape[1]) // 3
+        shown = _shown_at_card(_ink_height(grid, 2 + band + 64, 2 + band + 64 + 2 + band), grid)  # row 1's header
+        assert (shown >= CARD_TEXT_PX) == readable, (card_width, shown)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_counterfactual_captions_are_readable_at_card_size(size: int) -> None:
+    """ShortcutMonitor's panel: four tiles per probe image (original, object only, background only, swapped)."""
+    tiles = _white(8, size, size)
+    captions = [
+        c
+        for i in range(2)
+        for c in (
+            f"#{i} original (snow)\npred: snow",
+            "object only\npred: H0",
+            "background only\npred: H0",
+            "bg swapped\npred: H0",
+        )
+    ]
+    for card_width, readable in ((CARD_WIDTH, True), (None, False)):
+        grid = labelled_grid(tiles, captions, ncol=4, card_width=card_width)
+        boxes: list[tuple[int, int, int, int]] = []
+        labelled_grid(tiles, None, ncol=4, cell_boxes=boxes)
+        tile_h = boxes[0][3] - boxes[0][1]
+        # the band of the first cell: its last line is "pred: H0"-like; measure each line's capitals
+        x0, y0, x1, _ = (boxes[0][0], 2 + tile_h, boxes[0][2], 0)
+        dark_rows = _dark_mask(grid[:, y0 : y0 + (grid.shape[1] - 2) // 2, x0:x1]).any(dim=1)
+        runs, start = [], None
+        for y, on in enumerate([*dark_rows.tolist(), False]):
+            if on and start is None:
+                start = y
+            elif not on and start is not None:
+                runs.append(y - start)
+                start = None
+        assert runs, "no caption text"
+        shown = _shown_at_card(max(runs), grid)
+        assert (shown >= CARD_TEXT_PX) == readable, (card_width, runs, shown)
+
+
+def test_card_font_size_grows_with_the_picture_width() -> None:
+    assert card_font_size(300) == MIN_FONT
+    sizes = [card_font_size(w) for w in (600, 900, 1800, 3600)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert card_font_size(1800, card_width=None) == MIN_FONT
+
+
+def test_filmstrip_rows_pad_and_list_the_steps() -> None:
+    """Frames of K probe images become K rows; a smaller frame is padded with the background, not scaled."""
+    frames = [torch.full((2, 3, 32, 32), 10 * k, dtype=torch.uint8) for k in range(5)]
+    frames[2] = torch.full((2, 3, 16, 32), 20, dtype=torch.uint8)  # shorter: padded at the bottom
+    out = filmstrip(
+        frames,
+        [str(10 * k) for k in range(5)],
+        max_frames=3,
+        row_captions=["#0 snow | steps", "#1"],
+        min_tile=32,
+        background=255,
     )
-    tfont, (tlines,), tlh = grid_mod._layout_text(
-        ["Grad-CAM layer4"], width - 2 * grid_mod._TEXT_MARGIN, min(18, grid_mod._base_font_size(cell_w) + 2), 4
-    )
-    title_h = grid_mod._band_height(len(tlines), tlh)
-    th = 20 * grid_mod._tile_scale(20, 30, 64)
-    plain = labelled_grid(tiles, None, ncol=2, min_tile=64, background=background)
-    canvas = torch.full((3, out.shape[1], width), background, dtype=torch.uint8)
-    canvas[:, title_h : title_h + th + 2] = plain[:, : th + 2]
-    img = Image.fromarray(canvas.permute(1, 2, 0).numpy().copy())
-    draw = ImageDraw.Draw(img)
-    ink = (0, 0, 0) if background >= 128 else (255, 255, 255)
-    for i, line in enumerate(tlines):
-        x = max(0, int((width - draw.textlength(line, font=tfont)) // 2))
-        draw.text((x, grid_mod._TEXT_MARGIN + i * tlh), line, fill=ink, font=tfont)
-    for c, cell_lines in enumerate(lines):
-        x0 = 2 + c * (cell_w + 2)
-        for i, line in enumerate(cell_lines):
-            x = x0 + max(0, int((cell_w - draw.textlength(line, font=font)) // 2))
-            draw.text((x, title_h + 2 + th + grid_mod._TEXT_MARGIN + i * lh), line, fill=ink, font=font)
-    expected = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    diff = (out.int() - expected.int()).abs()
-    assert (expected != background).sum() > 200  # the reference really has text
-    assert diff.max() <= 1, f"{(diff > 1).sum()} pixels differ by more than rounding"
+    plain = filmstrip(frames, None, max_frames=3, row_captions=["", ""], min_tile=32)
+    assert out.shape[2] == plain.shape[2] == 3 * 32 + 4 * 2
+    band = (out.shape[1] - plain.shape[1]) // 2
+    assert band > 0 and _dark_mask(out[:, 2 : 2 + band]).any()
+    # kept frames 0, 2, 4; frame 2 (column 1) is 16 rows of gray 20, then padding
+    column = plain[0, 2:34, 2 + 34 + 5]
+    assert column[:16].eq(20).all() and column[16:].eq(255).all()
+    assert int(plain[0, 2 + 5, 2 + 5]) == 0 and int(plain[0, 2 + 5, 2 + 68 + 5]) == 40
+    with pytest.raises(ValueError):
+        filmstrip([torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(3, 3, 8, 8, dtype=torch.uint8)])
+
+
+def test_wrap_breaks_at_separators_then_words_and_ellipsises() -> None:
+    font = text_module.load_font(12)
+    width = text_module.text_width("true: arabian", font) + 1
+    assert text_module.wrap("true: snow | pred: arabian 0.87", font, width, 4)[0] == "true: snow"
+    lines = text_module.wrap("one two three four five six seven eight nine ten", font, width, 2)
+    assert len(lines) == 2 and lines[-1].endswith("...")
+    assert all(text_module.text_width(line, font) <= width for line in lines)
+    for narrow in (1, 5, 20):  # narrower than the ellipsis or a single letter: shortened, never raised
+        lines = text_module.wrap("supercalifragilistic word | pred: snow 0.93", font, narrow, 2)
+        assert len(lines) == 2 and all(len(line) <= 3 for line in lines)
 
 
 def _solid_tiles(n: int, h: int, w: int) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
@@ -375,3 +436,17 @@ def test_rows_grid_cell_boxes_hold_each_row_with_its_caption():
         assert all(not (_colour_mask(canvas, c) & inside).any() for j, c in enumerate(colours) if j != i)
         assert ((canvas[:, y0:y1, x0:x1].permute(1, 2, 0).numpy() < DARK).all(axis=-1)).any()  # its caption
     assert [b[3] <= n[1] for b, n in itertools.pairwise(boxes)] == [True, True]
+
+
+def test_filmstrip_of_probe_rows_is_the_rows_grid_of_the_kept_frames() -> None:
+    """GradCAMMonitor's strip (one row per probe image, the steps listed after the first row's caption) is
+    ``filmstrip(history, steps, max_frames, row_captions=...)``: the same picture as its hand-made rows_grid."""
+    g = torch.Generator().manual_seed(3)
+    history = [(10 * s, torch.randint(0, 256, (3, 3, 24, 32), dtype=torch.uint8, generator=g)) for s in range(9)]
+    names = ["#4 snow | steps", "#1 arabian", "#7 snow"]
+    strip = filmstrip([f for _, f in history], [str(s) for s, _ in history], 4, row_captions=names, min_tile=64)
+    chosen = [history[i] for i in select_frames(len(history), 4)]
+    rows = [torch.stack([f[i] for _, f in chosen]) for i in range(3)]
+    captions = [names[0] + " " + ", ".join(str(s) for s, _ in chosen), *names[1:]]
+    assert captions[0] == "#4 snow | steps 0, 30, 50, 80"
+    assert torch.equal(strip, rows_grid(rows, captions))

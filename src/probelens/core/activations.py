@@ -16,6 +16,7 @@ from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import apply_colormap, rows_grid
+from probelens.render.text import CARD_WIDTH
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -114,6 +115,6 @@ class ActivationCore(MonitorCore):
                 scaled = F.interpolate(((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0), size, mode="nearest")
                 rows = [torch.cat([images[i : i + 1], apply_colormap(scaled[i].unsqueeze(1), cmap)]) for i in range(k)]
                 boxes: list[Box] = []
-                return rows_grid(rows, captions, cell_boxes=boxes), boxes
+                return rows_grid(rows, captions, cell_boxes=boxes, card_width=CARD_WIDTH), boxes
 
             self.writer.draw(f"probelens/activations/{self.layer_tags[layer]}", step, render, shown=shown)

@@ -17,7 +17,7 @@ from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
-from probelens.render import labelled_grid, normalize_maps, overlay_heatmap, rows_grid, select_frames
+from probelens.render import filmstrip, labelled_grid, normalize_maps, overlay_heatmap, select_frames
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -266,15 +266,10 @@ class GradCAMCore(MonitorCore):
         """The strip of the frames so far: one row per probe image, at most ``filmstrip_frames`` steps."""
         assert self.probe is not None and self._strip_of is not None
         shown = self._strip_of[1]
-        chosen = [self._frames[i] for i in select_frames(len(self._frames), self.filmstrip_frames)]
-        steps = ", ".join(str(s) for s, _ in chosen)
-        rows = [torch.stack([f[i] for _, f in chosen]) for i in range(len(shown))]
-        captions = [
-            f"#{int(shown[i])} {self.probe.class_name(int(self.probe.targets[shown[i]]))}"
-            + (f" | steps {steps}" if i == 0 else "")
-            for i in range(len(shown))
-        ]
-        return rows_grid(rows, captions)
+        names = [f"#{int(i)} {self.probe.class_name(int(self.probe.targets[i]))}" for i in shown]
+        names[0] += " | steps"
+        frames, steps = [f for _, f in self._frames], [str(s) for s, _ in self._frames]
+        return filmstrip(frames, steps, self.filmstrip_frames, row_captions=names, min_tile=64)
 
     @override
     def _at_fit_end(self, trainer: pl.Trainer) -> None:

@@ -7,8 +7,7 @@ through the network in chunks.
 
 from __future__ import annotations
 
-import functools
-
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -18,18 +17,6 @@ from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import unwrap_compiled
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
-
-
-@functools.lru_cache(maxsize=64)
-def _gauss_legendre(steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    # Golub-Welsch: the nodes on [-1, 1] are the eigenvalues of the Jacobi matrix of the Legendre recurrence, the
-    # weights 2 * (first eigenvector component)^2; mapped to [0, 1] (nodes (1 + z) / 2, weights w / 2)
-    k = torch.arange(1, steps, dtype=torch.float64)
-    off = k / torch.sqrt(4 * k * k - 1)
-    jacobi = torch.diag(off, 1) + torch.diag(off, -1)
-    nodes, vectors = torch.linalg.eigh(jacobi)
-    weights = vectors[0] ** 2  # = 2 v0^2 / 2
-    return tuple(((1 + nodes) / 2).tolist()), tuple(weights.tolist())
 
 
 def path_points(method: str, steps: int) -> tuple[Tensor, Tensor]:
@@ -51,8 +38,8 @@ def path_points(method: str, steps: int) -> tuple[Tensor, Tensor]:
     n = _batching.check_count("steps", steps, minimum)
     k = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
-        nodes, node_weights = _gauss_legendre(n)
-        return torch.tensor(nodes, dtype=torch.float64), torch.tensor(node_weights, dtype=torch.float64)
+        nodes, node_weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1]: mapped to [0, 1]
+        return torch.from_numpy((1 + nodes) / 2), torch.from_numpy(node_weights / 2)
     if method == "riemann_trapezoid":
         weights = torch.full((n,), 1 / (n - 1), dtype=torch.float64)
         weights[0] /= 2

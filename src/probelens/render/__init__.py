@@ -2,15 +2,17 @@
 
 Every public function takes torch tensors and returns ``torch.uint8`` images on CPU, ``[3, H, W]`` for one image and
 ``[N, 3, H, W]`` for a batch (normalisation helpers return floats). Importing this package does not import
-matplotlib; colormap tables are built from it lazily on first use (with hand-written fallbacks for a few maps).
+matplotlib; colormap tables are sampled from it lazily on first use.
 """
 
-from probelens.render.colormap import FALLBACK_COLORMAPS, apply_colormap, colormap_lut
+from probelens.render.colormap import apply_colormap, colormap_lut
 from probelens.render.grid import (
     activation_grid,
+    caption_band,
     filmstrip,
     filter_grid,
     labelled_grid,
+    pad_to,
     rows_grid,
     select_channels,
     select_frames,
@@ -40,7 +42,6 @@ from probelens.render.image import (
 
 __all__ = [
     "CELLS_KEY",
-    "FALLBACK_COLORMAPS",
     "PREDICTIONS_KEY",
     "PROBE_KEY",
     "Cell",
@@ -48,6 +49,7 @@ __all__ = [
     "ProbeCells",
     "activation_grid",
     "apply_colormap",
+    "caption_band",
     "cells_from_text",
     "cells_to_text",
     "colormap_lut",
@@ -57,6 +59,7 @@ __all__ = [
     "labelled_grid",
     "normalize_maps",
     "overlay_heatmap",
+    "pad_to",
     "predictions_from_text",
     "probe_from_text",
     "rows_grid",

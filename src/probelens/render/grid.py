@@ -1,170 +1,62 @@
 """Grid layouts with captions: labelled tile grids, per-row grids, conv filters, activations and filmstrips.
 
 All functions take uint8 (or float, for weights/feature maps) torch tensors and return one uint8 ``[3, H, W]`` image
-on CPU. Images are composed with torch; only the text is drawn with PIL ``ImageDraw`` using PIL's built-in default
-font (``ImageFont.load_default(size=...)`` on Pillow >= 10.1, the fixed-size bitmap font on older Pillow).
+on CPU. Images are composed with torch; only the text is drawn, with Pillow (:mod:`probelens.render.text`).
 
 To keep captions readable on small inputs, tiles are upscaled by an integer factor (nearest neighbour) until their
-longer side reaches ``min_tile`` pixels, and each grid cell is at least ``min_tile`` pixels wide. Captions that do not
-fit the cell width are first drawn with a slightly smaller font, then word-wrapped (at most ``max_caption_lines``
-lines, the last one ellipsised).
+longer side reaches ``min_tile`` pixels, and each grid cell is at least ``min_tile`` pixels wide. Captions are sized to
+stay readable at the width the picture is shown at (``card_width``: TensorBoard's card by default for
+:func:`labelled_grid`, opted into for :func:`rows_grid`); captions that do not fit the cell width are first drawn
+with a slightly smaller font (never below that), then word-wrapped (at most ``max_caption_lines`` lines, the last one
+ellipsised).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from probelens.render.colormap import apply_colormap
 from probelens.render.image import normalize_maps, sanitize, to_rgb_uint8, upscale_nearest
+from probelens.render.text import CARD_WIDTH, MIN_FONT, Font, card_font_size, fit_text, stamp_lines
 
 __all__ = [
     "activation_grid",
+    "caption_band",
     "filmstrip",
     "filter_grid",
     "labelled_grid",
+    "pad_to",
     "rows_grid",
     "select_channels",
     "select_frames",
 ]
 
-_Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+Box = tuple[int, int, int, int]
 
 _TEXT_MARGIN = 2  # pixels of background around text inside a caption band
-_MIN_FONT = 10  # smallest font size used before falling back to word wrapping
-_MAX_FONT = 18
+_MAX_FONT = 18  # largest caption size a cell asks for (legibility at card size may ask for more)
 _FILTER_MIN_PX = 24  # kernels are upscaled so that their longer side is at least this many pixels
 _ORDERS = ("mean", "max", "std", "index")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Text helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _load_font(size: int) -> _Font:
-    """Loads PIL's built-in default font at ``size`` px (size ignored on Pillow < 10.1, which has no sized default)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: load_default() takes no size and returns the fixed bitmap font
-        return ImageFont.load_default()
-
-
-@functools.lru_cache(maxsize=1)
-def _measure_draw() -> ImageDraw.ImageDraw:
-    """A throw-away ImageDraw used only to measure text."""
-    return ImageDraw.Draw(Image.new("L", (1, 1)))
-
-
-def _safe_text(text: str, font: _Font) -> str:
-    """Makes ``text`` drawable: the legacy bitmap font only covers Latin-1."""
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return text
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-@functools.lru_cache(maxsize=4096)
-def _text_width(text: str, font: _Font) -> float:
-    """Advance width of one line of text in pixels (cached: the same captions are measured at every log step)."""
-    if not text:
-        return 0.0
-    return float(_measure_draw().textlength(_safe_text(text, font), font=font))
-
-
-@functools.cache
-def _line_height(font: _Font) -> int:
-    """Vertical distance between consecutive text lines in pixels."""
-    bottom = _measure_draw().textbbox((0, 0), "Agjy|(", font=font)[3]
-    if isinstance(font, ImageFont.FreeTypeFont):
-        ascent, descent = font.getmetrics()
-        bottom = max(bottom, ascent + descent)
-    return int(bottom) + 1
+# Text and tiles
 
 
 def _base_font_size(cell: int) -> int:
-    """Preferred font size for a cell (tile) of ``cell`` pixels: about a tenth of it, within [11, 18]."""
-    return max(_MIN_FONT + 1, min(_MAX_FONT, round(cell / 10)))
+    """Preferred caption size for a cell (tile) of ``cell`` pixels: about a tenth of it, within [11, 18]."""
+    return max(MIN_FONT + 1, min(_MAX_FONT, round(cell / 10)))
 
 
-def _ellipsize(text: str, font: _Font, width: float) -> str:
-    """Shortens ``text`` and appends ``...`` so that it fits ``width``."""
-    for k in range(len(text), -1, -1):
-        candidate = text[:k].rstrip() + "..."
-        if _text_width(candidate, font) <= width:
-            return candidate
-    return "..." if _text_width("...", font) <= width else ""
-
-
-def _wrap(text: str, font: _Font, width: float, max_lines: int) -> list[str]:
-    """Breaks ``text`` into at most ``max_lines`` lines that fit ``width``.
-
-    Splits on newlines, then (where needed) at ``" | "`` separators, then word-wraps; an over-long word is broken
-    hard and the last kept line is ellipsised when lines are dropped.
-    """
-    if not text:
-        return []
-    paras: list[str] = []
-    for para in text.split("\n"):
-        # Prefer breaking at " | " separators ("true: x | pred: y"): greedily re-join the segments that fit.
-        current = ""
-        for seg in para.split(" | "):
-            candidate = f"{current} | {seg}" if current else seg
-            if current and _text_width(candidate, font) > width:
-                paras.append(current)
-                current = seg
-            else:
-                current = candidate
-        paras.append(current)
-    lines: list[str] = []
-    for para in paras:
-        current = ""
-        for word in para.split(" "):
-            candidate = f"{current} {word}" if current else word
-            if _text_width(candidate, font) <= width:
-                current = candidate
-                continue
-            if current:
-                lines.append(current)
-            while len(word) > 1 and _text_width(word, font) > width:  # a single over-long word: hard break
-                k = len(word) - 1
-                while k > 1 and _text_width(word[:k], font) > width:
-                    k -= 1
-                lines.append(word[:k])
-                word = word[k:]
-            current = word
-        lines.append(current)
-    if len(lines) > max_lines:
-        rest = " ".join(lines[max_lines - 1 :])
-        lines = [*lines[: max_lines - 1], _ellipsize(rest, font, width)]
-    return lines
-
-
-def _layout_text(
-    texts: Sequence[str], width: float, base_size: int, max_lines: int
-) -> tuple[_Font, list[list[str]], int]:
-    """Chooses one font for all ``texts`` and breaks them into lines that fit ``width``.
-
-    The largest size in ``[_MIN_FONT, base_size]`` for which every (newline-separated) line fits unwrapped is used;
-    if none fits, ``base_size`` is used with word wrapping.
-
-    Returns:
-        ``(font, lines_per_text, line_height)``.
-    """
-    for size in range(base_size, _MIN_FONT - 1, -1):
-        font = _load_font(size)
-        split = [t.split("\n") if t else [] for t in texts]
-        if all(len(s) <= max_lines for s in split) and all(_text_width(ln, font) <= width for s in split for ln in s):
-            return font, split, _line_height(font)
-    font = _load_font(base_size)
-    return font, [_wrap(t, font, width, max_lines) for t in texts], _line_height(font)
+def _caption_size(cell: int, width: int, card_width: int | None) -> tuple[int, int]:
+    """``(size, smallest size)`` of the captions of a ``width``-pixel picture with ``cell``-pixel cells: the cell's
+    preferred size, never below what stays readable at TensorBoard's card width (:func:`card_font_size`)."""
+    readable = card_font_size(width, card_width)
+    return max(_base_font_size(cell), readable), max(MIN_FONT, readable)
 
 
 def _band_height(n_lines: int, line_h: int) -> int:
@@ -178,54 +70,23 @@ def _text_color(background: int) -> tuple[int, int, int]:
     return (c, c, c)
 
 
-@functools.lru_cache(maxsize=512)
-def _text_mask(text: str, font: _Font) -> np.ndarray:
-    """Coverage of one line of text drawn at ``(0, 0)``: uint8 ``[h, w]`` (255 = ink), cached (as numpy, so that the
-    cache holds no tensors; bounded, as captions with step numbers change at every log step).
+def _place(canvas: Tensor, tiles: Tensor, ncol: int, x0: int, y0: int, cell: tuple[int, int], pad: int) -> list[Box]:
+    """Pastes ``tiles`` (``[N, 3, h, w]``) onto ``canvas`` in place, row-major in ``ncol`` columns of cells
+    ``cell = (width, height)`` from ``(x0, y0)``, ``pad`` apart, each tile centred horizontally at the top of its cell.
 
-    Captions repeat from one log step to the next ("true: snow | pred: snow 0.93"), so the glyphs are rasterised once
-    and stamped onto the tensor canvas by :func:`_stamp_lines`, instead of converting every whole grid to a PIL image
-    and back to draw on it.
+    Returns:
+        Each cell as ``(left, top, right, bottom)``, right/bottom exclusive.
     """
-    safe = _safe_text(text, font)
-    right, bottom = (max(1, math.ceil(v)) for v in _measure_draw().textbbox((0, 0), safe, font=font)[2:])
-    mask = Image.new("L", (right, bottom), 0)
-    ImageDraw.Draw(mask).text((0, 0), safe, fill=255, font=font)
-    coverage = np.array(mask, dtype=np.uint8)
-    coverage.setflags(write=False)
-    return coverage
-
-
-def _stamp_lines(
-    canvas: Tensor,
-    lines: Sequence[str],
-    font: _Font,
-    line_h: int,
-    x0: int,
-    y0: int,
-    width: int,
-    fill: tuple[int, int, int],
-    center: bool,
-) -> None:
-    """Draws ``lines`` onto the uint8 ``[3, H, W]`` ``canvas`` in place, top-down from ``y0``, centred in
-    ``[x0, x0 + width)`` or left-aligned at ``x0``: each pixel becomes ``(p * (255 - a) + fill * a) / 255`` for the
-    text coverage ``a``, as PIL's ``ImageDraw.text`` blends ink over what is there."""
-    _, height, canvas_w = canvas.shape
-    ink = torch.tensor(fill, dtype=torch.int32).view(3, 1, 1)
-    for i, line in enumerate(lines):
-        if not line:
-            continue
-        mask = torch.from_numpy(np.array(_text_mask(line, font)))  # a fresh, writable copy (a few KB)
-        x = x0 + max(0, int((width - _text_width(line, font)) // 2)) if center else x0
-        y = y0 + i * line_h
-        h = min(mask.shape[0], height - y)
-        w = min(mask.shape[1], canvas_w - x)
-        if h <= 0 or w <= 0 or x < 0 or y < 0:
-            continue
-        a = mask[:h, :w].to(torch.int32)
-        region = canvas[:, y : y + h, x : x + w]
-        blended = (region.to(torch.int32) * (255 - a) + ink * a + 127) // 255
-        region.copy_(blended.to(torch.uint8))
+    th, tw = tiles.shape[-2:]
+    cell_w, cell_h = cell
+    boxes: list[Box] = []
+    for i in range(tiles.shape[0]):
+        r, c = divmod(i, ncol)
+        x, y = x0 + c * (cell_w + pad), y0 + r * (cell_h + pad)
+        xo = x + (cell_w - tw) // 2
+        canvas[:, y : y + th, xo : xo + tw] = tiles[i]
+        boxes.append((x, y, x + cell_w, y + cell_h))
+    return boxes
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -272,15 +133,18 @@ def labelled_grid(
     *,
     max_caption_lines: int = 4,
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
+    card_width: int | None = CARD_WIDTH,
+    margin: int | None = None,
 ) -> Tensor:
     """Lays tiles out in a grid with a caption under each tile and an optional title on top.
 
     Layout (all sizes in pixels): every tile is upscaled (nearest) by ``s = max(1, ceil(min_tile / max(h, w)))``;
     each cell is ``cell_w = max(s * w, min_tile)`` wide (the tile is centred in it) and ``s * h + band`` high, where
     ``band`` is the caption band height (0 when there are no captions or all are empty). Cells are separated from
-    each other and from the border by ``pad``. Hence
-    ``W = ncol * cell_w + (ncol + 1) * pad`` and ``H = title_band + nrow * (s * h + band) + (nrow + 1) * pad``
-    with ``nrow = ceil(N / ncol)``. Captions may contain ``"\\n"``; lines that do not fit are word-wrapped.
+    each other by ``pad`` and from the border by ``margin`` (default ``pad``). Hence
+    ``W = ncol * cell_w + (ncol - 1) * pad + 2 * margin`` and
+    ``H = title_band + nrow * (s * h + band) + (nrow - 1) * pad + 2 * margin`` with ``nrow = ceil(N / ncol)``.
+    Captions may contain ``"\\n"``; lines that do not fit are word-wrapped.
 
     Args:
         tiles: uint8 ``[N, 3, h, w]`` (non-square allowed; ``[N, 1, h, w]`` gray and float ``[0, 1]`` tiles are
@@ -294,6 +158,10 @@ def labelled_grid(
         max_caption_lines: Maximum number of lines per caption after wrapping.
         cell_boxes: If given, a list that receives each tile's cell (tile and caption) as
             ``(left, top, right, bottom)``, right/bottom exclusive, in tile order.
+        card_width: The width the picture is shown at (TensorBoard's card, :data:`probelens.render.text.CARD_WIDTH`):
+            captions and title are drawn large enough to stay readable there (:func:`card_font_size`), wrapping if
+            they must. None sizes the text by the cell alone.
+        margin: Gap between the cells and the border; None for ``pad``.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -306,53 +174,46 @@ def labelled_grid(
         raise ValueError(f"got {len(captions)} captions for {n} tiles")
     background = _check_background(background)
     pad = max(0, int(pad))
+    margin = pad if margin is None else max(0, int(margin))
     ncol = math.ceil(math.sqrt(n)) if ncol is None else max(1, min(int(ncol), n))
     nrow = math.ceil(n / ncol)
     s = _tile_scale(h, w, min_tile)
     t = upscale_nearest(t, s)
     th, tw = h * s, w * s
     cell_w = max(tw, min_tile)
-    width = ncol * cell_w + (ncol + 1) * pad
+    width = ncol * cell_w + (ncol - 1) * pad + 2 * margin
 
+    size, smallest = _caption_size(cell_w, width, card_width)
     cap_lines: list[list[str]] = []
     band_h = 0
-    cap_font: _Font | None = None
-    cap_lh = 0
+    cap_font: Font | None = None
     if captions is not None and any(captions):
-        cap_font, cap_lines, cap_lh = _layout_text(
-            list(captions), cell_w - 2 * _TEXT_MARGIN, _base_font_size(cell_w), max_caption_lines
+        cap_font, cap_lines, cap_lh = fit_text(
+            list(captions), cell_w - 2 * _TEXT_MARGIN, size, max_caption_lines, smallest
         )
         band_h = _band_height(max(len(lines) for lines in cap_lines), cap_lh)
 
     title_lines: list[str] = []
     title_h = 0
-    title_font: _Font | None = None
-    title_lh = 0
+    title_font: Font | None = None
     if title:
-        title_font, (title_lines,), title_lh = _layout_text(
-            [title], width - 2 * _TEXT_MARGIN, min(_MAX_FONT, _base_font_size(cell_w) + 2), max_caption_lines
+        title_font, (title_lines,), title_lh = fit_text(
+            [title], width - 2 * _TEXT_MARGIN, max(size, min(_MAX_FONT, size + 2)), max_caption_lines, smallest
         )
         title_h = _band_height(len(title_lines), title_lh)
 
-    height = title_h + nrow * (th + band_h) + (nrow + 1) * pad
+    height = title_h + nrow * (th + band_h) + (nrow - 1) * pad + 2 * margin
     canvas = torch.full((3, height, width), background, dtype=torch.uint8)
-    origins: list[tuple[int, int]] = []
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        x = pad + c * (cell_w + pad)
-        y = title_h + pad + r * (th + band_h + pad)
-        xo = x + (cell_w - tw) // 2
-        canvas[:, y : y + th, xo : xo + tw] = t[i]
-        origins.append((x, y))
-        if cell_boxes is not None:
-            cell_boxes.append((x, y, x + cell_w, y + th + band_h))
-
-    fill = _text_color(background)
-    if title_font is not None and title_lines:
-        _stamp_lines(canvas, title_lines, title_font, title_lh, 0, _TEXT_MARGIN, width, fill, center=True)
+    boxes = _place(canvas, t, ncol, margin, title_h + margin, (cell_w, th + band_h), pad)
+    if cell_boxes is not None:
+        cell_boxes.extend(boxes)
+    if title_font is not None:
+        stamp_lines(canvas, [(0, _TEXT_MARGIN, width, title_lines)], title_font, _text_color(background), center=True)
     if cap_font is not None:
-        for (x, y), lines in zip(origins, cap_lines, strict=True):
-            _stamp_lines(canvas, lines, cap_font, cap_lh, x, y + th + _TEXT_MARGIN, cell_w, fill, center=True)
+        blocks = [
+            (x, y + th + _TEXT_MARGIN, cell_w, lines) for (x, y, _, _), lines in zip(boxes, cap_lines, strict=True)
+        ]
+        stamp_lines(canvas, blocks, cap_font, _text_color(background), center=True)
     return canvas
 
 
@@ -365,6 +226,7 @@ def rows_grid(
     *,
     max_caption_lines: int = 2,
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
+    card_width: int | None = None,
 ) -> Tensor:
     """Stacks rows of tiles, one grid row per entry (e.g. a probe image followed by its channel maps).
 
@@ -381,6 +243,10 @@ def rows_grid(
         max_caption_lines: Maximum number of lines per row caption after wrapping.
         cell_boxes: If given, a list that receives each row (caption band and tiles) as
             ``(left, top, right, bottom)``, right/bottom exclusive, in row order.
+        card_width: The width the picture is shown at, e.g. :data:`probelens.render.text.CARD_WIDTH` for a
+            TensorBoard card: row captions stay readable there (see :func:`labelled_grid`). None (the default) sizes
+            them by the tiles alone, as for strips of many frames that are read enlarged, where card-size text would
+            double the picture's height.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -400,36 +266,29 @@ def rows_grid(
 
     cap_lines: list[list[str]] = [[] for _ in rows]
     band_h = 0
-    cap_font: _Font | None = None
-    cap_lh = 0
+    cap_font: Font | None = None
     if row_captions is not None and any(row_captions):
         cell = max(max(r.shape[2], r.shape[3]) for r in prepared)
-        cap_font, cap_lines, cap_lh = _layout_text(
-            list(row_captions), width - 2 * pad - 2 * _TEXT_MARGIN, _base_font_size(max(cell, 96)), max_caption_lines
+        size, smallest = _caption_size(max(cell, 96), width, card_width)
+        cap_font, cap_lines, cap_lh = fit_text(
+            list(row_captions), width - 2 * pad - 2 * _TEXT_MARGIN, size, max_caption_lines, smallest
         )
         band_h = _band_height(max(len(lines) for lines in cap_lines), cap_lh)
 
     height = sum(band_h + r.shape[2] for r in prepared) + (len(prepared) + 1) * pad
     canvas = torch.full((3, height, width), background, dtype=torch.uint8)
-    band_tops: list[int] = []
+    blocks: list[tuple[int, int, int, Sequence[str]]] = []
     y = pad
-    for r in prepared:
-        band_tops.append(y)
-        y += band_h
-        th, tw = r.shape[2], r.shape[3]
-        for k in range(r.shape[0]):
-            x = pad + k * (tw + pad)
-            canvas[:, y : y + th, x : x + tw] = r[k]
+    for r, lines in zip(prepared, cap_lines, strict=True):
+        blocks.append((pad + _TEXT_MARGIN, y + _TEXT_MARGIN, width, lines))
+        _place(canvas, r, r.shape[0], pad, y + band_h, (r.shape[3], r.shape[2]), pad)
         if cell_boxes is not None:
             # the full width: the row caption may run past the tiles
-            cell_boxes.append((pad, y - band_h, width - pad, y + th))
-        y += th + pad
-
+            cell_boxes.append((pad, y, width - pad, y + band_h + r.shape[2]))
+        y += band_h + r.shape[2] + pad
     if cap_font is None:
         return canvas
-    fill = _text_color(background)
-    for top, lines in zip(band_tops, cap_lines, strict=True):
-        _stamp_lines(canvas, lines, cap_font, cap_lh, pad + _TEXT_MARGIN, top + _TEXT_MARGIN, width, fill, center=False)
+    stamp_lines(canvas, blocks, cap_font, _text_color(background), center=False)
     return canvas
 
 
@@ -587,27 +446,75 @@ def select_frames(n: int, max_frames: int = 16) -> list[int]:
     return [round(k * step) for k in range(max_frames)]
 
 
+def pad_to(image: Tensor, height: int, width: int, background: int = 255) -> Tensor:
+    """``image`` (uint8 ``[..., 3, h, w]``) at its own scale in the top-left corner of a ``height x width`` canvas of
+    gray level ``background`` (at least as large): pictures of different sizes are aligned, never scaled."""
+    h, w = image.shape[-2:]
+    if (h, w) == (height, width):
+        return image
+    if h > height or w > width:
+        raise ValueError(f"cannot pad a {h}x{w} image to {height}x{width}")
+    out = torch.full((*image.shape[:-2], height, width), _check_background(background), dtype=torch.uint8)
+    out[..., :h, :w] = image
+    return out
+
+
+def caption_band(image: Tensor, text: str, *, background: int = 32, size: int | None = None) -> Tensor:
+    """``image`` with a band underneath carrying ``text``, centred (the picture itself is not covered): a step stamp
+    ("step 120") under a frame of an animation.
+
+    Args:
+        image: uint8 ``[3, h, w]``.
+        text: One line (cut with ``"..."`` where it is wider than the image).
+        background: Gray level of the band; the text is white on dark bands, black on light ones.
+        size: Font size; default ``w / 12`` within ``[10, 14]``.
+
+    Returns:
+        uint8 ``[3, h + band, w]`` on CPU.
+    """
+    picture = _as_rgb_tiles(image.reshape(-1, *image.shape[-3:]))[0]
+    _, h, w = picture.shape
+    font, (lines,), line_h = fit_text([text], w - 2 * _TEXT_MARGIN, size or max(MIN_FONT, min(14, w // 12)), 1)
+    out = torch.full((3, h + _band_height(1, line_h), w), _check_background(background), dtype=torch.uint8)
+    out[:, :h] = picture
+    stamp_lines(out, [(0, h + _TEXT_MARGIN, w, lines)], font, _text_color(background), center=True)
+    return out
+
+
 def filmstrip(
     frames: Sequence[Tensor],
     captions: Sequence[str] | None = None,
     max_frames: int = 16,
     pad: int = 2,
     *,
+    row_captions: Sequence[str] | None = None,
     min_tile: int = 128,
     background: int = 255,
+    card_width: int | None = None,
+    margin: int | None = None,
 ) -> Tensor:
-    """Lays frames (e.g. one probe image's Grad-CAM overlay at successive log steps) out in one horizontal strip.
+    """Lays out frames over time (e.g. probe images' Grad-CAM overlays at successive log steps), oldest on the left.
 
-    Frames are chosen with :func:`select_frames` (first, evenly spaced, last). Frames whose size differs from the
-    first kept frame are resized to it (nearest). The strip is a one-row :func:`labelled_grid`.
+    Frames are chosen with :func:`select_frames` (first, evenly spaced, last); frames smaller than the largest kept
+    one are padded at the bottom and right with ``background`` (:func:`pad_to`), never scaled.
+
+    - One image per frame (``[3, h, w]``) and no ``row_captions``: one row, a :func:`labelled_grid` with each
+      frame's caption under it.
+    - ``K`` images per frame (``[K, 3, h, w]``, e.g. ``K`` probe images), or ``row_captions``: one row per image, a
+      :func:`rows_grid` with ``row_captions`` above the rows; the kept frames' captions are listed, comma-separated,
+      after the first row's caption (``"#3 snow | steps"`` + ``" 0, 40, 80"``).
 
     Args:
-        frames: Sequence of uint8 ``[3, h, w]`` frames (``[1, 3, h, w]`` accepted), oldest first.
+        frames: Sequence of uint8 ``[3, h, w]`` or ``[K, 3, h, w]`` frames (the same ``K`` in each), oldest first.
         captions: One caption per frame (e.g. ``"step 1200"``) or None.
         max_frames: Maximum number of frames shown.
         pad: Gap between frames and around the border.
+        row_captions: ``K`` captions, one per row (per image of a frame), or None.
         min_tile: Minimum displayed frame size (see :func:`labelled_grid`).
-        background: Gray level of the background.
+        background: Gray level of the background and of the padding.
+        card_width: See :func:`labelled_grid`; None (the default) sizes the text by the frames, as a strip of many
+            frames is read enlarged rather than at card size.
+        margin: Gap around the one-row strip (see :func:`labelled_grid`); None for ``pad``.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -618,19 +525,27 @@ def filmstrip(
     if captions is not None and len(captions) != n:
         raise ValueError(f"got {len(captions)} captions for {n} frames")
     keep = select_frames(n, max_frames)
-    selected: list[Tensor] = []
-    for k in keep:
-        f = frames[k].detach().cpu()
-        if f.ndim == 4 and f.shape[0] == 1:
-            f = f[0]
-        if f.ndim != 3:
-            raise ValueError(f"filmstrip frames must be [3,h,w], got {tuple(frames[k].shape)}")
-        f = _as_rgb_tiles(f.unsqueeze(0))[0]
-        if selected and f.shape != selected[0].shape:
-            size = (selected[0].shape[1], selected[0].shape[2])
-            f = F.interpolate(f.unsqueeze(0).float(), size=size, mode="nearest")[0].round().to(torch.uint8)
-        selected.append(f)
+    kept = [_as_rgb_tiles(frames[k].detach().cpu().reshape(-1, *frames[k].shape[-3:])) for k in keep]
+    if any(f.shape[0] != kept[0].shape[0] for f in kept):
+        raise ValueError(f"every frame must hold the same number of images, got {[f.shape[0] for f in kept]}")
+    height = max(f.shape[-2] for f in kept)
+    width = max(f.shape[-1] for f in kept)
+    stack = torch.stack([pad_to(f, height, width, background) for f in kept], dim=1)  # [K, T, 3, H, W]
     caps = [captions[k] for k in keep] if captions is not None else None
-    return labelled_grid(
-        torch.stack(selected), caps, ncol=len(selected), pad=pad, min_tile=min_tile, background=background
-    )
+    if stack.shape[0] == 1 and row_captions is None:
+        return labelled_grid(
+            stack[0],
+            caps,
+            ncol=len(keep),
+            pad=pad,
+            min_tile=min_tile,
+            background=background,
+            card_width=card_width,
+            margin=margin,
+        )
+    if row_captions is not None and len(row_captions) != stack.shape[0]:
+        raise ValueError(f"got {len(row_captions)} row captions for {stack.shape[0]} rows")
+    rows_text = list(row_captions) if row_captions is not None else [""] * stack.shape[0]
+    if caps:
+        rows_text[0] = f"{rows_text[0]} {', '.join(caps)}".strip()
+    return rows_grid(list(stack), rows_text, pad=pad, min_tile=min_tile, background=background, card_width=card_width)

@@ -336,8 +336,26 @@ def _single_image(image: Tensor) -> Tensor:
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of :func:`encode_png`. On the monitors' grids level 1 ran 5-10x faster than PIL's default (6) for files
-within a few percent of its size (``benchmarks/RESULTS.md``)."""
+"""Deflate level of :func:`encode_png`: 4-7x faster than Pillow at its own level 1 on the monitors' pictures
+(``benchmarks/RESULTS.md``, "PNG encoder"), the encoder's cost on the worker that shares the training's cores."""
+
+
+CELLS_KEY = "probelens.cells"
+"""The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
+PREDICTIONS_KEY = "probelens.predictions"
+"""The PNG ``tEXt`` key of what the grid's captions say per probe image: ``[[index, true label, predicted label,
+probability], ...]`` as compact JSON, so a viewer (the TensorBoard dashboard) can caption and compare predictions
+without reading the pixels."""
+PROBE_KEY = "probelens.probe"
+"""The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
+per-image views of grids drawn from different probe sets are never paired by index alone."""
+
+Cell = tuple[int, int, int, int, int]
+"""``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
+
+Prediction = tuple[int, str, str, float]
+"""``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
+
 
 _isal_zlib: Any
 try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels) is ~4x faster than zlib at levels 1-3
@@ -395,23 +413,6 @@ def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
     sample = rows[(starts[:, None] + np.arange(_PNG_TRIAL_BLOCK)[None, :]).ravel()]
     sizes = [len(_deflate(_png_scanlines(sample, kind), level)) for kind in (_PNG_FILTER_NONE, _PNG_FILTER_UP)]
     return (_PNG_FILTER_NONE, _PNG_FILTER_UP)[int(np.argmin(sizes))], None
-
-
-CELLS_KEY = "probelens.cells"
-"""The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
-PREDICTIONS_KEY = "probelens.predictions"
-"""The PNG ``tEXt`` key of what the grid's captions say per probe image: ``[[index, true label, predicted label,
-probability], ...]`` as compact JSON, so a viewer (the TensorBoard dashboard) can caption and compare predictions
-without reading the pixels."""
-PROBE_KEY = "probelens.probe"
-"""The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
-per-image views of grids drawn from different probe sets are never paired by index alone."""
-
-Cell = tuple[int, int, int, int, int]
-"""``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
-
-Prediction = tuple[int, str, str, float]
-"""``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
 
 
 class ProbeCells(list):

@@ -1,5 +1,6 @@
-"""The fast PNG path: ``encode_png`` (numpy + zlib, one filter per image) and ``TensorBoardSink`` writing the encoded
-bytes straight into the event file. Correctness only: every image must decode to exactly its pixels."""
+"""PNG writing: ``encode_png`` (hand-written: one filter per image, ISA-L deflate) and ``TensorBoardSink`` writing
+the encoded bytes into probelens' own event file beside the logger's.
+Every image must decode to exactly its pixels."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _gallery() -> dict[str, torch.Tensor]:
     tiles = torch.randint(0, 256, (3, 6, 8), dtype=torch.uint8, generator=g)
     upscaled = tiles.repeat_interleave(16, dim=1).repeat_interleave(16, dim=2)  # nearest-neighbour tiles
     ramp = (torch.randint(0, 256, (1, 1, 64), generator=g) + torch.arange(70)[None, :, None]) % 256
-    drifting = ramp.expand(3, 70, 64).to(torch.uint8).contiguous()  # rows = noise + row index: filter Up wins
+    drifting = ramp.expand(3, 70, 64).to(torch.uint8).contiguous()
     big = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g)
     big = big.repeat_interleave(90, dim=1).repeat_interleave(70, dim=2)  # 720x560x3 > the whole-image trial size
     big_drift = ((torch.arange(400)[:, None] + torch.randint(0, 256, (1, 300), generator=g)) % 256).to(torch.uint8)
@@ -78,28 +79,6 @@ def test_rgb_images_decode_to_their_pixels(name: str) -> None:
     decoded = _decode(data)
     assert decoded.shape == (image.shape[1], image.shape[2], 3)
     assert np.array_equal(decoded, image.permute(1, 2, 0).numpy())
-    assert _filter_bytes(data) <= {0, 2}
-
-
-def test_rows_that_drift_use_the_up_filter_small_and_large() -> None:
-    gallery = _gallery()
-    for name in ("drifting", "big_drifting"):
-        data = encode_png(gallery[name])
-        assert _filter_bytes(data) == {2}, name
-        # a constant difference between rows compresses to almost nothing under Up
-        assert len(data) < gallery[name].numel() // 20, name
-
-
-def test_each_filter_choice_never_loses_much_to_the_other() -> None:
-    for name, image in _gallery().items():
-        data = encode_png(image)
-        rows = np.ascontiguousarray(image.permute(1, 2, 0).numpy()).reshape(image.shape[1], -1)
-        for filter_type in (0, 2):
-            lines = np.concatenate([np.full((rows.shape[0], 1), filter_type, np.uint8), rows], axis=1)
-            if filter_type == 2:
-                lines[1:, 1:] = rows[1:] - rows[:-1]
-            alternative = len(zlib.compress(lines.tobytes(), 1))
-            assert len(data) <= 1.25 * alternative + 100, (name, filter_type)
 
 
 @pytest.mark.parametrize("shape", [(1, 23, 31), (23, 31)])
@@ -131,7 +110,7 @@ def test_bad_input_is_rejected(image: torch.Tensor, kwargs: dict) -> None:
         encode_png(image, **kwargs)
 
 
-def test_save_png_writes_the_fast_encoding(tmp_path) -> None:
+def test_save_png_writes_the_encoding(tmp_path) -> None:
     image = _gallery()["flat"]
     path = tmp_path / "x" / "grid.png"
     save_png(image, path)
@@ -140,8 +119,8 @@ def test_save_png_writes_the_fast_encoding(tmp_path) -> None:
 
 
 class _Logger:
-    def __init__(self, experiment) -> None:
-        self.experiment = experiment
+    def __init__(self, experiment, log_dir) -> None:
+        self.experiment, self.log_dir = experiment, str(log_dir)
 
 
 def test_tensorboard_sink_writes_encoded_pngs_readable_by_event_accumulator(tmp_path) -> None:
@@ -152,12 +131,12 @@ def test_tensorboard_sink_writes_encoded_pngs_readable_by_event_accumulator(tmp_
 
     gallery = _gallery()
     writer = SummaryWriter(str(tmp_path))
-    sink = TensorBoardSink(_Logger(writer))
+    sink = TensorBoardSink(_Logger(writer, tmp_path))
     before = time.time()
     sink.add_image("probelens/test/rgb", gallery["upscaled"], 3)
     sink.add_image("probelens/test/rgb", gallery["drifting"], 7)
     sink.add_image("probelens/test/gray", gallery["noise"][:1], 7)
-    sink.add_image("probelens/test/float", torch.full((3, 5, 6), 0.5), 7)  # not uint8: SummaryWriter.add_image
+    sink.events.close()
     writer.close()
     acc = EventAccumulator(str(tmp_path), size_guidance={IMAGES: 0})
     acc.Reload()
@@ -171,9 +150,37 @@ def test_tensorboard_sink_writes_encoded_pngs_readable_by_event_accumulator(tmp_
     decoded = _decode(gray.encoded_image_string)
     assert decoded.shape == (37, 53, 3)  # stored as RGB, as SummaryWriter.add_image does
     assert all(np.array_equal(decoded[..., c], gallery["noise"][0].numpy()) for c in range(3))
-    (fallback,) = acc.Images("probelens/test/float")
-    assert (fallback.height, fallback.width) == (5, 6)
-    assert np.all(_decode(fallback.encoded_image_string) == 127)
+
+
+def test_text_chunks_come_before_the_pixels() -> None:
+    """probelens.logs reads a grid's layout from the header alone: the text chunks must precede IDAT."""
+    from probelens.render import CELLS_KEY, cells_to_text
+
+    data = encode_png(_gallery()["flat"], text=cells_to_text([(0, 0, 0, 4, 4)]))
+    assert 0 < data.index(b"tEXt" + CELLS_KEY.encode()) < data.index(b"IDAT")
+    with Image.open(io.BytesIO(data)) as image:  # the header only: no pixel decoded yet
+        assert CELLS_KEY in image.info
+
+
+def test_rows_that_drift_use_the_up_filter_small_and_large() -> None:
+    gallery = _gallery()
+    for name in ("drifting", "big_drifting"):
+        data = encode_png(gallery[name])
+        assert _filter_bytes(data) == {2}, name
+        # a constant difference between rows compresses to almost nothing under Up
+        assert len(data) < gallery[name].numel() // 20, name
+
+
+def test_each_filter_choice_never_loses_much_to_the_other() -> None:
+    for name, image in _gallery().items():
+        data = encode_png(image)
+        rows = np.ascontiguousarray(image.permute(1, 2, 0).numpy()).reshape(image.shape[1], -1)
+        for filter_type in (0, 2):
+            lines = np.concatenate([np.full((rows.shape[0], 1), filter_type, np.uint8), rows], axis=1)
+            if filter_type == 2:
+                lines[1:, 1:] = rows[1:] - rows[:-1]
+            alternative = len(zlib.compress(lines.tobytes(), 1))
+            assert len(data) <= 1.25 * alternative + 100, (name, filter_type)
 
 
 @pytest.mark.parametrize("backend", ["isal", "zlib"])

@@ -1,0 +1,73 @@
+"""Reading what the export needs from logged pictures: decoded pixels, sizes and the probe images' boxes over steps.
+
+Event files are read by :mod:`probelens.logs` (shared with the TensorBoard dashboard); here the encoded PNGs of one
+tag become tensors, and the probe-image layout each grid records (:data:`probelens.render.CELLS_KEY`) is read from
+the PNG headers alone.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from probelens.logs import Box, png_layout
+
+__all__ = ["CROP_BUDGET_BYTES", "budget_groups", "crops", "decode", "largest_boxes", "picture_size"]
+
+CROP_BUDGET_BYTES = 256 * 2**20
+"""Decoded per-probe crops held at once; more probe images -> more decoding passes."""
+
+Encoded = Sequence[tuple[int, bytes]]
+"""``(step, PNG bytes)`` of one tag, by step (:func:`probelens.logs.encoded_by_step`)."""
+
+
+def decode(data: bytes) -> Tensor:
+    """One logged PNG as uint8 ``[3, H, W]`` RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
+
+
+def picture_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of one logged PNG (its header only)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def largest_boxes(encoded: Encoded) -> dict[int, tuple[int, int]]:
+    """Probe index -> the largest ``(width, height)`` of its box over the steps (headers and text chunks only)."""
+    largest: dict[int, tuple[int, int]] = {}
+    for _, data in encoded:
+        for k, (x0, y0, x1, y1) in png_layout(data).boxes.items():
+            w, h = largest.get(k, (0, 0))
+            largest[k] = (max(w, x1 - x0), max(h, y1 - y0))
+    return largest
+
+
+def budget_groups(sizes: dict[int, tuple[int, int]], n_steps: int, budget: int = CROP_BUDGET_BYTES) -> list[list[int]]:
+    """Probe indices in groups whose crops over all steps fit ``budget`` bytes (one decoding pass each)."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for k in sorted(sizes):
+        cost = 3 * sizes[k][0] * sizes[k][1] * n_steps
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += cost
+    return groups
+
+
+def crops(encoded: Encoded, group: Sequence[int]) -> Iterator[tuple[int, dict[int, Tensor]]]:
+    """Per step, the crops (uint8 ``[3, h, w]``) of the probe images in ``group`` that the step's picture has, each
+    cut with that step's own layout; a step that has none of them is not decoded."""
+    for step, data in encoded:
+        boxes: dict[int, Box] = {k: box for k, box in png_layout(data).boxes.items() if k in group}
+        if not boxes:
+            continue
+        picture = decode(data)
+        yield step, {k: picture[:, y0:y1, x0:x1] for k, (x0, y0, x1, y1) in boxes.items()}
