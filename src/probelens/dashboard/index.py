@@ -45,6 +45,21 @@ def classify_tag(tag: str) -> tuple[str, str, str] | None:
     return stage, "/".join(parts[:-1]), parts[-1]
 
 
+def _only_appended(old: tuple[tuple[str, int, int], ...] | None, new: tuple[tuple[str, int, int], ...]) -> bool:
+    """Whether ``new`` (the run's event files: name, size, mtime) differs from ``old`` only where a reloaded
+    ``EventAccumulator`` looks: the last file grew, or files sorting after it appeared. Its directory watcher reads
+    the files in name order and never goes back, so a run whose earlier file grew (the logger's, while probelens
+    writes pictures into a file of its own that sorts after it) must be read again from the start."""
+    if not old:
+        return False
+    names = [name for name, _, _ in new]
+    last = old[-1][0]
+    if last not in names:
+        return False
+    keep = names.index(last)
+    return tuple(new[:keep]) == tuple(old[:-1]) and len(old) - 1 == keep
+
+
 @dataclass
 class _TagListing:
     tag: str
@@ -92,8 +107,8 @@ class RunIndex:
             if signature == self._signature and self._summary is not None:
                 return False
             start = time.perf_counter()
-            if self._acc is None:
-                self._acc = load_run(self.path)
+            if self._acc is None or not _only_appended(self._signature, signature):
+                self._acc = load_run(self.path)  # read every file again from the start
             else:
                 self._acc.Reload()  # reads on from where the last read stopped
             self._signature = signature
