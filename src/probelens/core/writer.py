@@ -36,7 +36,7 @@ def scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
     left, top = min(int(x0 * sx), size[1] - 1), min(int(y0 * sy), size[0] - 1)
     right = max(left + 1, min(size[1], math.ceil(x1 * sx)))
     bottom = max(top + 1, min(size[0], math.ceil(y1 * sy)))
-    return (k, left, top, right, bottom)
+    return Cell(k, left, top, right, bottom)
 
 
 def downscale(image: Tensor, max_side: int | None) -> tuple[Tensor, float, float]:
@@ -176,7 +176,7 @@ class MonitorWriter:
                 return
             image, boxes = (out, ()) if isinstance(out, Tensor) else out
             index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
-            cells = [(index[j // per_probe], *box) for j, box in enumerate(boxes)]
+            cells = [Cell(index[j // per_probe], *box) for j, box in enumerate(boxes)]
             image, sy, sx = downscale(image, self.max_image_side)
             if (sy, sx) != (1.0, 1.0):
                 cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]

@@ -12,7 +12,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -350,8 +350,15 @@ PROBE_KEY = "probelens.probe"
 """The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
 per-image views of grids drawn from different probe sets are never paired by index alone."""
 
-Cell = tuple[int, int, int, int, int]
-"""``(probe_index, left, top, right, bottom)``: one probe image's box in a grid, in pixels, right/bottom exclusive."""
+class Cell(NamedTuple):
+    """One probe image's box in a grid, in pixels, right/bottom exclusive (a tuple: ``k, x0, y0, x1, y1 = cell``)."""
+
+    probe_index: int
+    """The probe image's index in its :class:`~probelens.ProbeSet`."""
+    left: int
+    top: int
+    right: int
+    bottom: int
 
 Prediction = tuple[int, str, str, float]
 """``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
@@ -514,7 +521,7 @@ def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
             and 0 <= entry[1] < entry[3]
             and 0 <= entry[2] < entry[4]
         ):
-            cells.append((entry[0], entry[1], entry[2], entry[3], entry[4]))
+            cells.append(Cell(*entry))
     return cells
 
 
