@@ -39,6 +39,10 @@ def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, writer: Mo
         if trainer.is_global_zero:
             table, step, sink = summary_markdown(rows, probe.image_size), log_step(trainer), writer.sink
             assert sink is not None
-            writer.submit(lambda: sink.add_text(TAG, table, step), step, "writing the layer table")
+            writer.submit(lambda: sink.add_text(TAG, table, step), step, "writing the layer table", report=_warn)
     except Exception as err:  # a summary is a convenience: never let it stop training
-        rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")
+        _warn(0, "", err)
+
+
+def _warn(step: int, what: str, err: Exception) -> None:
+    rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")

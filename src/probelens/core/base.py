@@ -67,6 +67,10 @@ class MonitorCore(_CallbackBase):
         log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
         max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
             caps the event-file bytes per image; ``None`` writes them at full size.
+        max_bytes_per_firing: a budget for the PNG bytes one firing writes (``None``: none). When a firing wrote
+            more, the next ones write their pictures smaller (the side halved, down to 1/8, as ``sqrt(budget / bytes)``
+            asks), and larger again when there is room; measured on what the sinks wrote (TensorBoard, PNG
+            files, W&B, MLflow). ``docs/measure_bytes.py`` gives each monitor's bytes at its defaults.
         output_transform: maps the model's output to class scores ``[N, K]`` (e.g. ``lambda out: out["scores"]``);
             by default a tensor is taken as is, a mapping's ``"logits"`` entry, an object's ``.logits`` attribute or
             a tuple's first element. A single logit per image (``[N]`` or ``[N, 1]``, a binary head) is read as the
@@ -132,6 +136,7 @@ class MonitorCore(_CallbackBase):
         probe_seed: int = 0,
         log_at_start: bool = False,
         max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
@@ -146,6 +151,9 @@ class MonitorCore(_CallbackBase):
         check_int(owner, "probe_size", probe_size)
         check_int(owner, "probe_seed", probe_seed, minimum=0)
         check_int(owner, "max_image_side", max_image_side, minimum=16, none_ok=True, fix="None writes full size")
+        check_int(
+            owner, "max_bytes_per_firing", max_bytes_per_firing, minimum=1024, none_ok=True, fix="None: no budget"
+        )
         check_callable(owner, "output_transform", output_transform, "lambda out: out['scores']")
         self.name = check_name(owner, name) or owner
         self.probe = probe
@@ -157,7 +165,8 @@ class MonitorCore(_CallbackBase):
         self.max_image_side = max_image_side
         self.output_transform = output_transform
         self._probe_given = probe is not None
-        self.writer = MonitorWriter(self.name, name is not None, max_image_side)
+        self.max_bytes_per_firing = max_bytes_per_firing
+        self.writer = MonitorWriter(self.name, name is not None, max_image_side, max_bytes_per_firing)
         """Where :meth:`_log` writes its pictures, text and scalars."""
         self.state = MonitorState()
         self.layer_tags: dict[str, str] = {}
@@ -183,6 +192,7 @@ class MonitorCore(_CallbackBase):
         self.schedule.reset()
         self._warned_failure = False
         self._warned_nonfinite = False
+        self._failed_drawing_step = -1
         if not self._probe_given and self.needs_probe:
             self.probe = None  # built again from this trainer's data
 
@@ -384,11 +394,14 @@ class MonitorCore(_CallbackBase):
             log_architecture(trainer, pl_module, self.probe, self.writer)
         return True
 
-    def _record_drawing_failure(self, step: int, what: str) -> None:
-        """A picture of this monitor failed on the pipeline's worker (told on the training thread)."""
+    def _record_drawing_failure(self, step: int, what: str, error: Exception) -> None:
+        """A picture of this monitor failed on the pipeline's worker (told on the training thread): counted as a
+        failed firing, once per step however many of its pictures failed."""
         trainer = self._trainer() if self._trainer is not None else None
-        if trainer is not None:
-            self._record_failure(trainer, step, what)
+        if trainer is None or step == self._failed_drawing_step:
+            return
+        self._failed_drawing_step = step
+        self._record_failure(trainer, step, f"while {what} ({type(error).__name__}: {error})")
 
     # ------------------------------------------------------------------ Lightning hooks
     @override
@@ -474,7 +487,7 @@ class MonitorCore(_CallbackBase):
         """The one firing path: every hook that fires calls this, on every rank, and then :meth:`_after_fire`."""
         stage, step = stage_of(trainer), log_step(trainer, epoch_end=epoch_end)
         if self.state.claim(stage, step):
-            self.writer.begin(stage)
+            self.writer.begin(stage, step)
             sharded = sharded_root(trainer)
             if sharded is not None:  # FSDP: every rank computes together, rank 0 writes
                 self._fire_sharded(trainer, sharded, step)

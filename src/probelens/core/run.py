@@ -28,15 +28,17 @@ PIPELINE_BYTES = 256 * 2**20
 
 
 class DrawFailed(Exception):
-    """A picture failed on the pipeline's worker; :meth:`report` tells its monitor (on the training thread)."""
+    """A picture (or text) failed on the pipeline's worker; :meth:`report` tells its owner on the training thread."""
 
-    def __init__(self, report: Callable[[int, str], None] | None, step: int, what: str) -> None:
-        super().__init__(what)
-        self.report_to, self.step, self.what = report, step, what
+    def __init__(
+        self, report: Callable[[int, str, Exception], None] | None, step: int, what: str, error: Exception
+    ) -> None:
+        super().__init__(f"{what}: {type(error).__name__}: {error}")
+        self.report_to, self.step, self.what, self.error = report, step, what, error
 
     def report(self) -> None:
         if self.report_to is not None:
-            self.report_to(self.step, self.what)
+            self.report_to(self.step, self.what, self.error)
 
 
 def _dispatch(failure: JobFailure) -> None:

@@ -33,7 +33,8 @@ class ImageSink(Protocol):
     A sink without that keyword is called without it.
     """
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None: ...
+    def add_image(self, tag: str, image: Tensor, step: int) -> object:
+        """Write ``image``; may return the bytes written (an ``int``), which ``max_bytes_per_firing`` counts."""
 
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
@@ -47,13 +48,15 @@ def _takes_cells(add_image: Callable[..., Any]) -> bool:
     return "cells" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-    """``sink.add_image(tag, image, step)``, with ``cells=`` when there are cells and the sink takes them."""
+def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
+    """``sink.add_image(tag, image, step)``, with ``cells=`` when there are cells and the sink takes them; the bytes
+    the sink says it wrote (the built-in sinks return their PNG's size), else ``None``."""
     add_image = sink.add_image  # the instance's own (a sink patched per instance is asked, not its class)
     if cells and _takes_cells(getattr(add_image, "__func__", add_image)):
-        sink.add_image(tag, image, step, cells=cells)  # type: ignore[call-arg]
+        written = sink.add_image(tag, image, step, cells=cells)  # type: ignore[call-arg]
     else:
-        sink.add_image(tag, image, step)
+        written = sink.add_image(tag, image, step)
+    return written if isinstance(written, int) and not isinstance(written, bool) else None
 
 
 class TensorBoardSink:
@@ -64,7 +67,8 @@ class TensorBoardSink:
 
     Images are PNG-encoded once, by :func:`probelens.render.encode_png` (with the probe-image layout as a text chunk);
     text is laid out as ``SummaryWriter.add_text`` does, under ``<tag>/text_summary`` as TensorBoard lists it. The
-    monitors of one run share one file (:meth:`probelens.core.run.RunSession.event_file`).
+    monitors of one run share one file (:meth:`probelens.core.run.RunSession.event_file`). A ``SummaryWriter``
+    subclass that overrides ``add_image`` is given every picture through it instead.
     """
 
     def __init__(self, logger: Any, events: EventFileWriter | None = None) -> None:
@@ -82,10 +86,28 @@ class TensorBoardSink:
         self.logger.experiment  # noqa: B018 (the logger's file first: ours, made later, sorts after it)
         self._events = events(self.logger.log_dir)
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+    def _custom_add_image(self) -> Callable[..., Any] | None:
+        """The logger's writer's ``add_image`` where a ``SummaryWriter`` subclass overrides it (then it gets every
+        picture, as the user asked for), else ``None``."""
+        experiment = self.logger.experiment
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the logger runs on tensorboardX: nothing of ours to honour
+            return None
+        own = getattr(type(experiment), "add_image", None)
+        if isinstance(experiment, SummaryWriter) and own is not SummaryWriter.add_image:
+            return experiment.add_image
+        return None
+
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
+        custom = self._custom_add_image()
+        if custom is not None:
+            custom(tag, image.numpy(), global_step=step, dataformats="CHW")
+            return None
         rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
         png = encode_png(rgb, text=cells_to_text(cells))
         self.events.add_image(tag, png, int(rgb.shape[1]), int(rgb.shape[2]), step)
+        return len(png)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.events.add_text(f"{tag}/text_summary", text, step)
@@ -122,8 +144,10 @@ class PngSink:
     def _path(self, tag: str, step: int, ext: str) -> str:
         return os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        save_png(image, self._path(tag, step, "png"), text=cells_to_text(cells))
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int:
+        path = self._path(tag, step, "png")
+        save_png(image, path, text=cells_to_text(cells))
+        return os.path.getsize(path)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         path = self._path(tag, step, "txt")
@@ -158,13 +182,14 @@ class WandbSink:
             self._links_media = bool(getattr(settings, "allow_media_symlink", False))
         return self._links_media
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: Tensor, step: int) -> int | None:
         if self._run_links_media():
             pixels = image.expand(3, -1, -1) if image.shape[0] == 1 else image
             self.logger.log_image(key=tag, images=[pixels.permute(1, 2, 0).cpu().numpy()], step=step)
-            return
+            return None
         with _temporary_png(image, step) as path:
             self.logger.log_image(key=tag, images=[path], step=step)
+            return os.path.getsize(path)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.logger.log_text(key=tag, columns=["text"], data=[[text]], step=step)
@@ -181,9 +206,10 @@ class MLflowSink:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int:
         with _temporary_png(image, step, cells) as path:
             self.logger.experiment.log_artifact(self.logger.run_id, path, "/".join(_tag_parts(tag)))
+            return os.path.getsize(path)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         artifact_file = "/".join([*_tag_parts(tag), _step_name(step, "txt")])
@@ -227,8 +253,10 @@ class FanOutSink:
         if len(errors) == len(self.sinks):
             raise errors[0]
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        self._each(lambda sink: write_image(sink, tag, image, step, cells))
+    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
+        sizes: list[int | None] = []
+        self._each(lambda sink: sizes.append(write_image(sink, tag, image, step, cells)))
+        return max((n for n in sizes if n is not None), default=None)  # the same picture, once per logger
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self._each(lambda sink: sink.add_text(tag, text, step))

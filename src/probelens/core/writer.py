@@ -39,15 +39,16 @@ def scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
     return Cell(k, left, top, right, bottom)
 
 
-def downscale(image: Tensor, max_side: int | None) -> tuple[Tensor, float, float]:
-    """``image`` (uint8 ``[C,H,W]``) area-resized so its longer side is at most ``max_side``, and the scale
-    factors ``(sy, sx)`` (``1.0`` when it already fits or ``max_side`` is ``None``)."""
+def downscale(image: Tensor, max_side: int | None, mode: str = "area") -> tuple[Tensor, float, float]:
+    """``image`` (uint8 ``[C,H,W]``) resized (``mode``: ``"area"``, or ``"nearest-exact"``, which keeps flat
+    blocks flat) so its longer side is at most ``max_side``, and the scale factors ``(sy, sx)`` (``1.0`` when it
+    already fits or ``max_side`` is ``None``)."""
     height, width = image.shape[-2:]
     side = max(height, width)
     if max_side is None or side <= max_side:
         return image, 1.0, 1.0
     size = (max(1, int(height * max_side / side)), max(1, int(width * max_side / side)))
-    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="area")[0]
+    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode=mode)[0]
     return small.round().clamp(0, 255).to(torch.uint8), size[0] / height, size[1] / width
 
 
@@ -100,27 +101,44 @@ class MonitorWriter:
         max_image_side: longer side (pixels) above which images are downscaled before they are written.
     """
 
-    def __init__(self, name: str, named: bool, max_image_side: int | None) -> None:
+    def __init__(
+        self, name: str, named: bool, max_image_side: int | None, max_bytes_per_firing: int | None = None
+    ) -> None:
         self.name = name
         self.named = named
         self.max_image_side = max_image_side
+        self.max_bytes_per_firing = max_bytes_per_firing
+        self.scale = 1.0
+        """The side of every picture relative to its drawn size: below 1 while the byte budget needs it."""
+        self._written_step, self._written = -1, 0
+        self._measured = (-1, 0)  # (step, PNG bytes) of the last firing whose pictures are all written
+        self._scale_since = 0  # the first step drawn at the current scale
         self.sink: ImageSink | None = None
         self.probe: ProbeSet | None = None
         self.stage = "fit"
         self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
         self.pipeline: Any = None
         """The run's :class:`~probelens.writing.pipeline.ImagePipeline`, or ``None``: draw on the calling thread."""
-        self.on_failure: Callable[[int, str], None] | None = None
-        """Told ``(step, what)`` when a picture drawn on the pipeline's worker fails."""
+        self.on_failure: Callable[[int, str, Exception], None] | None = None
+        """Told ``(step, what, error)`` when a picture drawn on the pipeline's worker fails."""
 
     def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
         """Write to ``sink`` from now on, about ``probe``'s images."""
         self.sink, self.probe = sink, probe
 
-    def begin(self, stage: str) -> None:
-        """A firing starts in ``stage``: its captions only (never a prediction of an earlier step)."""
+    def begin(self, stage: str, step: int = -1) -> None:
+        """A firing at ``step`` starts in ``stage``: its captions only (never a prediction of an earlier step). With
+        a byte budget, the pictures' side follows the bytes of the last firing measured at the current size: the
+        largest power of two (1 to 1/8) at most ``scale * sqrt(budget / bytes)`` (PNG bytes grow with the area)."""
         self.stage = stage
         self._facts = {}
+        budget, (measured_step, last) = self.max_bytes_per_firing, self._measured
+        if budget is not None and last > 0 and measured_step >= self._scale_since:
+            # halve or double the side, so a steady budget settles on one size rather than flickering between two
+            wanted = self.scale * math.sqrt(budget / last)
+            scale = min(1.0, max(0.125, 2.0 ** math.floor(math.log2(wanted) + 1e-9)))
+            if scale != self.scale:
+                self.scale, self._scale_since = scale, max(step, measured_step + 1)
 
     def tag(self, tag: str, named: bool = True) -> str:
         """``tag`` as written: the monitor's name after the first segment when the user named it (and ``named``),
@@ -166,7 +184,7 @@ class MonitorWriter:
         training thread no longer changes (the tag, the captions' facts and the probe's fingerprint are taken now).
         ``nbytes``: what those tensors hold, counted against the pipeline's memory bound (back-pressure).
         """
-        full, sink, facts = self.tag(tag), self.sink, dict(self._facts)
+        full, sink, facts, scale = self.tag(tag), self.sink, dict(self._facts), self.scale
         assert sink is not None, "the writer is attached when the monitor is configured"
         fingerprint = self.probe.fingerprint() if self.probe is not None else None
 
@@ -178,10 +196,16 @@ class MonitorWriter:
             index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
             cells = [Cell(index[j // per_probe], *box) for j, box in enumerate(boxes)]
             image, sy, sx = downscale(image, self.max_image_side)
+            if scale < 1.0:  # the byte budget: subsampled, so the flat blocks of upscaled tiles stay flat
+                image, by, bx = downscale(image, max(16, int(max(image.shape[-2:]) * scale)), "nearest-exact")
+                sy, sx = sy * by, sx * bx
             if (sy, sx) != (1.0, 1.0):
                 cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]
             predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
-            write_image(sink, full, image, step, ProbeCells(cells, fingerprint if cells else None, predictions))
+            written = write_image(
+                sink, full, image, step, ProbeCells(cells, fingerprint if cells else None, predictions)
+            )
+            self._count(step, written or 0)
 
         self.submit(job, step, f"drawing {full}", nbytes)
 
@@ -203,21 +227,39 @@ class MonitorWriter:
         assert sink is not None, "the writer is attached when the monitor is configured"
         self.submit(lambda: sink.add_text(full, text, step), step, f"writing {full}")
 
-    def submit(self, job: Callable[[], None], step: int, what: str, nbytes: int = 0) -> None:
-        """Run ``job`` (a write) on the pipeline's worker, after what was handed over before it (now without one)."""
+    def submit(
+        self,
+        job: Callable[[], None],
+        step: int,
+        what: str,
+        nbytes: int = 0,
+        report: Callable[[int, str, Exception], None] | None = None,
+    ) -> None:
+        """Run ``job`` (a write) on the pipeline's worker, after what was handed over before it (now, without one).
+        A failure there is told to ``report`` (default :attr:`on_failure`) as ``(step, what, error)``."""
         pipeline = self.pipeline
         if pipeline is None or isinstance(self.sink, HeldWrites):
             job()  # a failure propagates: the firing counts it
             return
-        report = self.on_failure
+        report = report or self.on_failure
 
         def reported() -> None:
             try:
                 job()
-            except Exception as err:  # told to the monitor on the training thread (the pipeline's on_error)
-                raise DrawFailed(report, step, f"while {what} ({type(err).__name__}: {err})") from err
+            except Exception as err:  # told on the training thread (the pipeline's on_error)
+                raise DrawFailed(report, step, what, err) from err
 
         pipeline.submit(reported, nbytes=nbytes, name=what)
+
+    def _count(self, step: int, nbytes: int) -> None:
+        """Adds a picture's bytes to its firing's total (on the worker); a new step closes the last one's."""
+        if step != self._written_step:
+            if self._written_step >= 0:
+                self._measured = (self._written_step, self._written)
+            self._written_step, self._written = step, 0
+        self._written += nbytes
+        if self.max_bytes_per_firing is not None and self._written > self.max_bytes_per_firing:
+            self._measured = (step, self._written)  # over budget already: the next firing need not wait
 
     def flush(self) -> None:
         """Wait until everything handed to the pipeline is written (no-op without one)."""

@@ -350,6 +350,7 @@ PROBE_KEY = "probelens.probe"
 """The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
 per-image views of grids drawn from different probe sets are never paired by index alone."""
 
+
 class Cell(NamedTuple):
     """One probe image's box in a grid, in pixels, right/bottom exclusive (a tuple: ``k, x0, y0, x1, y1 = cell``)."""
 
@@ -359,6 +360,7 @@ class Cell(NamedTuple):
     top: int
     right: int
     bottom: int
+
 
 Prediction = tuple[int, str, str, float]
 """``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
