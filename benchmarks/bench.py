@@ -1259,8 +1259,23 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         add("")
     text = "\n".join(lines) + "\n"
     if path is not None:
+        text += _other_scripts_sections(path, {line for line in lines if line.startswith("## ")})
         path.write_text(text)
     return text
+
+
+def _other_scripts_sections(path: Path, written: set[str]) -> str:
+    """The sections of the report at ``path`` that other scripts wrote (``benchmarks/event_writer_bench.py``,
+    ``benchmarks/render_bench.py``: headings this run does not write, other than the analysis), kept as they are."""
+    if not path.exists():
+        return ""
+    kept, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line not in written and not line.startswith("## Analysis")
+        if keep:
+            kept.append(line)
+    return ("\n" + "\n".join(kept).rstrip() + "\n") if kept else ""
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -501,8 +501,10 @@ def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
         >>> from PIL import Image
         >>> cells = [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
         >>> png = encode_png(torch.zeros(3, 4, 8, dtype=torch.uint8), text=cells_to_text(cells))
-        >>> cells_from_text(Image.open(io.BytesIO(png)).text)
+        >>> [tuple(cell) for cell in cells_from_text(Image.open(io.BytesIO(png)).text)]
         [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
+        >>> cells_from_text(Image.open(io.BytesIO(png)).text)[1].probe_index
+        1
     """
     raw = text.get(CELLS_KEY)
     if not raw:
