@@ -963,10 +963,8 @@ def train_once(
     if monitors_fn is not None and monitors_fn is not demo_monitors:
         shortcut_probe = ProbeSet_from(val, 16)
     monitors = (monitors_fn or demo_monitors)(probe, shortcut_probe) if with_monitors else []
-    if sync_images:
-        os.environ["PROBELENS_SYNC_IMAGES"] = "1"
-    else:
-        os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    # explicit either way: unset, a CPU-trained model draws on the training thread (and an accelerator's on the worker)
+    os.environ["PROBELENS_SYNC_IMAGES"] = "1" if sync_images else "0"
     hook_time: dict[str, float] = {}
     for m in monitors:
         _timed_hooks(m, hook_time)
@@ -1235,8 +1233,9 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             f"examples/snow_vs_desert.py model and data, n={core['n']}, {core['epochs']} epochs, batch 64, one process,"
         )
         add("TensorBoardLogger in every run; FilterMonitor, ActivationMonitor(auto), GradCAMMonitor(all) and")
-        add(f'SaliencyMonitor(vanilla, gradient x input) on a 16-image 64 px probe, every_n_steps={CORE_EVERY}. "sync"')
-        add("draws the pictures on the training thread (PROBELENS_SYNC_IMAGES=1), not on the image pipeline's worker.")
+        add(f"SaliencyMonitor(vanilla, gradient x input) on a 16-image 64 px probe, every_n_steps={CORE_EVERY}.")
+        add('"core monitors" draws on the image pipeline\'s worker (PROBELENS_SYNC_IMAGES=0), "sync" on the training')
+        add("thread (=1).")
         add("")
         add("| run | fit s | epoch s (each) |")
         add("| --- | --- | --- |")
@@ -1498,7 +1497,8 @@ def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None
 
 def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None], root: str) -> dict[str, Any]:
     """A/B in one process, alternating: no monitors, the core monitors every 6 steps with the image pipeline's
-    worker thread (the default), and the same with the pictures drawn on the training thread (the switch)."""
+    worker thread (``PROBELENS_SYNC_IMAGES=0``; the default on an accelerator), and the same with the pictures drawn
+    on the training thread (``=1``; the default when the model trains on the CPU)."""
     variants = [("without monitors", False, False), ("core monitors", True, False), ("core monitors, sync", True, True)]
     runs = []
     for pair in range(plan.train_pairs):

@@ -1,6 +1,7 @@
-"""The monitors' pictures are drawn, encoded and written off the training thread (probelens.writing.pipeline):
-the same bytes as drawing them on the training thread, in step order, flushed when fit ends or crashes, and a
-picture that fails on the worker is warned about once and counted while training goes on."""
+"""The monitors' pictures drawn, encoded and written off the training thread (probelens.writing.pipeline; the
+default where the model trains on an accelerator, ``PROBELENS_SYNC_IMAGES=0`` here): the same bytes as drawing them on
+the training thread, in step order, flushed when fit ends or crashes, and a picture that fails on the worker is
+warned about once and counted while training goes on."""
 
 import threading
 
@@ -36,12 +37,30 @@ def fit(tmp_path, name, **kw):
     return tr
 
 
+@pytest.fixture
+def worker(monkeypatch):
+    """The image pipeline's worker thread although the model trains on the CPU."""
+    monkeypatch.setenv(SYNC_ENV_VAR, "0")
+
+
 def test_the_worker_writes_the_bytes_the_training_thread_would(tmp_path, monkeypatch):
-    workers_seen = []
+    drawn_by: set[str] = set()
+    import probelens.core.grad_cam as grad_cam_core
+
+    original = grad_cam_core.labelled_grid
+
+    def spy(*args, **kwargs):
+        drawn_by.add(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(grad_cam_core, "labelled_grid", spy)
     monkeypatch.setenv(SYNC_ENV_VAR, "1")
     sync = pictures(fit(tmp_path, "sync").logger.log_dir)
-    monkeypatch.delenv(SYNC_ENV_VAR)
+    assert drawn_by == {"MainThread"}
+    drawn_by.clear()
+    monkeypatch.setenv(SYNC_ENV_VAR, "0")
     tr = fit(tmp_path, "async")
+    assert drawn_by == {"probelens-images"}
     workers_seen = [t.name for t in threading.enumerate() if t.name.startswith("probelens")]
     written = pictures(tr.logger.log_dir)
     assert len(sync) >= 40 and written.keys() == sync.keys()
@@ -60,7 +79,7 @@ class CrashAt(LitClassifier):
         return super().training_step(batch, batch_idx)
 
 
-def test_pictures_drawn_before_a_crash_are_written(tmp_path):
+def test_pictures_drawn_before_a_crash_are_written(tmp_path, worker):
     train, val = loaders(n=48, batch_size=16)
     tr = trainer(tmp_path, monitors(), max_epochs=3)
     with pytest.raises(RuntimeError, match="boom"):
@@ -69,7 +88,7 @@ def test_pictures_drawn_before_a_crash_are_written(tmp_path):
     assert [e.step for e in acc.Images("probelens/gradcam/model.8")] == [0, 1, 2, 3]  # every firing before it
 
 
-def test_a_picture_failing_on_the_worker_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+def test_a_picture_failing_on_the_worker_warns_once_and_training_goes_on(tmp_path, monkeypatch, worker):
     import probelens.core.saliency as saliency_core
 
     def broken(*args, **kwargs):
@@ -88,3 +107,20 @@ def test_a_picture_failing_on_the_worker_warns_once_and_training_goes_on(tmp_pat
     acc = read_events(tr.logger.log_dir)
     assert "probelens/saliency/vanilla" not in acc.Tags()["images"]
     assert [e.value for e in acc.Scalars("probelens/failures/SaliencyMonitor")][-1] == 6
+
+
+def test_on_the_cpu_pictures_are_drawn_on_the_training_thread_by_default(tmp_path, monkeypatch):
+    """No free core for a worker when the model trains on the CPU (measured: benchmarks/RESULTS.md)."""
+    import probelens.core.grad_cam as grad_cam_core
+
+    monkeypatch.delenv(SYNC_ENV_VAR, raising=False)
+    drawn_by: set[str] = set()
+    original = grad_cam_core.labelled_grid
+
+    def spy(*args, **kwargs):
+        drawn_by.add(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(grad_cam_core, "labelled_grid", spy)
+    fit(tmp_path, "default")
+    assert drawn_by == {"MainThread"}

@@ -299,11 +299,7 @@ def test_a_failing_logger_costs_the_others_nothing(tmp_path, exploding_sinks):
 def test_a_failing_only_logger_does_not_stop_training(tmp_path, exploding_sinks):
     logger = ExplodingLogger(str(tmp_path), name="boom")
     _, messages = fit(tmp_path, logger)
-    # drawn on the image pipeline's worker, the failure is told back on the training thread and counted per firing
-    assert any(
-        "GradCAMMonitor failed at step 1 while drawing probelens/gradcam/model.8 (RuntimeError: disk full)" in m
-        for m in messages
-    )
+    assert any("GradCAMMonitor failed at step 1 and was skipped (RuntimeError: disk full)" in m for m in messages)
     assert any("could not log the architecture table (RuntimeError: disk full)" in m for m in messages)
     assert not any("PNG files" in m for m in messages)  # a sink exists: no fallback
     with open(os.path.join(logger.log_dir, "metrics.csv")) as fh:

@@ -37,6 +37,7 @@ from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec
 from probelens.probe import ProbeSet
 from probelens.render import sanitize
+from probelens.writing.pipeline import SYNC_ENV_VAR
 
 TARGET_MODES = ("pred", "label", "both")
 
@@ -385,9 +386,8 @@ class MonitorCore(_CallbackBase):
             self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
         sink = sink_for_trainer(trainer, self._png_root or os.path.join(trainer.default_root_dir, "probelens_images"))
         self.writer.attach(sink, self.probe)
-        # pictures are drawn and written by the run's worker thread; under sharded parameters every rank holds its
-        # writes until all agree, so they are written there and then (writer.held)
-        self.writer.pipeline = None if is_sharded(pl_module) else run_session(trainer).pipeline
+        # pictures are drawn and written by the run's worker thread where it has free cores (see _draws_on_worker)
+        self.writer.pipeline = run_session(trainer).pipeline if _draws_on_worker(pl_module) else None
         self.writer.on_failure = self._record_drawing_failure
         self._configured_for = id(pl_module)
         if self.probe is not None:
@@ -558,6 +558,26 @@ class MonitorCore(_CallbackBase):
         self.state.fire_count += 1
         cost_ms = (time.perf_counter() - start) * 1000.0
         self.writer.scalars(trainer.loggers, {f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
+
+
+def _draws_on_worker(model: nn.Module) -> bool:
+    """Whether the run's pictures are drawn, encoded and written by the image pipeline's worker thread.
+
+    ``PROBELENS_SYNC_IMAGES=1``: never (on the training thread, for debugging); ``=0``: always; unset: when the
+    model trains on an accelerator, whose steps leave the CPU free, and not when it trains on the CPU, where a worker
+    can only compete with training for the same cores (measured on 2 cores: the core monitors every 6 steps cost
+    +32% drawn on the training thread, +38% on the worker; ``benchmarks/RESULTS.md``). Sharded parameters: never
+    (every rank holds its writes until all agree, then writes them there and then, ``writer.held``).
+    """
+    if is_sharded(model):
+        return False
+    choice = os.environ.get(SYNC_ENV_VAR, "").strip().lower()
+    if choice in ("1", "true", "yes", "on"):
+        return False
+    if choice in ("0", "false", "no", "off"):
+        return True
+    param = next(iter(unwrap_compiled(model).parameters()), None)
+    return param is not None and param.device.type != "cpu"
 
 
 def target_sets_for(target: str, owner: str = "probelens") -> list[str]:
