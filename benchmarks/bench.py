@@ -917,19 +917,12 @@ def ProbeSet_from(val: Any, k: int) -> Any:
 
 
 def demo_data(n: int, size: int = 64) -> tuple[Any, Any, Any, Any]:
-    from probelens import ProbeSet
-    from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
+    from probelens.data import SnowDesertDataset
 
     common = dict(size=size, p=0.95, spot_contrast=0.6)
     train = SnowDesertDataset(n=n, seed=0, **common)
     val = SnowDesertDataset(n=max(n // 4, 64), seed=1, return_masks=True, **common)
-    probe = ProbeSet.from_dataset(
-        val, num_samples=8, per_class=True, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES
-    )
-    shortcut_probe = ProbeSet.from_dataset(
-        val, num_samples=32, per_class=True, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES
-    )
-    return train, val, probe, shortcut_probe
+    return train, val, ProbeSet_from(val, 8), ProbeSet_from(val, 32)
 
 
 def core_monitors(probe: Any, shortcut_probe: Any) -> list:

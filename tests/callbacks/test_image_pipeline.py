@@ -43,17 +43,23 @@ def worker(monkeypatch):
     monkeypatch.setenv(SYNC_ENV_VAR, "0")
 
 
-def test_the_worker_writes_the_bytes_the_training_thread_would(tmp_path, monkeypatch):
-    drawn_by: set[str] = set()
+@pytest.fixture
+def drawn_by(monkeypatch) -> set[str]:
+    """The names of the threads that draw Grad-CAM grids."""
     import probelens.core.grad_cam as grad_cam_core
 
+    threads: set[str] = set()
     original = grad_cam_core.labelled_grid
 
     def spy(*args, **kwargs):
-        drawn_by.add(threading.current_thread().name)
+        threads.add(threading.current_thread().name)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(grad_cam_core, "labelled_grid", spy)
+    return threads
+
+
+def test_the_worker_writes_the_bytes_the_training_thread_would(tmp_path, monkeypatch, drawn_by):
     monkeypatch.setenv(SYNC_ENV_VAR, "1")
     sync = pictures(fit(tmp_path, "sync").logger.log_dir)
     assert drawn_by == {"MainThread"}
@@ -109,18 +115,8 @@ def test_a_picture_failing_on_the_worker_warns_once_and_training_goes_on(tmp_pat
     assert [e.value for e in acc.Scalars("probelens/failures/SaliencyMonitor")][-1] == 6
 
 
-def test_on_the_cpu_pictures_are_drawn_on_the_training_thread_by_default(tmp_path, monkeypatch):
+def test_on_the_cpu_pictures_are_drawn_on_the_training_thread_by_default(tmp_path, monkeypatch, drawn_by):
     """No free core for a worker when the model trains on the CPU (measured: benchmarks/RESULTS.md)."""
-    import probelens.core.grad_cam as grad_cam_core
-
     monkeypatch.delenv(SYNC_ENV_VAR, raising=False)
-    drawn_by: set[str] = set()
-    original = grad_cam_core.labelled_grid
-
-    def spy(*args, **kwargs):
-        drawn_by.add(threading.current_thread().name)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(grad_cam_core, "labelled_grid", spy)
     fit(tmp_path, "default")
     assert drawn_by == {"MainThread"}

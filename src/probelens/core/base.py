@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.architecture import log_architecture
-from probelens.core.checks import check_probe_fits, check_spatial, probe_example, scores_of
+from probelens.core.checks import check_probe_fits, check_spatial, probe_example
 from probelens.core.options import check_callable, check_choice, check_int, check_name
 from probelens.core.probe_source import probe_from_trainer
 from probelens.core.run import run_session
@@ -291,10 +291,6 @@ class MonitorCore(_CallbackBase):
                 f"{', '.join(renamed)}"
             )
         return ordered, {name: layout for name, (layout, _) in spatial.items()}
-
-    def _scores(self, output: Any) -> Tensor:
-        """The class scores ``[N, K]`` in a model output, or a ``ValueError`` that shows ``output_transform=``."""
-        return scores_of(self.name, output, self.output_transform)
 
     def _require(
         self, layers: dict[str, nn.Module], *, gradients: bool, input_gradient: bool, target_sets: set[str]

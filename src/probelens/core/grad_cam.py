@@ -220,19 +220,17 @@ class GradCAMCore(MonitorCore):
                 tag = f"probelens/{method}/{self.layer_tags[layer]}"
                 self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown)
                 if method == self.methods[0]:
-                    strip_maps = maps[0][0]  # ends as the deepest layer's
+                    strip_maps = maps[0]  # ends as the deepest layer's (maps, top of their colour scale)
         if self.filmstrip and self.writer.stage == "fit":  # the strip is the training history
-            self._add_frame(step, trainer.current_epoch, images, strip_maps, shown)
+            self._add_frame(step, trainer.current_epoch, images, *strip_maps, shown)
 
-    def _add_frame(self, step: int, epoch: int, images: Tensor, cam: Tensor, shown: Tensor) -> None:
-        """Add this step's frame (the deepest layer's first-method maps ``cam`` over ``images``, the probe images
-        ``shown``) to the strip. The strip is written at most once per epoch, at its first firing, and only once it
-        would show a new frame slot; what came after the last one is written when training ends
-        (:meth:`_at_fit_end`)."""
+    def _add_frame(self, step: int, epoch: int, images: Tensor, cam: Tensor, vmax: float | None, shown: Tensor) -> None:
+        """Add this step's frame (the deepest layer's first-method maps ``cam``, scaled to ``vmax`` as in its grid,
+        over ``images``, the probe images ``shown``) to the strip. The strip is written at most once per epoch, at
+        its first firing, and only once it would show a new frame slot; what came after the last one is written
+        when training ends (:meth:`_at_fit_end`)."""
         k = min(self.filmstrip_images, len(shown))
-        layer = list(self._layers)[-1]
-        vmax = self._vmax(layer if self.methods[0] == "gradcam" else f"{self.methods[0]}/{layer}", cam)
-        self._strip_of = (layer, shown[:k])
+        self._strip_of = (list(self._layers)[-1], shown[:k])
         self._strip_frames += 1
         # a new strip only where it would show a new frame slot: at the epoch's first firing, once 1/filmstrip_frames
         # of the history has come since the last one (1000 one-step epochs write ~80 strips, not 1000)

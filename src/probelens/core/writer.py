@@ -209,18 +209,6 @@ class MonitorWriter:
 
         self.submit(job, step, f"drawing {full}", nbytes)
 
-    def image(
-        self,
-        tag: str,
-        image: Tensor,
-        step: int,
-        boxes: Sequence[Box] = (),
-        per_probe: int = 1,
-        shown: Tensor | None = None,
-    ) -> None:
-        """Writes an image already drawn (see :meth:`draw`, which also takes the drawing off the training thread)."""
-        self.draw(tag, step, lambda: (image, boxes), per_probe=per_probe, shown=shown)
-
     def text(self, tag: str, text: str, step: int) -> None:
         """Writes a text entry (markdown) at ``tag`` and ``step`` (in order with the pictures)."""
         full, sink = self.tag(tag), self.sink
