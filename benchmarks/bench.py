@@ -454,6 +454,27 @@ def _minmax(maps: Tensor) -> Tensor:
     return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-30), torch.zeros_like(maps))
 
 
+def op_profile(fn: Fn, reference: Fn, top: int = 6) -> list[tuple[str, float, float]]:
+    """Where ``fn`` spends more than ``reference`` (torch.profiler, self CPU time per op name, one call of each after
+    a warm-up call): the ``top`` ops by ``fn``'s excess, as ``(op, fn ms, reference ms)``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def self_times(f: Fn) -> dict[str, float]:
+        f()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            f()
+        return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+    mine, theirs = self_times(fn), self_times(reference)
+    rows = [(op, ms, theirs.get(op, 0.0)) for op, ms in mine.items()]
+    rows.sort(key=lambda r: r[1] - r[2], reverse=True)
+    return [r for r in rows[:top] if r[1] - r[2] > 0.05]
+
+
+def _profile_text(rows: list[tuple[str, float, float]], mine: str, theirs: str) -> str:
+    return ", ".join(f"`{op}` {a:.1f} vs {b:.1f}" for op, a, b in rows) + f" (ms, {mine} vs {theirs})"
+
+
 def bench_default(cfg: Config, timer: Timer, repeats: int, allowance: float, log: Callable[[str], None]) -> dict:
     log(f"  default per-step work, {cfg.label}: {len(cfg.convs)} conv layers")
     mine = ours(cfg)
@@ -486,7 +507,9 @@ def bench_default(cfg: Config, timer: Timer, repeats: int, allowance: float, log
             log(f"    {name:32s} {row.note}")
             continue
         log(f"    {name:32s} {row.ratio:6.2f}x floor  ({row.time * 1e3:8.1f} ms, peak {_mib(row.peak_mib)})")
-    return {"rows": rows, "checks": checks}
+    profile = op_profile(lambda: ours(cfg), cfg.floor)
+    log("    profile, probelens over the floor: " + _profile_text(profile, "probelens", "floor"))
+    return {"rows": rows, "checks": checks, "profile": profile}
 
 
 def _ratio(value: float) -> str:
@@ -589,7 +612,16 @@ def bench_multipass(cfg: Config, timer: Timer, repeats: int, allowance: float, l
         timer.rounds(
             [mine, head], [spec["ours"], lambda s=spec, b=best: s["captum"](_setting(b.name))], cfg.floor, rounds
         )
-        out[name] = {"ours": mine, "default": default, "sweep": sweep, "best": head, "check": check, "arg": arg}
+        profile = op_profile(spec["ours"], lambda s=spec, b=best: s["captum"](_setting(b.name)))
+        out[name] = {
+            "ours": mine,
+            "default": default,
+            "sweep": sweep,
+            "best": head,
+            "check": check,
+            "arg": arg,
+            "profile": profile,
+        }
         tried = ", ".join(f"{m.name} {m.ratio:.1f}x" for m in sweep)
         log(
             f"    {name:34s} probelens {mine.ratio:6.2f}x | Captum {best.name} {head.ratio:6.2f}x head-to-head "
@@ -738,14 +770,27 @@ RENDER_PIECES = {
     "overlays": ("image.py", "overlay_heatmap"),
     "captioned grids": ("grid.py", ("labelled_grid", "rows_grid")),
     "PNG encode": ("image.py", "encode_png"),
-    "TensorBoard write": ("writer.py", "add_summary"),
+    "event-file write": ("event_file.py", "add_image"),
 }
 
+FIRING_PIECES = {
+    "shared pass": ("engine.py", "forward_backward"),
+    "maps": ("cam.py", "cam_map"),
+    "colour + blend": ("image.py", ("overlay_heatmap", "normalize_maps")),
+    "colormaps": ("colormap.py", "apply_colormap"),
+    "grids": ("grid.py", ("labelled_grid", "rows_grid", "filmstrip")),
+    "caption text": ("text.py", ("stamp_lines", "fit_text")),
+    "PNG encode": ("image.py", "encode_png"),
+    "event-file write": ("event_file.py", "add_image"),
+}
+"""What one firing of the core monitors spends its time on (cumulative, so nested pieces overlap: grids hold their
+caption text, filter grids their colormaps)."""
 
-def _piece_times(stats: pstats.Stats) -> dict[str, float]:
-    out = dict.fromkeys(RENDER_PIECES, 0.0)
+
+def _piece_times(stats: pstats.Stats, pieces: dict[str, tuple[str, Any]] = RENDER_PIECES) -> dict[str, float]:
+    out = dict.fromkeys(pieces, 0.0)
     for (filename, _line, func), (_cc, _nc, _tt, cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        for piece, (fname, funcs) in RENDER_PIECES.items():
+        for piece, (fname, funcs) in pieces.items():
             names = (funcs,) if isinstance(funcs, str) else funcs
             if filename.endswith(fname) and func in names:
                 out[piece] += cum
@@ -870,8 +915,9 @@ class _EpochClock:
         self.times.append(time.perf_counter() - self._start)
 
 
-def _timed_hooks(monitor: Any, totals: dict[str, float]) -> None:
-    """Wrap every Lightning hook a monitor implements so that the time spent inside it is added up."""
+def _timed_hooks(monitor: Any, totals: dict[str, float], profile: cProfile.Profile | None = None) -> None:
+    """Wrap every Lightning hook a monitor implements so that the time spent inside it is added up (and profiled
+    with ``profile``, when given)."""
     name = type(monitor).__name__
     for hook in (
         "setup",
@@ -886,9 +932,13 @@ def _timed_hooks(monitor: Any, totals: dict[str, float]) -> None:
 
         def wrapped(*args, _original=original, **kwargs):
             start = time.perf_counter()
+            if profile is not None:
+                profile.enable()
             try:
                 return _original(*args, **kwargs)
             finally:
+                if profile is not None:
+                    profile.disable()
                 totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
 
         setattr(monitor, hook, wrapped)
@@ -947,6 +997,7 @@ def train_once(
     root: str,
     monitors_fn: Callable[[Any, Any], list] | None = None,
     sync_images: bool = False,
+    profile: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
@@ -960,7 +1011,7 @@ def train_once(
     os.environ["PROBELENS_SYNC_IMAGES"] = "1" if sync_images else "0"
     hook_time: dict[str, float] = {}
     for m in monitors:
-        _timed_hooks(m, hook_time)
+        _timed_hooks(m, hook_time, profile)
     from pytorch_lightning import Callback
 
     clock_cb = type("EpochClock", (_EpochClock, Callback), {})()
@@ -1094,6 +1145,13 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         cells = [_mib(ctx["default"][c]["rows"][name].peak_mib).replace(" MiB", "") for c in configs]
         add(f"| {name} | " + " | ".join(cells) + " |")
     add("")
+    add("Profile of the one pass over the floor (torch.profiler, one call each, self CPU time of the ops where it")
+    add("spends the most more than the floor):")
+    add("")
+    for c in configs:
+        if ctx["default"][c].get("profile"):
+            add(f"- {c}: " + _profile_text(ctx["default"][c]["profile"], "one pass", "floor"))
+    add("")
     add("What each peer row runs (all produce the same maps; checked in the run):")
     add("")
     lines.extend(PEER_NOTES)
@@ -1131,6 +1189,14 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             add(f"- {c}, {name}: {tried}{check}")
     add("")
     add("SmoothGrad noise differs between the libraries (different generators), so only its timing is compared.")
+    add("")
+    add("Profiles where probelens is slower than Captum's best (torch.profiler, one call each, self CPU time of the")
+    add("ops where probelens spends the most more):")
+    add("")
+    for c, methods in ctx["multipass"].items():
+        for name, r in methods.items():
+            if r["ours"].ratio > r["best"].ratio and r.get("profile"):
+                add(f"- {c}, {name}: " + _profile_text(r["profile"], "probelens", "Captum best"))
     add("")
     if ctx.get("cam"):
         add("## The CAM family from the one shared pass")
@@ -1242,6 +1308,17 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         add(
             f"- bytes per firing: {core['image_bytes_per_firing'] / 1024:.0f} KiB of PNG in "
             f"{core['images_per_firing']:.1f} images ({core['fires']} firings)"
+        )
+        add(
+            f"- time per firing inside the monitors' hooks (drawn on the training thread): "
+            f"{core['hooks_per_firing'] * 1e3:.0f} ms, against {core['between_firings'] * 1e3:.0f} ms of training "
+            f"between two firings without monitors"
+        )
+        add(
+            f"- profile of one more epoch drawn on the training thread (cProfile inside the hooks, "
+            f"{core['profiled_per_firing'] * 1e3:.0f} ms per firing with the profiler's own cost; cumulative ms per "
+            "firing, nested pieces overlap: grids hold their caption text): "
+            + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in core["pieces"].items())
         )
         add("")
     if ctx.get("analysis"):
@@ -1515,7 +1592,27 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
     base = best["without monitors"]
     fires = max(1, max(r["fires"] for r in runs))
     with_runs = [r for r in runs if r["variant"] == "core monitors"]
+    sync_runs = [r for r in runs if r["variant"] == "core monitors, sync"]
+    # where a firing's time goes: one more epoch, drawn on the training thread, profiled inside the monitors' hooks
+    profile = cProfile.Profile()
+    profiled = train_once(
+        demo,
+        plan.train_n,
+        1,
+        True,
+        os.path.join(root, "cp"),
+        monitors_fn=core_monitors,
+        sync_images=True,
+        profile=profile,
+    )
+    per_fire = max(1, profiled["fires"])
+    pieces = {k: v / per_fire for k, v in _piece_times(pstats.Stats(profile), FIRING_PIECES).items()}
+    log("    profile per firing (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in pieces.items()))
     return {
+        "hooks_per_firing": statistics.median(sum(r["hooks"].values()) for r in sync_runs) / fires,
+        "profiled_per_firing": sum(profiled["hooks"].values()) / per_fire,
+        "pieces": pieces,
+        "between_firings": base / fires,
         "n": plan.train_n,
         "epochs": plan.train_epochs,
         "runs": runs,

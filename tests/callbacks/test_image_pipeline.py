@@ -120,3 +120,34 @@ def test_on_the_cpu_pictures_are_drawn_on_the_training_thread_by_default(tmp_pat
     monkeypatch.delenv(SYNC_ENV_VAR, raising=False)
     fit(tmp_path, "default")
     assert drawn_by == {"MainThread"}
+
+
+def test_map_math_done_at_once_as_on_an_accelerator_writes_the_same_bytes(tmp_path, monkeypatch, worker):
+    """On an accelerator the maps are normalised, coloured and blended on the training thread, on the device, and only
+    the drawing is left to the worker; on the CPU all of it is the worker's. Forced here on the CPU: the same bytes,
+    and the blending happens where it should."""
+    import probelens.core.grad_cam as grad_cam_core
+
+    blended_on: set[str] = set()
+    original = grad_cam_core.overlay_heatmap
+
+    def spy(*args, **kwargs):
+        blended_on.add(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(grad_cam_core, "overlay_heatmap", spy)
+    deferred = pictures(fit(tmp_path, "deferred").logger.log_dir)
+    assert blended_on == {"probelens-images"}
+    blended_on.clear()
+
+    torch.manual_seed(0)
+    train, val = loaders(n=48, batch_size=16)
+    ms = monitors()
+    for m in ms:
+        m.writer.map_math_now = True
+    tr = trainer(tmp_path / "now", ms, max_epochs=2)
+    tr.fit(LitClassifier(), train, val)
+    assert blended_on == {"MainThread"}
+    now = pictures(tr.logger.log_dir)
+    assert len(deferred) >= 40 and now.keys() == deferred.keys()
+    assert all(now[key] == deferred[key] for key in deferred), [k for k in deferred if now[k] != deferred[k]][:3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -103,17 +104,23 @@ class ActivationCore(MonitorCore):
             images = F.interpolate(images.float(), size=size, mode="area").round().to(torch.uint8)
         for layer in self._layers:
             act = self._layouts[layer].to_nchw(result.activations[layer])[shown.to(result.images.device)]
-            act = self._finite(act.float().cpu(), f"activations of {layer}", step)
+            act = self._finite(act.float(), f"activations of {layer}", step)
             c = min(self.max_channels, act.shape[1])
             channels = act.mean(dim=(0, 2, 3)).topk(c).indices
-            chans = ", ".join(str(int(ch)) for ch in channels)
+            chans = ", ".join(str(int(ch)) for ch in channels.tolist())
             captions = [f"#{int(j)} channels {chans}" if i == 0 else f"#{int(j)}" for i, j in enumerate(shown)]
 
-            def render(maps: Tensor = act[:, channels], captions: list[str] = captions) -> tuple[Tensor, list[Box]]:
+            def colour(maps: Tensor = act[:, channels]) -> Tensor:  # [k, c, 3, *size]: each channel's colour map
                 lo = maps.amin(dim=(0, 2, 3), keepdim=True)
                 hi = maps.amax(dim=(0, 2, 3), keepdim=True)
                 scaled = F.interpolate(((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0), size, mode="nearest")
-                rows = [torch.cat([images[i : i + 1], apply_colormap(scaled[i].unsqueeze(1), cmap)]) for i in range(k)]
+                return apply_colormap(scaled.flatten(0, 1), cmap, keep_device=True).unflatten(0, (k, -1))
+
+            tiles = self.writer.map_math(colour, act.device)  # now on an accelerator, else when drawn
+
+            def render(tiles: Callable[[], Tensor] = tiles, captions: list[str] = captions) -> tuple[Tensor, list[Box]]:
+                coloured = tiles()
+                rows = [torch.cat([images[i : i + 1], coloured[i]]) for i in range(k)]
                 boxes: list[Box] = []
                 return rows_grid(rows, captions, cell_boxes=boxes, card_width=CARD_WIDTH), boxes
 

@@ -84,6 +84,7 @@ class FilterCore(MonitorCore):
             weight = self._finite(weight, f"weights of {name}", step)
 
             def render(weight: Tensor = weight, max_filters: int = self.max_filters) -> Tensor:
-                return filter_grid(weight, max_filters=max_filters)
+                # kernels upscaled by the largest integer factor that fits the written size: none downscaled after
+                return filter_grid(weight, max_filters=max_filters, max_side=self.max_image_side)
 
             self.writer.draw(f"probelens/filters/{name}", step, render)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -205,30 +205,37 @@ class GradCAMCore(MonitorCore):
         alpha, cmap = self.alpha, self.cmap
         for method in self.methods:
             for layer in self._layers:
-                maps = []  # (CPU maps of the shown images, top of their colour scale) per target set
+                maps = []  # (maps of the shown images, top of their colour scale) per target set, on the pass' device
                 for target_set in self.target_sets:
-                    cam = self._maps(pl_module, result, method, layer, target_set, shown).cpu()
+                    cam = self._maps(pl_module, result, method, layer, target_set, shown)
                     cam = self._finite(cam, f"{method} maps of {layer}", step)
                     maps.append((cam, self._vmax(layer if method == "gradcam" else f"{method}/{layer}", cam)))
 
-                def render(maps: list[tuple[Tensor, float | None]] = maps) -> tuple[Tensor, list[Box]]:
-                    tiles = [overlay_heatmap(images, normalize_maps(m, vmin=0.0, vmax=v), alpha, cmap) for m, v in maps]
+                def overlays(maps: list[tuple[Tensor, float | None]] = maps) -> list[Tensor]:
+                    return [
+                        overlay_heatmap(images, normalize_maps(m, vmin=0.0, vmax=v), alpha, cmap, keep_device=True)
+                        for m, v in maps
+                    ]
+
+                tiles = self.writer.map_math(overlays, maps[0][0].device)  # now on an accelerator, else when drawn
+
+                def render(tiles: Callable[[], list[Tensor]] = tiles) -> tuple[Tensor, list[Box]]:
                     boxes: list[Box] = []
-                    grid_tiles = torch.stack(tiles, dim=1).flatten(0, 1)
+                    grid_tiles = torch.stack(tiles(), dim=1).flatten(0, 1)
                     return labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes), boxes
 
                 tag = f"probelens/{method}/{self.layer_tags[layer]}"
                 self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown)
                 if method == self.methods[0]:
-                    strip_maps = maps[0]  # ends as the deepest layer's (maps, top of their colour scale)
+                    strip_tiles = tiles  # ends as the deepest layer's overlays, scaled as in its grid
         if self.filmstrip and self.writer.stage == "fit":  # the strip is the training history
-            self._add_frame(step, trainer.current_epoch, images, *strip_maps, shown)
+            self._add_frame(step, trainer.current_epoch, strip_tiles, shown)
 
-    def _add_frame(self, step: int, epoch: int, images: Tensor, cam: Tensor, vmax: float | None, shown: Tensor) -> None:
-        """Add this step's frame (the deepest layer's first-method maps ``cam``, scaled to ``vmax`` as in its grid,
-        over ``images``, the probe images ``shown``) to the strip. The strip is written at most once per epoch, at
-        its first firing, and only once it would show a new frame slot; what came after the last one is written
-        when training ends (:meth:`_at_fit_end`)."""
+    def _add_frame(self, step: int, epoch: int, tiles: Callable[[], list[Tensor]], shown: Tensor) -> None:
+        """Add this step's frame (the first ``filmstrip_images`` of the deepest layer's first-method overlays
+        ``tiles()[0]``, the ones its grid shows, of the probe images ``shown``) to the strip. The strip is written at
+        most once per epoch, at its first firing, and only once it would show a new frame slot; what came after the
+        last one is written when training ends (:meth:`_at_fit_end`)."""
         k = min(self.filmstrip_images, len(shown))
         self._strip_of = (list(self._layers)[-1], shown[:k])
         self._strip_frames += 1
@@ -240,10 +247,9 @@ class GradCAMCore(MonitorCore):
             self._strip_epoch, self._strip_written, self._strip_pending = epoch, self._strip_frames, None
         else:
             self._strip_pending = step
-        alpha, cmap = self.alpha, self.cmap
 
         def render() -> Tensor | None:  # on the pipeline's worker, in order: the frames change only there
-            frame = overlay_heatmap(images[:k], normalize_maps(cam[:k], vmin=0.0, vmax=vmax), alpha, cmap)
+            frame = tiles()[0][:k].clone()  # its own memory: the grid's overlays are not kept with the history
             if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
                 scale = 96 / max(frame.shape[-2:])
                 size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))

@@ -177,13 +177,19 @@ class SaliencyCore(MonitorCore):
         for method in self.methods:
             for target_set in self.target_sets:
                 attribution = self._attribution(pl_module, result, target_set, method, shown)
-                sal = self._finite(attribution.float().cpu(), method, step)
+                sal = self._finite(attribution.float(), method, step)
 
-                def render(sal: Tensor = sal) -> tuple[Tensor, list[Box]]:
+                def colour(sal: Tensor = sal) -> Tensor:
                     heat = normalize_maps(saliency_to_heat(sal, reduce))
-                    tiles = apply_colormap(heat, cmap) if images is None else overlay_heatmap(images, heat, alpha, cmap)
+                    if images is None:
+                        return apply_colormap(heat, cmap, keep_device=True)
+                    return overlay_heatmap(images, heat, alpha, cmap, keep_device=True)
+
+                tiles = self.writer.map_math(colour, sal.device)  # now on an accelerator, else when drawn
+
+                def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box]]:
                     boxes: list[Box] = []
-                    return labelled_grid(tiles, captions, cell_boxes=boxes), boxes
+                    return labelled_grid(tiles(), captions, cell_boxes=boxes), boxes
 
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
                 self.writer.draw(f"probelens/saliency/{method}{suffix}", step, render, shown=shown)

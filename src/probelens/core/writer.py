@@ -24,6 +24,7 @@ from probelens.core.sinks import ImageSink, write_image
 from probelens.methods.engine import ProbePass
 from probelens.probe import ProbeSet
 from probelens.render import Cell, ProbeCells
+from probelens.writing.transfer import T, map_math
 
 Box = tuple[int, int, int, int]
 Render = Callable[[], "Tensor | tuple[Tensor, Sequence[Box]] | None"]
@@ -121,6 +122,8 @@ class MonitorWriter:
         """The run's :class:`~probelens.writing.pipeline.ImagePipeline`, or ``None``: draw on the calling thread."""
         self.on_failure: Callable[[int, str, Exception], None] | None = None
         """Told ``(step, what, error)`` when a picture drawn on the pipeline's worker fails."""
+        self.map_math_now: bool | None = None
+        """Where :meth:`map_math` runs: ``None`` at once exactly on an accelerator, ``True``/``False`` always/never."""
 
     def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
         """Write to ``sink`` from now on, about ``probe``'s images."""
@@ -163,6 +166,13 @@ class MonitorWriter:
                 line += f"\nmap for: {probe.class_name(int(result.targets['label'][i]))}"
             captions.append(line)
         return captions
+
+    def map_math(self, math: Callable[[], T], device: torch.device) -> Callable[[], T]:
+        """``math`` (normalise, colour, blend, upsample maps that are on ``device``) run now on an accelerator, its
+        uint8 result copied to the host without blocking, else deferred to whoever draws; call the result inside a
+        :meth:`draw`'s render for the host tensors (computed once, however often it is called).
+        See :mod:`probelens.writing.transfer`."""
+        return map_math(math, device, now=self.map_math_now)
 
     def draw(
         self,

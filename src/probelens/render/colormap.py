@@ -55,7 +55,13 @@ def colormap_lut(name: str = "jet") -> Tensor:
     return _cached_lut(name).clone()
 
 
-def apply_colormap(values: Tensor, name: str | Tensor = "jet") -> Tensor:
+@functools.cache
+def _lut_on(name: str, device: str) -> Tensor:
+    """The LUT of ``name`` on ``device`` (cached: one small copy per device)."""
+    return _cached_lut(name).to(device)
+
+
+def apply_colormap(values: Tensor, name: str | Tensor = "jet", *, keep_device: bool = False) -> Tensor:
     """Maps scalar values in [0, 1] to RGB colours through a colormap LUT.
 
     Values are clamped to [0, 1] and quantised to the nearest of the 256 LUT entries (``round(v * 255)``).
@@ -64,9 +70,12 @@ def apply_colormap(values: Tensor, name: str | Tensor = "jet") -> Tensor:
     Args:
         values: Floats already in [0, 1], shaped ``[H, W]``, ``[N, H, W]`` or ``[N, 1, H, W]`` (any device).
         name: Colormap name (see :func:`colormap_lut`) or a uint8 ``[256, 3]`` LUT tensor.
+        keep_device: compute on the device of ``values`` and return there (e.g. on the GPU, before one copy of the
+            uint8 result to the host), instead of on the CPU; the same colours either way.
 
     Returns:
-        uint8 on CPU: ``[3, H, W]`` for ``[H, W]`` input, otherwise ``[N, 3, H, W]``.
+        uint8 on CPU (``keep_device``: on the device of ``values``): ``[3, H, W]`` for ``[H, W]`` input, otherwise
+        ``[N, 3, H, W]``.
 
     Raises:
         ValueError: If ``values`` has an unsupported shape or the colormap name is unknown.
@@ -77,10 +86,14 @@ def apply_colormap(values: Tensor, name: str | Tensor = "jet") -> Tensor:
         values = values[:, 0]
     elif values.ndim not in (2, 3):
         raise ValueError(f"apply_colormap expects [H,W], [N,H,W] or [N,1,H,W], got {tuple(values.shape)}")
-    lut = _cached_lut(name) if isinstance(name, str) else name.detach().to(device="cpu", dtype=torch.uint8)
+    device = values.device if keep_device else torch.device("cpu")
+    if isinstance(name, str):
+        lut = _cached_lut(name) if device.type == "cpu" else _lut_on(name, str(device))
+    else:
+        lut = name.detach().to(device=device, dtype=torch.uint8)
     if lut.shape != (_LUT_SIZE, 3):
         raise ValueError(f"colormap LUT must be [256,3], got {tuple(lut.shape)}")
-    v = torch.nan_to_num(values.detach().to(device="cpu", dtype=torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    v = torch.nan_to_num(values.detach().to(device=device, dtype=torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
     idx = (v.clamp(0.0, 1.0) * (_LUT_SIZE - 1)).round().long()
     planes = lut.t().contiguous()  # [3, 256]: one gather per channel writes channel-first output directly
     return torch.stack([torch.take(planes[c], idx) for c in range(3)], dim=-3)

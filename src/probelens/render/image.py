@@ -215,7 +215,9 @@ def to_display_images(
     return to_rgb_uint8(u8)
 
 
-def overlay_heatmap(images_u8: Tensor, heat: Tensor, alpha: float = 0.5, cmap: str = "jet") -> Tensor:
+def overlay_heatmap(
+    images_u8: Tensor, heat: Tensor, alpha: float = 0.5, cmap: str = "jet", *, keep_device: bool = False
+) -> Tensor:
     """Blends a colour-mapped heatmap over images.
 
     ``out = round((1 - alpha) * image + alpha * colormap(heat))``; ``alpha == 0`` returns the images exactly and
@@ -227,9 +229,12 @@ def overlay_heatmap(images_u8: Tensor, heat: Tensor, alpha: float = 0.5, cmap: s
         heat: Float in [0, 1]: ``[N, 1, h, w]`` or ``[N, h, w]`` (for a single image ``[1, h, w]`` or ``[h, w]``).
         alpha: Heat opacity in [0, 1].
         cmap: Colormap name (see :func:`probelens.render.colormap_lut`).
+        keep_device: blend on the device of ``heat`` (the images are copied there) and return there, instead of on
+            the CPU; the same pixels either way, up to the device's float rounding.
 
     Returns:
-        uint8 ``[N, 3, H, W]`` on CPU (``[3, H, W]`` for a single image).
+        uint8 ``[N, 3, H, W]`` on CPU (``keep_device``: on the device of ``heat``); ``[3, H, W]`` for a single
+        image.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -240,9 +245,10 @@ def overlay_heatmap(images_u8: Tensor, heat: Tensor, alpha: float = 0.5, cmap: s
             f"overlay_heatmap expects uint8 [N,3,H,W] images (see to_display_images), got {imgs.dtype} "
             f"{tuple(images_u8.shape)}"
         )
-    imgs = imgs.detach().cpu()
+    device = heat.device if keep_device else torch.device("cpu")
+    imgs = imgs.detach().to(device)
     n, _, height, width = imgs.shape
-    h = heat.detach().float().cpu()
+    h = heat.detach().float().to(device)
     if h.ndim == 2:
         h = h[None, None]
     elif h.ndim == 3:
@@ -252,7 +258,7 @@ def overlay_heatmap(images_u8: Tensor, heat: Tensor, alpha: float = 0.5, cmap: s
     h, _ = sanitize(h)
     if h.shape[-2:] != (height, width):
         h = F.interpolate(h, size=(height, width), mode="bilinear", align_corners=False)
-    color = apply_colormap(h.clamp(0.0, 1.0), cmap)
+    color = apply_colormap(h.clamp(0.0, 1.0), cmap, keep_device=keep_device)
     if alpha == 0.0:
         out = imgs.clone()
     elif alpha == 1.0:

@@ -114,8 +114,18 @@ def wrap(text: str, font: Font, width: float, max_lines: int) -> list[str]:
 
     Newlines are kept; a line that is too wide is broken at ``" | "`` separators first ("true: x | pred: y"), then by
     :func:`textwrap.wrap` at the longest character count that fits (words longer than a line are split). When lines
-    are dropped, the last kept one ends in ``"..."``.
+    are dropped, the last kept one ends in ``"..."``. Cached: the same captions come back at every log step, and
+    finding the widest wrap that fits tries several.
     """
+    return list(_wrap(text, font, width, max_lines))
+
+
+@functools.lru_cache(maxsize=4096)
+def _wrap(text: str, font: Font, width: float, max_lines: int) -> tuple[str, ...]:
+    return tuple(_wrap_lines(text, font, width, max_lines))
+
+
+def _wrap_lines(text: str, font: Font, width: float, max_lines: int) -> list[str]:
     if not text:
         return []
     paragraphs: list[str] = []
@@ -208,18 +218,23 @@ def stamp_lines(
         center: Centre each line in its block's width.
     """
     _, height, canvas_w = canvas.shape
-    ink = torch.tensor(fill, dtype=torch.int32).view(3, 1, 1)
+    # numpy on the canvas' memory: a line is a few small array ops, each ~10x cheaper than a torch op's dispatch
+    pixels = canvas.numpy() if canvas.device.type == "cpu" and canvas.is_contiguous() else None
+    target = pixels if pixels is not None else canvas.cpu().numpy()
+    ink = np.asarray(fill, dtype=np.int32).reshape(3, 1, 1)
     step = line_height(font)
     for x0, y0, width, lines in blocks:
         for i, line in enumerate(lines):
             if not line:
                 continue
-            mask = torch.from_numpy(np.array(_text_mask(line, font)))  # a fresh, writable copy (a few KB)
+            mask = _text_mask(line, font)
             x = x0 + max(0, int((width - text_width(line, font)) // 2)) if center else x0
             y = y0 + i * step
             h, w = min(mask.shape[0], height - y), min(mask.shape[1], canvas_w - x)
             if h <= 0 or w <= 0 or x < 0 or y < 0:
                 continue
-            a = mask[:h, :w].to(torch.int32)
-            region = canvas[:, y : y + h, x : x + w]
-            region.copy_(((region.to(torch.int32) * (255 - a) + ink * a + 127) // 255).to(torch.uint8))
+            a = mask[:h, :w].astype(np.int32)
+            region = target[:, y : y + h, x : x + w]
+            region[...] = (region * (255 - a) + ink * a + 127) // 255
+    if pixels is None:
+        canvas.copy_(torch.from_numpy(target))
