@@ -1276,7 +1276,10 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             hooks = sum(run["hooks"].values())
             add(f"| {run['label']} | {run['fit']:.2f} | {epochs} | {hooks:.2f} |")
         add("")
-        add(f"- overhead, A/B (best fit time with / without - 1): {tr['ab'] * 100:+.1f}%")
+        add(
+            f"- overhead, A/B: {tr['ab'] * 100:+.1f}% (median over {tr['rounds']} rounds of each round's fit with / "
+            f"without - 1; best with / best without: {tr['ab_best'] * 100:+.1f}%)"
+        )
         add(f"- overhead, direct (time inside monitor hooks / rest of the fit): {tr['direct'] * 100:.1f}%")
         add("- per monitor, seconds per firing: " + ", ".join(f"{k} {v:.3f}" for k, v in tr["per_fire"].items()))
         add(
@@ -1293,8 +1296,9 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         )
         add("TensorBoardLogger in every run; FilterMonitor, ActivationMonitor(auto), GradCAMMonitor(all) and")
         add(f"SaliencyMonitor(vanilla, gradient x input) on a 16-image 64 px probe, every_n_steps={CORE_EVERY}.")
-        add('"core monitors" draws on the image pipeline\'s worker (PROBELENS_SYNC_IMAGES=0), "sync" on the training')
-        add("thread (=1).")
+        add('"core monitors" runs as they do by default on the CPU, drawing on the training thread')
+        add('(PROBELENS_SYNC_IMAGES=1); "worker" on the image pipeline\'s worker thread (=0, the default on an')
+        add("accelerator).")
         add("")
         add("| run | fit s | epoch s (each) |")
         add("| --- | --- | --- |")
@@ -1302,8 +1306,9 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             add(f"| {run['label']} | {run['fit']:.2f} | " + ", ".join(f"{e:.2f}" for e in run["epochs"]) + " |")
         add("")
         add(
-            f"- overhead, A/B (best fit with / best without - 1): {core['ab'] * 100:+.1f}% with the worker, "
-            f"{core['ab_sync'] * 100:+.1f}% drawn on the training thread"
+            f"- overhead, A/B (median over {core['rounds']} rounds of each round's fit with / without - 1): "
+            f"{core['ab'] * 100:+.1f}% drawn on the training thread (best with / best without: "
+            f"{core['ab_best'] * 100:+.1f}%), {core['ab_worker'] * 100:+.1f}% on the worker"
         )
         add(
             f"- bytes per firing: {core['image_bytes_per_firing'] / 1024:.0f} KiB of PNG in "
@@ -1375,7 +1380,7 @@ class Plan:
     multipass_repeats: int
     train_n: int
     train_epochs: int
-    train_pairs: int
+    train_rounds: int
     render_repeats: int
     cam_configs: list[tuple[str, int]] = field(default_factory=lambda: [("vgg", 64), ("resnet18", 64)])
 
@@ -1384,14 +1389,14 @@ def plans(quick: bool) -> Plan:
     everything = [("vgg", 64), ("resnet18", 64), ("vgg", 128), ("resnet18", 128)]
     if quick:
         return Plan([("vgg", 64), ("resnet18", 64)], [("vgg", 64)], 3, 2, 512, 1, 1, 1)
-    return Plan(everything, everything, 5, 3, 4000, 3, 2, 3)  # training: the demo's own n=4000
+    return Plan(everything, everything, 5, 3, 4000, 2, 3, 3)  # training: the demo's own n=4000, 3 rounds of 2 epochs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="~1-minute smoke run (fewer configs and repeats)")
     parser.add_argument("--out", default=None, help="report path (default benchmarks/RESULTS.md; --quick: none)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 540, quick 60)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 900, quick 60)")
     parser.add_argument("--wait-load", type=float, default=0.0, help="wait until the 1-min load is below this")
     parser.add_argument("--wait-max", type=float, default=240.0, help="wait at most this long for the load (s)")
     parser.add_argument(
@@ -1409,7 +1414,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     waited = wait_for_load(args.wait_load, args.wait_max)
     plan = plans(args.quick)
-    budget = Budget(args.budget or (60.0 if args.quick else 540.0))
+    budget = Budget(args.budget or (60.0 if args.quick else 900.0))
     out_path = Path(args.out) if args.out else (None if args.quick else ROOT / "benchmarks" / "RESULTS.md")
     skip = set(filter(None, args.skip.split(",")))
     load_start = load()
@@ -1526,23 +1531,54 @@ def capture_demo_images(demo: Any, root: str) -> list[tuple[str, Tensor]]:
     return images
 
 
-def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None], root: str) -> dict[str, Any]:
-    runs = []
-    for pair in range(plan.train_pairs):
-        if pair and budget.remaining() < 2.2 * sum(r["fit"] for r in runs[-2:]):
-            log("    (skipping the second A/B pair: out of time budget)")
+def _paired(runs: list[dict[str, Any]], variant: str, base: str) -> tuple[float, float]:
+    """``(median, best)`` overhead of ``variant`` over ``base``: the median over rounds of each round's fit ratio
+    (the runs of a round are adjacent in time, so the machine's drift cancels), and best fit over best fit."""
+    rounds = sorted({r["round"] for r in runs})
+    fit = {(r["round"], r["variant"]): r["fit"] for r in runs}
+    ratios = [fit[k, variant] / fit[k, base] for k in rounds if (k, variant) in fit and (k, base) in fit]
+    best = min(r["fit"] for r in runs if r["variant"] == variant) / min(r["fit"] for r in runs if r["variant"] == base)
+    return statistics.median(ratios) - 1.0, best - 1.0
+
+
+def _rounds(
+    variants: list[tuple[str, dict[str, Any]]],
+    run: Callable[[int, dict[str, Any]], dict[str, Any]],
+    plan: Plan,
+    budget: Budget,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """``plan.train_rounds`` rounds of every variant in turn (at least two when the plan has two, the rest while the
+    budget lasts)."""
+    runs: list[dict[str, Any]] = []
+    for k in range(plan.train_rounds):
+        last = sum(r["fit"] for r in runs if r["round"] == k - 1)
+        if k >= 2 and budget.remaining() < 1.2 * last:
+            log(f"    (stopping after {k} rounds: out of time budget)")
             break
-        for with_monitors in (False, True):
-            run = train_once(demo, plan.train_n, plan.train_epochs, with_monitors, os.path.join(root, f"t{pair}"))
-            run["label"] = ("with monitors" if with_monitors else "without monitors") + f" #{pair + 1}"
-            run["with"] = with_monitors
-            runs.append(run)
+        for label, kwargs in variants:
+            result = run(k, kwargs)
+            result["label"], result["variant"], result["round"] = f"{label} #{k + 1}", label, k
+            runs.append(result)
             log(
-                f"    {run['label']:22s} fit {run['fit']:6.2f} s, epochs "
-                + ", ".join(f"{e:.2f}" for e in run["epochs"])
-                + f", in monitor hooks {sum(run['hooks'].values()):.2f} s, load {load()}"
+                f"    {result['label']:30s} fit {result['fit']:6.2f} s, epochs "
+                + ", ".join(f"{e:.2f}" for e in result["epochs"])
+                + f", in monitor hooks {sum(result['hooks'].values()):.2f} s, load {load()}"
             )
-    without = min(r["fit"] for r in runs if not r["with"])
+    return runs
+
+
+def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None], root: str) -> dict[str, Any]:
+    variants = [("without monitors", {"with_monitors": False}), ("with monitors", {"with_monitors": True})]
+    runs = _rounds(
+        variants,
+        lambda k, kw: train_once(demo, plan.train_n, plan.train_epochs, root=os.path.join(root, f"t{k}"), **kw),
+        plan,
+        budget,
+        log,
+    )
+    for r in runs:
+        r["with"] = r["variant"] == "with monitors"
     with_runs = [r for r in runs if r["with"]]
     best_with = min(with_runs, key=lambda r: r["fit"])
     hooks = statistics.median(sum(r["hooks"].values()) for r in with_runs)
@@ -1552,11 +1588,14 @@ def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None
     per_fire = {}
     for name in best_with["hooks"]:
         per_fire[name] = statistics.median(r["hooks"].get(name, 0.0) for r in with_runs) / fires
+    ab, ab_best = _paired(runs, "with monitors", "without monitors")
     return {
         "n": plan.train_n,
         "epochs": plan.train_epochs,
         "runs": runs,
-        "ab": best_with["fit"] / without - 1.0,
+        "ab": ab,
+        "ab_best": ab_best,
+        "rounds": len(with_runs),
         "direct": hooks / max(1e-9, fit_with - hooks),
         "per_fire": per_fire,
         "bytes_per_step": (statistics.median(r["bytes"] for r in with_runs) - base_bytes) / fires,
@@ -1566,33 +1605,26 @@ def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None
 
 
 def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None], root: str) -> dict[str, Any]:
-    """A/B in one process, alternating: no monitors, the core monitors every 6 steps with the image pipeline's
-    worker thread (``PROBELENS_SYNC_IMAGES=0``; the default on an accelerator), and the same with the pictures drawn
-    on the training thread (``=1``; the default when the model trains on the CPU)."""
-    variants = [("without monitors", False, False), ("core monitors", True, False), ("core monitors, sync", True, True)]
-    runs = []
-    for pair in range(plan.train_pairs):
-        if pair and budget.remaining() < 1.2 * sum(r["fit"] for r in runs[-3:]):
-            log("    (skipping the second round: out of time budget)")
-            break
-        for label, with_monitors, sync in variants:
-            run = train_once(
-                demo,
-                plan.train_n,
-                plan.train_epochs,
-                with_monitors,
-                os.path.join(root, f"c{pair}"),
-                monitors_fn=core_monitors,
-                sync_images=sync,
-            )
-            run["label"], run["variant"] = f"{label} #{pair + 1}", label
-            runs.append(run)
-            log(f"    {run['label']:26s} fit {run['fit']:6.2f} s, load {load()}")
-    best = {label: min(r["fit"] for r in runs if r["variant"] == label) for label, _, _ in variants}
-    base = best["without monitors"]
+    """A/B in one process, in rounds: no monitors, the core monitors every 6 steps as they run by default on the CPU
+    (pictures drawn on the training thread, ``PROBELENS_SYNC_IMAGES=1``), and the same with the image pipeline's
+    worker thread (``=0``; the default on an accelerator)."""
+    variants = [
+        ("without monitors", {"with_monitors": False}),
+        ("core monitors", {"with_monitors": True, "sync_images": True}),
+        ("core monitors, worker", {"with_monitors": True, "sync_images": False}),
+    ]
+    runs = _rounds(
+        variants,
+        lambda k, kw: train_once(
+            demo, plan.train_n, plan.train_epochs, root=os.path.join(root, f"c{k}"), monitors_fn=core_monitors, **kw
+        ),
+        plan,
+        budget,
+        log,
+    )
     fires = max(1, max(r["fires"] for r in runs))
-    with_runs = [r for r in runs if r["variant"] == "core monitors"]
-    sync_runs = [r for r in runs if r["variant"] == "core monitors, sync"]
+    with_runs = [r for r in runs if r["variant"] == "core monitors, worker"]
+    sync_runs = [r for r in runs if r["variant"] == "core monitors"]
     # where a firing's time goes: one more epoch, drawn on the training thread, profiled inside the monitors' hooks
     profile = cProfile.Profile()
     profiled = train_once(
@@ -1612,12 +1644,14 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         "hooks_per_firing": statistics.median(sum(r["hooks"].values()) for r in sync_runs) / fires,
         "profiled_per_firing": sum(profiled["hooks"].values()) / per_fire,
         "pieces": pieces,
-        "between_firings": base / fires,
+        "between_firings": min(r["fit"] for r in runs if r["variant"] == "without monitors") / fires,
         "n": plan.train_n,
         "epochs": plan.train_epochs,
         "runs": runs,
-        "ab": best["core monitors"] / base - 1.0,
-        "ab_sync": best["core monitors, sync"] / base - 1.0,
+        "ab": _paired(runs, "core monitors", "without monitors")[0],
+        "ab_best": _paired(runs, "core monitors", "without monitors")[1],
+        "ab_worker": _paired(runs, "core monitors, worker", "without monitors")[0],
+        "rounds": len(sync_runs),
         "fires": fires,
         "image_bytes_per_firing": statistics.median(r["image_bytes"] for r in with_runs) / fires,
         "images_per_firing": statistics.median(r["image_events"] for r in with_runs) / fires,
@@ -1671,7 +1705,7 @@ def targets(ctx: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append(("rendering + logging <= the compute it renders", text, all(v <= 1.0 for v in ratios.values())))
     tr = ctx.get("train")
     if tr:
-        text = f"A/B {tr['ab'] * 100:+.1f}%, direct {tr['direct'] * 100:.1f}%"
+        text = f"A/B {tr['ab'] * 100:+.1f}% (median of {tr['rounds']} rounds), direct {tr['direct'] * 100:.1f}%"
         out.append(
             (
                 f"default monitors every epoch add < {TARGET_TRAIN_OVERHEAD * 100:.0f}% to the demo's training time",
@@ -1681,7 +1715,10 @@ def targets(ctx: dict[str, Any]) -> list[tuple[str, str, bool]]:
         )
     core = ctx.get("core")
     if core:
-        text = f"A/B {core['ab'] * 100:+.1f}% (pictures drawn on the training thread: {core['ab_sync'] * 100:+.1f}%)"
+        text = (
+            f"A/B {core['ab'] * 100:+.1f}% (median of {core['rounds']} rounds; drawn on the worker: "
+            f"{core['ab_worker'] * 100:+.1f}%)"
+        )
         out.append(
             (
                 f"core monitors every {CORE_EVERY} steps add < {TARGET_CORE_OVERHEAD * 100:.0f}% to the demo CNN's "

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from lit import LitClassifier, loaders, read_events, trainer
-from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
+from probelens import (
+    ActivationMonitor,
+    FilterMonitor,
+    GradCAMMonitor,
+    OcclusionMonitor,
+    ProbeSet,
+    SaliencyMonitor,
+)
 from probelens.writing.pipeline import SYNC_ENV_VAR
 
 PROBE = ProbeSet(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 0, 1]))
@@ -136,18 +143,44 @@ def test_map_math_done_at_once_as_on_an_accelerator_writes_the_same_bytes(tmp_pa
         return original(*args, **kwargs)
 
     monkeypatch.setattr(grad_cam_core, "overlay_heatmap", spy)
-    deferred = pictures(fit(tmp_path, "deferred").logger.log_dir)
-    assert blended_on == {"probelens-images"}
-    blended_on.clear()
 
-    torch.manual_seed(0)
-    train, val = loaders(n=48, batch_size=16)
-    ms = monitors()
-    for m in ms:
-        m.writer.map_math_now = True
-    tr = trainer(tmp_path / "now", ms, max_epochs=2)
-    tr.fit(LitClassifier(), train, val)
+    def run(name, now):
+        torch.manual_seed(0)
+        train, val = loaders(n=48, batch_size=16)
+        ms = [*monitors(), OcclusionMonitor(PROBE, window=8, every_n_steps=1)]
+        for m in ms:
+            m.writer.map_math_now = now
+        tr = trainer(tmp_path / name, ms, max_epochs=2)
+        tr.fit(LitClassifier(), train, val)
+        return pictures(tr.logger.log_dir)
+
+    deferred = run("deferred", None)
+    assert blended_on == {"probelens-images"}
+    assert any(tag.startswith("probelens/occlusion/") for tag, _ in deferred)
+    blended_on.clear()
+    now = run("now", True)
     assert blended_on == {"MainThread"}
-    now = pictures(tr.logger.log_dir)
     assert len(deferred) >= 40 and now.keys() == deferred.keys()
     assert all(now[key] == deferred[key] for key in deferred), [k for k in deferred if now[k] != deferred[k]][:3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_maps_are_blended_on_the_device_and_drawn_on_the_worker(tmp_path, monkeypatch, drawn_by):
+    """The default on an accelerator: map math on the device (training thread), drawing on the worker (the pixels
+    against the host path: tests/writing/test_transfer.py)."""
+    import probelens.core.grad_cam as grad_cam_core
+
+    monkeypatch.delenv(SYNC_ENV_VAR, raising=False)
+    blended: set[tuple[str, str]] = set()
+    original = grad_cam_core.overlay_heatmap
+
+    def spy(images, heat, *args, **kwargs):
+        blended.add((threading.current_thread().name, heat.device.type))
+        return original(images, heat, *args, **kwargs)
+
+    monkeypatch.setattr(grad_cam_core, "overlay_heatmap", spy)
+    tr = fit(tmp_path, "cuda", accelerator="gpu")
+    assert blended == {("MainThread", "cuda")}
+    assert drawn_by == {"probelens-images"}
+    written = pictures(tr.logger.log_dir)
+    assert any(tag.startswith("probelens/gradcam/") for tag, _ in written)

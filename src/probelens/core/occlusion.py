@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -147,12 +148,16 @@ class OcclusionCore(MonitorCore):
                 baseline=self.baseline,
                 output_transform=self.output_transform,
             )
-            heat = self._finite(attr[:, :1].float().cpu(), "occlusion maps", step)
+            heat = self._finite(attr[:, :1].float(), "occlusion maps", step)
 
-            def render(heat: Tensor = heat) -> tuple[Tensor, list[Box]]:
-                tiles = overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), alpha, cmap)
+            def colour(heat: Tensor = heat) -> Tensor:
+                return overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), alpha, cmap, keep_device=True)
+
+            tiles = self.writer.map_math(colour, heat.device)  # now on an accelerator, else when drawn
+
+            def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box]]:
                 boxes: list[Box] = []
-                return labelled_grid(tiles, captions, cell_boxes=boxes), boxes
+                return labelled_grid(tiles(), captions, cell_boxes=boxes), boxes
 
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
             self.writer.draw(
