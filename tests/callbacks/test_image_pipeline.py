@@ -50,20 +50,25 @@ def worker(monkeypatch):
     monkeypatch.setenv(SYNC_ENV_VAR, "0")
 
 
-@pytest.fixture
-def drawn_by(monkeypatch) -> set[str]:
-    """The names of the threads that draw Grad-CAM grids."""
+def threads_calling(monkeypatch, name: str) -> set[str]:
+    """The names of the threads that call ``probelens.core.grad_cam.<name>`` from now on."""
     import probelens.core.grad_cam as grad_cam_core
 
     threads: set[str] = set()
-    original = grad_cam_core.labelled_grid
+    original = getattr(grad_cam_core, name)
 
     def spy(*args, **kwargs):
         threads.add(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(grad_cam_core, "labelled_grid", spy)
+    monkeypatch.setattr(grad_cam_core, name, spy)
     return threads
+
+
+@pytest.fixture
+def drawn_by(monkeypatch) -> set[str]:
+    """The names of the threads that draw Grad-CAM grids."""
+    return threads_calling(monkeypatch, "labelled_grid")
 
 
 def test_the_worker_writes_the_bytes_the_training_thread_would(tmp_path, monkeypatch, drawn_by):
@@ -133,16 +138,7 @@ def test_map_math_done_at_once_as_on_an_accelerator_writes_the_same_bytes(tmp_pa
     """On an accelerator the maps are normalised, coloured and blended on the training thread, on the device, and only
     the drawing is left to the worker; on the CPU all of it is the worker's. Forced here on the CPU: the same bytes,
     and the blending happens where it should."""
-    import probelens.core.grad_cam as grad_cam_core
-
-    blended_on: set[str] = set()
-    original = grad_cam_core.overlay_heatmap
-
-    def spy(*args, **kwargs):
-        blended_on.add(threading.current_thread().name)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(grad_cam_core, "overlay_heatmap", spy)
+    blended_on = threads_calling(monkeypatch, "overlay_heatmap")
 
     def run(name, now):
         torch.manual_seed(0)
