@@ -755,8 +755,8 @@ def _quiet_trainer(root: str, **kwargs: Any):
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    kwargs.setdefault("accelerator", "cpu")
     return pl.Trainer(
-        accelerator="cpu",
         logger=TensorBoardLogger(root, name="bench"),
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -1005,8 +1005,9 @@ def train_once(
     with_monitors: bool,
     root: str,
     monitors_fn: Callable[[Any, Any], list] | None = None,
-    sync_images: bool = False,
+    sync_images: bool | None = False,
     profile: cProfile.Profile | None = None,
+    accelerator: str = "cpu",
 ) -> dict[str, Any]:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
@@ -1016,15 +1017,23 @@ def train_once(
     if monitors_fn is not None and monitors_fn is not demo_monitors:
         shortcut_probe = ProbeSet_from(val, 16)
     monitors = (monitors_fn or demo_monitors)(probe, shortcut_probe) if with_monitors else []
-    # explicit either way: unset, a CPU-trained model draws on the training thread (and an accelerator's on the worker)
-    os.environ["PROBELENS_SYNC_IMAGES"] = "1" if sync_images else "0"
+    # explicit either way, or None: unset, the default (a CPU-trained model draws on the training thread, an
+    # accelerator's on the worker)
+    if sync_images is None:
+        os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    else:
+        os.environ["PROBELENS_SYNC_IMAGES"] = "1" if sync_images else "0"
+    if accelerator != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     hook_time: dict[str, float] = {}
     for m in monitors:
         _timed_hooks(m, hook_time, profile)
     from pytorch_lightning import Callback
 
     clock_cb = type("EpochClock", (_EpochClock, Callback), {})()
-    trainer = _quiet_trainer(root, max_epochs=epochs, callbacks=[*monitors, clock_cb], log_every_n_steps=10)
+    trainer = _quiet_trainer(
+        root, max_epochs=epochs, callbacks=[*monitors, clock_cb], log_every_n_steps=10, accelerator=accelerator
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1051,6 +1060,7 @@ def train_once(
                 image_events += 1
     fires = max((m.fire_count for m in monitors), default=0)
     return {
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if accelerator != "cpu" else None,
         "fit": elapsed,
         "epochs": list(clock_cb.times),
         "step": statistics.median(clock_cb.steps),  # a step without a firing: how fast the machine trains now
@@ -1325,6 +1335,14 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             f"{core['ab'] * 100:+.1f}% drawn on the training thread (best with / best without: "
             f"{core['ab_best'] * 100:+.1f}%), {core['ab_worker'] * 100:+.1f}% on the worker"
         )
+        if core.get("ab_cuda") is not None:
+            add(
+                f"- on CUDA (model on the GPU; map math on the device, drawing on the worker, the defaults there): "
+                f"A/B {core['ab_cuda'] * 100:+.1f}% (median over rounds), peak device memory "
+                f"{core['peak_cuda_mib']:.0f} MiB"
+            )
+        else:
+            add("- on CUDA: not measured (no GPU on this machine)")
         add(
             f"- overhead, speed-normalised: {core['ab_normalised'] * 100:+.1f}% (each round's fit ratio divided by its "
             f"ratio of median step times; the steps without a firing ran {core['step_ratio']:.2f}x as long)"
@@ -1644,11 +1662,17 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
     """A/B in one process, in rounds: no monitors, the core monitors every 6 steps as they run by default on the CPU
     (pictures drawn on the training thread, ``PROBELENS_SYNC_IMAGES=1``), and the same with the image pipeline's
     worker thread (``=0``; the default on an accelerator)."""
-    variants = [
+    variants: list[tuple[str, dict[str, Any]]] = [
         ("without monitors", {"with_monitors": False}),
         ("core monitors", {"with_monitors": True, "sync_images": True}),
         ("core monitors, worker", {"with_monitors": True, "sync_images": False}),
     ]
+    if torch.cuda.is_available():  # the model on the GPU, the monitors at their default there (map math on the
+        # device, drawing on the worker)
+        variants += [
+            ("without monitors, cuda", {"with_monitors": False, "accelerator": "gpu"}),
+            ("core monitors, cuda", {"with_monitors": True, "sync_images": None, "accelerator": "gpu"}),
+        ]
     runs = _rounds(
         variants,
         lambda k, kw: train_once(
@@ -1689,6 +1713,10 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         "ab": _paired(runs, "core monitors", "without monitors")[0],
         "ab_best": _paired(runs, "core monitors", "without monitors")[1],
         "ab_worker": _paired(runs, "core monitors, worker", "without monitors")[0],
+        "ab_cuda": (
+            _paired(runs, "core monitors, cuda", "without monitors, cuda")[0] if torch.cuda.is_available() else None
+        ),
+        "peak_cuda_mib": max((r["peak_cuda_mib"] or 0.0 for r in runs), default=0.0),
         "rounds": len(sync_runs),
         "fires": fires,
         "image_bytes_per_firing": statistics.median(r["image_bytes"] for r in with_runs) / fires,
