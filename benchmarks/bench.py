@@ -1600,14 +1600,15 @@ def _rounds(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """``plan.train_rounds`` rounds of every variant in turn (at least two when the plan has two, the rest while the
-    budget lasts)."""
+    budget lasts), in the listed order in even rounds and reversed in odd ones (ABBA), so a steady drift of the
+    machine's speed weighs on every variant alike."""
     runs: list[dict[str, Any]] = []
     for k in range(plan.train_rounds):
         last = sum(r["fit"] for r in runs if r["round"] == k - 1)
         if k >= 2 and budget.remaining() < 1.2 * last:
             log(f"    (stopping after {k} rounds: out of time budget)")
             break
-        for label, kwargs in variants:
+        for label, kwargs in variants if k % 2 == 0 else variants[::-1]:
             result = run(k, kwargs)
             result["label"], result["variant"], result["round"] = f"{label} #{k + 1}", label, k
             runs.append(result)
