@@ -1,6 +1,6 @@
 """Benchmark probelens against Captum, pytorch-grad-cam and torchcam; write ``benchmarks/RESULTS.md``.
 
-Run from the repository root (about 15 minutes on 2 CPU cores; ``--quick`` is a ~1-minute smoke run that writes
+Run from the repository root (about 18 minutes on 2 CPU cores; ``--quick`` is a ~1-minute smoke run that writes
 nothing unless ``--out`` is given)::
 
     python benchmarks/bench.py [--quick] [--wait-load 1.5] [--out benchmarks/RESULTS.md]
