@@ -1570,12 +1570,17 @@ def capture_demo_images(demo: Any, root: str) -> list[tuple[str, Tensor]]:
     return images
 
 
+def _pairs(runs: list[dict[str, Any]], variant: str, base: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The ``(variant, base)`` runs of each round that has both (adjacent in time)."""
+    by = {(r["round"], r["variant"]): r for r in runs}
+    rounds = sorted({r["round"] for r in runs})
+    return [(by[k, variant], by[k, base]) for k in rounds if (k, variant) in by and (k, base) in by]
+
+
 def _paired(runs: list[dict[str, Any]], variant: str, base: str) -> tuple[float, float]:
     """``(median, best)`` overhead of ``variant`` over ``base``: the median over rounds of each round's fit ratio
     (the runs of a round are adjacent in time, so the machine's drift cancels), and best fit over best fit."""
-    rounds = sorted({r["round"] for r in runs})
-    fit = {(r["round"], r["variant"]): r["fit"] for r in runs}
-    ratios = [fit[k, variant] / fit[k, base] for k in rounds if (k, variant) in fit and (k, base) in fit]
+    ratios = [a["fit"] / b["fit"] for a, b in _pairs(runs, variant, base)]
     best = min(r["fit"] for r in runs if r["variant"] == variant) / min(r["fit"] for r in runs if r["variant"] == base)
     return statistics.median(ratios) - 1.0, best - 1.0
 
@@ -1584,9 +1589,7 @@ def _speed_normalised(runs: list[dict[str, Any]], variant: str, base: str) -> tu
     """``(overhead, steps)``: the median over rounds of each round's fit ratio divided by its ratio of median step
     times (a step without a firing: how fast the machine trained during that run), and the median ratio of those
     step times themselves (about 1 unless the monitors slow the steps they do not fire at, which this exposes)."""
-    rounds = sorted({r["round"] for r in runs})
-    by = {(r["round"], r["variant"]): r for r in runs}
-    pairs = [(by[k, variant], by[k, base]) for k in rounds if (k, variant) in by and (k, base) in by]
+    pairs = _pairs(runs, variant, base)
     steps = [a["step"] / b["step"] for a, b in pairs]
     fits = [(a["fit"] / b["fit"]) / s for (a, b), s in zip(pairs, steps, strict=True)]
     return statistics.median(fits) - 1.0, statistics.median(steps)
@@ -1699,6 +1702,8 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         profile=profile,
     )
     per_fire = max(1, profiled["fires"])
+    ab, ab_best = _paired(runs, "core monitors", "without monitors")
+    normalised, steps = _speed_normalised(runs, "core monitors", "without monitors")
     pieces = {k: v / per_fire for k, v in _piece_times(pstats.Stats(profile), FIRING_PIECES).items()}
     log("    profile per firing (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in pieces.items()))
     return {
@@ -1709,10 +1714,10 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         "n": plan.train_n,
         "epochs": plan.train_epochs,
         "runs": runs,
-        "ab_normalised": _speed_normalised(runs, "core monitors", "without monitors")[0],
-        "step_ratio": _speed_normalised(runs, "core monitors", "without monitors")[1],
-        "ab": _paired(runs, "core monitors", "without monitors")[0],
-        "ab_best": _paired(runs, "core monitors", "without monitors")[1],
+        "ab_normalised": normalised,
+        "step_ratio": steps,
+        "ab": ab,
+        "ab_best": ab_best,
         "ab_worker": _paired(runs, "core monitors, worker", "without monitors")[0],
         "ab_cuda": (
             _paired(runs, "core monitors, cuda", "without monitors, cuda")[0] if torch.cuda.is_available() else None

@@ -37,7 +37,7 @@ from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec
 from probelens.probe import ProbeSet
 from probelens.render import sanitize
-from probelens.writing.pipeline import SYNC_ENV_VAR
+from probelens.writing.pipeline import sync_choice
 
 TARGET_MODES = ("pred", "label", "both")
 
@@ -567,11 +567,9 @@ def _draws_on_worker(model: nn.Module) -> bool:
     """
     if is_sharded(model):
         return False
-    choice = os.environ.get(SYNC_ENV_VAR, "").strip().lower()
-    if choice in ("1", "true", "yes", "on"):
-        return False
-    if choice in ("0", "false", "no", "off"):
-        return True
+    choice = sync_choice()
+    if choice is not None:
+        return not choice
     param = next(iter(unwrap_compiled(model).parameters()), None)
     return param is not None and param.device.type != "cpu"
 

@@ -74,6 +74,7 @@ class TensorBoardSink:
     def __init__(self, logger: Any, events: EventFileWriter | None = None) -> None:
         self.logger = logger
         self._events = events
+        self._custom: tuple[Callable[..., Any] | None] | None = None  # (the override or None), once looked up
 
     @property
     def events(self) -> EventFileWriter:
@@ -88,7 +89,13 @@ class TensorBoardSink:
 
     def _custom_add_image(self) -> Callable[..., Any] | None:
         """The logger's writer's ``add_image`` where a ``SummaryWriter`` subclass overrides it (then it gets every
-        picture, as the user asked for), else ``None``."""
+        picture, as the user asked for), else ``None``; looked up at the first picture (the writer is the logger's
+        for the whole run)."""
+        if self._custom is None:
+            self._custom = (self._find_custom_add_image(),)
+        return self._custom[0]
+
+    def _find_custom_add_image(self) -> Callable[..., Any] | None:
         experiment = self.logger.experiment
         try:
             from torch.utils.tensorboard import SummaryWriter

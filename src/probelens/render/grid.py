@@ -81,7 +81,7 @@ def _place(canvas: Tensor, tiles: Tensor, ncol: int, x0: int, y0: int, cell: tup
     cell_w, cell_h = cell
     boxes: list[Box] = []
     # numpy views of both: a tile's copy is one small array op, ~10x cheaper than a torch indexing op's dispatch
-    on_host = canvas.device.type == "cpu" and tiles.device.type == "cpu" and canvas.is_contiguous()
+    on_host = canvas.device.type == "cpu" and tiles.device.type == "cpu"
     target, source = (canvas.numpy(), tiles.numpy()) if on_host else (canvas, tiles)
     for i in range(tiles.shape[0]):
         r, c = divmod(i, ncol)

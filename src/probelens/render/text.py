@@ -219,8 +219,8 @@ def stamp_lines(
     """
     _, height, canvas_w = canvas.shape
     # numpy on the canvas' memory: a line is a few small array ops, each ~10x cheaper than a torch op's dispatch
-    pixels = canvas.numpy() if canvas.device.type == "cpu" and canvas.is_contiguous() else None
-    target = pixels if pixels is not None else canvas.cpu().numpy()
+    on_host = canvas.device.type == "cpu"
+    target = canvas.numpy() if on_host else canvas.cpu().numpy()
     ink = np.asarray(fill, dtype=np.int32).reshape(3, 1, 1)
     step = line_height(font)
     for x0, y0, width, lines in blocks:
@@ -236,5 +236,5 @@ def stamp_lines(
             a = mask[:h, :w].astype(np.int32)
             region = target[:, y : y + h, x : x + w]
             region[...] = (region * (255 - a) + ink * a + 127) // 255
-    if pixels is None:
+    if not on_host:
         canvas.copy_(torch.from_numpy(target))

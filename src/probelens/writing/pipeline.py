@@ -84,8 +84,19 @@ class JobFailure:
     error: BaseException
 
 
+def sync_choice() -> bool | None:
+    """What :data:`SYNC_ENV_VAR` asks for: ``True`` (``1``/``true``/``yes``/``on``: synchronous), ``False``
+    (``0``/``false``/``no``/``off``: a worker thread) or ``None`` (unset or anything else: the caller decides)."""
+    value = os.environ.get(SYNC_ENV_VAR, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 def _env_sync() -> bool:
-    return os.environ.get(SYNC_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    return sync_choice() is True
 
 
 class _State:

@@ -48,6 +48,11 @@ def _host_copy(t: Tensor) -> Tensor:
     return host.copy_(t, non_blocking=pinned)
 
 
+def _each(result: T, fn: Callable[[Tensor], Tensor]) -> T:
+    """``fn`` applied to ``result``, a tensor or a list of tensors."""
+    return fn(result) if isinstance(result, Tensor) else [fn(t) for t in result]
+
+
 def map_math(math: Callable[[], T], device: torch.device | str, *, now: bool | None = None) -> Callable[[], T]:
     """Runs ``math`` (returning a tensor or a list of tensors) now on an accelerator ``device``, else defers it;
     returns a callable giving its result on the host (see the module docstring).
@@ -62,18 +67,17 @@ def map_math(math: Callable[[], T], device: torch.device | str, *, now: bool | N
         now = on_accelerator(device)
     if now:
         out = math()
-        single = isinstance(out, Tensor)
-        parts: list[Tensor] = [out] if isinstance(out, Tensor) else list(out)
-        hosts = [_host_copy(p) for p in parts]
+        hosts = _each(out, _host_copy)
+        copying = [t for t in ([out] if isinstance(out, Tensor) else out) if t.device.type == "cuda"]
         event = None
-        if any(p.device.type == "cuda" for p in parts):
+        if copying:
             event = torch.cuda.Event()
             event.record()  # after the copies on the current stream
 
         def ready() -> T:
             if event is not None:
                 event.synchronize()
-            return hosts[0] if single else hosts  # type: ignore[return-value]
+            return hosts
 
         return ready
 
@@ -83,11 +87,7 @@ def map_math(math: Callable[[], T], device: torch.device | str, *, now: bool | N
     def later() -> T:
         with lock:
             if not done:
-                result = math()
-                single = isinstance(result, Tensor)
-                parts: list[Tensor] = [result] if isinstance(result, Tensor) else list(result)
-                hosts = [p if p.device.type == "cpu" else p.cpu() for p in parts]
-                done.append(hosts[0] if single else hosts)  # type: ignore[arg-type]
+                done.append(_each(math(), lambda t: t.cpu()))
             return done[0]
 
     return later
