@@ -45,5 +45,15 @@ def probe_from_trainer(trainer: Any, size: int, seed: int, owner: str = "probele
         mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
         if not (isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list))):
             mean = std = None
-        probes[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
+        try:
+            probes[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            # raised before the first training step (the sanity check or train start): say where the probe came from
+            # and how to give one, instead of a bare error from deep inside the dataset
+            raise ValueError(
+                f"{owner} was built without probe= and picks its probe set from the trainer's {source} dataset "
+                f"({type(dataset).__name__}), which failed: {type(err).__name__}: {err}. Build the probe yourself and "
+                f"pass it: {owner}(probe=ProbeSet.from_dataset({source}_dataset, num_samples={size}, "
+                "input_key=..., target_key=...)) for dict items with other keys, or ProbeSet(images, targets)"
+            ) from err
     return probes[key]

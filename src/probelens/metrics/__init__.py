@@ -15,15 +15,20 @@ from probelens.metrics.drift import map_drift
 from probelens.metrics.localisation import mask_area, pointing_game, relevance_mass, relevance_rank_accuracy
 from probelens.metrics.shortcut import (
     ShortcutVerdict,
+    agreeing_group_accuracy,
     class_flip_rates,
     direction_flip_rates,
     foreground_only_drop,
+    group_accuracies,
+    group_gaps,
+    group_reliance_score,
     shortcut_score,
 )
 
 __all__ = [
     "CounterfactualProbes",
     "ShortcutVerdict",
+    "agreeing_group_accuracy",
     "background_only",
     "background_swap",
     "class_flip_rates",
@@ -32,6 +37,9 @@ __all__ = [
     "fill_from_background",
     "foreground_only",
     "foreground_only_drop",
+    "group_accuracies",
+    "group_gaps",
+    "group_reliance_score",
     "inpaint_harmonic",
     "map_drift",
     "mask_area",

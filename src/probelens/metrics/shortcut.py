@@ -1,7 +1,9 @@
-"""The shortcut verdict: one score from the background swaps (reliance), and an alert with patience."""
+"""The shortcut verdict: a reliance score from the background swaps (masks) or from the accuracy per (class, group)
+(group labels), and an alert with patience. NaN in, NaN out: no score here turns a non-finite input into a number."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -10,6 +12,8 @@ from torch import Tensor
 
 
 def _clip01(x: float) -> float:
+    if math.isnan(x):
+        return x  # min/max would turn NaN into a bound
     return min(1.0, max(0.0, x))
 
 
@@ -57,6 +61,8 @@ def foreground_only_drop(accuracy: float, foreground_only_accuracy: float, chanc
     """
     if not 0.0 <= chance < 1.0:
         raise ValueError(f"chance must be in [0, 1), got {chance}")
+    if math.isnan(accuracy) or math.isnan(foreground_only_accuracy):
+        return math.nan
     if accuracy <= chance:
         return 0.0
     return _clip01((accuracy - foreground_only_accuracy) / (accuracy - chance))
@@ -84,10 +90,101 @@ def shortcut_score(class_flip_rates: Mapping[int, float] | Sequence[float]) -> f
     rates = list(class_flip_rates.values()) if isinstance(class_flip_rates, Mapping) else list(class_flip_rates)
     if not rates:
         return 0.0
+    if any(math.isnan(r) for r in rates):
+        return math.nan
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if bad:
         raise ValueError(f"flip rates must be in [0, 1], got {bad}")
     return float(max(rates))
+
+
+def group_accuracies(predictions: Tensor, targets: Tensor, groups: Tensor) -> dict[tuple[int, int], float]:
+    """Accuracy per (class, group) cell ``{(class, group): accuracy}``, over the cells that hold images.
+
+    ``acc[c, g] = mean over i with targets_i = c and groups_i = g of [predictions_i = c]``.
+
+    Example:
+        >>> group_accuracies(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]))
+        {(0, 0): 1.0, (0, 1): 0.0, (1, 0): 1.0, (1, 1): 1.0}
+    """
+    p, t, g = predictions.cpu(), targets.cpu(), groups.cpu()
+    if not (p.shape == t.shape == g.shape and t.dim() == 1):
+        raise ValueError(
+            f"predictions, targets and groups must be [N] each, got {tuple(p.shape)}, {tuple(t.shape)}, "
+            f"{tuple(g.shape)}"
+        )
+    right = (p == t).float()
+    out: dict[tuple[int, int], float] = {}
+    for c in t.unique().tolist():
+        for k in g[t == c].unique().tolist():
+            out[(int(c), int(k))] = float(right[(t == c) & (g == k)].mean())
+    return out
+
+
+def group_gaps(cell_accuracies: Mapping[tuple[int, int], float]) -> dict[int, float]:
+    """Per class, the accuracy gap between its best and its worst group ``{class: max_g acc - min_g acc}``, in
+    ``[0, 1]`` (classes with images of one group only are left out; NaN in a class's cells gives NaN).
+
+    Example:
+        >>> group_gaps({(0, 0): 1.0, (0, 1): 0.25, (1, 0): 0.75, (1, 1): 1.0})
+        {0: 0.75, 1: 0.25}
+    """
+    by_class: dict[int, list[float]] = {}
+    for (c, _), acc in cell_accuracies.items():
+        by_class.setdefault(int(c), []).append(float(acc))
+    out: dict[int, float] = {}
+    for c, accs in sorted(by_class.items()):
+        if len(accs) < 2:
+            continue
+        out[c] = math.nan if any(math.isnan(a) for a in accs) else max(accs) - min(accs)
+    return out
+
+
+def group_reliance_score(cell_accuracies: Mapping[tuple[int, int], float]) -> float:
+    """How much the model's accuracy on a class depends on the group: the largest within-class accuracy gap between
+    groups, in ``[0, 1]`` (the same scale and the same worst-class rule as :func:`shortcut_score`).
+
+    ``score = max_c (max_g acc[c, g] - min_g acc[c, g])`` with ``acc`` from :func:`group_accuracies`.
+
+    Why this statistic: within a class the object is the same kind of thing in every group, so a model that decides
+    by the object scores about equally in each group (gap ~0, up to sampling noise of order
+    ``sqrt(2 a (1 - a) / n)`` for cells of ``n`` images at accuracy ``a``), while a model that decides by the
+    spurious attribute is right where the group agrees with the class and wrong where it does not (gap ~1: on a
+    probe balanced over (class, group) cells a pure shortcut model scores 1.0 and 0.0 on the two cells of each
+    class). Comparing within a class cancels class difficulty and class balance; it needs no mapping from group to
+    class (which group "agrees"); and the worst class, not the mean, keeps a shortcut in one direction (arabian
+    leopards on snow called "snow", snow leopards on sand still right) from being halved. Worst-group accuracy alone
+    is not used as the score: it is low for any weak model, shortcut or not (it is logged beside the score).
+
+    Example:
+        >>> group_reliance_score({(0, 0): 1.0, (0, 1): 0.0, (1, 0): 0.875, (1, 1): 1.0})
+        1.0
+    """
+    gaps = group_gaps(cell_accuracies)
+    if not gaps:
+        return 0.0
+    values = list(gaps.values())
+    return math.nan if any(math.isnan(v) for v in values) else float(max(values))
+
+
+def agreeing_group_accuracy(cell_accuracies: Mapping[tuple[int, int], float]) -> float:
+    """The accuracy that arms the group verdict: per class the accuracy of its best group (for a shortcut model, the
+    group whose cue agrees with the class), and of those the worst class's: ``min_c max_g acc[c, g]``.
+
+    Overall probe accuracy cannot arm it: on a probe balanced over (class, group) cells a pure shortcut model scores
+    exactly chance overall (its agreeing cells 1.0, its conflicting cells 0.0), while an untrained model or one that
+    predicts a single class has a class whose best group is still wrong.
+
+    Example:
+        >>> agreeing_group_accuracy({(0, 0): 1.0, (0, 1): 0.0, (1, 0): 0.0, (1, 1): 1.0})
+        1.0
+    """
+    best: dict[int, float] = {}
+    for (c, _), acc in cell_accuracies.items():
+        if math.isnan(acc):
+            return math.nan
+        best[int(c)] = max(best.get(int(c), 0.0), float(acc))
+    return min(best.values()) if best else math.nan
 
 
 @dataclass
@@ -97,7 +194,8 @@ class ShortcutVerdict:
     A step only counts when the model is better than chance on the unedited probe (``accuracy >= min_accuracy``):
     an untrained model has no shortcut to report. One high score between low ones never fires. After firing, the
     alert stands until a counting step scores below the threshold (a step at chance, e.g. a model that collapsed to
-    one class, neither clears it nor counts towards firing again); then the verdict re-arms.
+    one class, neither clears it nor counts towards firing again); then the verdict re-arms. A NaN score or accuracy
+    (a model with non-finite outputs) is recorded in the history and changes nothing else.
     """
 
     threshold: float = 0.5
@@ -116,6 +214,8 @@ class ShortcutVerdict:
     def update(self, score: float, accuracy: float) -> bool:
         """Feed one log step; return True exactly when the alert fires."""
         self.history.append(score)
+        if math.isnan(score) or math.isnan(accuracy):
+            return False  # no evidence either way: the streak and a standing alert are kept
         if accuracy < self.min_accuracy:
             self.streak = 0  # a model at chance neither fires nor clears: it has neither a shortcut nor recovered
         elif score >= self.threshold:
@@ -127,6 +227,10 @@ class ShortcutVerdict:
             self.active = True
             return True
         return False
+
+    def armed(self, accuracy: float) -> bool:
+        """Whether a step at this accuracy counts (neither at chance nor NaN)."""
+        return not math.isnan(accuracy) and accuracy >= self.min_accuracy
 
     def state_dict(self) -> dict:
         return {"streak": self.streak, "active": self.active, "history": list(self.history)}
