@@ -2,8 +2,12 @@
 
 Shared by ``probelens export`` (:mod:`probelens.export`) and the TensorBoard dashboard (:mod:`probelens.dashboard`).
 Only TensorBoard's own event reader is used (no TensorFlow), and nothing here decodes pixels: a PNG's probe-image
-layout (:data:`probelens.render.CELLS_KEY`), probe fingerprint and captions are text chunks that probelens writes
-before the image data, so Pillow reads them with the header.
+layout (:data:`probelens.logformat.CELLS_KEY`), probe fingerprint and captions are text chunks that probelens writes
+before the image data, read with the header by :mod:`probelens.logformat`. Nothing here imports torch or the render
+code (a test in a subprocess checks ``sys.modules``), so the readers inside TensorBoard's process stay light.
+
+Run folders reached through symbolic links are followed, as TensorBoard follows them; a link back into a folder
+already walked (a loop) is not entered twice.
 """
 
 from __future__ import annotations
@@ -14,9 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from probelens.render.image import cells_from_text, predictions_from_text, probe_from_text
+from probelens.logformat import Box, PngLayout, layout_from_header, read_png_header
 
 __all__ = [
     "Box",
@@ -31,15 +33,6 @@ __all__ = [
     "run_name",
 ]
 
-Box = tuple[int, int, int, int]
-"""``(left, top, right, bottom)`` in pixels, right/bottom exclusive."""
-
-
-def _text_chunks(image: Any) -> dict[str, str]:
-    """The PNG text chunks PIL read with the header (``image.info``; probelens writes them before the pixels, so
-    ``image.text``, which decodes every pixel to look for later ones, is not needed)."""
-    return {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-
 
 def is_event_file(name: str) -> bool:
     """Whether a file name is a TensorBoard event file (``events.out.tfevents.*``)."""
@@ -49,16 +42,30 @@ def is_event_file(name: str) -> bool:
 def find_runs(logdir: Path, exclude: Path | None = None) -> list[Path]:
     """Directories under ``logdir`` (itself included) that hold TensorBoard event files, sorted.
 
+    Symbolic links to folders are followed (TensorBoard lists runs behind them); a folder already reached by another
+    path (a link loop, or two links to one folder) is walked once, at the first path that reaches it.
+
     Args:
         logdir: The log directory.
         exclude: A folder not to descend into (the export's own output).
 
     Returns:
-        The run directories.
+        The run directories, as paths under ``logdir`` (links not resolved, so run names stay as TensorBoard shows
+        them).
     """
     excluded = exclude.resolve() if exclude is not None else None
     runs = []
-    for root, dirs, files in os.walk(logdir):
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(logdir, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a loop, or a second link to a folder walked already
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if excluded is None or Path(root, d).resolve() != excluded)
         if any(is_event_file(f) for f in files):
             runs.append(Path(root))
@@ -103,67 +110,31 @@ def describe_dir(logdir: Path, limit: int = 8) -> str:
     return f"it contains {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
 
 
-def probe_boxes(image: Image.Image) -> dict[int, Box]:
-    """Probe index -> the box around all of its cells in ``image`` (a monitor's grid), from the PNG's layout chunk.
+def probe_boxes(image: Any) -> dict[int, Box]:
+    """Probe index -> the box around all of its cells in ``image`` (a PIL image of a monitor's grid), from the PNG's
+    layout chunk (``image.info``: the text chunks read with the header; probelens writes them before the pixels).
 
     A probe image with several cells (the counterfactual panel's four tiles) gets the box around all of them; cells
     reaching past the picture are clipped to it, empty ones dropped.
     """
-    boxes: dict[int, Box] = {}
-    # ``info`` holds the text chunks read with the header (probelens writes them before the pixels); ``image.text``
-    # would decode every pixel to look for later ones
-    for k, x0, y0, x1, y1 in cells_from_text(_text_chunks(image)):
-        x1, y1 = min(x1, image.width), min(y1, image.height)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        if k in boxes:
-            a0, b0, a1, b1 = boxes[k]
-            x0, y0, x1, y1 = min(a0, x0), min(b0, y0), max(a1, x1), max(b1, y1)
-        boxes[k] = (x0, y0, x1, y1)
-    return boxes
-
-
-class PngLayout:
-    """What a logged PNG says about itself, read from its header and text chunks (no pixel decoded).
-
-    Attributes:
-        width: Picture width in pixels.
-        height: Picture height in pixels.
-        boxes: Probe index -> its box (empty for pictures that are not grids of probe images, and for grids written
-            by probelens versions before the layout was recorded).
-        probe: The probe set's fingerprint (``None`` where not recorded).
-        predictions: Probe index -> ``(true label, predicted label, probability)`` as the captions say (empty where
-            not recorded).
-    """
-
-    __slots__ = ("boxes", "height", "predictions", "probe", "width")
-
-    def __init__(
-        self,
-        width: int,
-        height: int,
-        boxes: dict[int, Box],
-        probe: str | None,
-        predictions: dict[int, tuple[str, str, float]],
-    ) -> None:
-        self.width = width
-        self.height = height
-        self.boxes = boxes
-        self.probe = probe
-        self.predictions = predictions
+    text = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    return layout_from_header(image.width, image.height, text).boxes
 
 
 def png_layout(data: bytes) -> PngLayout:
-    """The :class:`PngLayout` of one encoded PNG (a header read; pixels are not decoded).
+    """The :class:`PngLayout` of one encoded picture (a header read; pixels are not decoded).
+
+    PNGs are read by :func:`probelens.logformat.read_png_header`; another format (a GIF or JPEG from another tool)
+    by Pillow's header reader, for its size only.
 
     Raises:
-        PIL.UnidentifiedImageError: ``data`` is not an image Pillow can open.
+        PIL.UnidentifiedImageError: ``data`` is neither a PNG nor an image Pillow can open.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        return PngLayout(
-            image.width,
-            image.height,
-            probe_boxes(image),
-            probe_from_text(_text_chunks(image)),
-            predictions_from_text(_text_chunks(image)),
-        )
+    try:
+        header = read_png_header(data)
+    except ValueError:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            return PngLayout(image.width, image.height, {}, None, {})
+    return layout_from_header(header.width, header.height, header.text)

@@ -1,6 +1,6 @@
 """The dashboard follows a run while it trains: the logger's scalars (one event file) and probelens' pictures (its
 own file, which sorts after the logger's) both stay current, although TensorBoard's reloaded EventAccumulator would
-follow only the last file."""
+follow only the last file; each pass reads only the bytes appended since the last."""
 
 import io
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from probelens.dashboard.index import RunIndex, _only_appended
+from probelens.dashboard.index import RunIndex
 from probelens.render import encode_png
 from probelens.writing.event_file import EventFileWriter
 
@@ -27,6 +27,7 @@ def test_scalars_of_the_earlier_file_keep_coming_after_pictures_appear(tmp_path)
         if step % 2 == 0:
             pictures.add_image("probelens/gradcam/model.8", _png(), 8, 8, step)
             pictures.flush()
+        assert index.refresh() is True
         summary = index.summary()
         assert [s for s, _ in summary["scalars"]["shortcut/score"]] == list(range(step + 1)), step
         assert [e["step"] for e in summary["pictures"][0]["entries"]] == list(range(0, step + 1, 2)), step
@@ -35,10 +36,19 @@ def test_scalars_of_the_earlier_file_keep_coming_after_pictures_appear(tmp_path)
     pictures.close()
 
 
-def test_only_appended():
-    a, b = ("a", 10, 1), ("b", 5, 1)
-    assert _only_appended((a, b), (a, ("b", 9, 2)))  # the last file grew
-    assert _only_appended((a,), (("a", 12, 2), b))  # the last file grew, then a later one appeared: read in order
-    assert _only_appended((a, b), (a, b, ("c", 1, 1)))  # a later file appeared
-    assert not _only_appended((a, b), (("a", 11, 2), b))  # an earlier file grew: read again
-    assert not _only_appended(None, (a,))
+def test_each_pass_reads_only_what_was_appended(tmp_path):
+    logger = SummaryWriter(str(tmp_path))
+    index = RunIndex(tmp_path.parent, tmp_path)
+    logger.add_scalar("shortcut/score", 0.5, 0)
+    logger.flush()
+    index.refresh()
+    (follower,) = index._followers.values()
+    read_up_to = follower.offset
+    assert read_up_to == follower.path.stat().st_size
+    assert index.refresh() is False  # nothing appended: nothing read, nothing changed
+    logger.add_scalar("shortcut/score", 0.25, 1)
+    logger.flush()
+    assert index.refresh() is True
+    assert follower.offset == follower.path.stat().st_size > read_up_to
+    assert index.summary()["scalars"]["shortcut/score"] == [[0, 0.5], [1, 0.25]]
+    logger.close()

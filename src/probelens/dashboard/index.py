@@ -1,26 +1,47 @@
 """What the dashboard knows about a log directory: its runs, and per run every probelens picture and shortcut scalar.
 
-Read from the event files alone (:mod:`probelens.logs`), never sampled: every logged step of every tag is listed.
-Listings are cached and read again only when an event file has grown, a new one appeared, or a run was added; a
-PNG's layout (probe-image boxes, probe fingerprint, captions) is read from its header once and kept.
+Read from the event files alone, never sampled: every logged step of every tag is listed. The files are followed by
+byte offset (:class:`EventFileFollower`): each pass reads only what was appended since the last one, so a run that is
+still training costs a few ``stat`` calls and its new records per pass. A background thread (:meth:`LogIndex.start`)
+makes the passes; the routes answer from the index as it stands, never waiting for a pass. The index holds, per
+picture, where its record lies (file, offset, length) and its PNG layout, not its bytes: :meth:`RunIndex.image`
+reads a picture on demand, through a small LRU cache bounded in bytes, so the server's memory does not grow with
+the number of pictures logged.
+
+Damage is reported, not hidden: a file that ends in an incomplete record (still being written, or truncated), a
+damaged record (its checksum or its protobuf does not hold; the rest of that file is not read), a file that shrank
+(rewritten: its run is read again from the start) and a run folder that disappeared each give a notice that the
+dashboard shows in the affected run's panel. Listings hold no NaN or infinity (JSON has neither): they become
+``null``. Nothing here imports torch or probelens' render code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
+import re
+import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probelens.logs import PngLayout, encoded_by_step, find_runs, is_event_file, load_run, png_layout, run_name
+from tensorboard.compat.proto import event_pb2
 
-__all__ = ["LogIndex", "RunIndex", "classify_tag"]
+from probelens.logformat import PngLayout
+from probelens.logs import find_runs, is_event_file, png_layout, run_name
+
+__all__ = ["EventFileFollower", "ImageCache", "LogIndex", "RunIndex", "classify_tag", "finite", "layer_order_key"]
 
 _STAGES = ("validate/", "test/")
 _COUNTERFACTUALS = "shortcut/counterfactuals"
 _ALERT_TEXT = "shortcut/alert"
+_SCALAR_PREFIXES = ("shortcut/", "concept/")
+_READ_CHUNK = 8 << 20  # bytes read from a file at once; a record larger than this is read whole
 
 
 def classify_tag(tag: str) -> tuple[str, str, str] | None:
@@ -45,116 +66,482 @@ def classify_tag(tag: str) -> tuple[str, str, str] | None:
     return stage, "/".join(parts[:-1]), parts[-1]
 
 
-def _only_appended(old: tuple[tuple[str, int, int], ...] | None, new: tuple[tuple[str, int, int], ...]) -> bool:
-    """Whether ``new`` (the run's event files: name, size, mtime) differs from ``old`` only where a reloaded
-    ``EventAccumulator`` looks: the last file grew, or files sorting after it appeared. Its directory watcher reads
-    the files in name order and never goes back, so a run whose earlier file grew (the logger's, while probelens
-    writes pictures into a file of its own that sorts after it) must be read again from the start."""
-    if not old:
-        return False
-    names = [name for name, _, _ in new]
-    last = old[-1][0]
-    if last not in names:
-        return False
-    keep = names.index(last)
-    return tuple(new[:keep]) == tuple(old[:-1]) and len(old) - 1 == keep
+def layer_order_key(layer: str) -> tuple[Any, ...]:
+    """Sort key of a layer name in the order its name encodes: numbers as numbers (``net.0.4`` before ``net.0.12``),
+    the rest as text. Module names count children from 0 in forward order, so this is depth order."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", layer) if part)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity (at any depth of dicts, lists and tuples) replaced by ``None``: JSON has
+    neither, and a browser's ``JSON.parse`` rejects Python's bare ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ event files
+def _crc32c_function() -> Any:
+    try:
+        import google_crc32c
+    except ImportError:
+        google_crc32c = None
+    if google_crc32c is not None and getattr(google_crc32c, "implementation", "c") == "c":
+        return google_crc32c.value
+    return None
+
+
+_CRC32C = _crc32c_function()
+
+
+def _masked_crc32c(data: bytes) -> int:
+    if _CRC32C is None:
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+        return int(masked_crc32c(data))
+    crc = _CRC32C(data) & 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 @dataclass
-class _TagListing:
-    tag: str
-    entries: list[dict[str, Any]] = field(default_factory=list)
+class Record:
+    """One record of an event file: its ``Event``, where it starts and how long it is (framing included)."""
+
+    offset: int
+    length: int
+    event: Any
+
+
+class EventFileFollower:
+    """Reads an event file (TFRecord framing around ``Event`` protobufs) on from where the last read stopped.
+
+    The length of every record is checked against its CRC (cheap: 8 bytes); the payload's CRC too when
+    ``google_crc32c``'s C code is installed (TensorBoard's pure-Python CRC would cost seconds per 100 MB). A record
+    that is not complete yet is left for the next read. Damage stops the reading of this file for good (there is no
+    way to find the next record boundary reliably); :attr:`notice` says where.
+
+    Args:
+        path: The event file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.size = 0
+        self.identity: tuple[int, int] | None = None
+        self.damaged: str | None = None
+        self.incomplete = 0  # bytes of an incomplete last record at the last read
+        self.exhausted = False  # the last read stopped at its budget, with more to read
+        self._incomplete_reads = 0
+
+    @property
+    def notice(self) -> str | None:
+        """What is wrong with this file, for a person; ``None`` when nothing is."""
+        if self.damaged:
+            return self.damaged
+        if self.incomplete and self._incomplete_reads >= 2:
+            return (
+                f"{self.path.name} ends in an incomplete record ({self.incomplete} bytes from byte {self.offset}): "
+                "the file is still being written, or was truncated; what that record holds is not shown"
+            )
+        return None
+
+    def shrank(self) -> bool:
+        """Whether the file is now shorter than what was read, or was replaced by another file of the same name."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        identity = (st.st_dev, st.st_ino)
+        return st.st_size < self.offset or (self.identity is not None and identity != self.identity)
+
+    def read(self, budget: int | None = None) -> list[Record]:
+        """The complete records appended since the last call (at most about ``budget`` bytes of them)."""
+        if self.damaged:
+            return []
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - a with block below
+        except OSError:
+            return []
+        records: list[Record] = []
+        with fh:
+            st = os.fstat(fh.fileno())
+            self.identity = (st.st_dev, st.st_ino)
+            self.size = st.st_size
+            if self.size == self.offset:
+                if self.incomplete:
+                    self._incomplete_reads += 1
+                return records
+            fh.seek(self.offset)
+            self.exhausted = False
+            pending = self.size - self.offset
+            buffer = b""
+            base = self.offset
+            pos = 0
+            read_total = 0
+            while True:
+                if len(buffer) - pos < 12:
+                    want = min(_READ_CHUNK, pending)
+                    if want > 0 and budget is not None and read_total >= budget:
+                        self.exhausted = True
+                        break
+                    if want <= 0:
+                        break
+                    chunk = fh.read(want)
+                    if not chunk:
+                        break
+                    pending -= len(chunk)
+                    read_total += len(chunk)
+                    buffer, base, pos = buffer[pos:] + chunk, base + pos, 0
+                    continue
+                header = buffer[pos : pos + 8]
+                (length,) = struct.unpack("<Q", header)
+                (length_crc,) = struct.unpack("<I", buffer[pos + 8 : pos + 12])
+                if length_crc != _masked_crc32c(header):
+                    self.damaged = (
+                        f"{self.path.name} is damaged at byte {base + pos} (a record length fails its checksum): "
+                        "the rest of this file is not read"
+                    )
+                    break
+                total = 12 + length + 4
+                if len(buffer) - pos < total:
+                    if pending <= 0:
+                        break
+                    chunk = fh.read(max(min(_READ_CHUNK, pending), total - (len(buffer) - pos)))
+                    if not chunk:
+                        break
+                    pending -= len(chunk)
+                    read_total += len(chunk)
+                    buffer, base, pos = buffer[pos:] + chunk, base + pos, 0
+                    continue
+                payload = buffer[pos + 12 : pos + 12 + length]
+                if _CRC32C is not None:
+                    (data_crc,) = struct.unpack("<I", buffer[pos + 12 + length : pos + total])
+                    if data_crc != _masked_crc32c(payload):
+                        self.damaged = (
+                            f"{self.path.name} is damaged at byte {base + pos} (a record fails its checksum): "
+                            "the rest of this file is not read"
+                        )
+                        break
+                try:
+                    event = event_pb2.Event.FromString(payload)
+                except Exception:  # any parse failure is damage
+                    self.damaged = (
+                        f"{self.path.name} is damaged at byte {base + pos} (a record is not an event): "
+                        "the rest of this file is not read"
+                    )
+                    break
+                records.append(Record(base + pos, total, event))
+                pos += total
+            self.offset = base + pos
+        self.incomplete = self.size - self.offset if not (self.damaged or self.exhausted) else 0
+        self._incomplete_reads = 1 if self.incomplete else 0
+        return records
+
+
+def read_record(path: Path, offset: int, length: int) -> Any:
+    """The ``Event`` of the record at ``offset`` (``length`` bytes, framing included) of an event file."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(length)
+    if len(data) != length:
+        raise OSError(f"{path.name}: the record at byte {offset} is no longer there (the file was cut or replaced)")
+    return event_pb2.Event.FromString(data[12 : length - 4])
+
+
+def _image_bytes(value: Any, index: int) -> bytes | None:
+    if index < 0:
+        return bytes(value.image.encoded_image_string)
+    strings = value.tensor.string_val
+    return bytes(strings[index]) if index < len(strings) else None
+
+
+class ImageCache:
+    """The pictures read last, up to ``max_bytes`` in all (least recently used out first)."""
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: Any, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
+            return  # one picture never fills the cache
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.bytes -= len(old) if old is not None else 0
+            self._items[key] = data
+            self.bytes += len(data)
+            while self.bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= len(dropped)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@dataclass
+class _Picture:
+    file: int  # index into RunIndex._files
+    offset: int
+    length: int
+    value: int  # index of the summary value in the event
+    string: int  # -1: Summary.Image; else the index into a tensor's string_val (images plugin, new style)
+    wall_time: float
+    layout: PngLayout
 
 
 class RunIndex:
-    """One run (a directory of event files): its probelens tags, read incrementally.
+    """One run (a directory of event files): its probelens tags, indexed incrementally by byte offset.
 
     Args:
         logdir: The log directory the run's name is relative to.
         path: The run directory.
+        cache: Where pictures read on demand are kept (shared by the runs of a :class:`LogIndex`).
     """
 
-    def __init__(self, logdir: Path, path: Path) -> None:
+    def __init__(self, logdir: Path, path: Path, cache: ImageCache | None = None) -> None:
         self.path = path
         self.name = run_name(logdir, path)
-        self._lock = threading.Lock()
-        self._acc: Any = None
-        self._signature: tuple[tuple[str, int, int], ...] | None = None
-        self._layouts: dict[tuple[str, int, float], PngLayout] = {}
-        self._images: dict[tuple[str, int], bytes] = {}
-        self._summary: dict[str, Any] | None = None
+        self._cache = cache if cache is not None else ImageCache()
+        self._refresh_lock = threading.Lock()  # one pass at a time
+        self._lock = threading.Lock()  # the index below
+        self._reset()
         self.load_seconds = 0.0
+        self.deleted = False
 
-    def _files(self) -> tuple[tuple[str, int, int], ...]:
-        out = []
+    def _reset(self) -> None:
+        self._followers: dict[str, EventFileFollower] = {}
+        self._files: list[Path] = []
+        self._pictures: dict[str, dict[int, _Picture]] = {}
+        self._tag_order: dict[str, int] = {}
+        self._scalars: dict[str, dict[int, float]] = {}
+        self._scalar_plugin: dict[str, str] = {}
+        self._alerts: dict[tuple[str, int], str] = {}
+        self._other_tags: dict[str, set[str]] = {"images": set(), "scalars": set(), "tensors": set()}
+        self._layouts: dict[bytes, PngLayout] = {}
+        self._notices: list[str] = []
+        self._version = 0
+        self._built: tuple[int, dict[str, Any], bytes] | None = None
+        self.indexed = False
+        self.bytes_read = 0
+        self.bytes_total = 0
+
+    # ------------------------------------------------------------------ reading
+    def _event_files(self) -> list[str] | None:
         try:
-            names = sorted(os.listdir(self.path))
+            return sorted(name for name in os.listdir(self.path) if is_event_file(name))
         except OSError:
-            return ()
-        for name in names:
-            if is_event_file(name):
-                try:
-                    st = os.stat(self.path / name)
-                except OSError:
-                    continue
-                out.append((name, st.st_size, st.st_mtime_ns))
-        return tuple(out)
+            return None
 
-    def refresh(self) -> bool:
-        """Read what was appended to the run's event files since the last call; True if anything changed."""
-        with self._lock:
-            signature = self._files()
-            if signature == self._signature and self._summary is not None:
-                return False
+    def refresh(self, budget: int | None = None) -> bool:
+        """Read what was appended to the run's event files since the last call; True if the index changed.
+
+        Args:
+            budget: Read at most about this many bytes in this pass (the rest at the next), so that a cold start
+                indexes every run a bit at a time; ``None`` reads everything there is.
+        """
+        with self._refresh_lock:
             start = time.perf_counter()
-            if self._acc is None or not _only_appended(self._signature, signature):
-                self._acc = load_run(self.path)  # read every file again from the start
-            else:
-                self._acc.Reload()  # reads on from where the last read stopped
-            self._signature = signature
-            self._summary = self._build()
+            names = self._event_files()
+            if names is None:
+                if not self.deleted:
+                    with self._lock:
+                        self.deleted = True
+                        self._version += 1
+                    return True
+                return False
+            changed = False
+            if self.deleted:
+                self.deleted, changed = False, True
+            if any(f.shrank() for f in self._followers.values()):
+                shrunk = [f.path.name for f in self._followers.values() if f.shrank()]
+                with self._lock:
+                    self._reset()
+                    self._notices = [
+                        f"{', '.join(shrunk)} shrank or was replaced since it was read (rewritten or truncated): the "
+                        "run was read again from the start"
+                    ]
+                changed = True
+            total = 0
+            for name in names:
+                if name not in self._followers:
+                    self._followers[name] = EventFileFollower(self.path / name)
+                    with self._lock:
+                        self._files.append(self.path / name)
+                with contextlib.suppress(OSError):
+                    total += os.stat(self.path / name).st_size
+            file_ids = {path.name: k for k, path in enumerate(self._files)}
+            done = True
+            for name in names:
+                follower = self._followers[name]
+                records = follower.read(budget)
+                if follower.exhausted:
+                    done = False  # the budget ran out in this file
+                if records:
+                    self._add(file_ids[name], records)
+                    changed = True
+                    if budget is not None:
+                        budget -= sum(r.length for r in records)
+                        if budget <= 0:
+                            done = False
+                            break
+            notices = [n for n in (f.notice for f in self._followers.values()) if n]
+            read = sum(f.offset for f in self._followers.values())
+            with self._lock:
+                kept = [n for n in self._notices if "was read again from the start" in n]
+                if notices + kept != self._notices:
+                    self._notices = kept + notices
+                    changed = True
+                indexed = done or self.indexed
+                if indexed != self.indexed or read != self.bytes_read or total != self.bytes_total:
+                    changed = True
+                self.indexed, self.bytes_read, self.bytes_total = indexed, read, total
+                if changed:
+                    self._version += 1
             self.load_seconds = time.perf_counter() - start
-            return True
+            return changed
 
+    def _layout(self, data: bytes) -> PngLayout:
+        try:
+            layout = png_layout(data)
+        except Exception:  # not an image a header reader knows: listed, shown if the browser can
+            layout = PngLayout(0, 0, {}, None, {})
+        # identical layouts (the same grid at every step but for its captions) share one object
+        key = repr((layout.width, layout.height, sorted(layout.boxes.items()), layout.probe)).encode()
+        shared = self._layouts.setdefault(key, layout)
+        if shared is not layout and layout.predictions:
+            return PngLayout(shared.width, shared.height, shared.boxes, shared.probe, layout.predictions)
+        return shared
+
+    def _add(self, file_id: int, records: list[Record]) -> None:
+        with self._lock:
+            for record in records:
+                event = record.event
+                if not event.HasField("summary"):
+                    continue
+                step, wall = int(event.step), float(event.wall_time)
+                for k, value in enumerate(event.summary.value):
+                    tag = value.tag
+                    plugin = value.metadata.plugin_data.plugin_name if value.HasField("metadata") else ""
+                    kind = value.WhichOneof("value")
+                    if kind == "image":
+                        self._add_picture(tag, step, wall, file_id, record, k, -1, value.image.encoded_image_string)
+                    elif kind == "simple_value":
+                        self._add_scalar(tag, step, float(value.simple_value))
+                    elif kind == "tensor":
+                        if plugin:
+                            self._scalar_plugin.setdefault(tag, plugin)
+                        plugin = plugin or self._scalar_plugin.get(tag, "")
+                        if plugin == "images" and len(value.tensor.string_val) >= 3:
+                            # the images plugin's tensor form: width, height, then the encoded pictures
+                            data = value.tensor.string_val[2]
+                            self._add_picture(tag, step, wall, file_id, record, k, 2, data)
+                        elif plugin == "scalars":
+                            self._add_scalar(tag, step, _tensor_scalar(value.tensor))
+                        else:
+                            self._other_tags["tensors"].add(tag)
+                            if tag.removesuffix("/text_summary").endswith(_ALERT_TEXT):
+                                strings = list(value.tensor.string_val)
+                                text = strings[0].decode("utf-8", "replace") if strings else ""
+                                self._alerts[(tag, step)] = text
+
+    def _add_picture(
+        self, tag: str, step: int, wall: float, file_id: int, record: Record, value: int, string: int, data: bytes
+    ) -> None:
+        self._other_tags["images"].add(tag)
+        if classify_tag(tag) is None:
+            return
+        self._tag_order.setdefault(tag, len(self._tag_order))
+        by_step = self._pictures.setdefault(tag, {})
+        old = by_step.get(step)
+        # a step logged twice (a resumed run) keeps the picture written last: later file, or later in the same file
+        if old is None or (old.file, old.offset) <= (file_id, record.offset):
+            by_step[step] = _Picture(file_id, record.offset, record.length, value, string, wall, self._layout(data))
+
+    def _add_scalar(self, tag: str, step: int, value: float) -> None:
+        self._other_tags["scalars"].add(tag)
+        bare = tag.split("/", 1)[1] if tag.startswith(_STAGES) else tag
+        if bare.startswith(_SCALAR_PREFIXES):
+            self._scalars.setdefault(tag, {})[step] = value
+
+    # ------------------------------------------------------------------ answering
     def summary(self) -> dict[str, Any]:
-        """The run's listing (see :meth:`LogIndex.run_listing`), read again first if the files grew."""
-        self.refresh()
-        assert self._summary is not None
-        return self._summary
+        """The run's listing as it stands (see :meth:`LogIndex.listing` and ``docs/dashboard.md``); no file is read."""
+        return self._snapshot()[0]
+
+    def summary_json(self) -> bytes:
+        """:meth:`summary` as JSON (NaN and infinities as ``null``), serialised once per change of the index."""
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            if self._built is None or self._built[0] != self._version:
+                summary = finite(self._build())
+                self._built = (self._version, summary, json.dumps(summary, separators=(",", ":")).encode())
+            return self._built[1], self._built[2]
 
     def image(self, tag: str, step: int) -> bytes | None:
-        """The encoded picture of ``tag`` at ``step``, exactly as stored in the event file (``None`` if absent)."""
-        self.refresh()
+        """The encoded picture of ``tag`` at ``step``, exactly as stored in the event file (``None`` if absent).
+
+        Raises:
+            OSError: The record is no longer where it was indexed (the file was cut or replaced meanwhile).
+        """
         with self._lock:
-            return self._images.get((tag, step))
+            picture = self._pictures.get(tag, {}).get(step)
+            if picture is None:
+                return None
+            path = self._files[picture.file]
+        key = (str(path), picture.offset, picture.value, picture.string)
+        data = self._cache.get(key)
+        if data is None:
+            event = read_record(path, picture.offset, picture.length)
+            data = _image_bytes(event.summary.value[picture.value], picture.string)
+            if data is None:
+                return None
+            self._cache.put(key, data)
+        return data
 
     def _build(self) -> dict[str, Any]:
-        acc = self._acc
-        tags = acc.Tags()
-        images: dict[tuple[str, int], bytes] = {}
         grids, pictures, panels = [], [], []
         # the matrix' rows per probe set, in the order the grids show them (interleaved by class), not by index
         probes: dict[str, list[int]] = {}
-        for tag in sorted(tags.get("images", [])):
-            kind = classify_tag(tag)
-            if kind is None:
-                continue
-            stage, method, layer = kind
-            events = list(acc.Images(tag))
-            wall = {int(e.step): float(e.wall_time) for e in events}
-            listing = _TagListing(tag)
+        method_order: dict[tuple[str, str], int] = {}
+        for tag in sorted(self._pictures, key=self._tag_order.__getitem__):
+            stage, method, _ = classify_tag(tag) or ("", "", "")
+            method_order.setdefault((stage, method), len(method_order))
+
+        def order(tag: str) -> tuple[Any, ...]:
+            stage, method, layer = classify_tag(tag) or ("", "", "")
+            # stages apart (fit first), methods in the order they were first written (the configured order), layers in
+            # the order their names encode (depth order)
+            return (stage != "", stage, method_order[(stage, method)], layer_order_key(layer), tag)
+
+        for tag in sorted(self._pictures, key=order):
+            stage, method, layer = classify_tag(tag) or ("", "", "")
+            entries = []
             has_cells = False
-            for step, data in encoded_by_step(events):
-                images[(tag, step)] = data
-                key = (tag, step, wall[step])
-                layout = self._layouts.get(key)
-                if layout is None:
-                    try:
-                        layout = png_layout(data)
-                    except Exception:  # not an image Pillow knows: listed, shown by the browser if it can
-                        layout = PngLayout(0, 0, {}, None, {})
-                    self._layouts[key] = layout
-                entry: dict[str, Any] = {"step": step, "wall_time": wall[step], "w": layout.width, "h": layout.height}
+            for step, picture in sorted(self._pictures[tag].items()):
+                layout = picture.layout
+                entry: dict[str, Any] = {
+                    "step": step,
+                    "wall_time": picture.wall_time,
+                    "w": layout.width,
+                    "h": layout.height,
+                }
                 if layout.boxes:
                     has_cells = True
                     fingerprint = layout.probe or ""
@@ -165,31 +552,18 @@ class RunIndex:
                         rows.extend(k for k in layout.boxes if k not in rows)
                 if layout.predictions:
                     entry["predictions"] = {str(k): list(v) for k, v in sorted(layout.predictions.items())}
-                listing.entries.append(entry)
-            item = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": listing.entries}
+                entries.append(entry)
+            item = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
             if method == "counterfactuals":
                 panels.append(item)
             elif has_cells:
                 grids.append(item)
             else:
                 pictures.append(item)
-        scalars = {}
-        for tag in sorted(tags.get("scalars", [])):
-            bare = tag.split("/", 1)[1] if tag.startswith(_STAGES) else tag
-            if bare.startswith("shortcut/"):
-                by_step = {int(e.step): float(e.value) for e in acc.Scalars(tag)}
-                scalars[tag] = [[s, v] for s, v in sorted(by_step.items())]
-        alerts = []
-        for tag in tags.get("tensors", []):
-            # add_text writes "<tag>/text_summary"
-            if tag.removesuffix("/text_summary").endswith(_ALERT_TEXT):
-                for e in acc.Tensors(tag):
-                    values = list(e.tensor_proto.string_val)
-                    text = values[0].decode("utf-8", "replace") if values else ""
-                    alerts.append({"tag": tag, "step": int(e.step), "text": text})
-        self._images = images
+        scalars = {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(self._scalars.items())}
+        alerts = [{"tag": tag, "step": step, "text": text} for (tag, step), text in self._alerts.items()]
         steps = sorted({e["step"] for item in grids + panels + pictures for e in item["entries"]})
-        scalar_steps = sorted({s for points in scalars.values() for s, _ in points})
+        scalar_steps = sorted({s for points in self._scalars.values() for s in points})
         return {
             "run": self.name,
             "steps": steps,
@@ -198,77 +572,186 @@ class RunIndex:
             "panels": panels,
             "pictures": pictures,
             "scalars": scalars,
-            "alerts": sorted(alerts, key=lambda a: a["step"]),
+            "alerts": sorted(alerts, key=lambda a: (a["step"], a["tag"])),
             "probes": dict(sorted(probes.items())),
-            "other_tags": {
-                kind: len(values)
-                for kind, values in tags.items()
-                if isinstance(values, list) and values and kind in ("images", "scalars", "tensors")
-            },
+            "other_tags": {kind: len(tags) for kind, tags in self._other_tags.items() if tags},
+            "indexed": self.indexed,
+            "progress": {"bytes_read": self.bytes_read, "bytes_total": self.bytes_total},
+            "notices": list(self._notices),
+            "deleted": self.deleted,
         }
 
+    def status(self) -> dict[str, Any]:
+        """The run's line in :meth:`LogIndex.listing` (no file read)."""
+        with self._lock:
+            n_grids = sum(1 for tag, steps in self._pictures.items() if any(p.layout.boxes for p in steps.values()))
+            steps = {s for by_step in self._pictures.values() for s in by_step}
+            return {
+                "run": self.name,
+                "probelens": bool(self._pictures or self._scalars),
+                "grids": n_grids,
+                "steps": len(steps),
+                "shortcut": any(
+                    (t.split("/", 1)[1] if t.startswith(_STAGES) else t).startswith("shortcut/") for t in self._scalars
+                ),
+                "indexed": self.indexed,
+                "progress": {"bytes_read": self.bytes_read, "bytes_total": self.bytes_total},
+                "notices": len(self._notices),
+            }
+
     def has_probelens(self) -> bool:
-        summary = self.summary()
-        return bool(summary["grids"] or summary["panels"] or summary["pictures"] or summary["scalars"])
+        with self._lock:
+            return bool(self._pictures or self._scalars)
+
+
+def _tensor_scalar(tensor: Any) -> float:
+    """The value of a rank-0 float tensor proto (the scalars plugin's tensor form)."""
+    if tensor.float_val:
+        return float(tensor.float_val[0])
+    if tensor.double_val:
+        return float(tensor.double_val[0])
+    if tensor.tensor_content:
+        fmt = {1: "<f", 2: "<d"}.get(tensor.dtype, "<f")  # DT_FLOAT = 1, DT_DOUBLE = 2
+        return float(struct.unpack_from(fmt, tensor.tensor_content)[0])
+    return math.nan
 
 
 class LogIndex:
-    """The runs under one log directory, found again at most every ``rescan_s`` seconds.
+    """The runs under one log directory, kept current by passes over the files (:meth:`refresh`), either called
+    directly or made by a background thread (:meth:`start`).
 
     Args:
         logdir: The directory TensorBoard was started on (``--logdir``).
         rescan_s: How long a listing of the run directories is reused before the tree is walked again.
+        poll_s: The background thread's pause between two passes.
+        cache_bytes: The bound of the cache of pictures read on demand.
+        pass_budget: Bytes one pass reads from a run at most, so that a cold start lists every run early and
+            indexes them a slice at a time.
     """
 
-    def __init__(self, logdir: str | os.PathLike[str], rescan_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str],
+        rescan_s: float = 2.0,
+        poll_s: float = 1.0,
+        cache_bytes: int = 32 << 20,
+        pass_budget: int = 64 << 20,
+    ) -> None:
         self.logdir = Path(logdir)
         self.rescan_s = rescan_s
+        self.poll_s = poll_s
+        self.pass_budget = pass_budget
+        self.cache = ImageCache(cache_bytes)
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._runs: dict[str, RunIndex] = {}
+        self._deleted: dict[str, float] = {}
         self._scanned = -float("inf")
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.passes = 0
+        self.last_error: str | None = None
 
-    def runs(self) -> list[RunIndex]:
-        """Every run under the log directory, sorted by name."""
+    # ------------------------------------------------------------------ background
+    def start(self) -> None:
+        """Start the background thread that keeps the index current (once; a daemon, so it never holds up exit)."""
         with self._lock:
-            if time.monotonic() - self._scanned >= self.rescan_s:
-                found = find_runs(self.logdir) if self.logdir.is_dir() else []
-                current = {}
-                for path in found:
-                    name = run_name(self.logdir, path)
-                    current[name] = self._runs.get(name) or RunIndex(self.logdir, path)
-                self._runs = current
-                self._scanned = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="probelens-dashboard-index", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread (after its current pass)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.refresh(budget=self.pass_budget)
+                self.last_error = None
+            except Exception as err:  # a pass that fails is tried again at the next one
+                busy, self.last_error = False, f"{type(err).__name__}: {err}"
+            if not busy:
+                self._stop.wait(self.poll_s)
+
+    def refresh(self, budget: int | None = None) -> bool:
+        """One pass: find the runs again (at most every ``rescan_s``) and read what every run's files gained.
+
+        Args:
+            budget: Bytes read per run at most in this pass (``None``: all there is).
+
+        Returns:
+            Whether some run is not fully indexed yet (another pass right away reads on).
+        """
+        with self._refresh_lock:
+            self._scan()
+            unfinished = False
+            for run in self._current():
+                run.refresh(budget)
+                unfinished = unfinished or not run.indexed
+            self.passes += 1
+            return unfinished
+
+    def _scan(self, force: bool = False) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._scanned < self.rescan_s:
+                return
+        found = find_runs(self.logdir) if self.logdir.is_dir() else []
+        with self._lock:
+            current = {}
+            for path in found:
+                name = run_name(self.logdir, path)
+                current[name] = self._runs.get(name) or RunIndex(self.logdir, path, self.cache)
+            for name in self._runs.keys() - current.keys():
+                self._deleted[name] = time.time()
+            for name in current:
+                self._deleted.pop(name, None)
+            self._runs = current
+            self._scanned = time.monotonic()
+
+    def _current(self) -> list[RunIndex]:
+        with self._lock:
             return [self._runs[name] for name in sorted(self._runs)]
+
+    # ------------------------------------------------------------------ answering
+    def runs(self) -> list[RunIndex]:
+        """Every run under the log directory, sorted by name (walked again first when the thread is not running and
+        the last walk is older than ``rescan_s``)."""
+        if self._thread is None:
+            self._scan()
+        return self._current()
 
     def run(self, name: str) -> RunIndex | None:
         """The run called ``name`` (as :meth:`listing` names it), or ``None``."""
-        for run in self.runs():
-            if run.name == name:
-                return run
-        return None
+        with self._lock:
+            return self._runs.get(name)
+
+    def was_deleted(self, name: str) -> bool:
+        """Whether a run called ``name`` was listed earlier and its folder is gone."""
+        with self._lock:
+            return name in self._deleted
 
     def listing(self) -> dict[str, Any]:
-        """The runs, which of them have probelens data, and a message when there is nothing to show."""
+        """The runs, which of them have probelens data, how far indexing got, and a message when there is nothing to
+        show (no file is read: runs are listed before their pictures are indexed)."""
         if not self.logdir.is_dir():
             return {
                 "logdir": str(self.logdir),
                 "runs": [],
+                "indexing": {"done": True, "bytes_read": 0, "bytes_total": 0},
                 "message": f"The log directory {str(self.logdir)!r} does not exist (or is not a local folder): "
                 "start TensorBoard with --logdir pointing at the folder that holds your runs "
                 "(e.g. tensorboard --logdir lightning_logs).",
             }
-        runs = []
-        for run in self.runs():
-            summary = run.summary()
-            runs.append(
-                {
-                    "run": run.name,
-                    "probelens": run.has_probelens(),
-                    "grids": len(summary["grids"]),
-                    "steps": len(summary["steps"]),
-                    "shortcut": bool(summary["scalars"]),
-                }
-            )
+        runs = [run.status() for run in self.runs()]
+        done = all(r["indexed"] for r in runs)
+        indexing = {
+            "done": done,
+            "bytes_read": sum(r["progress"]["bytes_read"] for r in runs),
+            "bytes_total": sum(r["progress"]["bytes_total"] for r in runs),
+        }
         message = None
         if not runs:
             message = (
@@ -276,11 +759,13 @@ class LogIndex:
                 "TensorBoardLogger and probelens monitors among the Trainer's callbacks, or point --logdir at the "
                 "folder that holds the runs."
             )
-        elif not any(r["probelens"] for r in runs):
+        elif done and not any(r["probelens"] for r in runs):
             names = ", ".join(str(r["run"]) for r in runs[:8]) + (" ..." if len(runs) > 8 else "")
             message = (
                 f"None of the {len(runs)} run(s) under {str(self.logdir)!r} ({names}) has probelens data (image tags "
                 "probelens/* or scalars shortcut/*). Add GradCAMMonitor, SaliencyMonitor or ShortcutMonitor to the "
                 "Trainer's callbacks with a TensorBoardLogger; they write at their first log step."
             )
-        return {"logdir": str(self.logdir), "runs": runs, "message": message}
+        with self._lock:
+            deleted = sorted(self._deleted)
+        return {"logdir": str(self.logdir), "runs": runs, "indexing": indexing, "deleted": deleted, "message": message}

@@ -3,19 +3,21 @@
 Routes, under ``/data/plugin/probelens/``:
 
 - ``index.js``, ``static/<file>``: the frontend (plain ES modules and CSS, no build step, nothing from other hosts);
-- ``runs``: the runs under ``--logdir``, which have probelens data, and a message when none has;
+- ``runs``: the runs under ``--logdir``, which have probelens data, how far indexing got, and a message when none
+  has (public contract, ``docs/dashboard.md``);
 - ``run?run=<name>``: one run's listing: every grid tag with every logged step, each step's probe-image boxes,
   probe fingerprint and captions; the counterfactual panels; other pictures; the ``shortcut/*`` scalars and alerts;
+  notices about damaged files (public contract, ``docs/dashboard.md``); a run whose folder went away answers 410;
 - ``image?run=<name>&tag=<tag>&step=<step>``: one logged picture, the bytes exactly as stored in the event file.
 
 The plugin reads the event files itself (:mod:`probelens.dashboard.index`), so TensorBoard's
-``--samples_per_plugin`` does not limit it: every logged step is listed.
+``--samples_per_plugin`` does not limit it: every logged step is listed. A background thread follows the files by
+byte offset; every request is answered from the index as it stands, never after a read of the files.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from importlib import resources
 from typing import Any
 
@@ -23,7 +25,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from probelens.dashboard.index import LogIndex
+from probelens.dashboard.index import LogIndex, finite
 
 __all__ = ["PLUGIN_NAME", "ProbelensPlugin"]
 
@@ -54,22 +56,9 @@ class ProbelensPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir = getattr(context, "logdir", None) or ""
         self._index = LogIndex(self._logdir) if self._logdir else None
-        self._loaded = threading.Event()
         if self._index is not None:
-            # read the logs while TensorBoard starts, so that the tab opens at once
-            threading.Thread(target=self._preload, name="probelens-dashboard-preload", daemon=True).start()
-        else:
-            self._loaded.set()
-
-    def _preload(self) -> None:
-        try:
-            assert self._index is not None
-            for run in self._index.runs():
-                run.refresh()
-        except Exception:  # reported by the routes, which read again
-            pass
-        finally:
-            self._loaded.set()
+            # index the logs while TensorBoard starts, and follow them from then on
+            self._index.start()
 
     def get_plugin_apps(self) -> dict[str, Any]:
         apps: dict[str, Any] = {"/index.js": self._serve_index_js, "/runs": self._serve_runs, "/run": self._serve_run}
@@ -82,16 +71,18 @@ class ProbelensPlugin(base_plugin.TBPlugin):
         files at all); otherwise the tab is listed among TensorBoard's inactive dashboards, where it says why."""
         if self._index is None:
             return False
-        if not self._loaded.is_set():
-            return bool(self._index.runs())
-        return any(run.has_probelens() for run in self._index.runs())
+        runs = self._index.runs()
+        if any(run.has_probelens() for run in runs):
+            return True
+        return any(not run.indexed for run in runs)  # not read yet: maybe
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
         return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="probelens", disable_reload=False)
 
     # ------------------------------------------------------------------ routes
     def _json(self, request: Any, payload: Any, code: int = 200) -> Any:
-        return http_util.Respond(request, json.dumps(payload, separators=(",", ":")), "application/json", code=code)
+        body = payload if isinstance(payload, bytes) else json.dumps(finite(payload), separators=(",", ":"))
+        return http_util.Respond(request, body, "application/json", code=code)
 
     def _error(self, request: Any, message: str, code: int = 400) -> Any:
         return self._json(request, {"error": message}, code=code)
@@ -128,6 +119,10 @@ class ProbelensPlugin(base_plugin.TBPlugin):
         if not name:
             return None, self._error(request, "the run= parameter is missing (one of the names /runs lists)")
         run = self._index.run(name)
+        if run is None and self._index.was_deleted(name):
+            return None, self._error(
+                request, f"the run {name!r} was deleted from {self._logdir!r} (or moved) while it was shown", 410
+            )
         if run is None:
             known = ", ".join(r.name for r in self._index.runs()) or "none"
             return None, self._error(request, f"no run {name!r} under {self._logdir!r}; the runs are: {known}", 404)
@@ -138,7 +133,7 @@ class ProbelensPlugin(base_plugin.TBPlugin):
         run, error = self._run_or_error(request)
         if error is not None:
             return error
-        return self._json(request, run.summary())
+        return self._json(request, run.summary_json())
 
     @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_image(self, request: Any) -> Any:
@@ -152,7 +147,10 @@ class ProbelensPlugin(base_plugin.TBPlugin):
             step_number = int(step)
         except ValueError:
             return self._error(request, f"step must be an integer, got {step!r}")
-        data = run.image(tag, step_number)
+        try:
+            data = run.image(tag, step_number)
+        except OSError as err:
+            return self._error(request, f"run {run.name!r}, tag {tag!r}, step {step_number}: {err}", 410)
         if data is None:
             return self._error(request, f"run {run.name!r} has no picture for tag {tag!r} at step {step_number}", 404)
         kind = next((t for magic, t in _IMAGE_TYPES.items() if data.startswith(magic)), "application/octet-stream")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from probelens.export.results import ExportError
@@ -60,10 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        result = export(args.logdir, out=args.out, max_frames=args.max_frames, fps=args.fps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skipped pictures are printed below, once each
+            result = export(args.logdir, out=args.out, max_frames=args.max_frames, fps=args.fps)
     except ExportError as err:
         print(f"probelens export: error: {err}", file=sys.stderr)
         return err.exit_code
+    for run in result.runs:
+        for line in run.skipped:
+            print(f"probelens export: warning: {line}", file=sys.stderr)
     n_images = sum(len(r.images) for r in result.runs)
     n_probe = sum(len(t.probe_images) for r in result.runs for t in r.images)
     n_scalars = sum(len(r.scalars) for r in result.runs)

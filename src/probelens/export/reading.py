@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-
-import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from probelens.logs import Box, png_layout
 
-__all__ = ["CROP_BUDGET_BYTES", "budget_groups", "crops", "decode", "largest_boxes", "picture_size"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "CROP_BUDGET_BYTES",
+    "budget_groups",
+    "crops",
+    "decode",
+    "largest_boxes",
+    "picture_size",
+    "undecodable",
+]
 
 CROP_BUDGET_BYTES = 256 * 2**20
 """Decoded per-probe crops held at once; more probe images -> more decoding passes."""
@@ -28,14 +35,39 @@ Encoded = Sequence[tuple[int, bytes]]
 
 def decode(data: bytes) -> Tensor:
     """One logged PNG as uint8 ``[3, H, W]`` RGB."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     with Image.open(io.BytesIO(data)) as image:
         return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
 
 
 def picture_size(data: bytes) -> tuple[int, int]:
     """``(width, height)`` of one logged PNG (its header only)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size
+    layout = png_layout(data)
+    return layout.width, layout.height
+
+
+def undecodable(data: bytes) -> str | None:
+    """Why a logged picture must not be decoded (``None`` when it may): more pixels than Pillow's decompression-bomb
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``; a header may claim 100000 x 100000 in a few bytes), or a header that is
+    not an image's. Only the header is read."""
+    from PIL import Image
+
+    try:
+        width, height = picture_size(data)
+    except Exception as err:
+        return f"not an image ({type(err).__name__}: {err})"
+    limit = Image.MAX_IMAGE_PIXELS
+    if width <= 0 or height <= 0:
+        return f"the header claims {width}x{height} pixels"
+    if limit is not None and width * height > limit:
+        return (
+            f"{width}x{height} pixels, above the {limit} that Pillow decodes safely "
+            "(PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb, or a picture too large to animate)"
+        )
+    return None
 
 
 def largest_boxes(encoded: Encoded) -> dict[int, tuple[int, int]]:

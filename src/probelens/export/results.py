@@ -90,6 +90,8 @@ class RunExport:
         images: One entry per image tag.
         scalars: One entry per plotted scalar tag.
         other_scalars: Scalar tags found but not plotted (neither probelens/shortcut nor loss/accuracy).
+        skipped: One line per logged picture left out (too large to decode safely, or not decodable), naming its tag
+            and step; the export carries on without it.
     """
 
     name: str
@@ -97,6 +99,7 @@ class RunExport:
     images: list[TagExport] = field(default_factory=list)
     scalars: list[ScalarExport] = field(default_factory=list)
     other_scalars: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from probelens.export.compose import plot_scalar, stamped, write_filmstrip, write_gif
 from probelens.export.page import render_index
-from probelens.export.reading import budget_groups, crops, decode, largest_boxes, picture_size
+from probelens.export.reading import budget_groups, crops, decode, largest_boxes, picture_size, undecodable
 from probelens.export.results import ExportError, ExportResult, ProbeImageExport, RunExport, ScalarExport, TagExport
 from probelens.logs import describe_dir, encoded_by_step, find_runs, load_run, png_layout, run_name
-from probelens.render import select_frames
 
 __all__ = ["DEFAULT_OUT_NAME", "export"]
 
@@ -60,6 +59,8 @@ def _export_probe_images(
 
     Every step is decoded once per group of probe images (one group unless the crops exceed the memory budget).
     """
+    from probelens.export.compose import stamped, write_filmstrip, write_gif
+
     sizes = largest_boxes(encoded)
     if not sizes:
         return []
@@ -86,14 +87,33 @@ def _export_probe_images(
     return sorted(exports, key=lambda e: e.index)
 
 
+def _decodable(run: RunExport, tag: str, encoded: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The pictures of ``tag`` that are safe to decode; one warning (and a line in ``run.skipped``) per other one."""
+    kept = []
+    for step, data in encoded:
+        why = undecodable(data)
+        if why is None:
+            kept.append((step, data))
+            continue
+        line = f"run {run.name!r}, tag {tag!r}, step {step}: skipped, {why}"
+        run.skipped.append(line)
+        warnings.warn(f"probelens export: {line}", stacklevel=3)
+    return kept
+
+
 def _export_run(acc: Any, run: RunExport, run_out: Path, max_frames: int, fps: float) -> None:
+    # the composition draws with probelens.render (torch): imported when there is something to draw, so that reading
+    # the logs, and an export that stops at an error, stay torch-free
+    from probelens.export.compose import plot_scalar, stamped, write_filmstrip, write_gif
+    from probelens.render import select_frames
+
     tags = acc.Tags()
     names = _Names()
     image_tags = sorted(tags.get("images", []))
     if image_tags:
         (run_out / "images").mkdir(parents=True, exist_ok=True)
     for tag in image_tags:
-        encoded = encoded_by_step(acc.Images(tag))
+        encoded = _decodable(run, tag, encoded_by_step(acc.Images(tag)))
         if not encoded:
             continue
         # one canvas for all frames: the largest width and height, so a picture that grows over the steps (such as

@@ -7,12 +7,11 @@ NaN/Inf values are replaced by 0 rather than propagated (see :func:`sanitize`).
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +19,27 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from probelens.logformat import (
+    CELLS_KEY,
+    PNG_SIGNATURE,
+    PREDICTIONS_KEY,
+    PROBE_KEY,
+    Cell,
+    Prediction,
+    ProbeCells,
+    cells_from_text,
+    cells_to_text,
+    predictions_from_text,
+    probe_from_text,
+)
+from probelens.logformat import png_chunk as _png_chunk
+from probelens.logformat import png_text_chunks as _png_text_chunks
 from probelens.render.colormap import apply_colormap
 
 __all__ = [
     "CELLS_KEY",
     "PREDICTIONS_KEY",
+    "PROBE_KEY",
     "Cell",
     "Prediction",
     "ProbeCells",
@@ -346,32 +361,6 @@ PNG_COMPRESS_LEVEL = 1
 (``benchmarks/RESULTS.md``, "PNG encoder"), the encoder's cost on the worker that shares the training's cores."""
 
 
-CELLS_KEY = "probelens.cells"
-"""The PNG ``tEXt`` key under which a monitor's grid records which probe image each of its cells shows."""
-PREDICTIONS_KEY = "probelens.predictions"
-"""The PNG ``tEXt`` key of what the grid's captions say per probe image: ``[[index, true label, predicted label,
-probability], ...]`` as compact JSON, so a viewer (the TensorBoard dashboard) can caption and compare predictions
-without reading the pixels."""
-PROBE_KEY = "probelens.probe"
-"""The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
-per-image views of grids drawn from different probe sets are never paired by index alone."""
-
-
-class Cell(NamedTuple):
-    """One probe image's box in a grid, in pixels, right/bottom exclusive (a tuple: ``k, x0, y0, x1, y1 = cell``)."""
-
-    probe_index: int
-    """The probe image's index in its :class:`~probelens.ProbeSet`."""
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-
-Prediction = tuple[int, str, str, float]
-"""``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
-
-
 _isal_zlib: Any
 try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels) is ~4x faster than zlib at levels 1-3
     from isal import isal_zlib as _isal_zlib
@@ -391,17 +380,12 @@ def _deflate(data: bytes | np.ndarray, level: int) -> bytes:
     return zlib.compress(buffer, level)
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SIGNATURE = PNG_SIGNATURE
 _PNG_FILTER_NONE = 0
 _PNG_FILTER_UP = 2
 _PNG_TRIAL_BYTES = 256 * 1024  # below this, both filters are tried on the whole image
 _PNG_TRIAL_BLOCK = 8  # larger images: trial rows are blocks of 8 rows ...
 _PNG_TRIAL_EVERY = 64  # ... one every 64 rows (1/8 of the image)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: length, type, data and the CRC-32 of type + data."""
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _png_scanlines(rows: np.ndarray, filter_type: int) -> np.ndarray:
@@ -428,120 +412,6 @@ def _png_pick_filter(rows: np.ndarray, level: int) -> tuple[int, bytes | None]:
     sample = rows[(starts[:, None] + np.arange(_PNG_TRIAL_BLOCK)[None, :]).ravel()]
     sizes = [len(_deflate(_png_scanlines(sample, kind), level)) for kind in (_PNG_FILTER_NONE, _PNG_FILTER_UP)]
     return (_PNG_FILTER_NONE, _PNG_FILTER_UP)[int(np.argmin(sizes))], None
-
-
-class ProbeCells(list):
-    """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
-    cells with :func:`cells_to_text` records the probe too, without a parameter of its own."""
-
-    def __init__(self, cells: Sequence[Cell], probe: str | None = None, predictions: Sequence[Prediction] = ()) -> None:
-        super().__init__(cells)
-        self.probe = probe
-        self.predictions = list(predictions)
-
-
-def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
-    """The ``text`` argument of :func:`encode_png` that records ``cells`` (compact JSON under :data:`CELLS_KEY`, and
-    the probe's fingerprint under :data:`PROBE_KEY` for :class:`ProbeCells`); empty for no cells, so that pictures
-    that are not grids of probe images carry no chunk."""
-    if not cells:
-        return {}
-    text = {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
-    probe = getattr(cells, "probe", None)
-    if probe:
-        text[PROBE_KEY] = str(probe)
-    predictions = getattr(cells, "predictions", None)
-    if predictions:
-        rows = [[int(k), str(true), str(pred), round(float(p), 4)] for k, true, pred, p in predictions]
-        text[PREDICTIONS_KEY] = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
-    return text
-
-
-def predictions_from_text(text: Mapping[str, str]) -> dict[int, tuple[str, str, float]]:
-    """Probe index -> ``(true label, predicted label, probability)`` recorded by :func:`cells_to_text` for
-    :class:`ProbeCells` with ``predictions``; ``{}`` for pictures (or logs of earlier versions) without them.
-
-    Malformed entries are ignored, never raised.
-
-    Example:
-        >>> predictions_from_text(cells_to_text(ProbeCells([(2, 0, 0, 4, 4)], "ab12", [(2, "snow", "arabian", 0.8)])))
-        {2: ('snow', 'arabian', 0.8)}
-    """
-    raw = text.get(PREDICTIONS_KEY)
-    if not raw:
-        return {}
-    try:
-        rows = json.loads(raw)
-    except ValueError:
-        return {}
-    out: dict[int, tuple[str, str, float]] = {}
-    for row in rows if isinstance(rows, list) else ():
-        if (
-            isinstance(row, list)
-            and len(row) == 4
-            and isinstance(row[0], int)
-            and not isinstance(row[0], bool)
-            and row[0] >= 0
-            and isinstance(row[1], str)
-            and isinstance(row[2], str)
-            and isinstance(row[3], (int, float))
-            and not isinstance(row[3], bool)
-        ):
-            out[row[0]] = (row[1], row[2], float(row[3]))
-    return out
-
-
-def probe_from_text(text: Mapping[str, str]) -> str | None:
-    """The probe fingerprint a grid recorded beside its cells (``None`` for pictures, or logs, without one)."""
-    value = text.get(PROBE_KEY)
-    return value if isinstance(value, str) and value else None
-
-
-def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
-    """The cells recorded by :func:`cells_to_text` in a PNG's text chunks (PIL's ``Image.text``); ``[]`` if none.
-
-    Malformed entries (another tool's chunk under the same key, a hand-edited file) are ignored, never raised.
-
-    Example:
-        >>> import io, torch
-        >>> from PIL import Image
-        >>> cells = [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
-        >>> png = encode_png(torch.zeros(3, 4, 8, dtype=torch.uint8), text=cells_to_text(cells))
-        >>> [tuple(cell) for cell in cells_from_text(Image.open(io.BytesIO(png)).text)]
-        [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
-        >>> cells_from_text(Image.open(io.BytesIO(png)).text)[1].probe_index
-        1
-    """
-    raw = text.get(CELLS_KEY)
-    if not raw:
-        return []
-    try:
-        entries = json.loads(raw)
-    except ValueError:
-        return []
-    if not isinstance(entries, list):
-        return []
-    cells: list[Cell] = []
-    for entry in entries:
-        if (
-            isinstance(entry, list)
-            and len(entry) == 5
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
-            and entry[0] >= 0
-            and 0 <= entry[1] < entry[3]
-            and 0 <= entry[2] < entry[4]
-        ):
-            cells.append(Cell(*entry))
-    return cells
-
-
-def _png_text_chunks(text: Mapping[str, str] | None) -> bytes:
-    chunks = b""
-    for key, value in (text or {}).items():
-        if not 1 <= len(key) <= 79 or key != key.strip() or not key.isprintable() or not key.isascii():
-            raise ValueError(f"a PNG text key must be 1-79 printable ASCII characters, no outer spaces; got {key!r}")
-        chunks += _png_chunk(b"tEXt", key.encode("ascii") + b"\0" + value.encode("latin-1"))
-    return chunks
 
 
 def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Mapping[str, str] | None = None) -> bytes:
