@@ -165,9 +165,13 @@ def dry_run(
     # the user's RNG stream is untouched (a monitor built between seeding and model creation changes nothing), and
     # the stand-in is built outside inference mode (setup of trainer.validate/test runs inside it)
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
-        images = images[:1].detach().float().cpu().clone()
+        images = images[:1].detach().cpu().clone()
+        if not images.dtype.is_floating_point:
+            images = images.float()
         channels = images.shape[1]
+        # the stand-in takes the images' dtype, whatever torch's default dtype is (set_default_dtype(float64))
         stand_in = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        stand_in = stand_in.to(images.dtype)
         try:
             method(stand_in, images, torch.zeros(1, dtype=torch.long), **options)
         except (TypeError, ValueError) as err:

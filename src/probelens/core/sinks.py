@@ -124,8 +124,24 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _tag_parts(tag: str) -> list[str]:
-    """``"probelens/gradcam/model.4"`` -> ``["probelens", "gradcam", "model.4"]``, each part file-name safe."""
-    return [_UNSAFE.sub("_", p) for p in tag.split("/") if p]
+    """``"probelens/gradcam/model.4"`` -> ``["probelens", "gradcam", "model.4"]``, each part file-name safe.
+
+    A part that would climb or stay (``..``, ``.``) or start a hidden name becomes ``_``-led, and backslashes split
+    nothing: every path built from a tag (and so from a monitor's ``name=``) stays under the sink's root.
+
+    Example:
+        >>> _tag_parts("probelens/../../x/./.hidden/gradcam")
+        ['probelens', '_', '_', 'x', '_', '_hidden', 'gradcam']
+    """
+    parts = []
+    for part in tag.split("/"):
+        if not part:
+            continue
+        safe = _UNSAFE.sub("_", part)
+        if safe.startswith("."):
+            safe = "_" + safe.lstrip(".")
+        parts.append(safe)
+    return parts
 
 
 def _step_name(step: int, ext: str) -> str:
@@ -149,7 +165,12 @@ class PngSink:
         self.root = root
 
     def _path(self, tag: str, step: int, ext: str) -> str:
-        return os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
+        path = os.path.join(self.root, *_tag_parts(tag), _step_name(step, ext))
+        # defence in depth: whatever the tag, nothing is written outside the root
+        root = os.path.realpath(self.root)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise ValueError(f"refusing to write {path!r}: it is outside the picture folder {self.root!r}")
+        return path
 
     def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int:
         path = self._path(tag, step, "png")

@@ -78,7 +78,7 @@ def _as_channel_tensor(
     value: float | Sequence[float] | Tensor | None, channels: int, name: str, default: float
 ) -> Tensor:
     if value is None:
-        return torch.full((1, channels, 1, 1), default)
+        return torch.full((1, channels, 1, 1), default, dtype=torch.float32)
     t = torch.as_tensor(value, dtype=torch.float32).flatten()
     if t.numel() == 1:
         t = t.expand(channels)
@@ -134,7 +134,9 @@ class _ImageParameterization:
         self.size = (h, w)
         self.fourier = parameterization == "fourier"
         param_shape = (b, c, h, w // 2 + 1, 2) if self.fourier else (b, c, h, w)
-        init = torch.randn(param_shape, generator=generator) * _INIT_STD
+        # float32 whatever torch's default dtype is: the seeded picture is the same, and it is cast to the model's
+        # dtype only where it enters the model
+        init = torch.randn(param_shape, generator=generator, dtype=torch.float32) * _INIT_STD
         self.param = init.to(device).requires_grad_(True)
         self.scale = _spectrum_scale(h, w).to(device) if self.fourier else None
         self.color = COLOR_CORRELATION_SQRT.to(device) if decorrelate else None

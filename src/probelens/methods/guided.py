@@ -86,17 +86,19 @@ class _RectifiedBackward(torch.autograd.Function):
         else:
             out = torch.relu(x)
         ctx.guided = guided
-        if guided:
-            # a mask rather than the output itself: a later in-place op on the output (another relu_) must not
-            # invalidate the backward pass
-            ctx.save_for_backward(out > 0)
+        # one tensor of the output's dtype and shape, as the plain relu saves (its output): non-reentrant gradient
+        # checkpointing recomputes the plain relu in the backward pass and hands its saved tensors over by position,
+        # dtype and shape. Guided backprop reads it, so it keeps the positive mask as a new tensor of that dtype: a
+        # later in-place op on the output (another relu_) must not invalidate the backward pass; positive where the
+        # output is, so the recomputed output serves as well
+        ctx.save_for_backward((out > 0).to(out.dtype) if guided else out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         if ctx.guided:
-            (positive,) = ctx.saved_tensors
-            grad = torch.where(positive, grad, torch.zeros_like(grad))
+            (out,) = ctx.saved_tensors
+            grad = torch.where(out > 0, grad, torch.zeros_like(grad))  # relu(x) > 0 exactly where x > 0
         return grad.clamp_min(0), None, None
 
 
