@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -30,10 +31,14 @@ from probelens.methods.layout import Layout
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
     ShortcutVerdict,
+    agreeing_group_accuracy,
     class_flip_rates,
     counterfactual_probes,
     direction_flip_rates,
     foreground_only_drop,
+    group_accuracies,
+    group_gaps,
+    group_reliance_score,
     map_drift,
     mask_area,
     relevance_mass,
@@ -47,6 +52,10 @@ ON_SHORTCUT = ("warn", "stop", "ignore")
 MIN_PROBE_IMAGES = 16
 """Below this many probe images (or :data:`MIN_PROBE_PER_CLASS` in a class) ShortcutMonitor warns at setup."""
 MIN_PROBE_PER_CLASS = 8
+MIN_PROBE_PER_CELL = 8
+"""Below this many probe images in a (class, group) cell ShortcutMonitor warns at setup, naming the cell."""
+EVIDENCE = ("masks", "groups")
+"""The evidence a verdict can rest on: foreground masks (background swaps) and group labels (accuracy per group)."""
 
 SCALAR_TAGS = (
     "shortcut/score",
@@ -59,6 +68,15 @@ SCALAR_TAGS = (
     "shortcut/verdict",
 )
 """Scalars logged at every log step of a probe with masks (besides per-class ones and the map metrics)."""
+GROUP_SCALAR_TAGS = (
+    "shortcut/score",
+    "shortcut/worst_group_accuracy",
+    "shortcut/agreeing_group_accuracy",
+    "shortcut/armed",
+    "shortcut/verdict",
+)
+"""Scalars logged at every log step of a probe with groups (besides ``shortcut/group_accuracy/<class>/<group>`` and
+``shortcut/group_gap/<class>``)."""
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -91,19 +109,40 @@ class ShortcutCore(MonitorCore):
     ``on_shortcut="stop"``, ``trainer.should_stop = True``. An image ``shortcut/counterfactuals`` shows, per probe
     image, original | object only | background only | background swapped with the prediction on each.
 
-    Without masks only the map drift is logged, and one message says that masks enable the verdict.
+    With group labels in the probe set (``ProbeSet(groups=..., group_names=...)``, e.g. the background, the hospital
+    or the scanner of each image) it logs ``shortcut/group_accuracy/<class>/<group>`` (accuracy per cell),
+    ``shortcut/group_gap/<class>`` (the gap between the class's best and worst group),
+    ``shortcut/worst_group_accuracy`` and ``shortcut/agreeing_group_accuracy`` (per class the accuracy of its best
+    group, i.e. for a shortcut model its cue-agreeing cell; the worst class's), and the group score: the largest
+    within-class accuracy gap between groups, ``max_c (max_g acc[c,g] - min_g acc[c,g])``
+    (:func:`probelens.metrics.group_reliance_score`, which says why this statistic). It is on the 0-1 scale of the
+    mask score (a pure shortcut model on a probe balanced over the cells scores 1, an object model ~0) and drives
+    ``shortcut/score``, ``shortcut/verdict``, the alert, patience and clearing the same way. With groups the
+    verdicts are armed by ``shortcut/agreeing_group_accuracy``, not the probe accuracy: on a probe balanced over
+    (class, group) cells a pure shortcut model scores exactly chance overall. With masks and groups both, each
+    evidence has its own verdict, both scores are logged (``shortcut/score/masks``, ``shortcut/score/groups``;
+    ``shortcut/score`` is the larger), ``shortcut/verdict`` is 1 while either alert stands, and the alert text names
+    the evidence that fired (:attr:`alert_evidence` keeps it per alert).
+
+    ``shortcut/armed`` is 1 at a log step whose score can count (the gate accuracy is at least ``min_accuracy``) and
+    0 otherwise; the first unarmed step is said once (a warning when it held back a score at or above the threshold).
+    A step whose model outputs are NaN/Inf logs its numbers as NaN (said once); the verdict neither counts nor clears.
+
+    Without masks or groups only the map drift is logged, and one message says that masks or groups enable the
+    verdict. A probe with masks or groups and a single class is refused at setup (the verdict compares classes).
 
     The detection uses only the model, the probe images, their labels and masks. It assumes masks that cover the object
     and little background; masks that include background context leak it into "object only" and weaken the verdict.
 
     Args:
-        probe: the probe set, ideally with ``masks``.
+        probe: the probe set, ideally with ``masks`` and/or ``groups``.
         layer: the Grad-CAM layer; ``"auto"`` takes the deepest stage.
         saliency_methods: one-pass saliency methods whose mask attribution is also logged.
         on_shortcut: ``"warn"``, ``"stop"`` or ``"ignore"`` (still logs the numbers).
         threshold: score (worst-class flip rate) at or above which a log step counts towards the verdict.
         patience: consecutive counting log steps before the verdict fires.
-        min_accuracy: probe accuracy a model needs before its score counts (default: halfway between chance and 1).
+        min_accuracy: accuracy a model needs before its score counts (default: halfway between chance and 1): the
+            probe accuracy, or with groups the accuracy of each class's best group (worst class).
         panels: log the counterfactual image panel.
         max_panel_images: probe images in the panel.
         **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
@@ -149,24 +188,44 @@ class ShortcutCore(MonitorCore):
 
     @override
     def _reset_history(self) -> None:
-        self.verdict = ShortcutVerdict(threshold=self.threshold, patience=self.patience)
+        self.verdicts = {e: ShortcutVerdict(threshold=self.threshold, patience=self.patience) for e in EVIDENCE}
+        """One verdict per evidence (``"masks"``, ``"groups"``), each with its own streak, gate and alert state."""
         self.alerts: list[int] = []
         self.clears: list[int] = []
+        self.alert_evidence: list[tuple[str, ...]] = []
+        """Per alert in :attr:`alerts`, the evidence whose verdict fired."""
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
         self._counterfactuals: Any = None
         self._worst_class: int | None = None
         self._layout_written = False
         self._said_no_masks = False
+        self._said_nonfinite = False
+        self._said_unarmed: set[str] = set()
+        self._cells: dict[tuple[int, int], float] = {}
+
+    @property
+    def verdict(self) -> ShortcutVerdict:
+        """The verdict of the probe's evidence: its masks' (background swaps) when it has masks, else its groups'."""
+        if self.probe is not None and self.probe.masks is None and self.probe.groups is not None:
+            return self.verdicts["groups"]
+        return self.verdicts["masks"]
+
+    @property
+    def active(self) -> bool:
+        """Whether an alert stands (on any evidence): what ``shortcut/verdict`` logs."""
+        return any(v.active for v in self.verdicts.values())
 
     @override
     def state_dict(self) -> dict[str, Any]:
         # the drift references travel too: after a resume drift_first still compares with the first map of the run
         return {
             **super().state_dict(),
-            "verdict": self.verdict.state_dict(),
+            "verdict": self.verdicts["masks"].state_dict(),
+            "group_verdict": self.verdicts["groups"].state_dict(),
             "alerts": list(self.alerts),
             "clears": list(self.clears),
+            "alert_evidence": [list(e) for e in self.alert_evidence],
             "first_cam": self._first_cam,
             "previous_cam": self._previous_cam,
         }
@@ -174,14 +233,17 @@ class ShortcutCore(MonitorCore):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.verdict.load_state_dict(state_dict.get("verdict", {}))
+        self.verdicts["masks"].load_state_dict(state_dict.get("verdict", {}))
+        self.verdicts["groups"].load_state_dict(state_dict.get("group_verdict", {}))
         self.alerts = [int(s) for s in state_dict.get("alerts", [])]
         self.clears = [int(s) for s in state_dict.get("clears", [])]
+        self.alert_evidence = [tuple(str(x) for x in e) for e in state_dict.get("alert_evidence", [])]
         self._first_cam = state_dict.get("first_cam")
         self._previous_cam = state_dict.get("previous_cam")
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
+        self._check_probe_size()  # before the layers: a probe the verdict cannot use is refused whatever the model
         layers = self._resolve_layers(pl_module, self.layer_spec)
         if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
             name = list(layers)[-1]
@@ -192,14 +254,36 @@ class ShortcutCore(MonitorCore):
         self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
-        self._check_probe_size()
+
+    def _evidence(self) -> list[str]:
+        """The evidence the probe gives: ``"masks"`` and/or ``"groups"``."""
+        assert self.probe is not None
+        return [
+            e
+            for e, have in (("masks", self.probe.masks is not None), ("groups", self.probe.groups is not None))
+            if have
+        ]
 
     def _check_probe_size(self) -> None:
-        """Warn when the probe is too small for the verdict: its accuracies move in steps of 1/N (1/n_c per class)."""
+        """Refuse a probe the verdict cannot use (a single class: no background swap, no chance level below 1); warn
+        when it is too small for the verdict: its accuracies move in steps of 1/N (1/n_c per class, 1/n per cell)."""
         assert self.probe is not None
-        if self.probe.masks is None or self._warned_small_probe:
+        evidence = self._evidence()
+        if not evidence:
             return
-        counts = torch.bincount(self.probe.targets)
+        counts = torch.bincount(self.probe.targets.cpu())
+        classes = [c for c in range(len(counts)) if counts[c] > 0]
+        if len(classes) < 2:
+            raise ValueError(
+                f"{self.name}: the probe set has {len(self.probe)} image(s), all of class "
+                f"{self.probe.class_name(classes[0])!r}; the shortcut verdict ({' and '.join(evidence)}) compares "
+                "classes (a background swap pairs images of different classes, and accuracy must be able to beat "
+                "chance), so it needs images of at least 2 classes: at least 2 images (1 per class) work, "
+                f"{MIN_PROBE_IMAGES} with {MIN_PROBE_PER_CLASS} per class are recommended "
+                "(ProbeSet.from_dataset(val_dataset, num_samples=32, per_class=True))"
+            )
+        if self._warned_small_probe:
+            return
         smallest = int(counts[counts > 0].min())
         if len(self.probe) < MIN_PROBE_IMAGES or smallest < MIN_PROBE_PER_CLASS:
             self._warned_small_probe = True
@@ -209,10 +293,27 @@ class ShortcutCore(MonitorCore):
                 f"and the verdict rests on few images; use at least {MIN_PROBE_IMAGES} images and "
                 f"{MIN_PROBE_PER_CLASS} per class (ProbeSet.from_dataset(..., num_samples=32, per_class=True))."
             )
+        if self.probe.groups is not None:
+            groups = self.probe.groups.cpu()
+            targets = self.probe.targets.cpu()
+            tiny = [
+                f"(class {self.probe.class_name(c)!r}, group {self.probe.group_name(g)!r}): {n}"
+                for c in classes
+                for g in range(self.probe.num_groups)
+                if (n := int(((targets == c) & (groups == g)).sum())) < MIN_PROBE_PER_CELL
+            ]
+            if tiny:
+                rank_zero_warn(
+                    f"{self.name}: the probe's (class, group) cells {', '.join(tiny)} hold fewer than "
+                    f"{MIN_PROBE_PER_CELL} images, so their accuracies (and the within-class gap, the group score) "
+                    "move in coarse steps and a few images decide the verdict; pick the probe balanced over the cells "
+                    f"with {MIN_PROBE_PER_CELL} or more each (ProbeSet.from_dataset(..., groups=..., per_group=True, "
+                    f"num_samples={MIN_PROBE_PER_CELL * len(classes) * self.probe.num_groups}))."
+                )
 
     def _chance_accuracy(self) -> float:
         assert self.probe is not None
-        counts = torch.bincount(self.probe.targets).float()
+        counts = torch.bincount(self.probe.targets.cpu()).float()
         return float(counts.max() / counts.sum())
 
     @override
@@ -226,55 +327,127 @@ class ShortcutCore(MonitorCore):
             layout.to_nchw(result.gradients["pred"][name]),
             self.probe.image_size,
         ).cpu()
-        cam = self._finite(cam, "Grad-CAM maps", step)
-        labels = self.probe.targets
+        evidence = self._evidence()
+        bad_outputs = ~torch.isfinite(result.logits.detach()).flatten(1).all(1).cpu()
+        if bool(bad_outputs.any()):
+            self._nonfinite_step(trainer, step, evidence, f"{int(bad_outputs.sum())} of {len(self.probe)} probe images")
+            return
+        labels = self.probe.targets.cpu()
         preds = result.predictions.cpu()
         metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
+        cam_ok = bool(torch.isfinite(cam).all())
+        if not cam_ok:  # finite outputs, non-finite gradients (an overflow): no map number from them, no reference
+            self._warn_nonfinite(step, "the Grad-CAM maps (finite outputs, non-finite gradients)")
         if self._previous_cam is not None and self._first_cam is not None:
-            metrics["shortcut/drift_previous"] = float(map_drift(self._previous_cam, cam).mean())
-            metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean())
-        if self._first_cam is None:
-            self._first_cam = cam
-        self._previous_cam = cam
-        if self.probe.masks is None:
+            metrics["shortcut/drift_previous"] = (
+                float(map_drift(self._previous_cam, cam).mean()) if cam_ok else math.nan
+            )
+            metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean()) if cam_ok else math.nan
+        if cam_ok:
+            if self._first_cam is None:
+                self._first_cam = cam
+            self._previous_cam = cam
+        if not evidence:
             if not self._said_no_masks:
                 self._said_no_masks = True
                 rank_zero_warn(
                     f"{self.name}: the probe set has no foreground masks, so only map drift is logged. Give "
-                    "ProbeSet(masks=...) (from the dataset, boxes or a function) to enable the shortcut verdict."
+                    "ProbeSet(masks=...) (from the dataset, boxes or a function) or group labels "
+                    "(ProbeSet(groups=..., group_names=...)) to enable the shortcut verdict."
                 )
             self.writer.scalars(trainer.loggers, metrics, step)
             return
+        chance = self._chance_accuracy()
+        gate = metrics["shortcut/probe_accuracy"]
+        scores: dict[str, float] = {}
+        panel: tuple[Tensor, Tensor, Tensor, Any] | None = None
+        if self.probe.groups is not None:
+            scores["groups"] = self._group_metrics(preds, labels, metrics)
+            # on a probe balanced over (class, group) cells a pure shortcut model scores chance overall: both
+            # verdicts are armed by the accuracy of each class's best group instead
+            gate = metrics["shortcut/agreeing_group_accuracy"]
+        if self.probe.masks is not None:
+            mask_result = self._mask_metrics(result, cam, cam_ok, preds, labels, chance, pl_module, metrics)
+            if mask_result is None:
+                self._nonfinite_step(
+                    trainer, step, evidence, "the counterfactual images (object only, background only, swapped)"
+                )
+                return
+            scores["masks"], panel = mask_result
+        metrics["shortcut/score"] = max(scores.values())
+        if len(scores) > 1:
+            for e, score in scores.items():
+                metrics[f"shortcut/score/{e}"] = score
+        self.writer.scalars(trainer.loggers, metrics, step)
+        self._write_layout(trainer)
+        if self.panels and panel is not None:
+            self._panel(step, preds, *panel)
+        self._update_verdicts(trainer, step, scores, gate, chance, metrics)
+
+    def _group_metrics(self, preds: Tensor, labels: Tensor, metrics: dict[str, float]) -> float:
+        """Accuracy per (class, group), worst-group and agreeing-group accuracy, the gap per class, into
+        ``metrics``; returns the group score (:func:`probelens.metrics.group_reliance_score`)."""
+        assert self.probe is not None and self.probe.groups is not None
+        cells = group_accuracies(preds, labels, self.probe.groups)
+        for (c, g), acc in cells.items():
+            metrics[f"shortcut/group_accuracy/{self._class_tag(c)}/{self._group_tag(g)}"] = acc
+        for c, gap in group_gaps(cells).items():
+            metrics[f"shortcut/group_gap/{self._class_tag(c)}"] = gap
+        metrics["shortcut/worst_group_accuracy"] = min(cells.values())
+        metrics["shortcut/agreeing_group_accuracy"] = agreeing_group_accuracy(cells)
+        self._cells = cells
+        return group_reliance_score(cells)
+
+    def _mask_metrics(
+        self,
+        result: Any,
+        cam: Tensor,
+        cam_ok: bool,
+        preds: Tensor,
+        labels: Tensor,
+        chance: float,
+        pl_module: nn.Module,
+        metrics: dict[str, float],
+    ) -> tuple[float, tuple[Tensor, Tensor, Tensor, Any]] | None:
+        """The mask evidence into ``metrics``; returns the mask score and what the panel shows, or ``None`` when the
+        model's outputs on the counterfactual images are not finite."""
+        assert self.probe is not None and self.probe.masks is not None
         masks = self.probe.masks
-        metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean())
+        nan = math.nan
+        metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean()) if cam_ok else nan
         metrics["shortcut/mask_attribution_chance"] = float(mask_area(masks).mean())
-        metrics["shortcut/relevance_rank_accuracy"] = float(relevance_rank_accuracy(cam, masks).mean())
+        metrics["shortcut/relevance_rank_accuracy"] = (
+            float(relevance_rank_accuracy(cam, masks).mean()) if cam_ok else nan
+        )
         for method in self.saliency_methods:
             heat = saliency_to_heat(saliency_from_pass(result, "pred", method).float().cpu(), "abs_sum")
-            metrics[f"shortcut/mask_attribution/{method}"] = float(relevance_mass(heat, masks).mean())
+            finite = bool(torch.isfinite(heat).all())
+            metrics[f"shortcut/mask_attribution/{method}"] = (
+                float(relevance_mass(heat, masks).mean()) if finite else nan
+            )
 
         cf = self._counterfactual_batch(result.images)
         n = len(self.probe)
         batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped])
         model = unwrap_compiled(pl_module)
         chunk = ProbeSession.pass_chunk(model, result.images, backward=False)
-        cf_preds = torch.cat(
-            [
-                forward_backward(
-                    model,
-                    batch[start:stop].to(result.images),
-                    None,
-                    {},
-                    gradients=False,
-                    input_gradient=False,
-                    output_transform=self.output_transform,
-                ).predictions.cpu()
-                for start, stop in chunk_ranges(batch.shape[0], chunk)
-            ]
-        )
+        logits = [
+            forward_backward(
+                model,
+                batch[start:stop].to(result.images),
+                None,
+                {},
+                gradients=False,
+                input_gradient=False,
+                output_transform=self.output_transform,
+            ).logits.detach()
+            for start, stop in chunk_ranges(batch.shape[0], chunk)
+        ]
+        if not all(bool(torch.isfinite(x).all()) for x in logits):
+            return None
+        cf_preds = torch.cat([x.argmax(1).cpu() for x in logits])
         bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
         valid = cf.swap_valid.cpu()
-        chance = self._chance_accuracy()
         bg_acc = float((bg_pred == labels).float().mean())
         fg_acc = float((fg_pred == labels).float().mean())
         flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
@@ -288,7 +461,6 @@ class ShortcutCore(MonitorCore):
                     metrics["shortcut/probe_accuracy"], fg_acc, chance
                 ),
                 "shortcut/background_swap_flip_rate": flip,
-                "shortcut/score": score,
             }
         )
         for c, rate in per_class.items():
@@ -297,22 +469,101 @@ class ShortcutCore(MonitorCore):
             for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.partners).items():
                 metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}_on_{self._class_tag(b)}"] = rate
         self._worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
-        self.writer.scalars(trainer.loggers, metrics, step)
-        self._write_layout(trainer)
-        if self.panels:
-            self._panel(step, preds, bg_pred, fg_pred, swap_pred, cf)
-        self.verdict.min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + chance) / 2
-        was_active = self.verdict.active
-        if self.verdict.update(score, metrics["shortcut/probe_accuracy"]):
-            self._alert(trainer, step, metrics)
-        elif was_active and not self.verdict.active:
-            self._cleared(step, metrics)
+        return score, (bg_pred, fg_pred, swap_pred, cf)
+
+    def _update_verdicts(
+        self,
+        trainer: pl.Trainer,
+        step: int,
+        scores: dict[str, float],
+        gate: float,
+        chance: float,
+        metrics: dict[str, float],
+    ) -> None:
+        """Feed each evidence's verdict; alert for those that fire, clear when none stands any more; log
+        ``shortcut/armed`` and ``shortcut/verdict``."""
+        min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + chance) / 2
+        was_active = self.active
+        fired: list[str] = []
+        armed: dict[str, float] = {}
+        for e, score in scores.items():
+            verdict = self.verdicts[e]
+            verdict.min_accuracy = min_accuracy
+            armed[e] = float(verdict.armed(gate))
+            if not armed[e]:
+                self._say_unarmed(e, step, score, gate, min_accuracy)
+            if verdict.update(score, gate):
+                fired.append(e)
+        if fired:
+            self._alert(trainer, step, metrics, fired)
+        elif was_active and not self.active:
+            self._cleared(step, metrics, list(scores))
         # the verdict's state on the loss curves' axis: 1 while an alert stands, 0 otherwise
-        self.writer.scalars(trainer.loggers, {"shortcut/verdict": float(self.verdict.active)}, step)
+        extra = {f"shortcut/armed/{e}": a for e, a in armed.items()} if len(armed) > 1 else {}
+        self.writer.scalars(
+            trainer.loggers,
+            {"shortcut/armed": max(armed.values()), **extra, "shortcut/verdict": float(self.active)},
+            step,
+        )
+
+    def _gate_name(self) -> str:
+        assert self.probe is not None
+        if self.probe.groups is not None:
+            return "the accuracy of each class's best group (its cue-agreeing cell), worst class,"
+        return "the probe accuracy"
+
+    def _say_unarmed(self, evidence: str, step: int, score: float, gate: float, min_accuracy: float) -> None:
+        """Once per evidence and run: the verdict is not armed (the model is not better than chance where it should
+        be). A warning when that holds back a score at or above the threshold, else an info line."""
+        counted = score >= self.threshold
+        if evidence in self._said_unarmed:
+            return
+        self._said_unarmed.add(evidence)
+        text = (
+            f"{self.name}: the {evidence} verdict is not armed at step {step}: {self._gate_name()} "
+            f"{gate:.2f} < min_accuracy {min_accuracy:.2f}, so a step's score counts neither towards an alert nor "
+            "towards clearing one (an untrained or collapsed model has no shortcut to report). shortcut/armed logs "
+            "this per step (1 armed, 0 not); lower min_accuracy= to arm it earlier."
+        )
+        if counted:
+            rank_zero_warn(f"{text} This step's score {score:.2f} >= threshold {self.threshold} was not counted.")
+        else:
+            rank_zero_info(text)
+
+    def _warn_nonfinite(self, step: int, where: str) -> None:
+        if not self._said_nonfinite:
+            self._said_nonfinite = True
+            rank_zero_warn(
+                f"{self.name}: non-finite values (NaN/Inf) in {where} at step {step}: this step's shortcut numbers "
+                "are logged as NaN, never as numbers computed from NaN, and the verdict neither counts nor clears "
+                "(said once; later such steps are NaN too). The model's weights or outputs are probably diverging "
+                "(check the loss and the learning rate)."
+            )
+
+    def _nonfinite_step(self, trainer: pl.Trainer, step: int, evidence: list[str], where: str) -> None:
+        """The model's outputs are not finite: every headline number of this step is NaN; the verdicts see NaN."""
+        self._warn_nonfinite(step, f"the model's outputs on {where}")
+        nan = math.nan
+        tags = ["shortcut/probe_accuracy"]
+        if self._previous_cam is not None:
+            tags += ["shortcut/drift_previous", "shortcut/drift_first"]
+        if "masks" in evidence:
+            tags += [t for t in SCALAR_TAGS if t != "shortcut/verdict"]
+        if "groups" in evidence:
+            tags += [t for t in GROUP_SCALAR_TAGS if t != "shortcut/verdict"]
+        if evidence:
+            tags += ["shortcut/score", "shortcut/armed", "shortcut/verdict"]
+            for e in evidence:
+                self.verdicts[e].update(nan, nan)  # recorded in the history, nothing else changes
+        self.writer.scalars(trainer.loggers, dict.fromkeys(tags, nan), step)
 
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.probe.class_name(c)).strip("_") or str(c)
+
+    def _group_tag(self, g: int) -> str:
+        assert self.probe is not None
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.probe.group_name(g)).strip("_") or str(g)
 
     def _worst_text(self, metrics: dict[str, float]) -> str:
         if self._worst_class is None:
@@ -325,13 +576,41 @@ class ShortcutCore(MonitorCore):
             f"background of another class (all swaps: {metrics['shortcut/background_swap_flip_rate']:.0%})"
         )
 
-    def _cleared(self, step: int, metrics: dict[str, float]) -> None:
-        text = (
-            f"Shortcut alert cleared at step {step}: score {metrics['shortcut/score']:.2f} < {self.verdict.threshold} "
-            f"({self._worst_text(metrics)}; accuracy with a neutral background "
-            f"{metrics['shortcut/foreground_only_accuracy']:.0%}). It fires again after {self.verdict.patience} "
-            "counting log steps."
+    def _worst_group_text(self, metrics: dict[str, float]) -> str:
+        """The class with the largest gap, its best and its worst group."""
+        assert self.probe is not None
+        cells = self._cells
+        gaps = group_gaps(cells)
+        c = max(gaps, key=gaps.__getitem__)
+        mine = {g: a for (k, g), a in cells.items() if k == c}
+        best, worst = max(mine, key=mine.__getitem__), min(mine, key=mine.__getitem__)
+        p = self.probe
+        return (
+            f"within class {p.class_name(c)!r} the accuracy is {mine[best]:.0%} in group {p.group_name(best)!r} but "
+            f"{mine[worst]:.0%} in group {p.group_name(worst)!r} (worst group accuracy "
+            f"{metrics['shortcut/worst_group_accuracy']:.0%})"
         )
+
+    def _evidence_text(self, evidence: str, metrics: dict[str, float]) -> str:
+        score = metrics.get(f"shortcut/score/{evidence}", metrics["shortcut/score"])
+        if evidence == "groups":
+            return f"group labels (score {score:.2f}: {self._worst_group_text(metrics)})"
+        return f"masks (score {score:.2f}: {self._worst_text(metrics)})"
+
+    def _cleared(self, step: int, metrics: dict[str, float], evidence: list[str]) -> None:
+        if evidence == ["masks"]:
+            text = (
+                f"Shortcut alert cleared at step {step}: score {metrics['shortcut/score']:.2f} < "
+                f"{self.verdict.threshold} ({self._worst_text(metrics)}; accuracy with a neutral background "
+                f"{metrics['shortcut/foreground_only_accuracy']:.0%}). It fires again after {self.verdict.patience} "
+                "counting log steps."
+            )
+        else:
+            text = (
+                f"Shortcut alert cleared at step {step}: every score < {self.threshold} ("
+                + "; ".join(self._evidence_text(e, metrics) for e in evidence)
+                + f"). It fires again after {self.patience} counting log steps."
+            )
         self.clears.append(step)
         if self.on_shortcut != "ignore":
             self.writer.text("shortcut/alert", text, step)
@@ -400,23 +679,68 @@ class ShortcutCore(MonitorCore):
                 "loss": ["Multiline", [r".*loss.*"]],
             }
         }
+        assert self.probe is not None
+        if self.probe.groups is not None:
+            charts = layout[title]
+            charts["accuracy per (class, group)"] = [
+                "Multiline",
+                [
+                    t("shortcut/group_accuracy") + "/.*",
+                    t("shortcut/worst_group_accuracy"),
+                    t("shortcut/agreeing_group_accuracy"),
+                ],
+            ]
+            charts["within-class gap between groups"] = ["Multiline", [t("shortcut/group_gap") + "/.*"]]
+            if self.probe.masks is None:
+                for key in (
+                    "background swaps (flip rate per class of the object)",
+                    "counterfactual accuracy",
+                    "attribution on the object",
+                ):
+                    del charts[key]
         for logger in trainer.loggers:
             if is_tensorboard_logger(logger):
                 cast(Any, logger).experiment.add_custom_scalars(layout)  # a TensorBoardLogger (checked above)
 
-    def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float]) -> None:
+    def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float], fired: list[str]) -> None:
         self.alerts.append(step)
+        self.alert_evidence.append(tuple(fired))
         if self.on_shortcut == "ignore":
             return
-        text = (
-            f"Shortcut suspected at step {step} (epoch {trainer.current_epoch}): score {metrics['shortcut/score']:.2f} "
-            f">= {self.verdict.threshold} for {self.verdict.patience} log steps: in a conflict the background wins, "
-            f"{self._worst_text(metrics)}. With a neutral background the model scores "
-            f"{metrics['shortcut/foreground_only_accuracy']:.0%} accuracy (drop "
-            f"{metrics['shortcut/foreground_only_drop']:.2f}); with the object removed "
-            f"{metrics['shortcut/background_only_accuracy']:.0%}. Grad-CAM mass on the object is "
-            f"{metrics['shortcut/mask_attribution']:.2f} (chance {metrics['shortcut/mask_attribution_chance']:.2f})."
-        )
+        standing = [e for e in self.verdicts if e not in fired and self.verdicts[e].active]
+        if fired == ["masks"] and not standing and self.probe is not None and self.probe.groups is None:
+            text = (
+                f"Shortcut suspected at step {step} (epoch {trainer.current_epoch}): score "
+                f"{metrics['shortcut/score']:.2f} >= {self.threshold} for {self.patience} log steps: in a conflict "
+                f"the background wins, {self._worst_text(metrics)}. With a neutral background the model scores "
+                f"{metrics['shortcut/foreground_only_accuracy']:.0%} accuracy (drop "
+                f"{metrics['shortcut/foreground_only_drop']:.2f}); with the object removed "
+                f"{metrics['shortcut/background_only_accuracy']:.0%}. Grad-CAM mass on the object is "
+                f"{metrics['shortcut/mask_attribution']:.2f} "
+                f"(chance {metrics['shortcut/mask_attribution_chance']:.2f})."
+            )
+        else:
+            details = "; ".join(self._evidence_text(e, metrics) for e in fired)
+            text = (
+                f"Shortcut suspected at step {step} (epoch {trainer.current_epoch}), evidence: {' and '.join(fired)}: "
+                f"score >= {self.threshold} for {self.patience} log steps on {details}."
+            )
+            if "groups" in fired:
+                text += (
+                    " The model is right where the group agrees with the class and wrong where it does not: it "
+                    "decides by the group's attribute, not the object."
+                )
+            if "masks" in fired:
+                text += (
+                    f" With the object removed it scores {metrics['shortcut/background_only_accuracy']:.0%}, with a "
+                    f"neutral background {metrics['shortcut/foreground_only_accuracy']:.0%}."
+                )
+            if standing:
+                text += f" (The {' and '.join(standing)} alert already stands.)"
+            elif self.probe is not None and len(self._evidence()) > 1:
+                other = [e for e in self._evidence() if e not in fired]
+                if other:
+                    text += f" The {' and '.join(other)} evidence has not fired (yet)."
         self.writer.text("shortcut/alert", text, step)
         rank_zero_warn(f"{self.name}: {text}")
         if self.on_shortcut == "stop":
