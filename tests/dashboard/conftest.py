@@ -92,3 +92,50 @@ def serve(shots: ModuleType) -> Callable[..., AbstractContextManager[int]]:
         return shots.tensorboard(logdir, ready, budget_s=90.0)
 
     return start
+
+
+class Replay:
+    """A subprocess appending a finished run's records to ``target`` step by step (``tests/dashboard/replay.py``):
+    a run that is still training, as the server sees it."""
+
+    def __init__(self, source: Path, target: Path) -> None:
+        import subprocess
+
+        self.target = target
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("replay.py")), str(source), str(target)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        assert answer.startswith("ok"), f"replay {command!r}: {answer!r}"
+        return answer
+
+    def upto(self, step: int) -> None:
+        self.send(f"upto {step}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def replay() -> Iterator[Callable[[Path, Path], Replay]]:
+    started: list[Replay] = []
+
+    def start(source: Path, target: Path) -> Replay:
+        started.append(Replay(source, target))
+        return started[-1]
+
+    yield start
+    for r in started:
+        r.close()

@@ -27,3 +27,15 @@ def get_json(port: int, route: str, **params: Any) -> Any:
     status, body, _ = get(port, route, **params)
     assert status == 200, f"{route} {params}: HTTP {status}: {body[:500]!r}"
     return json.loads(body)
+
+
+def wait_indexed(port: int, budget_s: float = 60.0) -> Any:
+    """The ``/runs`` listing once the plugin's first reading of the logs is done (it lists runs before that)."""
+    import time
+
+    deadline = time.monotonic() + budget_s
+    while True:
+        listing = get_json(port, "/data/plugin/probelens/runs")
+        if listing.get("indexing", {}).get("done", True) or time.monotonic() > deadline:
+            return listing
+        time.sleep(0.2)

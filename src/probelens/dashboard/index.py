@@ -171,10 +171,12 @@ class EventFileFollower:
         with fh:
             st = os.fstat(fh.fileno())
             self.identity = (st.st_dev, st.st_ino)
+            unchanged = st.st_size == self.size
             self.size = st.st_size
             if self.size == self.offset:
-                if self.incomplete:
-                    self._incomplete_reads += 1
+                return records
+            if unchanged and self.incomplete and not self.exhausted:
+                self._incomplete_reads += 1  # the same incomplete record as last time: not read again
                 return records
             fh.seek(self.offset)
             self.exhausted = False

@@ -11,7 +11,7 @@ const VIEWS = [
   ['shortcut', 'Shortcut'],
 ];
 const PLAY_MS = 900;
-const POLL_MS = 30000; // a training run that is still writing: its new steps appear without a click
+const POLL_MS = 2000; // a run that is still training: its new steps, and new runs, appear without a click
 const CELL_W = 150; // a matrix cell's width in CSS pixels (the crop is scaled to it)
 const STRIP_W = 96; // a filmstrip frame's width
 const HIDDEN_BY_DEFAULT = new Set(['activations']); // one wide row per probe image: shown on request
@@ -47,6 +47,19 @@ async function getJSON(url) {
   const body = await response.json().catch(() => null);
   if (!response.ok) throw new Error((body && body.error) || `${url}: HTTP ${response.status}`);
   return body;
+}
+
+/** "Indexing the logs: 12.0 of 110.3 MB read" */
+function progressText(progress) {
+  const mb = (n) => (n / 1048576).toFixed(1);
+  if (!progress || !progress.bytes_total) return 'Reading the logs...';
+  return `Indexing the logs: ${mb(progress.bytes_read)} of ${mb(progress.bytes_total)} MB read...`;
+}
+
+/** What a run shows before (or without) its listing. */
+function emptySummary(run) {
+  return {run, steps: [], scalar_steps: [], grids: [], panels: [], pictures: [], scalars: {}, alerts: [], probes: {},
+    notices: [], indexed: true};
 }
 
 function imageURL(run, tag, entry) {
@@ -130,60 +143,99 @@ export class Dashboard {
   }
 
   async start() {
-    this.root.replaceChildren(h('p', {class: 'message', text: 'Reading the logs...'}));
-    let listing;
-    try {
-      listing = await getJSON('./runs');
-    } catch (err) {
-      this.fail(`The probelens plugin did not answer: ${err.message}. Is TensorBoard still running?`);
-      return;
-    }
-    this.logdir = listing.logdir;
-    this.state.runs = listing.runs.filter((r) => r.probelens).map((r) => r.run);
-    if (listing.message || !this.state.runs.length) {
-      this.fail(listing.message || 'No run has probelens data.');
-      return;
-    }
-    this.state.left = this.state.runs[0];
-    await this.load();
-    setInterval(() => this.poll(), POLL_MS);
+    this.root.replaceChildren(h('p', {class: 'message', id: 'progress', text: 'Reading the logs...'}));
+    this.errors = new Map(); // run -> why its listing could not be read (shown in that run's panel only)
+    await this.waitForRuns();
+    this.pollTimer = setInterval(() => this.poll(), POLL_MS);
   }
 
-  /** Read the shown runs again; redraw only when they grew (following the newest step if it was shown). */
-  async poll() {
-    if (this.state.playing) return;
-    const before = JSON.stringify(this.steps());
-    const atEnd = this.state.step === this.steps()[this.steps().length - 1];
-    try {
-      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
-    } catch (err) {
-      return; // the next poll, or the reload button, tries again
+  /** Poll the run listing until a run can be shown: runs are listed before their pictures are indexed. */
+  async waitForRuns() {
+    for (;;) {
+      let listing;
+      try {
+        listing = await getJSON('./runs');
+      } catch (err) {
+        this.fail(`The probelens plugin did not answer: ${err.message}. Is TensorBoard still running?`);
+        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+        continue;
+      }
+      this.logdir = listing.logdir;
+      this.state.runs = this.showable(listing);
+      if (this.state.runs.length) {
+        this.state.left = this.state.runs[0];
+        await this.load();
+        return;
+      }
+      const indexing = listing.indexing || {done: true};
+      if (listing.message || indexing.done) this.fail(listing.message || 'No run has probelens data.');
+      else this.root.replaceChildren(h('p', {class: 'message', id: 'progress', text: progressText(indexing)}));
+      await new Promise((resolve) => setTimeout(resolve, indexing.done ? POLL_MS : 500));
     }
-    const steps = this.steps();
-    if (JSON.stringify(steps) === before) return;
-    if (atEnd || !steps.includes(this.state.step)) this.state.step = steps[steps.length - 1];
-    this.draw();
+  }
+
+  /** The runs a selector offers: those with probelens data, and those not read yet (they may have some). */
+  showable(listing) {
+    return listing.runs.filter((r) => r.probelens || r.indexed === false).map((r) => r.run);
+  }
+
+  /** Read the run listing and the shown runs again; redraw only when something changed (following the newest step
+   * if it was shown). New runs join the selectors; a run that went away says so in its own panel. */
+  async poll() {
+    if (this.state.playing || this.polling) return;
+    this.polling = true;
+    try {
+      const before = this.fingerprint();
+      const atEnd = this.state.step === this.steps()[this.steps().length - 1];
+      try {
+        const listing = await getJSON('./runs');
+        const runs = this.showable(listing);
+        for (const r of [this.state.left, this.state.right]) if (r && !runs.includes(r)) runs.push(r);
+        runs.sort();
+        this.state.runs = runs;
+      } catch (err) {
+        return; // the next poll tries again
+      }
+      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
+      if (this.fingerprint() === before) return;
+      const steps = this.steps();
+      if (atEnd || !steps.includes(this.state.step)) this.state.step = steps.length ? steps[steps.length - 1] : null;
+      this.draw();
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /** What a redraw depends on besides the user's choices: the runs, and per shown run its steps, notices, error. */
+  fingerprint() {
+    return JSON.stringify([
+      this.state.runs,
+      this.shown().map((s) => [s.run, s.steps, s.scalar_steps, s.notices, s.indexed, s.progress, s.grids.length]),
+      [this.state.left, this.state.right].map((r) => (r ? this.errors.get(r) || null : null)),
+    ]);
   }
 
   fail(message) {
     this.root.replaceChildren(h('p', {class: 'message error', role: 'alert', text: message}));
   }
 
+  /** Read a run's listing; a failure (a deleted run, a server gone) is kept for that run's panel, not thrown. */
   async summary(run) {
     if (!run) return null;
-    const summary = await getJSON(`./run?${new URLSearchParams({run})}`);
-    this.summaries.set(run, summary);
-    return summary;
+    try {
+      const summary = await getJSON(`./run?${new URLSearchParams({run})}`);
+      this.summaries.set(run, summary);
+      this.errors.delete(run);
+      return summary;
+    } catch (err) {
+      this.errors.set(run, err.message);
+      return null;
+    }
   }
 
   /** (Re)read the shown runs' listings and draw. */
   async load() {
-    try {
-      await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
-    } catch (err) {
-      this.fail(err.message);
-      return;
-    }
+    await Promise.all([this.summary(this.state.left), this.summary(this.state.right)]);
     const steps = this.steps();
     if (this.state.step === null || !steps.includes(this.state.step)) {
       this.state.step = steps.length ? steps[steps.length - 1] : null;
@@ -192,7 +244,19 @@ export class Dashboard {
   }
 
   shown() {
-    return [this.state.left, this.state.right].filter(Boolean).map((run) => this.summaries.get(run));
+    return [this.state.left, this.state.right].filter(Boolean).map((run) => this.summaries.get(run) || emptySummary(run));
+  }
+
+  /** The notices of one run's panel: its listing could not be read (deleted?), damaged files, indexing progress. */
+  notices(summary) {
+    const out = [];
+    const error = this.errors.get(summary.run);
+    if (error) out.push(h('p', {class: 'notice error', role: 'alert', text: error}));
+    for (const text of summary.notices || []) out.push(h('p', {class: 'notice warning', role: 'status', text}));
+    if (summary.indexed === false) {
+      out.push(h('p', {class: 'notice progress', role: 'status', text: progressText(summary.progress)}));
+    }
+    return out.length ? h('div', {class: 'notices'}, out) : null;
   }
 
   /** Every logged step of the shown runs (pictures first; the scalar steps when a run has no picture). */
@@ -290,7 +354,7 @@ export class Dashboard {
         h('output', {id: 'step-value', text: steps.length ? `step ${this.state.step}` : 'no steps'}),
         h('span', {class: 'small', text: ` (${index + 1} of ${steps.length} logged steps)`}),
       ),
-      h('button', {id: 'reload', text: 'reload', title: 'read the event files again', onclick: () => this.load()}),
+      h('button', {id: 'reload', text: 'reload', title: 'ask for the newest listings now', onclick: () => this.poll()}),
     );
   }
 
@@ -300,6 +364,7 @@ export class Dashboard {
         'section',
         {class: 'run-panel', dataset: {run: s.run}},
         h('h2', {text: s.run}),
+        this.notices(s),
         this.state.view === 'matrix'
           ? this.matrix(s)
           : this.state.view === 'image'
