@@ -42,8 +42,10 @@ def is_event_file(name: str) -> bool:
 def find_runs(logdir: Path, exclude: Path | None = None) -> list[Path]:
     """Directories under ``logdir`` (itself included) that hold TensorBoard event files, sorted.
 
-    Symbolic links to folders are followed (TensorBoard lists runs behind them); a folder already reached by another
-    path (a link loop, or two links to one folder) is walked once, at the first path that reaches it.
+    Symbolic links to folders are followed, as TensorBoard follows them: a run reached through a link is listed
+    under the link's path (a folder reached by two paths is listed twice, as TensorBoard lists it). A link that
+    leads back into a folder on its own path (a loop) is not entered, where TensorBoard would walk it until the
+    path grows too long.
 
     Args:
         logdir: The log directory.
@@ -55,18 +57,18 @@ def find_runs(logdir: Path, exclude: Path | None = None) -> list[Path]:
     """
     excluded = exclude.resolve() if exclude is not None else None
     runs = []
-    seen: set[tuple[int, int]] = set()
+    chains: dict[str, frozenset[str]] = {}  # walked path -> the real folders on the way to it, itself included
     for root, dirs, files in os.walk(logdir, followlinks=True):
-        try:
-            st = os.stat(root)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a loop, or a second link to a folder walked already
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if excluded is None or Path(root, d).resolve() != excluded)
+        real = os.path.realpath(root)
+        chain = chains.pop(root, frozenset()) | {real}
+        keep = []
+        for d in sorted(dirs):
+            target = os.path.realpath(os.path.join(root, d))
+            if target in chain or (excluded is not None and Path(target) == excluded):
+                continue  # a loop back up its own path, or the export's output
+            chains[os.path.join(root, d)] = chain
+            keep.append(d)
+        dirs[:] = keep
         if any(is_event_file(f) for f in files):
             runs.append(Path(root))
     return sorted(runs)
