@@ -13,6 +13,7 @@ from probelens.probe import ProbeSet
 if TYPE_CHECKING:  # the Lightning callbacks these names resolve to (see __getattr__)
     from probelens.callbacks import (
         ActivationMonitor,
+        ConceptMonitor,
         DeconvMonitor,
         FeatureVisMonitor,
         FilterMonitor,
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ActivationMonitor",
+    "ConceptMonitor",
     "DeconvMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",

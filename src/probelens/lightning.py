@@ -30,6 +30,10 @@ class ActivationMonitor(core.ActivationCore, Callback):  # type: ignore[misc]
     __doc__ = core.ActivationCore.__doc__
 
 
+class ConceptMonitor(core.ConceptCore, Callback):  # type: ignore[misc]
+    __doc__ = core.ConceptCore.__doc__
+
+
 class DeconvMonitor(core.DeconvCore, Callback):  # type: ignore[misc]
     __doc__ = core.DeconvCore.__doc__
 
@@ -60,6 +64,7 @@ class ShortcutMonitor(core.ShortcutCore, Callback):  # type: ignore[misc]
 
 __all__ = [
     "ActivationMonitor",
+    "ConceptMonitor",
     "DeconvMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",

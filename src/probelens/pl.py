@@ -27,6 +27,10 @@ class ActivationMonitor(core.ActivationCore, Callback):
     __doc__ = core.ActivationCore.__doc__
 
 
+class ConceptMonitor(core.ConceptCore, Callback):
+    __doc__ = core.ConceptCore.__doc__
+
+
 class DeconvMonitor(core.DeconvCore, Callback):
     __doc__ = core.DeconvCore.__doc__
 
@@ -57,6 +61,7 @@ class ShortcutMonitor(core.ShortcutCore, Callback):
 
 __all__ = [
     "ActivationMonitor",
+    "ConceptMonitor",
     "DeconvMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",

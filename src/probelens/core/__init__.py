@@ -16,6 +16,7 @@ run), :mod:`~probelens.core.session` (the shared explanation pass of one model),
 
 from probelens.core.activations import ActivationCore
 from probelens.core.base import MonitorCore
+from probelens.core.concept import ConceptCore
 from probelens.core.deconv import DeconvCore
 from probelens.core.feature_vis import FeatureVisCore
 from probelens.core.filters import FilterCore
@@ -26,6 +27,7 @@ from probelens.core.shortcut import ShortcutCore
 
 __all__ = [
     "ActivationCore",
+    "ConceptCore",
     "DeconvCore",
     "FeatureVisCore",
     "FilterCore",

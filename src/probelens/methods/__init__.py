@@ -14,6 +14,7 @@ from probelens.methods.occlusion import occlusion
 from probelens.methods.saliency import saliency, saliency_from_pass
 from probelens.methods.smoothgrad import smoothgrad, smoothgrad_noise
 from probelens.methods.summary import layer_summary, summary_markdown
+from probelens.methods.tcav import concept_activation_vector, directional_derivatives, tcav
 
 __all__ = [
     "CAM_METHODS",
@@ -23,9 +24,11 @@ __all__ = [
     "cam_map",
     "cams_from_pass",
     "class_scores",
+    "concept_activation_vector",
     "conv_filters",
     "conv_layers",
     "deconv_projections",
+    "directional_derivatives",
     "default_output_transform",
     "expected_gradients",
     "feature_maps",
@@ -46,4 +49,5 @@ __all__ = [
     "smoothgrad",
     "smoothgrad_noise",
     "summary_markdown",
+    "tcav",
 ]
