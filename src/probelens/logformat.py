@@ -10,6 +10,7 @@ inside the TensorBoard process, the export) stay light; :mod:`probelens.render.i
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -17,9 +18,11 @@ from typing import NamedTuple
 
 __all__ = [
     "CELLS_KEY",
+    "MAPS_KEY",
     "PNG_SIGNATURE",
     "PREDICTIONS_KEY",
     "PROBE_KEY",
+    "SCALE_KEY",
     "Box",
     "Cell",
     "PngHeader",
@@ -35,6 +38,7 @@ __all__ = [
     "predictions_from_text",
     "probe_from_text",
     "read_png_header",
+    "scale_from_text",
 ]
 
 CELLS_KEY = "probelens.cells"
@@ -46,6 +50,16 @@ without reading the pixels."""
 PROBE_KEY = "probelens.probe"
 """The PNG ``tEXt`` key of the probe set's fingerprint (:meth:`probelens.ProbeSet.fingerprint`) beside the cells, so
 per-image views of grids drawn from different probe sets are never paired by index alone."""
+
+MAPS_KEY = "probelens.maps"
+"""The PNG ``tEXt`` key of each probe image's map alone inside its cell (the cell without its caption band), in the
+format of :data:`CELLS_KEY`: ``[[index, left, top, right, bottom], ...]``. Optional: a viewer that finds no such chunk
+shows the whole cell."""
+SCALE_KEY = "probelens.scale"
+"""The PNG ``tEXt`` key of the colour scale a grid's maps were drawn with, compact JSON: ``{"colormap": "jet",
+"mode": "per_image" | "fixed", "vmin": float, "vmax": float, "stops": ["#rrggbb", ...]}`` (``vmin``/``vmax`` for
+``fixed`` only; ``stops``: the colormap sampled evenly from low to high, at most 32, so a viewer draws any colormap).
+Optional: a viewer that finds none draws no colour bar rather than a guessed one."""
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 """The eight bytes every PNG starts with."""
@@ -71,12 +85,23 @@ Prediction = tuple[int, str, str, float]
 
 class ProbeCells(list):
     """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
-    cells with :func:`cells_to_text` records the probe too, without a parameter of its own."""
+    cells with :func:`cells_to_text` records the probe too, without a parameter of its own; optionally with the
+    captions' predictions, each probe image's map box inside its cell (``maps``, :data:`MAPS_KEY`) and the colour
+    scale (``scale``, :data:`SCALE_KEY`)."""
 
-    def __init__(self, cells: Sequence[Cell], probe: str | None = None, predictions: Sequence[Prediction] = ()) -> None:
+    def __init__(
+        self,
+        cells: Sequence[Cell],
+        probe: str | None = None,
+        predictions: Sequence[Prediction] = (),
+        maps: Sequence[Cell] = (),
+        scale: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(cells)
         self.probe = probe
         self.predictions = list(predictions)
+        self.maps = list(maps)
+        self.scale = dict(scale) if scale else None
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -113,6 +138,12 @@ def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
     if predictions:
         rows = [[int(k), str(true), str(pred), round(float(p), 4)] for k, true, pred, p in predictions]
         text[PREDICTIONS_KEY] = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
+    maps = getattr(cells, "maps", None)
+    if maps:
+        text[MAPS_KEY] = json.dumps([[int(v) for v in cell] for cell in maps], separators=(",", ":"))
+    scale = getattr(cells, "scale", None)
+    if scale:
+        text[SCALE_KEY] = json.dumps(scale, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text
 
 
@@ -157,11 +188,49 @@ def probe_from_text(text: Mapping[str, str]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
+def scale_from_text(text: Mapping[str, str]) -> dict[str, object] | None:
+    """The colour scale recorded under :data:`SCALE_KEY` (``None`` when absent or malformed, never raised).
+
+    Example:
+        >>> scale_from_text({SCALE_KEY: '{"colormap":"jet","mode":"fixed","vmin":0,"vmax":2.5}'})
+        {'colormap': 'jet', 'mode': 'fixed', 'vmin': 0.0, 'vmax': 2.5}
+    """
+    raw = text.get(SCALE_KEY)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw, parse_constant=lambda name: None)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("mode") not in ("per_image", "fixed"):
+        return None
+    colormap = value.get("colormap")
+    out: dict[str, object] = {"colormap": colormap if isinstance(colormap, str) else None, "mode": value["mode"]}
+    for key in ("vmin", "vmax"):
+        v = value.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    stops = value.get("stops")
+    if isinstance(stops, list) and 2 <= len(stops) <= 32 and all(_is_hex_colour(c) for c in stops):
+        out["stops"] = [str(c) for c in stops]
+    return out
+
+
+def _is_hex_colour(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 7
+        and value[0] == "#"
+        and all(c in "0123456789abcdefABCDEF" for c in value[1:])
+    )
+
+
+def cells_from_text(text: Mapping[str, str], key: str = CELLS_KEY) -> list[Cell]:
     """The cells recorded by :func:`cells_to_text` in a PNG's text chunks (PIL's ``Image.text``, or
     :attr:`PngHeader.text`); ``[]`` if none.
 
     Malformed entries (another tool's chunk under the same key, a hand-edited file) are ignored, never raised.
+    ``key=MAPS_KEY`` reads the map boxes in the same format.
 
     Example:
         >>> cells = [(0, 0, 0, 4, 4), (1, 4, 0, 8, 4)]
@@ -170,7 +239,7 @@ def cells_from_text(text: Mapping[str, str]) -> list[Cell]:
         >>> cells_from_text(cells_to_text(cells))[1].probe_index
         1
     """
-    raw = text.get(CELLS_KEY)
+    raw = text.get(key)
     if not raw:
         return []
     try:
@@ -255,9 +324,11 @@ class PngLayout:
         probe: The probe set's fingerprint (``None`` where not recorded).
         predictions: Probe index -> ``(true label, predicted label, probability)`` as the captions say (empty where
             not recorded).
+        maps: Probe index -> the box of its map alone, without the caption (empty where not recorded).
+        scale: The colour scale (:func:`scale_from_text`), ``None`` where not recorded.
     """
 
-    __slots__ = ("boxes", "height", "predictions", "probe", "width")
+    __slots__ = ("boxes", "height", "maps", "predictions", "probe", "scale", "width")
 
     def __init__(
         self,
@@ -266,12 +337,16 @@ class PngLayout:
         boxes: dict[int, Box],
         probe: str | None,
         predictions: dict[int, tuple[str, str, float]],
+        maps: dict[int, Box] | None = None,
+        scale: dict[str, object] | None = None,
     ) -> None:
         self.width = width
         self.height = height
         self.boxes = boxes
         self.probe = probe
         self.predictions = predictions
+        self.maps = maps or {}
+        self.scale = scale
 
     def __repr__(self) -> str:
         return f"PngLayout({self.width}x{self.height}, {len(self.boxes)} boxes, probe={self.probe!r})"
@@ -283,8 +358,16 @@ def layout_from_header(width: int, height: int, text: Mapping[str, str]) -> PngL
     A probe image with several cells (the counterfactual panel's four tiles) gets the box around all of them; cells
     reaching past the picture are clipped to it, empty ones dropped.
     """
+    boxes = _union_boxes(cells_from_text(text), width, height)
+    maps = _union_boxes(cells_from_text(text, MAPS_KEY), width, height)
+    return PngLayout(
+        width, height, boxes, probe_from_text(text), predictions_from_text(text), maps, scale_from_text(text)
+    )
+
+
+def _union_boxes(cells: Sequence[Cell], width: int, height: int) -> dict[int, Box]:
     boxes: dict[int, Box] = {}
-    for k, x0, y0, x1, y1 in cells_from_text(text):
+    for k, x0, y0, x1, y1 in cells:
         x1, y1 = min(x1, width), min(y1, height)
         if x0 >= x1 or y0 >= y1:
             continue
@@ -292,7 +375,7 @@ def layout_from_header(width: int, height: int, text: Mapping[str, str]) -> PngL
             a0, b0, a1, b1 = boxes[k]
             x0, y0, x1, y1 = min(a0, x0), min(b0, y0), max(a1, x1), max(b1, y1)
         boxes[k] = (x0, y0, x1, y1)
-    return PngLayout(width, height, boxes, probe_from_text(text), predictions_from_text(text))
+    return boxes
 
 
 def png_layout(data: bytes) -> PngLayout:

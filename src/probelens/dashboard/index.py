@@ -423,10 +423,14 @@ class RunIndex:
         except Exception:  # not an image a header reader knows: listed, shown if the browser can
             layout = PngLayout(0, 0, {}, None, {})
         # identical layouts (the same grid at every step but for its captions) share one object
-        key = repr((layout.width, layout.height, sorted(layout.boxes.items()), layout.probe)).encode()
+        key = repr(
+            (layout.width, layout.height, sorted(layout.boxes.items()), layout.probe, sorted(layout.maps.items()))
+        ).encode()
         shared = self._layouts.setdefault(key, layout)
-        if shared is not layout and layout.predictions:
-            return PngLayout(shared.width, shared.height, shared.boxes, shared.probe, layout.predictions)
+        if shared is not layout and (layout.predictions or layout.scale):
+            return PngLayout(
+                shared.width, shared.height, shared.boxes, shared.probe, layout.predictions, shared.maps, layout.scale
+            )
         return shared
 
     def _add(self, file_id: int, records: list[Record]) -> None:
@@ -554,6 +558,10 @@ class RunIndex:
                         rows.extend(k for k in layout.boxes if k not in rows)
                 if layout.predictions:
                     entry["predictions"] = {str(k): list(v) for k, v in sorted(layout.predictions.items())}
+                if layout.maps:
+                    entry["maps"] = {str(k): list(box) for k, box in sorted(layout.maps.items())}
+                if layout.scale:
+                    entry["scale"] = layout.scale
                 entries.append(entry)
             item = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
             if method == "counterfactuals":

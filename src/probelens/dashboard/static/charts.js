@@ -30,6 +30,8 @@ export function lineChart({title, series, alerts = [], current = null, onPick = 
   const m = {left: 38, right: 10, top: 20, bottom: 22};
   const svg = el('svg', {width, height, viewBox: `0 0 ${width} ${height}`, class: 'chart'});
   el('text', {x: m.left, y: 13, class: 'chart-title'}, svg).textContent = title;
+  // a value that was NaN or infinite is listed as null: left out of the line, never drawn as 0
+  series = series.map((s) => ({...s, points: s.points.filter((p) => Number.isFinite(p[1]))}));
   const all = series.flatMap((s) => s.points);
   if (!all.length) return svg;
   const steps = all.map((p) => p[0]);

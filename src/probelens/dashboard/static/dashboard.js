@@ -104,9 +104,48 @@ function probeLabel(summary, fingerprint) {
   return i >= 0 && i < 26 ? `probe set ${String.fromCharCode(65 + i)}` : `probe set ${fingerprint || 'unrecorded'}`;
 }
 
-/** A probe image's box cut out of a logged grid, scaled to `width` CSS pixels. */
-function crop(run, item, entry, index, width) {
-  const box = entry.boxes[String(index)];
+/**
+ * The box of a probe image's map inside its cell, without the caption stamped under it (the caption is shown once
+ * per row, as HTML): the map box the grid recorded; else, for a captioned cell taller than wide (a square probe
+ * image's tile over its caption band, as the monitors draw it), the cell's top square; else the whole cell.
+ */
+function mapBox(entry, index) {
+  const k = String(index);
+  if (entry.maps && entry.maps[k]) return entry.maps[k];
+  const box = entry.boxes[k];
+  const [x0, y0, x1, y1] = box;
+  if (entry.predictions && entry.predictions[k] && y1 - y0 > x1 - x0) return [x0, y0, x1, y0 + (x1 - x0)];
+  return box;
+}
+
+/** Colour stops of the colormaps probelens' monitors use by default (a scale that records `stops` brings its own). */
+const COLORMAPS = {
+  jet: ['#00007f', '#0000ff', '#007fff', '#00ffff', '#7fff7f', '#ffff00', '#ff7f00', '#ff0000', '#7f0000'],
+  viridis: ['#440154', '#472d7b', '#3b528b', '#2c728e', '#21918c', '#28ae80', '#5ec962', '#addc30', '#fde725'],
+  gray: ['#000000', '#ffffff'],
+  hot: ['#0b0000', '#ff0000', '#ffff00', '#ffffff'],
+  bwr: ['#0000ff', '#ffffff', '#ff0000'],
+};
+
+/** A colour bar with the scale mode of a column's maps, from the scale its grid recorded; null when none was. */
+function colorBar(entry) {
+  const scale = entry && entry.scale;
+  if (!scale) return null;
+  const stops = scale.stops || COLORMAPS[scale.colormap];
+  if (!stops) return null;
+  const bar = h('div', {class: 'colorbar', title: scale.colormap || ''});
+  bar.style.background = `linear-gradient(to right, ${stops.join(', ')})`;
+  const fmt = (v) => (typeof v === 'number' ? Number(v.toPrecision(3)).toString() : '?');
+  const text =
+    scale.mode === 'fixed'
+      ? `fixed scale ${fmt(scale.vmin ?? 0)} to ${fmt(scale.vmax)}`
+      : 'per image: each map from its own min to max';
+  return h('div', {class: 'scale'}, bar, h('div', {class: 'small scale-mode', text}));
+}
+
+/** A probe image's box cut out of a logged grid, scaled to `width` CSS pixels (`box`: default its whole cell). */
+function crop(run, item, entry, index, width, box = null) {
+  box = box || entry.boxes[String(index)];
   const [x0, y0, x1, y1] = box;
   const scale = width / (x1 - x0);
   const frame = h('div', {class: 'crop'});
@@ -439,6 +478,7 @@ export class Dashboard {
             {dataset: {tag: c.tag}},
             h('div', {text: (c.stage ? `${c.stage} ` : '') + c.method}),
             h('code', {text: c.layer}),
+            colorBar(entryAt(c.entries, step)),
           ),
         ),
       );
@@ -469,7 +509,7 @@ export class Dashboard {
                 class: 'cell',
                 dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)},
               },
-              crop(summary.run, c, entry, index, CELL_W),
+              crop(summary.run, c, entry, index, CELL_W, mapBox(entry, index)),
               entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
             ),
           );
@@ -620,7 +660,7 @@ export class Dashboard {
             h(
               'div',
               {class: 'cell', dataset: {tag: g.tag, step: String(s), probe: fingerprint, index: indexText}},
-              crop(summary.run, g, e, index, STRIP_W),
+              crop(summary.run, g, e, index, STRIP_W, mapBox(e, index)),
             ),
           );
         }),
@@ -695,7 +735,42 @@ export class Dashboard {
       ...SCALAR_ORDER.flatMap((name) => tags.filter((t) => bare(t) === name)),
       ...tags.filter((t) => !SCALAR_ORDER.includes(bare(t)) && !bare(t).endsWith('_chance')),
     ];
-    const charts = ordered.map((tag) => {
+    // per (class, group) accuracies: one chart per class, a line per group; concept scores: one chart per concept,
+    // a line per class
+    const families = [
+      [/^shortcut\/group_accuracy\/([^/]+)\/([^/]+)$/, (m) => [`group accuracy: ${m[1]}`, m[2]]],
+      // concept/<concept>/<class>[/<layer>]; concept/<concept>/cav_accuracy[...] stays a chart of its own
+      [
+        /^concept\/([^/]+)\/(?!cav_accuracy)([^/]+)(?:\/(.+))?$/,
+        (m) => [`concept ${m[1]}${m[3] ? ` at ${m[3]}` : ''}`, m[2]],
+      ],
+    ];
+    const grouped = new Map();
+    const single = [];
+    for (const tag of ordered) {
+      const family = families.map(([re, name]) => [bare(tag).match(re), name]).find(([m]) => m);
+      if (!family) {
+        single.push(tag);
+        continue;
+      }
+      const [title, line] = family[1](family[0]);
+      const key = `${tag.startsWith(bare(tag)) ? '' : tag.slice(0, tag.length - bare(tag).length)}${title}`;
+      if (!grouped.has(key)) grouped.set(key, []);
+      grouped.get(key).push({name: line, points: summary.scalars[tag], tag});
+    }
+    const groupCharts = [...grouped.entries()].map(([title, series]) =>
+      h(
+        'figure',
+        {class: 'chart-box', dataset: {group: title}},
+        lineChart({title, series, alerts, current: this.state.step, onPick: (s) => this.setStep(s)}),
+        h(
+          'figcaption',
+          {class: 'legend small'},
+          series.map((s, i) => h('span', {class: `key line-${i}`, text: s.name})),
+        ),
+      ),
+    );
+    const charts = single.map((tag) => {
       const series = [{name: bare(tag), points: summary.scalars[tag]}];
       const chance = tags.find((t) => t === `${tag}_chance`);
       if (chance) series.push({name: 'chance', points: summary.scalars[chance], dashed: true});
@@ -730,7 +805,7 @@ export class Dashboard {
         class: 'small',
         text: 'Shaded: steps while a shortcut alert stood. Click a chart to move every view to that step.',
       }),
-      h('div', {class: 'charts'}, charts),
+      h('div', {class: 'charts'}, charts, groupCharts),
       alertList,
       this.counterfactuals(summary),
     ];

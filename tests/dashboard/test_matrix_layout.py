@@ -1,0 +1,140 @@
+"""The matrix a person can read: layer columns in the depth order their names encode (not string order), methods in
+the order they were configured (first written), cells that show the map without the caption stamped under it (the
+caption is in the row header, once), a colour bar with the scale mode where the grid recorded one, and the group and
+concept curves of the shortcut view. Through the index, the routes of the real ``tensorboard`` and headless
+Chromium, on event files written by probelens' own writer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tb_client import get_json, wait_indexed
+from test_browser import _FRAME, _wait, chromium  # noqa: F401 - the fixture
+
+from probelens.dashboard.index import LogIndex, finite, layer_order_key
+from probelens.logformat import ProbeCells, cells_to_text
+from probelens.render.image import encode_png
+from probelens.writing.event_file import EventFileWriter
+
+P = "/data/plugin/probelens"
+TILE, BAND = 16, 6  # a square map over a caption band: cells taller than wide
+# written in this order: layers shuffled, gradcam configured before gradcam++
+WRITTEN = [
+    "probelens/gradcam/net.0.12",
+    "probelens/gradcam/net.0.0",
+    "probelens/gradcam/net.0.8",
+    "probelens/gradcam/net.0.4",
+    "probelens/gradcam++/net.0.4",
+    "probelens/gradcam++/net.0.0",
+]
+SHOWN = [
+    "probelens/gradcam/net.0.0",
+    "probelens/gradcam/net.0.4",
+    "probelens/gradcam/net.0.8",
+    "probelens/gradcam/net.0.12",
+    "probelens/gradcam++/net.0.0",
+    "probelens/gradcam++/net.0.4",
+]
+SCALE = {"colormap": "jet", "mode": "fixed", "vmin": 0.0, "vmax": 2.5}
+
+
+def _grid(step: int, scale: dict | None) -> bytes:
+    image = torch.zeros(3, TILE + BAND, 2 * TILE, dtype=torch.uint8)
+    image[0, :TILE] = 200  # the maps: red; the caption bands: black
+    cells = ProbeCells(
+        [(0, 0, 0, TILE, TILE + BAND), (1, TILE, 0, 2 * TILE, TILE + BAND)],
+        "fp",
+        [(0, "snow", "desert", 0.7), (1, "desert", "desert", 0.9)],
+        scale=scale,
+    )
+    return encode_png(image, text=cells_to_text(cells))
+
+
+@pytest.fixture(scope="module")
+def layout_logs(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("layout") / "logs"
+    with EventFileWriter(logdir / "run") as writer:
+        for step in range(3):
+            for tag in WRITTEN:
+                scale = SCALE if tag == "probelens/gradcam/net.0.8" else None
+                writer.add_image(tag, _grid(step, scale), TILE + BAND, 2 * TILE, step)
+            for cls, group, value in (("snow", "snowy", 1.0), ("snow", "desert", 0.2 * step), ("desert", "snowy", 0.5)):
+                writer.add_scalar(f"shortcut/group_accuracy/{cls}/{group}", value, step)
+            writer.add_scalar("concept/stripes/snow", 0.1 * step, step)
+            writer.add_scalar("concept/stripes/cav_accuracy", 0.9, step)  # a chart of its own, not a class line
+            writer.add_scalar("shortcut/score", 0.5, step)
+    return logdir
+
+
+def test_layer_order_key_is_depth_order():
+    names = ["net.0.12", "net.0.4", "net.0.0", "net.0.8", "layer10.conv", "layer2.conv"]
+    assert sorted(names, key=layer_order_key) == [
+        "layer2.conv",
+        "layer10.conv",
+        "net.0.0",
+        "net.0.4",
+        "net.0.8",
+        "net.0.12",
+    ]
+
+
+def test_finite_replaces_nan_and_infinities_at_any_depth():
+    value = {"a": [1.0, float("nan"), {"b": (float("inf"), -float("inf"), 2)}], "c": "NaN"}
+    assert finite(value) == {"a": [1.0, None, {"b": [None, None, 2]}], "c": "NaN"}
+
+
+def test_index_orders_columns_and_keeps_the_scale(layout_logs):
+    index = LogIndex(layout_logs, rescan_s=0.0)
+    index.refresh()
+    summary = index.run("run").summary()
+    assert [g["tag"] for g in summary["grids"]] == SHOWN
+    scaled = next(g for g in summary["grids"] if g["tag"] == "probelens/gradcam/net.0.8")
+    assert all(e["scale"] == SCALE for e in scaled["entries"])
+    assert all("scale" not in e for g in summary["grids"] if g is not scaled for e in g["entries"])
+    assert summary["scalars"]["concept/stripes/snow"][-1] == [2, pytest.approx(0.2)]
+
+
+_MATRIX = f"""(() => {{
+  const d = {_FRAME};
+  if (!d || !d.querySelector('.run-panel .matrix .cell img')) return null;
+  const heads = [...d.querySelectorAll('.matrix thead th[data-tag]')];
+  return {{
+    heads: heads.map((t) => t.dataset.tag),
+    bars: heads.filter((t) => t.querySelector('.colorbar')).map((t) => [t.dataset.tag, t.textContent]),
+    crops: [...d.querySelectorAll('.matrix .cell .crop')].map((c) => [c.getBoundingClientRect().width,
+                                                                      c.getBoundingClientRect().height]),
+    rowheads: [...d.querySelectorAll('.matrix th.rowhead')].map((t) => t.textContent),
+    sticky: getComputedStyle(d.querySelector('.matrix thead th')).position,
+  }};
+}})()"""
+
+
+def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, shots):  # noqa: F811
+    with serve(layout_logs) as port, shots.Chromium(chromium, 1500, 1100) as browser:
+        wait_indexed(port)
+        assert [g["tag"] for g in get_json(port, f"{P}/run", run="run")["grids"]] == SHOWN
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/#probelens")
+        state = _wait(browser, _MATRIX, lambda s: len(s["heads"]) == len(SHOWN), "the matrix with every column")
+        assert state["heads"] == SHOWN
+        # every cell shows the square map alone (150 x 150 CSS px), not the map and its caption band
+        assert state["crops"] and all(abs(w - 150) < 1 and abs(h - 150) < 1 for w, h in state["crops"]), state
+        # the caption, once per row, in HTML
+        assert any("true: snow" in t and "pred: desert 0.70" in t for t in state["rowheads"]), state["rowheads"]
+        assert state["bars"] == [["probelens/gradcam/net.0.8", "gradcamnet.0.8fixed scale 0 to 2.5"]]
+        assert state["sticky"] == "sticky"
+
+        browser.evaluate(f"{_FRAME}.querySelector('.view-tab[data-view=shortcut]').click()")
+        groups = _wait(
+            browser,
+            f"""(() => {{ const d = {_FRAME};
+              const figs = [...d.querySelectorAll('figure[data-group]')];
+              return figs.length ? figs.map((f) => [f.dataset.group, [...f.querySelectorAll('.key')].map(
+                (k) => k.textContent)]) : null; }})()""",
+            lambda g: len(g) == 3,
+            "the group and concept charts",
+        )
+        assert sorted(groups) == [
+            ["concept stripes", ["snow"]],
+            ["group accuracy: desert", ["snowy"]],
+            ["group accuracy: snow", ["desert", "snowy"]],
+        ]
