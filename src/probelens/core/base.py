@@ -178,6 +178,17 @@ class MonitorCore(_CallbackBase):
         self._png_root: str | None = None
         self._reset_run()  # subclasses set up their history in their own __init__ (with _reset_history)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``pickle``/``copy.deepcopy`` keep: the options, the probe, the checkpointed counters and the history;
+        not the run (the trainer, its sink, event file and worker thread, the shared pass), which the copy gets afresh
+        from the Trainer it is attached to."""
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        state["_session"] = None
+        state["_configured_for"] = None
+        state["writer"] = MonitorWriter(self.name, self.writer.named, self.max_image_side, self.max_bytes_per_firing)
+        return state
+
     # ------------------------------------------------------------------ one run
     def _attach(self, trainer: Any) -> None:
         """Start afresh for ``trainer``: everything that belongs to one run (its sink, step bookkeeping, warn-once
@@ -466,10 +477,16 @@ class MonitorCore(_CallbackBase):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        run = run_session(trainer)
         try:
-            run_session(trainer).flush()  # what was drawn before the crash is written
+            run.flush()  # what was drawn before the crash is written
         except Exception as err:  # never mask the run's own exception
             rank_zero_warn(f"probelens: could not write the pending pictures ({type(err).__name__}: {err})")
+        finally:
+            try:  # Lightning does not call teardown after an exception: the worker stops, the event files close
+                run.close()
+            except Exception as err:
+                rank_zero_warn(f"probelens: could not close its event files ({type(err).__name__}: {err})")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

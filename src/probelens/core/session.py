@@ -32,6 +32,8 @@ from probelens.probe import ProbeSet
 _Slot = tuple[ProbeSet, Any]  # (probe set, output transform): one pass each
 
 PASS_WARN_BYTES = 2 * 2**30
+MEMORY_SLACK = 1.4
+"""The fit-start memory estimate's factor for the drawing's temporaries and the allocator's slack."""
 """Above this many bytes kept by one shared pass (layer outputs, their gradients, input gradients) setup warns."""
 
 
@@ -165,8 +167,9 @@ class ProbeSession:
     def check_memory(
         self, model: nn.Module, probe: ProbeSet, transform: OutputTransform | None, example: Tensor
     ) -> int:
-        """Estimated bytes one pass over ``probe`` keeps (captured outputs, their gradients per target set, the
-        input gradients); warns once above :data:`PASS_WARN_BYTES`. Measured with ``example`` (one probe image on
+        """Estimated peak bytes of one firing over ``probe``: what the pass keeps (captured outputs, their gradients
+        per target set, the input gradients), one chunk's autograd graph and the maps drawn at the image size, times
+        :data:`MEMORY_SLACK`; warns once above :data:`PASS_WARN_BYTES`. Measured with ``example`` (one probe image on
         the model's device, in its dtype) through the model."""
         slot = self._key(probe, transform)
         needs = self._needs.get(slot)
@@ -177,17 +180,29 @@ class ProbeSession:
         with probe_context(model), torch.no_grad(), capture:
             model(x.detach().clone())
         sets = max(1, len(needs.target_sets))
+        n = len(probe)
         per_image = sum(out.numel() * out.element_size() for out in capture.outputs.values())
         per_image *= 1 + (sets if needs.gradients else 0)
         per_image += x.numel() * x.element_size() * (1 + (sets if needs.input_gradient else 0))
-        total = per_image * len(probe)
+        kept = per_image * n
+        # the autograd graph of one chunk (chunks are sized to the budget), and the maps drawn from the pass: each
+        # layer's (and the input gradient's) map per target set, upsampled to the image and coloured (1 + 3 planes of
+        # float32 per pixel)
+        graph_per_image = _batching.activation_bytes(model, x)[0] * (2 if needs.gradients else 1)
+        graph = min(_batching.default_budget_bytes(x.device), graph_per_image * n)
+        pixels = x.shape[-2] * x.shape[-1]
+        drawn = n * pixels * 4 * 4 * sets * (len(needs.layers) + (1 if needs.input_gradient else 0))
+        # temporaries of the drawing and the allocator's slack: calibrated against the peak RSS growth of real fits
+        # (tests/faults/test_fault_injection.py::test_the_memory_estimate_at_fit_start_covers_the_measured_growth)
+        total = int(MEMORY_SLACK * (kept + graph + drawn))
         if total > PASS_WARN_BYTES and slot not in self._memory_checked:
             self._memory_checked.add(slot)
             rank_zero_warn(
-                f"probelens: one explanation pass over the {len(probe)}-image probe set keeps about "
-                f"{total / 2**30:.1f} GiB (the outputs of {len(needs.layers)} layers, their gradients and the input "
-                f"gradients), more than {PASS_WARN_BYTES / 2**30:.0f} GiB. The pass runs in chunks, but its results "
-                "are held while the monitors draw: use a smaller probe (num_samples=16 to 64 is typical), fewer or "
+                f"probelens: one explanation pass over the {n}-image probe set takes about {total / 2**30:.1f} GiB "
+                f"while it is drawn ({kept / 2**30:.1f} GiB kept: the outputs of {len(needs.layers)} layers, their "
+                f"gradients and the input gradients; {graph / 2**30:.1f} GiB for one chunk's autograd graph; "
+                f"{drawn / 2**30:.1f} GiB of maps drawn at the image size), more than "
+                f"{PASS_WARN_BYTES / 2**30:.0f} GiB. Use a smaller probe (num_samples=16 to 64 is typical), fewer or "
                 "coarser layers, or smaller images."
             )
         return total

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_utilities.core.rank_zero import rank_zero_warn
+
 from probelens.core.run import DrawFailed
 from probelens.core.sinks import ImageSink, write_image
 from probelens.methods.engine import ProbePass
@@ -117,6 +119,7 @@ class MonitorWriter:
         self.sink: ImageSink | None = None
         self.probe: ProbeSet | None = None
         self.stage = "fit"
+        self._failed_loggers: set[int] = set()  # ids of the loggers whose scalar failure was reported
         self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
         self.pipeline: Any = None
         """The run's :class:`~probelens.writing.pipeline.ImagePipeline`, or ``None``: draw on the calling thread."""
@@ -128,6 +131,7 @@ class MonitorWriter:
     def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
         """Write to ``sink`` from now on, about ``probe``'s images."""
         self.sink, self.probe = sink, probe
+        self._failed_loggers.clear()  # a logger's scalar failure is reported once per run
 
     def begin(self, stage: str, step: int = -1) -> None:
         """A firing at ``step`` starts in ``stage``: its captions only (never a prediction of an earlier step). With
@@ -268,7 +272,16 @@ class MonitorWriter:
         """Logs ``metrics`` to each of the trainer's ``loggers`` (scalars go to every logger, CSV included)."""
         tagged = {self.tag(key, named): value for key, value in metrics.items()}
         for logger in loggers:
-            logger.log_metrics(tagged, step=step)
+            try:
+                logger.log_metrics(tagged, step=step)
+            except Exception as err:  # a full disk, a broken logger: the scalars are lost, never the training run
+                if id(logger) not in self._failed_loggers:
+                    self._failed_loggers.add(id(logger))
+                    rank_zero_warn(
+                        f"probelens: {type(logger).__name__}.log_metrics failed while {self.name} wrote "
+                        f"{sorted(tagged)} at step {step} ({type(err).__name__}: {err}); training goes on, and "
+                        "further scalar failures of this logger are not reported."
+                    )
 
     @contextlib.contextmanager
     def held(self) -> Iterator[HeldWrites]:

@@ -207,9 +207,9 @@ class EventFileWriter:
     def close(self) -> None:
         """Flushes and closes the file (idempotent). A later write starts a new file."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-            self._file, self.path = None, None
+            file, self._file, self.path = self._file, None, None
+            if file is not None:
+                file.close()  # a failing flush (a full disk) still closes the descriptor, and raises here
 
     def __enter__(self) -> EventFileWriter:
         return self

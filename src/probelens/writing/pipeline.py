@@ -86,12 +86,22 @@ class JobFailure:
 
 def sync_choice() -> bool | None:
     """What :data:`SYNC_ENV_VAR` asks for: ``True`` (``1``/``true``/``yes``/``on``: synchronous), ``False``
-    (``0``/``false``/``no``/``off``: a worker thread) or ``None`` (unset or anything else: the caller decides)."""
-    value = os.environ.get(SYNC_ENV_VAR, "").strip().lower()
+    (``0``/``false``/``no``/``off``: a worker thread) or ``None`` (unset or empty: the caller decides).
+
+    Raises:
+        ValueError: any other value, naming it (read when a monitor attaches to a Trainer, so at fit start).
+    """
+    raw = os.environ.get(SYNC_ENV_VAR, "")
+    value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
         return False
+    if value:
+        raise ValueError(
+            f"{SYNC_ENV_VAR}={raw!r} is not understood; set it to 1 (draw pictures on the training thread), 0 (draw "
+            "them on a worker thread) or leave it unset (a worker only where the model trains on an accelerator)"
+        )
     return None
 
 
