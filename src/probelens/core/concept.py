@@ -162,7 +162,8 @@ class ConceptCore(MonitorCore):
         concepts: ``{name: pictures}``, each a float tensor ``[M, C, H, W]`` normalised like the model input (the
             probe's channels and size), or the path of a folder of image files (resized to the probe's size and
             normalised with its ``mean``/``std``). At least 4 per concept, 20 or more recommended.
-        layers: the layers (``"auto"``: the last layer of each resolution stage; names; ``"last"``).
+        layers: the layers: ``"auto"`` (the deepest resolution stage, where shortcut and clean models separate most
+            in ``docs/concepts.md``), ``"all"``, a layer name or a list of names.
         negatives: the negative ("random") pictures each CAV is fitted against, like a concept's; by default, for
             each concept the pictures of all other concepts (so give at least two concepts, or negatives).
         spurious: the names of the concepts that must not drive a class: only they raise the alert.
@@ -332,6 +333,9 @@ class ConceptCore(MonitorCore):
         if not self.concepts:  # the probe was built from the trainer's data: load and check the pictures now
             self._load_pictures(self.probe)
         layers = self._resolve_layers(pl_module, self.layer_spec)
+        if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
+            name = list(layers)[-1]  # the deepest stage: where the measured separation is largest
+            layers = {name: layers[name]}
         self._layers = layers
         self.layer_tags = {name: _tag(name) for name in layers}
         self._require(layers, gradients=True, input_gradient=False, target_sets={"label"})
@@ -388,15 +392,12 @@ class ConceptCore(MonitorCore):
         min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + self._chance()) / 2
         alpha = self.alpha / (len(classes) * len(self._layers))  # Bonferroni over the tests one concept makes
         metrics: dict[str, float] = {}
-        counting: list[tuple[str, int, str, TCAVResult]] = []
+        counting: list[tuple[str, int, str]] = []
         for concept in self.concept_names:
-            negative = torch.cat  # noqa: F841 (keeps the loop body short below)
             for layer in self._layers:
                 neg = torch.cat([acts[other][layer] for other in self._negatives_for(concept)])
                 grads = result.gradients["label"][layer].float().cpu()
-                res = tcav(
-                    acts[concept][layer], neg, grads, labels, num_classes, runs=self.runs, seed=self.seed
-                )
+                res = tcav(acts[concept][layer], neg, grads, labels, num_classes, runs=self.runs, seed=self.seed)
                 self.last_results[(concept, layer)] = res
                 suffix = "" if len(self._layers) == 1 else f"/{self.layer_tags[layer]}"
                 metrics[f"concept/{_tag(concept)}/cav_accuracy{suffix}"] = res.accuracy
@@ -410,10 +411,10 @@ class ConceptCore(MonitorCore):
                     metrics[f"{prefix}/cosine_p_value"] = p_cos
                     metrics[f"{prefix}/significant"] = float(significant)
                     if concept in self.spurious:
-                        counting.append((concept, k, layer, res))
+                        counting.append((concept, k, layer))
         metrics["concept/probe_accuracy"] = accuracy
         self.writer.scalars(trainer.loggers, {k: v for k, v in metrics.items() if math.isfinite(v)}, step)
-        for concept, k, layer, res in counting:
+        for concept, k, layer in counting:
             prefix = self._prefix(concept, k, layer)
             verdict = self._verdict((concept, k, layer))
             verdict.min_accuracy = min_accuracy

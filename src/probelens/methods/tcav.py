@@ -17,8 +17,8 @@ and random-split CAVs are as "significant" as a concept's. :func:`tcav` therefor
 each gradient and the CAV, a magnitude-aware statistic that a direction unrelated to the decision keeps near 0, with
 its own t-test against the random splits (``docs/concepts.md`` has the measurement).
 
-All functions take and return torch tensors (no Lightning; small solves in numpy), leave the global RNG untouched (a private generator draws the
-subsamples) and work inside ``torch.inference_mode`` too.
+All functions take and return torch tensors (no Lightning; the small solves run in numpy), leave the global RNG
+untouched (a private generator draws the subsamples) and work inside ``torch.inference_mode`` too.
 """
 
 from __future__ import annotations
