@@ -32,7 +32,13 @@ from typing import Any
 
 from tensorboard.compat.proto import event_pb2
 
-from probelens.logformat import PngLayout
+from probelens.logformat import (
+    PREDICTIONS_KEY,
+    PngLayout,
+    layout_from_header,
+    predictions_from_text,
+    read_png_header,
+)
 from probelens.logs import find_runs, is_event_file, png_layout, run_name
 
 __all__ = ["EventFileFollower", "ImageCache", "LogIndex", "RunIndex", "classify_tag", "finite", "layer_order_key"]
@@ -188,6 +194,8 @@ class EventFileFollower:
             while True:
                 if len(buffer) - pos < 12:
                     want = min(_READ_CHUNK, pending)
+                    if budget is not None:
+                        want = min(want, max(1, budget - read_total))
                     if want > 0 and budget is not None and read_total >= budget:
                         self.exhausted = True
                         break
@@ -213,7 +221,13 @@ class EventFileFollower:
                 if len(buffer) - pos < total:
                     if pending <= 0:
                         break
-                    chunk = fh.read(max(min(_READ_CHUNK, pending), total - (len(buffer) - pos)))
+                    if budget is not None and read_total >= budget:
+                        self.exhausted = True
+                        break
+                    want = min(_READ_CHUNK, pending)
+                    if budget is not None:
+                        want = min(want, max(1, budget - read_total))
+                    chunk = fh.read(max(want, total - (len(buffer) - pos)))
                     if not chunk:
                         break
                     pending -= len(chunk)
@@ -303,7 +317,9 @@ class _Picture:
     value: int  # index of the summary value in the event
     string: int  # -1: Summary.Image; else the index into a tensor's string_val (images plugin, new style)
     wall_time: float
-    layout: PngLayout
+    layout: PngLayout  # shared between the steps that have the same cells (predictions and scale kept apart)
+    captions: str | None  # the grid's predictions chunk as written, parsed when a listing is built
+    scale: dict[str, object] | None
 
 
 class RunIndex:
@@ -337,7 +353,7 @@ class RunIndex:
         self._layouts: dict[bytes, PngLayout] = {}
         self._notices: list[str] = []
         self._version = 0
-        self._built: tuple[int, dict[str, Any], bytes] | None = None
+        self._built: tuple[int, bytes] | None = None
         self.indexed = False
         self.bytes_read = 0
         self.bytes_total = 0
@@ -417,21 +433,26 @@ class RunIndex:
             self.load_seconds = time.perf_counter() - start
             return changed
 
-    def _layout(self, data: bytes) -> PngLayout:
+    def _layout(self, data: bytes) -> tuple[PngLayout, str | None, dict[str, object] | None]:
+        """The picture's layout (shared by every picture with the same cells), its predictions chunk as written (a
+        short string: parsed only when a listing is built) and its colour scale."""
         try:
-            layout = png_layout(data)
-        except Exception:  # not an image a header reader knows: listed, shown if the browser can
-            layout = PngLayout(0, 0, {}, None, {})
-        # identical layouts (the same grid at every step but for its captions) share one object
+            header = read_png_header(data)
+        except ValueError:
+            try:
+                layout = png_layout(data)  # another format (GIF, JPEG): its size from Pillow's header reader
+            except Exception:  # not an image a header reader knows: listed, shown if the browser can
+                layout = PngLayout(0, 0, {}, None, {})
+            return layout, None, None
+        text = {k: v for k, v in header.text.items() if k != PREDICTIONS_KEY}
+        layout = layout_from_header(header.width, header.height, text)
         key = repr(
             (layout.width, layout.height, sorted(layout.boxes.items()), layout.probe, sorted(layout.maps.items()))
         ).encode()
-        shared = self._layouts.setdefault(key, layout)
-        if shared is not layout and (layout.predictions or layout.scale):
-            return PngLayout(
-                shared.width, shared.height, shared.boxes, shared.probe, layout.predictions, shared.maps, layout.scale
-            )
-        return shared
+        shared = self._layouts.setdefault(
+            key, PngLayout(layout.width, layout.height, layout.boxes, layout.probe, {}, layout.maps)
+        )
+        return shared, header.text.get(PREDICTIONS_KEY), layout.scale
 
     def _add(self, file_id: int, records: list[Record]) -> None:
         with self._lock:
@@ -476,7 +497,10 @@ class RunIndex:
         old = by_step.get(step)
         # a step logged twice (a resumed run) keeps the picture written last: later file, or later in the same file
         if old is None or (old.file, old.offset) <= (file_id, record.offset):
-            by_step[step] = _Picture(file_id, record.offset, record.length, value, string, wall, self._layout(data))
+            layout, captions, scale = self._layout(data)
+            by_step[step] = _Picture(
+                file_id, record.offset, record.length, value, string, wall, layout, captions, scale
+            )
 
     def _add_scalar(self, tag: str, step: int, value: float) -> None:
         self._other_tags["scalars"].add(tag)
@@ -487,18 +511,15 @@ class RunIndex:
     # ------------------------------------------------------------------ answering
     def summary(self) -> dict[str, Any]:
         """The run's listing as it stands (see :meth:`LogIndex.listing` and ``docs/dashboard.md``); no file is read."""
-        return self._snapshot()[0]
+        return json.loads(self.summary_json())
 
     def summary_json(self) -> bytes:
-        """:meth:`summary` as JSON (NaN and infinities as ``null``), serialised once per change of the index."""
-        return self._snapshot()[1]
-
-    def _snapshot(self) -> tuple[dict[str, Any], bytes]:
+        """:meth:`summary` as JSON (NaN and infinities as ``null``), built once per change of the index; only these
+        bytes are kept (a listing as Python objects is ~10x their size)."""
         with self._lock:
             if self._built is None or self._built[0] != self._version:
-                summary = finite(self._build())
-                self._built = (self._version, summary, json.dumps(summary, separators=(",", ":")).encode())
-            return self._built[1], self._built[2]
+                self._built = (self._version, json.dumps(finite(self._build()), separators=(",", ":")).encode())
+            return self._built[1]
 
     def image(self, tag: str, step: int) -> bytes | None:
         """The encoded picture of ``tag`` at ``step``, exactly as stored in the event file (``None`` if absent).
@@ -556,12 +577,13 @@ class RunIndex:
                     if method != "counterfactuals":  # the matrix' rows: the grids' probe images
                         rows = probes.setdefault(fingerprint, [])
                         rows.extend(k for k in layout.boxes if k not in rows)
-                if layout.predictions:
-                    entry["predictions"] = {str(k): list(v) for k, v in sorted(layout.predictions.items())}
+                predictions = predictions_from_text({PREDICTIONS_KEY: picture.captions}) if picture.captions else {}
+                if predictions:
+                    entry["predictions"] = {str(k): list(v) for k, v in sorted(predictions.items())}
                 if layout.maps:
                     entry["maps"] = {str(k): list(box) for k, box in sorted(layout.maps.items())}
-                if layout.scale:
-                    entry["scale"] = layout.scale
+                if picture.scale:
+                    entry["scale"] = picture.scale
                 entries.append(entry)
             item = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
             if method == "counterfactuals":
