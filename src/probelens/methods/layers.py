@@ -8,57 +8,21 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
 
+from probelens.methods._modules import is_conv2d, named_modules, strip_compile_prefix, unwrap_compiled
+from probelens.methods.layout import evenly_spaced, trace_layers
+
 LayerSpec = str | Sequence[str | type] | type | None
 
-_COMPILE_PREFIX = "_orig_mod."
-# wrappers that put the user's module one level down: torch.compile, FSDP (FullyShardedDataParallel) and the
-# activation-checkpoint wrapper that FSDP strategies apply
-_WRAPPER_ATTRS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
-
-
-def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """Return the eager module behind a ``torch.compile`` wrapper (or the module itself).
-
-    Hooks on a compiled module fire, but the captured activation is off the autograd path, so every explanation runs
-    through the original module.
-    """
-    orig = getattr(model, "_orig_mod", None)
-    return orig if isinstance(orig, nn.Module) else model
-
-
-def strip_compile_prefix(name: str) -> str:
-    """``"_orig_mod.features.0"`` -> ``"features.0"`` (also nested prefixes of compiled submodules), and the same for
-    the FSDP and activation-checkpoint wrappers: ``"_fsdp_wrapped_module.features.0._fsdp_wrapped_module"`` ->
-    ``"features.0"``."""
-    parts = [part for part in name.split(".") if part not in _WRAPPER_ATTRS]
-    return ".".join(parts)
-
-
-def _innermost(module: nn.Module) -> nn.Module:
-    """The user's module behind any stack of compile / FSDP / checkpoint wrappers."""
-    while True:
-        inner = next((getattr(module, attr, None) for attr in _WRAPPER_ATTRS if hasattr(module, attr)), None)
-        if not isinstance(inner, nn.Module):
-            return module
-        module = inner
-
-
-def named_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """All submodules by their qualified name, with wrapper prefixes (``torch.compile``'s ``_orig_mod``, FSDP's
-    ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module``) removed and each wrapper replaced by the module it wraps,
-    so hooks and type checks see the user's module. The root module (name ``""``) is left out."""
-    out: dict[str, nn.Module] = {}
-    for name, module in unwrap_compiled(model).named_modules():
-        clean = strip_compile_prefix(name)
-        if not clean or clean in out:
-            continue
-        out[clean] = _innermost(module)
-    return out
-
-
-def is_conv2d(module: nn.Module) -> bool:
-    """True for 2-D convolutions (``nn.Conv2d``, its subclasses and lazy variants once materialised)."""
-    return isinstance(module, nn.modules.conv._ConvNd) and len(getattr(module, "kernel_size", ())) == 2
+__all__ = [
+    "LayerSpec",
+    "auto_layers",
+    "conv_layers",
+    "is_conv2d",
+    "named_modules",
+    "resolve_layers",
+    "strip_compile_prefix",
+    "unwrap_compiled",
+]
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -156,8 +120,6 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
 
     Falls back to every 2-D convolution if no stage is found.
     """
-    from probelens.methods.layout import trace_layers  # local: layout imports this module
-
     records = trace_layers(model, example_input)
     once = {name: r for name, r in records.items() if r.calls == 1}
     grids: dict[str, tuple[int, int]] = {
@@ -171,7 +133,7 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
         """A block that branches (a residual shortcut reads its input too), or a transition (DenseNet's, torchvision
         ConvNeXt's downsample) that only normalises or mixes channels on its input grid before changing it."""
         block = once[block_name]
-        inside = [r for n, r in once.items() if n.startswith(block_name + ".")]
+        inside = [r for n, r in once.items() if n.startswith(block_name + ".") and r.layout is not None]
         depth = block_name.count(".") + 1
         readers = [r for r in inside if r.name.count(".") == depth and r.input_id == block.input_id]
         return len(readers) > 1 or all(
@@ -195,7 +157,11 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
                 return True
         return False
 
-    usable = [r for name, r in once.items() if name in grids and not _pass_through(r.module) and not internal(name)]
+    usable = [
+        r
+        for name, r in once.items()
+        if name in grids and r.main_path and not _pass_through(r.module) and not internal(name)
+    ]
     stages: list[list] = []
     for r in usable:
         if stages and _same_stage(grids[stages[-1][-1].name], grids[r.name]):
@@ -248,8 +214,6 @@ def _learned(module: nn.Module) -> bool:
 def _spaced_blocks(stage: list) -> list:
     """Up to four evenly spaced blocks of the longest run of sibling blocks in ``stage``, each at its first token
     output (the block's normalised input)."""
-    from probelens.methods.layout import evenly_spaced  # local: layout imports this module
-
     children: dict[str, list] = {}
     for r in stage:
         if "." in r.name:

@@ -1,31 +1,27 @@
 """What a layer's output *is*: a feature map ``[N,C,H,W]``, channels-last ``[N,H,W,C]``, tokens on a grid, or not
-spatial at all, decided from one traced forward pass.
+spatial at all, read from the forward structure of one traced pass.
 
 Every layer method computes on ``[N,C,h,w]`` maps. Convolutional networks produce them directly; ConvNeXt blocks and
 Swin stages keep their maps channels-last; vision transformers keep tokens ``[N,T,C]`` with ``T = h*w`` patch tokens,
-possibly after a class token and register or distillation tokens. :func:`trace_layers` runs the model once on an
-example and classifies every module's output by
+possibly after a class token and register or distillation tokens; Hiera keeps its tokens in an unrolled order.
+:func:`trace_layers` runs the model once and follows every axis of every tensor from the input image, op by op
+(:mod:`probelens.methods._axes`): which axis holds the batch, which the grid's rows and columns (and in which order),
+which the channels. The shape alone is never trusted: ``[N,32,32,32]`` can be NCHW or NHWC, ``[N,256,16]`` can be 16x16
+tokens or 16 channels of 256 positions, and only the ops that made the tensor tell.
 
-1. **the module's type**: convolutions, batch/group/instance norms, 2-D pooling and ``LayerNorm2d`` write channels at
-   dim 1; ``nn.Linear`` and ``nn.LayerNorm`` write them last;
-2. **the shape**: a grid ``(h, w)`` must have the probe image's aspect ratio (within rounding and padding), tokens
-   ``T - p = h*w`` for a prefix of ``p`` tokens (the model's ``num_prefix_tokens`` where it says so, else the
-   smallest ``p`` that gives such a grid), and the batch axis must be the probe's;
-3. **the forward structure**: an output that *is* an earlier module's output tensor (a block and its last child, an
-   in-place ReLU) shares its layout, and a module that keeps its input's shape (an activation, a drop path) keeps its
-   input's layout.
+An output whose axes are not a map (a transposed map, positions folded into the batch by window partitioning, a
+token-mixing MLP's ``[N,C,T]``, anything made by an op the tracker does not know) is refused by name with a message
+that shows ``reshape=``; nothing is ever computed on a guessed axis. Tensors inside attention modules (attention maps,
+queries, keys) are not offered as maps.
 
-An output with two readings left after all three (e.g. ``[N,16,16,16]`` from a custom module) is *ambiguous* and
-refused with a message that shows ``reshape=``; nothing is ever computed on a guessed axis. Tensors inside attention
-modules (attention maps, window-partitioned tokens) are not spatial maps.
-
-:class:`Layout` turns an output into the ``[N,C,h,w]`` view that every method uses (a view: no copy, and a gradient
-taken with respect to the raw output is viewed the same way).
+:class:`Layout` turns an output into the ``[N,C,h,w]`` view that every method uses (a view where it can be, and a
+gradient taken with respect to the raw output is viewed the same way).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,47 +29,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from probelens.methods.layers import named_modules, strip_compile_prefix, unwrap_compiled
+from probelens.methods._axes import AxisTracker, Facts, ancestors, grid_tags, layout_facts
+from probelens.methods._hooks import probe_context
+from probelens.methods._modules import named_modules, strip_compile_prefix, unwrap_compiled
 
 Reshape = Callable[[Tensor], Tensor]
 """A user function from a layer's raw output to ``[N,C,h,w]`` (pytorch-grad-cam's ``reshape_transform``)."""
 ReshapeSpec = Reshape | Mapping[str, Reshape] | None
 LayoutKind = Literal["nchw", "nhwc", "tokens", "custom", "channels_first_tokens"]
-
-_GRAPH_LIMIT = 256
-_SCRAMBLED = object()  # a permute of a known map into an order that is neither NCHW nor NHWC
-# autograd nodes that may move the channel axis: an output reached through one of them is not given its source's layout
-_AXIS_MOVERS = (
-    "Permute",
-    "Transpose",
-    "View",
-    "Reshape",
-    "Unsafe",
-    "AsStrided",
-    "Mm",
-    "Bmm",
-    "Expand",
-    "Squeeze",
-    "Unfold",
-    "Im2Col",
-    "Col2Im",
-    "PixelShuffle",
-    "PixelUnshuffle",
-    "Cat",
-    "Stack",
-    "Split",
-    "Chunk",
-    "Index",
-    "Gather",
-    "Scatter",
-    "Roll",
-    "Flip",
-    "Sort",
-    "Take",
-    "Select",
-    "Slice",
-    "Narrow",
-)
 
 MAX_PREFIX_TOKENS = 16
 """Tokens before the patch grid looked for when a model does not say (class, distillation, register tokens)."""
@@ -84,10 +47,12 @@ class Layout:
     """How a layer's output holds its channels and positions.
 
     Attributes:
-        kind: ``"nchw"``, ``"nhwc"`` (channels last), ``"tokens"`` (``[N,T,C]``, ``T = prefix + h*w``, row-major
-            grid) or ``"custom"`` (the user's ``reshape``).
+        kind: ``"nchw"``, ``"nhwc"`` (channels last), ``"tokens"`` (``[N,T,C]``, ``T = prefix + h*w``) or
+            ``"custom"`` (the user's ``reshape``).
         grid: ``(h, w)`` of the map (``None`` for ``"custom"``).
         prefix: tokens before the grid (class, register, distillation tokens), dropped by :meth:`to_nchw`.
+        order: tokens not in row-major order (Hiera's unrolled tokens): ``order[i]`` is the token at grid position
+            ``i``, row-major; ``None`` for row-major tokens.
         reshape: the user's function for ``"custom"``.
     """
 
@@ -95,6 +60,7 @@ class Layout:
     grid: tuple[int, int] | None = None
     prefix: int = 0
     reshape: Reshape | None = field(default=None, compare=False)
+    order: tuple[int, ...] | None = field(default=None, repr=False)
 
     def to_nchw(self, tensor: Tensor) -> Tensor:
         """The output viewed as ``[N,C,h,w]`` (for a gradient of the output too)."""
@@ -106,6 +72,8 @@ class Layout:
             assert self.grid is not None
             h, w = self.grid
             patches = tensor[:, self.prefix : self.prefix + h * w]
+            if self.order is not None:
+                patches = patches[:, torch.tensor(self.order, device=tensor.device)]
             return patches.reshape(tensor.shape[0], h, w, tensor.shape[-1]).permute(0, 3, 1, 2)
         assert self.reshape is not None
         return self.reshape(tensor)
@@ -119,6 +87,8 @@ class Layout:
         if self.kind == "tokens":
             assert self.grid is not None
             grid = f"{self.grid[0]}x{self.grid[1]}"
+            if self.order is not None:
+                grid += " (unrolled order, read by index)"
             if not self.prefix:
                 return f"tokens {grid}"
             plural = "s" if self.prefix > 1 else ""
@@ -222,13 +192,18 @@ class LayerRecord:
         name: qualified module name.
         module: the module.
         shape: its output's shape (first call), ``None`` if the output is not a tensor.
-        layout: the output's layout, or ``None`` when it is not a spatial map (or is ambiguous).
-        readings: for an ambiguous output, the layouts it could have (empty otherwise).
+        layout: the output's layout (from the forward structure), or ``None`` when it is not a spatial map.
+        readings: for an output that is not read as a map but whose *shape* could be one (``[N,16,16,16]`` after a
+            transpose), the layouts the shape alone would allow: the reason it is refused, not a choice.
         calls: how often the module ran in the forward pass.
         order: position in completion order of its first call.
         input_id: ``id()`` of the first tensor argument of its first call (the trace's tensors are kept alive while
             it runs; compare ids only between records of one trace).
         input_grid: that tensor's grid if it is a known spatial map, else ``None``.
+        axes: the output's axes in words (``"(batch, channels, H 32, W 32)"``), for messages.
+        main_path: its grid is the final map's grid or one that grid was made from (by strided convolutions,
+            pooling, patch merging); ``False`` for a side branch whose grid never reaches the final map (GC-ViT's
+            ``global_block`` pools a stage to 7x7 only to make queries for it).
     """
 
     name: str
@@ -240,6 +215,9 @@ class LayerRecord:
     order: int
     input_id: int | None = None
     input_grid: tuple[int, int] | None = None
+    axes: str = ""
+    main_path: bool = True
+    grid_tags: frozenset[int] = frozenset()
 
     @property
     def spatial(self) -> bool:
@@ -249,12 +227,8 @@ class LayerRecord:
 
     @property
     def ambiguous(self) -> bool:
-        return len(self.readings) > 1
-
-
-def _prefix_hint(model: nn.Module) -> int | None:
-    hint = getattr(model, "num_prefix_tokens", None)  # timm's vision transformers
-    return int(hint) if isinstance(hint, int) and 0 <= hint <= 64 else None
+        """Shaped like a map, but its forward structure does not say it is one: refused (``reshape=`` reads it)."""
+        return self.layout is None and bool(self.readings)
 
 
 _ATTENTION_WORDS = ("attention", "attn")
@@ -272,24 +246,35 @@ def _attention_internal(name: str, modules: Mapping[str, nn.Module]) -> bool:
     return False
 
 
+def _layout_from(facts: Facts) -> Layout | None:
+    if facts.kind is None or facts.grid is None:
+        return None
+    if facts.kind == "tokens":
+        return Layout("tokens", facts.grid, facts.prefix, order=facts.order)
+    return Layout(facts.kind, facts.grid)  # type: ignore[arg-type]
+
+
 def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
-    """Run ``model`` once on ``example`` (eval mode, RNG restored; with autograd, whose graph shows how a functional
-    op made a tensor from recorded ones) and classify every module's output.
+    """Run ``model`` once on ``example`` (eval mode, no autograd, RNG restored) and say what every module's output is.
+
+    The layout comes from the forward structure, never from the shape alone: an :class:`~probelens.methods._axes.
+    AxisTracker` follows every axis of every tensor from the input image through each op (convolutions, ``Linear``,
+    reshapes, permutes, concatenations, attention, rolls), so a module's output is a map exactly when its axes hold the
+    batch, the image grid's rows and columns, and channels (:func:`~probelens.methods._axes.layout_facts`). A ``[N,32,
+    32,32]`` that a stage made by ``reshape(B,H,W,C).permute(0,3,1,2)`` is NCHW whatever its input was; Hiera's
+    unrolled tokens are read through their token order; an op the tracker does not know leaves its output unread.
+    The trace runs two copies of the first image, so the batch axis is visible.
 
     Returns:
         ``{name: LayerRecord}`` in completion order of each module's first call, for modules that returned a tensor.
     """
-    from probelens.methods._hooks import probe_context  # local: _hooks imports layers, which imports this lazily
-
     net = unwrap_compiled(model)
     modules = named_modules(net)
-    with torch.inference_mode(False):  # validate/test run under inference mode; the trace needs autograd
-        x = example.detach().clone().requires_grad_(True)
-    batch, image = int(x.shape[0]), (int(x.shape[-2]), int(x.shape[-1]))
-    hint = _prefix_hint(net)
-    known: dict[int, Layout | None] = {id(x): NCHW}
-    by_node: dict[object, Layout] = {}  # autograd node that made a recorded output -> its layout
-    alive: list[Tensor] = [x]  # keeps ids unique while the trace runs
+    with torch.inference_mode(False):  # validate/test run under inference mode; the trace needs plain tensors
+        first = example[:1].detach()
+        x = torch.cat([first, first]).clone()
+    image = (int(x.shape[-2]), int(x.shape[-1]))
+    tracker = AxisTracker()
     records: dict[str, LayerRecord] = {}
 
     def make_hook(name: str, module: nn.Module):
@@ -298,19 +283,15 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
                 return
             if name in records:
                 records[name].calls += 1
-                known.setdefault(id(out), records[name].layout)
-                alive.append(out)
                 return
-            layout, readings = _classify(name, module, args, out)
-            if layout is not None:
-                known[id(out)] = layout
-            else:
-                known.setdefault(id(out), None)
-            if out.grad_fn is not None and layout is not None:
-                by_node.setdefault(out.grad_fn, layout)
-            alive.append(out)
-            first = next((a for a in args if isinstance(a, Tensor)), None)
-            source = known.get(id(first)) if first is not None else None
+            desc = tracker.descs.get(id(out))
+            facts = layout_facts(desc, out.shape)
+            internal = _attention_internal(name, modules)
+            layout = None if internal else _layout_from(facts)
+            readings = [] if layout is not None or internal else _readings(out.shape, int(x.shape[0]), image, None)
+            readings = [r for r in readings if r.grid is not None and r.grid[0] * r.grid[1] > 1]
+            arg = next((a for a in args if isinstance(a, Tensor)), None)
+            source = _layout_from(layout_facts(tracker.descs.get(id(arg)), arg.shape)) if arg is not None else None
             records[name] = LayerRecord(
                 name,
                 module,
@@ -319,133 +300,31 @@ def trace_layers(model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
                 readings,
                 1,
                 len(records),
-                input_id=id(first) if first is not None else None,
+                input_id=id(arg) if arg is not None else None,
                 input_grid=source.grid if source is not None else None,
+                axes=facts.axes,
+                grid_tags=grid_tags(desc) if layout is not None else frozenset(),
             )
 
         return hook
-
-    def _classify(name: str, module: nn.Module, args: tuple, out: Tensor) -> tuple[Layout | None, list[Layout]]:
-        if _attention_internal(name, modules):
-            return None, []
-        readings = _readings(out.shape, batch, image, hint)
-        evidence = _channels_first(module)
-        if evidence is not None and not (evidence is False and isinstance(module, nn.Linear)):
-            # a Linear's last axis is its features, which a token-mixing MLP makes the tokens: no evidence
-            kinds = ("nchw",) if evidence else ("nhwc", "tokens")
-            readings = [r for r in readings if r.kind in kinds]
-        elif known.get(id(out)) is not None:
-            return known[id(out)], []
-        first_arg = next((a for a in args if isinstance(a, Tensor)), None)
-        if out.dim() == 4:
-            # the module is a permute of a recorded map (torchvision's ops.Permute), or reads one (a LayerNorm
-            # after a functional permute) and keeps all but the channel axis
-            for moved, source in ((_permute_of_known(out), out), (_permute_of_known(first_arg), first_arg)):
-                if moved is _SCRAMBLED:  # e.g. x.transpose(1, 3): [N, W, H, C] read as NHWC would be transposed
-                    return None, []
-                if (
-                    isinstance(moved, Layout)
-                    and source is not None
-                    and source.shape[:3] == out.shape[:3]
-                    and moved in readings
-                ):
-                    return moved, []
-        if len(readings) == 1 and readings[0].kind == "nchw":
-            return readings[0], []  # the one reading, channels first: a conv net's map
-        if len(readings) == 1 and readings[0].kind != "channels_first_tokens" and _trusted_channels_last(module):
-            return readings[0], []  # a LayerNorm normalises its channels, last
-        # channels-last and token readings, and any choice between readings, need the forward structure to agree
-        choices = [
-            known.get(id(first_arg)) if first_arg is not None and first_arg.shape == out.shape else None,
-            _features_of(first_arg, out),
-        ]
-        fitting = [c for c in _through_graph(out) if c in readings]
-        if len(set(fitting)) == 1:
-            choices.append(fitting[0])
-        choice = next((c for c in choices if c is not None and c in readings), None)
-        if choice is not None and choice.kind != "channels_first_tokens":
-            return choice, []
-        return None, readings if len(readings) > 1 else []
-
-    def _features_of(first: Tensor | None, out: Tensor) -> Layout | None:
-        """A module that maps the channels of a channels-last map or of tokens (a Linear, an MLP) keeps its input's
-        positions: its output has the input's layout when all but the last axis agree."""
-        if first is None or first.dim() != out.dim() or first.shape[:-1] != out.shape[:-1]:
-            return None
-        source = known.get(id(first))
-        if source is None:
-            fitting = _through_graph(first)
-            source = fitting.pop() if len(fitting) == 1 else None
-        return source if source is not None and source.kind in ("nhwc", "tokens") else None
-
-    def _permute_of_known(tensor: Tensor | None) -> Layout | object | None:
-        """If ``tensor`` is a permute/transpose (then perhaps ``contiguous()``) of a recorded 4-D map: its layout, or
-        ``_SCRAMBLED`` when the axes end in an order that is neither NCHW nor NHWC; else ``None``."""
-        if tensor is None or tensor.dim() != 4:
-            return None
-        node = tensor.grad_fn
-        while node is not None and type(node).__name__.startswith("CloneBackward"):
-            node = node.next_functions[0][0]
-        if node is None:
-            return None
-        kind = type(node).__name__
-        if kind.startswith("PermuteBackward"):
-            order = list(getattr(node, "_saved_dims"))  # noqa: B009 (autograd saves them)
-        elif kind.startswith("TransposeBackward"):
-            order = [0, 1, 2, 3]
-            a, b = int(getattr(node, "_saved_dim0")) % 4, int(getattr(node, "_saved_dim1")) % 4  # noqa: B009
-            order[a], order[b] = order[b], order[a]
-        else:
-            return None
-        parent = node.next_functions[0][0]
-        source = by_node.get(parent) if parent is not None else None
-        if source is None and parent is not None and getattr(parent, "variable", None) is x:
-            source = NCHW
-        if source is None or len(order) != 4 or source.kind not in ("nchw", "nhwc"):
-            return None
-        roles = ["N", "C", "H", "W"] if source.kind == "nchw" else ["N", "H", "W", "C"]
-        moved = [roles[i] for i in order]
-        if moved == ["N", "C", "H", "W"]:
-            return Layout("nchw", source.grid)
-        if moved == ["N", "H", "W", "C"]:
-            return Layout("nhwc", source.grid)
-        return _SCRAMBLED
-
-    def _through_graph(out: Tensor) -> set[Layout]:
-        """The layouts of the nearest recorded outputs that ``out`` was computed from by shape-keeping ops (a
-        residual sum, an activation, a norm applied functionally), read off the autograd graph. A way through a
-        permute, view, reshape, matrix product or gather (which may move the channel or the token axis) is not
-        followed: a tensor made only that way has no layout from here; an elementwise op that joins such a branch
-        with a followed one has the followed one's layout (both have its shape)."""
-        start = out.grad_fn
-        if start is None:
-            return set()
-        seen, frontier, found = {start}, [start], []
-        while frontier and len(seen) < _GRAPH_LIMIT:
-            node = frontier.pop(0)
-            if node is not start and node in by_node:
-                found.append(by_node[node])
-                continue
-            if getattr(node, "variable", None) is x:  # the model input
-                found.append(NCHW)
-                continue
-            if any(word in type(node).__name__ for word in _AXIS_MOVERS):
-                continue
-            for parent, _ in node.next_functions:
-                if parent is not None and parent not in seen:
-                    seen.add(parent)
-                    frontier.append(parent)
-        return {layout for layout in found if layout is not None}
 
     handles = []
     try:
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name, module)))
-        with probe_context(net):  # with autograd: the graph tells how an output was made from recorded ones
-            net(x)
+        with probe_context(net), torch.no_grad():
+            tracker.start(x)
+            with tracker:
+                net(x)
     finally:
         for h in handles:
             h.remove()
+        tracker.alive.clear()
+    final = next((r for r in reversed(records.values()) if r.spatial), None)
+    if final is not None:
+        main = ancestors(final.grid_tags, tracker.lineage)
+        for record in records.values():
+            record.main_path = record.layout is None or record.grid_tags <= main
     return records  # insertion order is completion order of each first call
 
 
@@ -506,14 +385,8 @@ def resolve_layouts(
             continue
         if record.layout is not None:
             out[name] = record.layout
-        elif record.ambiguous:
-            readings = " or ".join(r.kind.upper() + f" {r.grid[0]}x{r.grid[1]}" for r in record.readings if r.grid)
-            problems.append(f"{name!r} ({type(record.module).__name__}, output {record.shape}) could be {readings}")
         else:
-            problems.append(
-                f"{name!r} ({type(record.module).__name__}, output {record.shape}) is not a spatial map on a "
-                f"{example.shape[-2]}x{example.shape[-1]} image"
-            )
+            problems.append(refusal(record, (int(example.shape[-2]), int(example.shape[-1]))))
     if problems:
         raise ValueError(
             "layers do not output a spatial feature map [N, C, h, w] (NCHW, channels-last or tokens on a grid): "
@@ -522,6 +395,21 @@ def resolve_layouts(
             + reshape_hint(names[0] if len(names) == 1 else "<layer>")
         )
     return out
+
+
+def refusal(record: LayerRecord, image: tuple[int, int]) -> str:
+    """Why a layer's output is not read as a map: its shape, its axes as the forward pass made them, and what the
+    shape alone would have suggested (the guess that is not taken)."""
+    shape = "[N, " + ", ".join(str(s) for s in (record.shape or ())[1:]) + "]"
+    head = f"{record.name!r} ({type(record.module).__name__}, output {shape})"
+    shown = [r for r in record.readings if r.kind != "channels_first_tokens" and r.grid]
+    if shown:
+        guesses = " or ".join(f"{r.describe()} {r.grid[0]}x{r.grid[1]}" for r in shown if r.grid)
+        return (
+            f"{head} is shaped like a map ({guesses}), but the forward pass gives its axes as {record.axes or '?'}: "
+            "not a map probelens can read without guessing"
+        )
+    return f"{head} is not a spatial map on a {image[0]}x{image[1]} image (axes {record.axes or '?'})"
 
 
 def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, record: LayerRecord) -> Layout:
@@ -559,11 +447,43 @@ def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, r
 
 
 def plainly_nchw(module: nn.Module, shape: torch.Size | tuple[int, ...], image: tuple[int, int]) -> bool:
-    """True when an output can only be read as ``[N,C,h,w]`` (a conv net's map): no trace is needed to know."""
+    """True when the *shape* of an output (and the module's type) allows only an ``[N,C,h,w]`` reading. A shape
+    cannot tell a map from a transposed one, so no layout is decided on this alone any more (:func:`trace_layers`)."""
     if len(shape) != 4 or _channels_first(module) is False:
         return False
     readings = _readings(torch.Size(shape), int(shape[0]), image, None)
     return len(readings) == 1 and readings[0].kind == "nchw"
+
+
+class LayerTraces:
+    """The traces (:func:`trace_layers`) of the models one owner explains, made once and shared: every monitor on a
+    model, its layer resolution, layout checks and architecture table read one trace instead of tracing again.
+
+    A trace is kept per model (weakly: it goes with the model) and per example signature (image size, dtype,
+    device), and is made again when the model's modules change (a head replaced between two fits).
+    """
+
+    def __init__(self) -> None:
+        self._traces: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, LayerRecord]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.made = 0  # traces run (the rest were shared)
+
+    def records(self, model: nn.Module, example: Tensor) -> dict[str, LayerRecord]:
+        net = unwrap_compiled(model)
+        modules = named_modules(net)
+        key = (
+            tuple(example.shape[1:]),
+            example.dtype,
+            str(example.device),
+            tuple((name, id(module)) for name, module in modules.items()),
+        )
+        per_model = self._traces.setdefault(net, {})
+        if key not in per_model:
+            per_model.clear()  # one signature at a time: a changed model's old trace is not needed
+            per_model[key] = trace_layers(net, example)
+            self.made += 1
+        return per_model[key]
 
 
 def layouts_for(
@@ -572,27 +492,20 @@ def layouts_for(
     layers: Mapping[str, nn.Module],
     reshape: ReshapeSpec = None,
     outputs: Mapping[str, Tensor] | None = None,
+    *,
+    records: Mapping[str, LayerRecord] | None = None,
 ) -> dict[str, Layout]:
-    """:func:`resolve_layouts`, without tracing the model when ``outputs`` (the layers' outputs on ``example``'s
-    image size) are all plainly NCHW (:func:`plainly_nchw`) and no ``reshape`` is given."""
-    reshape = check_reshape(reshape, "reshape")
-    image = (int(example.shape[-2]), int(example.shape[-1]))
-    if (
-        reshape is None
-        and outputs is not None
-        and all(name in outputs and plainly_nchw(module, outputs[name].shape, image) for name, module in layers.items())
-    ):
-        return dict.fromkeys(layers, NCHW)
-    return resolve_layouts(model, example[:2], layers, reshape)
+    """:func:`resolve_layouts` of ``layers`` (``outputs`` is accepted for callers that have the layers' outputs at
+    hand; the layout is read from the forward structure all the same, never from their shapes)."""
+    del outputs
+    return resolve_layouts(model, example[:2], layers, reshape, records=records)
 
 
 def layout_of(
     model: nn.Module, example: Tensor, name: str, module: nn.Module, output: Tensor, reshape: ReshapeSpec = None
 ) -> Layout:
-    """The layout of one layer whose ``output`` (any batch) on ``example``'s image size is at hand."""
-    image = (int(example.shape[-2]), int(example.shape[-1]))
-    if reshape is None and plainly_nchw(module, output.shape, image):
-        return NCHW
+    """The layout of one layer (``output``, its output on ``example``'s image size, is not needed to decide it)."""
+    del output
     return resolve_layouts(model, example[:1], {name: module}, reshape)[name]
 
 
@@ -630,6 +543,7 @@ def evenly_spaced(count: int, k: int) -> list[int]:
 __all__ = [
     "NCHW",
     "LayerRecord",
+    "LayerTraces",
     "Layout",
     "Reshape",
     "ReshapeSpec",
