@@ -146,11 +146,15 @@ class ConceptCore(MonitorCore):
     Why the alert uses the cosine and not the sign-count score: at a layer whose class-score gradient is nearly the
     same for every image (the deeper layers of a CNN with global pooling), the sign of the directional derivative is
     the same for all images, so the TCAV score is 0 or 1 for *any* direction, and the random-split test calls a
-    clean model's concepts significant too. Measured on the snow/desert generator (``docs/concepts.md``), the cosine
-    separates the cases: on shortcut models (p=0.95) the background concept of a class reaches cosines of about 0.3
-    and more at every layer within the first epoch, while on clean models (p=0.5) it stays below about 0.15. So a
-    step counts for (concept, class, layer) when the mean cosine is at least ``threshold`` *and* its t-test against
-    the random splits gives ``p < alpha`` (Bonferroni-corrected over the classes and layers).
+    clean model's concepts significant too. Measured on the snow/desert generator (``docs/concepts.md``: demo CNN,
+    48 px, plain snow and desert backgrounds as the concepts), the significance does not separate the cases either
+    (p-values below 1e-5 on clean models too, since subsampled CAVs agree with each other far more than random splits
+    do); the size of the cosine does: at the deepest stage, while a p=0.95 model holds the shortcut, the background
+    concept of the class it agrees with reaches 0.47-0.71, while on a clean p=0.5 model no (concept, class) went above
+    0.25 in 4 epochs (a clean model can still align a little with a background concept whose texture resembles the
+    object's: grey rocks in the snow look like solid spots). So a step counts for (concept, class, layer) when the
+    mean cosine is at least ``threshold`` (0.35, between the two) *and* its t-test against the random splits gives
+    ``p < alpha`` (Bonferroni-corrected over the classes and layers).
 
     The alert (for the concepts in ``spurious`` only): when a (concept, class, layer) counts for ``patience``
     consecutive log steps while the model is better than chance on the probe (``min_accuracy``), a
@@ -186,7 +190,7 @@ class ConceptCore(MonitorCore):
         negatives: PictureSource | None = None,
         spurious: Sequence[str] = (),
         on_concept: str = "warn",
-        threshold: float = 0.2,
+        threshold: float = 0.35,
         alpha: float = 0.05,
         patience: int = 2,
         runs: int = 10,

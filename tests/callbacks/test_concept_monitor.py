@@ -1,0 +1,175 @@
+"""ConceptMonitor (TCAV over training) on real Trainer runs of the snow/desert generator, event files read back.
+
+Ground truth as in the shortcut tests: accuracy on cue-conflicting images at every validation (below 0.3: the
+shortcut is learned). The concept pictures are plain snow and plain desert backgrounds from the generator
+(``with_backgrounds=True``), normalised like the model input. The demo CNN at 48 px, width 8 (CPU, CI-sized).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lit import LitClassifier, loaders, read_events, trainer
+from probelens import ConceptMonitor, ProbeSet
+from probelens.core.concept import MIN_CONCEPT_PICTURES, RECOMMENDED_CONCEPT_PICTURES
+from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset, generate_snow_desert
+from shortcut_truth import ConflictAccuracy
+
+SIZE = 48
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+_M, _S = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def leopard_module(width: int = 8):
+    spec = importlib.util.spec_from_file_location("snow_vs_desert", EXAMPLES / "snow_vs_desert.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.LeopardClassifier(width=width)
+
+
+def backgrounds(count: int = 30, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` plain snow and ``count`` plain desert pictures, normalised like the model input."""
+    s = generate_snow_desert(4 * count, size=SIZE, p=0.5, seed=seed, with_backgrounds=True)
+    bg = (s.background_images - _M) / _S
+    return bg[s.backgrounds == 0][:count], bg[s.backgrounds == 1][:count]
+
+
+def run(tmp_path, p: float, epochs: int, n: int = 640, **monitor_kw):
+    pl.seed_everything(0)
+    train = SnowDesertDataset(n=n, size=SIZE, p=p, seed=0)
+    val = SnowDesertDataset(n=128, size=SIZE, p=p, seed=1)
+    probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    snow, sand = backgrounds()
+    monitor = ConceptMonitor(probe, concepts={"snow": snow, "sand": sand}, spurious=("snow", "sand"), **monitor_kw)
+    conflict = SnowDesertDataset(n=128, size=SIZE, p=0.0, seed=7)
+    truth = ConflictAccuracy(conflict.images, conflict.labels)
+    tr = trainer(tmp_path, [monitor, truth], max_epochs=epochs, log_every_n_steps=5)
+    tr.fit(leopard_module(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=128))
+    events = read_events(tr.logger.log_dir)
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return monitor, truth, scalars, events
+
+
+@pytest.mark.integration
+def test_the_alert_fires_within_two_epochs_of_the_shortcut(tmp_path):
+    """p=0.95: the shortcut is learned (conflict accuracy < 0.3) and the alert names concept, class, layer and step
+    within two epochs of it; every scalar lands on the validation steps."""
+    with pytest.warns(UserWarning, match="Spurious concept suspected"):
+        monitor, truth, scalars, events = run(tmp_path, p=0.95, epochs=2)
+    steps = sorted(truth.by_step)
+    learned = [s for s in steps if truth.by_step[s] < 0.3]
+    assert learned, truth.by_step  # ground truth: this run does learn the shortcut
+    first = steps.index(learned[0])
+    assert monitor.alerts, "no alert on a shortcut run"
+    step, concept, class_name, layer = monitor.alerts[0]
+    assert step in steps[first : first + 2]  # within 2 epochs of the shortcut being learned
+    assert concept in ("snow", "sand") and class_name in CLASS_NAMES and layer == "0"
+    text = events.Tensors("concept/alert/text_summary")
+    message = text[0].tensor_proto.string_val[0].decode()
+    assert text[0].step == step and f"step {step}" in message
+    assert f"concept {concept!r}" in message and f"class {class_name!r}" in message and f"layer {layer!r}" in message
+    for concept_name in ("snow", "sand"):
+        assert [s for s, _ in scalars[f"concept/{concept_name}/cav_accuracy"]] == steps
+        for cls in CLASS_NAMES:
+            prefix = f"concept/{concept_name}/{cls}"
+            for suffix in ("", "/p_value", "/cosine", "/cosine_p_value", "/significant"):
+                assert [s for s, _ in scalars[prefix + suffix]] == steps, prefix + suffix
+            assert all(0.0 <= v <= 1.0 for _, v in scalars[prefix])
+    # the alert's criterion, read back: the background concept of the class it agrees with, aligned and significant
+    alerted = f"concept/{concept}/{class_name}"
+    assert dict(scalars[alerted + "/significant"])[step] == 1.0
+    assert dict(scalars[alerted + "/cosine"])[step] >= monitor.threshold
+    assert dict(scalars[alerted + "/cosine_p_value"])[step] < monitor.alpha
+
+
+@pytest.mark.integration
+def test_a_clean_run_never_alerts(tmp_path):
+    """p=0.5: the background carries no information; the alert never fires, and the criterion (not only the
+    accuracy gate) never holds. The sign-count score alone would have called many steps significant."""
+    monitor, truth, scalars, _ = run(tmp_path, p=0.5, epochs=3)
+    assert monitor.alerts == []
+    assert min(truth.epochs()) > 0.3, truth.by_step  # ground truth: no shortcut was learned
+    significant = [v for tag, vals in scalars.items() if tag.endswith("/significant") for _, v in vals]
+    assert significant and set(significant) == {0.0}
+    cosines = [v for tag, vals in scalars.items() if tag.endswith("/cosine") for _, v in vals]
+    assert max(cosines) < monitor.threshold
+
+
+@pytest.mark.integration
+def test_folder_pictures_few_pictures_warning_and_a_built_probe(tmp_path):
+    """Concept pictures from folders (resized to the probe's size, normalised with its mean/std), a warning at fit
+    start below the recommended count, a probe built from the trainer's data, and tags on a run without a shortcut."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    folders = {}
+    for name, tint in (("red", (220, 40, 40)), ("blue", (40, 40, 220))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(6):
+            noise = torch.randint(0, 30, (24, 24, 3), generator=g, dtype=torch.uint8)
+            pixels = (torch.tensor(tint, dtype=torch.uint8) * 0.8).to(torch.uint8) + noise
+            Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+        (folder / "notes.txt").write_text("not a picture")
+        folders[name] = str(folder)
+    train, val = loaders(n=64, size=(16, 16))
+    monitor = ConceptMonitor(probe_size=8, concepts=folders, spurious=("red",), runs=3)
+    tr = trainer(tmp_path, [monitor], max_epochs=1)
+    with pytest.warns(UserWarning, match=f"few pictures.*at least {RECOMMENDED_CONCEPT_PICTURES}"):
+        tr.fit(LitClassifier(), train, val)
+    assert monitor.concepts["red"].shape == (6, 3, 16, 16)  # resized to the probe, six PNGs, the .txt skipped
+    # normalised with the probe's mean/std (the loaders' data has none: [0, 1] pixels), red above blue in channel 0
+    assert float(monitor.concepts["red"][:, 0].mean()) > 0.6 > float(monitor.concepts["blue"][:, 0].mean())
+    assert monitor.failure_count == 0 and monitor.fire_count == 1
+    tags = read_events(tr.logger.log_dir).Tags()["scalars"]
+    assert {"concept/red/0", "concept/red/1/p_value", "concept/blue/1/cosine"} <= set(tags)
+
+
+def test_bad_inputs_fail_at_construction_with_the_value_and_the_fix(tmp_path):
+    probe = ProbeSet(torch.randn(8, 3, 16, 16), torch.arange(8) % 2)
+    good = torch.randn(10, 3, 16, 16)
+    cases = [
+        ({"concepts": {"snow": torch.randn(10, 3, 8, 8), "sand": good}}, r"shape \(3, 8, 8\).*\(3, 16, 16\).*resize"),
+        ({"concepts": {"snow": torch.randn(10, 1, 16, 16), "sand": good}}, r"\(1, 16, 16\).*channels"),
+        ({"concepts": {"snow": torch.randn(10, 16, 16), "sand": good}}, r"shape \(10, 16, 16\).*\[M, C, H, W\]"),
+        ({"concepts": {"snow": good[: MIN_CONCEPT_PICTURES - 1], "sand": good}}, r"has 3 pictures.*at least 4"),
+        ({"concepts": {"snow": (good * 255).to(torch.uint8), "sand": good}}, r"dtype torch.uint8.*normalised"),
+        ({"concepts": {"snow": good.clone().fill_(float("nan")), "sand": good}}, "NaN"),
+        ({"concepts": {"snow": good}}, r"one concept \('snow'\).*negatives="),
+        ({"concepts": {"snow": good, "sand": good}, "spurious": ("snwo",)}, r"\['snwo'\].*\['sand', 'snow'\]"),
+        ({"concepts": {"snow": good, "sand": good}, "on_concept": "explode"}, "on_concept='explode'"),
+        ({"concepts": {"snow": good, "sand": good}, "threshold": 0.0}, "threshold=0.0"),
+        ({"concepts": {"snow": good, "sand": good}, "runs": 1}, "runs=1.*at least 2"),
+        ({"concepts": {"snow": good, "sand": good}, "alpha": 2.0}, "alpha=2.0"),
+        ({"concepts": {"snow": str(tmp_path / "missing"), "sand": good}}, "is not a folder"),
+        ({"concepts": {}}, "non-empty mapping"),
+        ({"concepts": {"a/b": good, "sand": good}}, "without '/'"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            ConceptMonitor(probe, **kwargs)
+    with pytest.raises(TypeError, match="is a list"):
+        ConceptMonitor(probe, concepts={"snow": [1, 2], "sand": good})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image files"):
+        ConceptMonitor(probe, concepts={"snow": str(tmp_path / "empty"), "sand": good})
+
+
+def test_pictures_that_do_not_fit_a_built_probe_fail_at_fit_start(tmp_path):
+    """Without a probe the pictures are checked when the probe is built from the trainer's data: before any step."""
+    train, val = loaders(n=32, size=(16, 16))
+    monitor = ConceptMonitor(concepts={"snow": torch.randn(8, 3, 32, 32), "sand": torch.randn(8, 3, 32, 32)})
+    tr = trainer(tmp_path, [monitor], max_epochs=1)
+    model = LitClassifier()
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"\(3, 32, 32\).*\(3, 16, 16\)"):
+        warnings.simplefilter("ignore")
+        tr.fit(model, train, val)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no training step ran
