@@ -137,9 +137,25 @@ def test_groups_alert_within_two_epochs_of_the_shortcut_and_clears_on_recovery(t
     assert "shortcut/background_swap_flip_rate" not in scalars  # no masks, no mask numbers
 
 
+def test_groups_alert_on_the_snow_desert_shortcut(tmp_path):
+    """The demo's family at p=0.95 with an uninformative coat (purity 0.5), 48 px: the background shortcut is learned
+    in the first epoch, and the group alert names the class and its snow/desert accuracies."""
+    with pytest.warns(UserWarning, match="Shortcut suspected"):
+        monitor, truth, scalars, events, probe = train(tmp_path, "snow_desert", [(0.95, 0.5)] * 2, probe_p=0.95)
+    steps = sorted(truth.by_step)
+    learned = next(k for k, a in enumerate(truth.epochs()) if a < 0.3)
+    assert monitor.alerts and 0 <= steps.index(monitor.alerts[0]) - learned <= 2, (
+        truth.by_step,
+        scalars["shortcut/score"],
+    )
+    check_group_numbers(scalars, probe)
+    alert = events.Tensors("shortcut/alert/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "in group 'snow'" in alert and "in group 'desert'" in alert and "evidence: groups" in alert
+
+
 @pytest.mark.parametrize("family", ["stripes", "markers"])
 def test_groups_never_fire_on_a_clean_run(tmp_path, family):
-    monitor, truth, scalars, _, probe = train(tmp_path, family, [(0.5, 1.0)] * 4, probe_p=0.5)
+    monitor, truth, scalars, _, probe = train(tmp_path, family, [(0.5, 1.0)] * 3, probe_p=0.5)
     assert monitor.alerts == [] and set(scalars["shortcut/verdict"].values()) == {0.0}
     assert max(scalars["shortcut/score"].values()) < 0.5, scalars["shortcut/score"]
     assert truth.epochs()[-1] >= 0.7  # it learned the object
@@ -151,7 +167,7 @@ def test_groups_never_fire_on_an_object_model_with_an_informative_background(tmp
     """An easy object on a strongly correlated background (p=0.9 / 1.0): the model decides conflicts by the object
     (ground truth), so its accuracy hardly depends on the group. The probe comes from a validation set at p=0.95
     (for p=1.0 it would have no conflicting image)."""
-    monitor, truth, scalars, _, _ = train(tmp_path, family, [(p, 1.0)] * 4, probe_p=0.95, lr=lr)
+    monitor, truth, scalars, _, _ = train(tmp_path, family, [(p, 1.0)] * 3, probe_p=0.95, lr=lr)
     assert min(truth.epochs()[1:]) >= 0.8, truth.by_step
     assert monitor.alerts == [] and set(scalars["shortcut/verdict"].values()) == {0.0}
     assert max(scalars["shortcut/score"].values()) < 0.5
