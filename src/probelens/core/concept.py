@@ -334,7 +334,7 @@ class ConceptCore(MonitorCore):
     @override
     def _configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
-        if not self.concepts:  # the probe was built from the trainer's data: load and check the pictures now
+        if not self._probe_given or not self.concepts:  # a probe built from this trainer's data: check against it
             self._load_pictures(self.probe)
         layers = self._resolve_layers(pl_module, self.layer_spec)
         if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
