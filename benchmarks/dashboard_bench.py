@@ -353,9 +353,10 @@ def section(args: argparse.Namespace, figures: dict[str, Any]) -> str:
         "from the index as it stands), holds each picture's offset and PNG layout rather than its bytes, and reads "
         "pictures on demand through a 32 MiB LRU cache. The server RSS is TensorBoard's whole process (its own "
         "multiplexer included, kept at one picture per tag by `--samples_per_plugin images=1` in the memory rows); "
-        "the heap row is the dashboard's index alone, which grows with the number of pictures by their offsets and "
-        "captions only (about 1 KiB per picture), not by their bytes. Both plugins run in the one server during the "
-        "cold start and share its cores."
+        "the heap row is the dashboard's index alone (its cached JSON listing included), which grows with the number "
+        "of pictures by their offsets and captions, not by their bytes. After a pass that read 16 MiB or more the "
+        "index hands glibc's freed read buffers back to the system (`malloc_trim`). Both plugins run in the one "
+        "server during the cold start and share its cores."
     )
     return f"{SECTION}\n\n{textwrap.fill(intro, 118)}\n\n{table}\n\n{textwrap.fill(notes, 118)}"
 
