@@ -2,7 +2,9 @@
 
 Conventions: batched images are ``[N, C, H, W]``; displayable results are ``torch.uint8`` RGB on CPU
 (``[N, 3, H, W]`` or ``[3, H, W]``). Float intermediates (normalised maps, heat) keep the input's device.
-NaN/Inf values are replaced by 0 rather than propagated (see :func:`sanitize`).
+NaN/Inf values are replaced by 0 rather than propagated (see :func:`sanitize`). The PNG text chunks of probelens' log
+format (cells, probe fingerprint, predictions) live in the torch-free :mod:`probelens.logformat`, shared with the
+readers; their names are re-exported here.
 """
 
 from __future__ import annotations
