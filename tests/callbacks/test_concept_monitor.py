@@ -58,12 +58,13 @@ def run(tmp_path, p: float, epochs: int, n: int = 640, **monitor_kw):
 
 
 @pytest.mark.integration
-def test_the_alert_fires_within_two_epochs_of_the_shortcut(tmp_path):
+def test_the_alert_fires_within_two_epochs_of_the_shortcut_and_stops_the_run(tmp_path):
     """p=0.95: the shortcut is learned (conflict accuracy < 0.3) and the alert names concept, class, layer and step
-    within two epochs of it; every scalar lands on the validation steps."""
+    within two epochs of it; with on_concept="stop" the run ends there; every scalar lands on the validation steps."""
     with pytest.warns(UserWarning, match="Spurious concept suspected"):
-        monitor, truth, scalars, events = run(tmp_path, p=0.95, epochs=2)
+        monitor, truth, scalars, events = run(tmp_path, p=0.95, epochs=4, on_concept="stop")
     steps = sorted(truth.by_step)
+    assert steps[-1] == monitor.alerts[0][0] and len(steps) < 4  # stopped at the alert's epoch
     learned = [s for s in steps if truth.by_step[s] < 0.3]
     assert learned, truth.by_step  # ground truth: this run does learn the shortcut
     first = steps.index(learned[0])
