@@ -43,7 +43,7 @@ def _tag(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
 
 
-def load_concept_folder(owner: str, concept: str, folder: PictureSource, probe: ProbeSet) -> Tensor:
+def load_concept_folder(owner: str, concept: str, folder: str | os.PathLike[str], probe: ProbeSet) -> Tensor:
     """The image files in ``folder`` (sorted by name) as a float tensor ``[M, C, H, W]``: converted to the probe's
     channels (RGB or greyscale), resized to the probe's size (bilinear, Pillow) and normalised with the probe's
     ``mean``/``std`` (images in ``[0, 1]`` where the probe has neither)."""
@@ -72,7 +72,8 @@ def load_concept_folder(owner: str, concept: str, folder: PictureSource, probe: 
     pictures = []
     for file in files:
         with Image.open(file) as im:
-            im = im.convert("RGB" if channels == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
+            bilinear = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no Resampling
+            im = im.convert("RGB" if channels == 3 else "L").resize((w, h), bilinear)
             data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         pictures.append(data.reshape(h, w, channels).permute(2, 0, 1).float() / 255.0)
     if not pictures:
