@@ -83,6 +83,25 @@ def test_a_class_without_some_group_names_the_class_and_its_counts():
         ProbeSet(images(), t, class_names=["snow", "arabian"], groups=1 - g, group_names=["snow", "desert"])
 
 
+def test_a_resume_with_other_groups_is_told_and_the_group_verdict_travels_in_the_checkpoint():
+    from probelens import ShortcutMonitor
+
+    x, t = images(), torch.tensor([0, 1] * 4)
+    saved = ShortcutMonitor(ProbeSet(x, t, groups=torch.tensor([0, 0, 1, 1] * 2)))
+    saved.verdicts["groups"].update(0.9, 1.0)
+    saved.alerts, saved.alert_evidence = [7], [("groups",)]
+    state = saved.state_dict()
+    same = ShortcutMonitor(ProbeSet(x, t, groups=torch.tensor([0, 0, 1, 1] * 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(state)
+    assert same.verdicts["groups"].streak == 1 and same.verdicts["groups"].history == [0.9]
+    assert same.alert_evidence == [("groups",)] and same.verdict is same.verdicts["groups"]
+    other = ShortcutMonitor(ProbeSet(x, t, groups=torch.tensor([1, 1, 0, 0] * 2)))
+    with pytest.warns(UserWarning, match="the probe set differs from the one in the checkpoint"):
+        other.load_state_dict(state)
+
+
 # ----------------------------------------------------------------------------------------------- groups, from_dataset
 def biased(n=400, conflict_every=20):
     """Two classes, the group agrees with the class except for every ``conflict_every``-th image (5%)."""

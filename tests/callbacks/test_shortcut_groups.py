@@ -135,6 +135,14 @@ def test_groups_alert_within_two_epochs_of_the_shortcut_and_clears_on_recovery(t
     assert "evidence: groups" in alert and "within class" in alert and "group 'horizontal'" in alert
     assert sum("Shortcut suspected" in str(w.message) for w in record) == 1
     assert "shortcut/background_swap_flip_rate" not in scalars  # no masks, no mask numbers
+    assert monitor.failure_count == 0
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    assert "shortcut/group_accuracy/.*" in charts["accuracy per (class, group)"]
+    assert "counterfactual accuracy" not in charts and "shortcut/score" in charts["verdict"]
 
 
 def test_groups_alert_on_the_snow_desert_shortcut(tmp_path):

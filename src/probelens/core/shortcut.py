@@ -184,6 +184,7 @@ class ShortcutCore(MonitorCore):
         self._layer: dict[str, nn.Module] = {}
         self._layouts: dict[str, Layout] = {}
         self._warned_small_probe = False
+        self._warned_small_cells = False
         self._reset_history()
 
     @override
@@ -282,10 +283,8 @@ class ShortcutCore(MonitorCore):
                 f"{MIN_PROBE_IMAGES} with {MIN_PROBE_PER_CLASS} per class are recommended "
                 "(ProbeSet.from_dataset(val_dataset, num_samples=32, per_class=True))"
             )
-        if self._warned_small_probe:
-            return
         smallest = int(counts[counts > 0].min())
-        if len(self.probe) < MIN_PROBE_IMAGES or smallest < MIN_PROBE_PER_CLASS:
+        if not self._warned_small_probe and (len(self.probe) < MIN_PROBE_IMAGES or smallest < MIN_PROBE_PER_CLASS):
             self._warned_small_probe = True
             rank_zero_warn(
                 f"{self.name}: the shortcut probe has {len(self.probe)} images ({smallest} in its smallest class), "
@@ -293,7 +292,7 @@ class ShortcutCore(MonitorCore):
                 f"and the verdict rests on few images; use at least {MIN_PROBE_IMAGES} images and "
                 f"{MIN_PROBE_PER_CLASS} per class (ProbeSet.from_dataset(..., num_samples=32, per_class=True))."
             )
-        if self.probe.groups is not None:
+        if self.probe.groups is not None and not self._warned_small_cells:
             groups = self.probe.groups.cpu()
             targets = self.probe.targets.cpu()
             tiny = [
@@ -303,6 +302,7 @@ class ShortcutCore(MonitorCore):
                 if (n := int(((targets == c) & (groups == g)).sum())) < MIN_PROBE_PER_CELL
             ]
             if tiny:
+                self._warned_small_cells = True
                 rank_zero_warn(
                     f"{self.name}: the probe's (class, group) cells {', '.join(tiny)} hold fewer than "
                     f"{MIN_PROBE_PER_CELL} images, so their accuracies (and the within-class gap, the group score) "
