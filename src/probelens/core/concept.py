@@ -152,10 +152,10 @@ class ConceptCore(MonitorCore):
     48 px, plain snow and desert backgrounds as the concepts), the significance does not separate the cases either
     (p-values below 1e-5 on clean models too, since subsampled CAVs agree with each other far more than random splits
     do); the size of the cosine does: at the deepest stage, while a p=0.95 model holds the shortcut, the background
-    concept of the class it agrees with reaches 0.47-0.71, while on a clean p=0.5 model no (concept, class) went above
-    0.25 in 4 epochs (a clean model can still align a little with a background concept whose texture resembles the
-    object's: grey rocks in the snow look like solid spots). So a step counts for (concept, class, layer) when the
-    mean cosine is at least ``threshold`` (0.35, between the two) *and* its t-test against the random splits gives
+    concept of the class it agrees with reaches 0.47-0.71, while on clean p=0.5 models no (concept, class) went above
+    0.32 (a clean model can still align a little with a background concept whose texture resembles the object's:
+    grey rocks in the snow look like solid spots). So a step counts for (concept, class, layer) when the mean cosine
+    is at least ``threshold`` (0.4, between the two) *and* its t-test against the random splits gives
     ``p < alpha`` (Bonferroni-corrected over the classes and layers).
 
     The alert (for the concepts in ``spurious`` only): when a (concept, class, layer) counts for ``patience``
@@ -192,7 +192,7 @@ class ConceptCore(MonitorCore):
         negatives: PictureSource | None = None,
         spurious: Sequence[str] = (),
         on_concept: str = "warn",
-        threshold: float = 0.35,
+        threshold: float = 0.4,
         alpha: float = 0.05,
         patience: int = 2,
         runs: int = 10,
