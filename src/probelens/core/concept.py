@@ -151,12 +151,13 @@ class ConceptCore(MonitorCore):
     clean model's concepts significant too. Measured on the snow/desert generator (``docs/concepts.md``: demo CNN,
     48 px, plain snow and desert backgrounds as the concepts), the significance does not separate the cases either
     (p-values below 1e-5 on clean models too, since subsampled CAVs agree with each other far more than random splits
-    do); the size of the cosine does: at the deepest stage, while a p=0.95 model holds the shortcut, the background
-    concept of the class it agrees with reaches 0.47-0.71, while on clean p=0.5 models no (concept, class) went above
-    0.32 (a clean model can still align a little with a background concept whose texture resembles the object's:
-    grey rocks in the snow look like solid spots). So a step counts for (concept, class, layer) when the mean cosine
-    is at least ``threshold`` (0.4, between the two) *and* its t-test against the random splits gives
-    ``p < alpha`` (Bonferroni-corrected over the classes and layers).
+    do); the size of the cosine does: at the deepest stage, while a p=0.95 model holds the shortcut (conflict accuracy
+    below 0.3), the background concept of the class it agrees with reached 0.63-0.71; on clean p=0.5 models no
+    (concept, class) went above 0.32 (a clean model can align a little with a background concept whose texture
+    resembles the object's: grey rocks in the snow look like solid spots), and on an object model with an informative
+    background (p=0.9, conflict accuracy 0.69-1.0) not above 0.46. So a step counts for (concept, class, layer) when
+    the mean cosine is at least ``threshold`` (0.55, between 0.46 and 0.63) *and* its t-test against the random splits
+    gives ``p < alpha`` (Bonferroni-corrected over the classes and layers).
 
     The alert (for the concepts in ``spurious`` only): when a (concept, class, layer) counts for ``patience``
     consecutive log steps while the model is better than chance on the probe (``min_accuracy``), a
@@ -192,7 +193,7 @@ class ConceptCore(MonitorCore):
         negatives: PictureSource | None = None,
         spurious: Sequence[str] = (),
         on_concept: str = "warn",
-        threshold: float = 0.4,
+        threshold: float = 0.55,
         alpha: float = 0.05,
         patience: int = 2,
         runs: int = 10,
