@@ -60,7 +60,7 @@ def main() -> None:
     probe = ProbeSet.from_dataset(val, num_samples=8, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
     shortcut_probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
     monitors = [
-        FilterMonitor(layers=["net.0.0", "net.0.4"], max_filters=16),
+        FilterMonitor(layers=["net.0.0", "net.0.4"], max_images=16),
         ActivationMonitor(probe, layers=["net.0.2"], max_images=4),
         GradCAMMonitor(probe, layers=["net.0.4", "net.0.12"]),
         SaliencyMonitor(
@@ -75,8 +75,8 @@ def main() -> None:
             ),
         ),
         OcclusionMonitor(probe, window=8, every_n_epochs=1),
-        DeconvMonitor(probe, layer="net.0.10", every_n_epochs=1),
-        FeatureVisMonitor(probe, layer="net.0.10", channels=8, steps=96, every_n_epochs=1),
+        DeconvMonitor(probe, layers="net.0.10", every_n_epochs=1),
+        FeatureVisMonitor(probe, layers="net.0.10", channels=8, steps=96, every_n_epochs=1),
         ShortcutMonitor(shortcut_probe, max_panel_images=4),
     ]
     with tempfile.TemporaryDirectory() as tmp:

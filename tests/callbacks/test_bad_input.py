@@ -180,8 +180,8 @@ CONSTRUCTOR_CASES = [
     ),
     (
         "deconv layer='all'",
-        lambda: DeconvMonitor(PROBE, layer="all"),
-        "layer='all' is not allowed; layer must be one layer",
+        lambda: DeconvMonitor(PROBE, layers="all"),
+        "layers='all' is not allowed; layers must be one layer",
     ),
     (
         "saliency methods=None",
@@ -321,7 +321,7 @@ def test_option_checks_leave_the_global_rng_alone():
 
 def test_top_k_above_the_channel_count_fails_at_fit_start(tmp_path):
     train, val = loaders(n=32)
-    tr = trainer(tmp_path, [DeconvMonitor(PROBE, layer="model.0", top_k=9)], max_epochs=1)
+    tr = trainer(tmp_path, [DeconvMonitor(PROBE, layers="model.0", top_k=9)], max_epochs=1)
     with pytest.raises(ValueError, match=r"top_k=9 but layer 'model\.0' has only 8 channels"):
         tr.fit(LitClassifier(), train, val)
     assert tr.global_step == 0
@@ -439,7 +439,7 @@ def test_output_transform_on_every_monitor_that_runs_the_model(tmp_path):
             method_options={"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 2}},
         ),
         OcclusionMonitor(PROBE, window=8, every_n_epochs=1, output_transform=pick),
-        FeatureVisMonitor(PROBE, layer=None, steps=2, every_n_epochs=1, output_transform=pick),
+        FeatureVisMonitor(PROBE, layers=None, steps=2, every_n_epochs=1, output_transform=pick),
         ShortcutMonitor(masked, output_transform=pick),
         ActivationMonitor(PROBE, output_transform=pick),
         DeconvMonitor(PROBE, top_k=2, every_n_epochs=1, output_transform=pick),
@@ -544,7 +544,7 @@ def test_no_pass_tensor_is_kept_between_firings_and_a_large_pass_is_warned_about
     train, val = loaders(n=32)
     module = LitClassifier()
     tr = trainer(tmp_path, [GradCAMMonitor(PROBE), SaliencyMonitor(PROBE)], max_epochs=2)
-    with pytest.warns(UserWarning, match="one explanation pass over the 6-image probe set keeps about"):
+    with pytest.warns(UserWarning, match="one explanation pass over the 6-image probe set takes about"):
         tr.fit(module, train, val)
     assert session_for(module)._cache == {}  # released after the run
 

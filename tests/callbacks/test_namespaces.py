@@ -107,16 +107,16 @@ trainer:
     - class_path: probelens.{namespace}.FilterMonitor
       init_args:
         layers: all
-        max_filters: 8
+        max_images: 8
         every_n_epochs: 1
 """
     )
     cli = LightningCLI(model_class, args=["--config", str(config)], run=False, save_config_callback=None)
     monitors = [c for c in cli.trainer.callbacks if type(c).__name__ == "FilterMonitor"]
     assert len(monitors) == 1
-    assert monitors[0].max_filters == 8 and type(monitors[0]).__module__ == f"probelens.{namespace}"
+    assert monitors[0].max_images == 8 and type(monitors[0]).__module__ == f"probelens.{namespace}"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(config.read_text().replace("max_filters: 8", "max_filters: many"))
+    bad.write_text(config.read_text().replace("max_images: 8", "max_images: many"))
     with pytest.raises(SystemExit):  # jsonargparse validates the typed constructor arguments
         LightningCLI(model_class, args=["--config", str(bad)], run=False, save_config_callback=None)
 

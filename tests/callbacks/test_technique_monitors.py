@@ -86,8 +86,8 @@ def test_new_monitors_keep_training_bit_identical(tmp_path):
         [
             SaliencyMonitor(probe, methods=MULTI, method_options={"smoothgrad": {"samples": 2}}, every_n_steps=1),
             OcclusionMonitor(probe, window=8, every_n_steps=2),
-            DeconvMonitor(probe, layer="model.4", every_n_steps=2),
-            FeatureVisMonitor(probe, layer="model.8", channels=2, steps=4, every_n_steps=2),
+            DeconvMonitor(probe, layers="model.4", every_n_steps=2),
+            FeatureVisMonitor(probe, layers="model.8", channels=2, steps=4, every_n_steps=2),
         ]
     )
     for key in plain:
@@ -97,9 +97,9 @@ def test_new_monitors_keep_training_bit_identical(tmp_path):
 
 def test_deconv_and_feature_vis_monitors(tmp_path):
     probe = make_probe()
-    deconv = DeconvMonitor(probe, layer="model.4", top_k=3, max_images=2, every_n_epochs=1)
-    fvis = FeatureVisMonitor(probe, layer="model.8", channels=4, steps=8, every_n_epochs=1)
-    classes = FeatureVisMonitor(probe, layer=None, steps=8, every_n_epochs=2, name="classes")
+    deconv = DeconvMonitor(probe, layers="model.4", top_k=3, max_images=2, every_n_epochs=1)
+    fvis = FeatureVisMonitor(probe, layers="model.8", channels=4, steps=8, every_n_epochs=1)
+    classes = FeatureVisMonitor(probe, layers=None, steps=8, every_n_epochs=2, name="classes")
     train, val = loaders(n=32, batch_size=16)
     module = LitClassifier()
     tr = trainer(tmp_path, [deconv, fvis, classes], max_epochs=2)

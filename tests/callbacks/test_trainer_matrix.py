@@ -61,7 +61,7 @@ def every_monitor(probe: ProbeSet) -> list[Any]:
         SaliencyMonitor(probe, methods="vanilla", every_n_epochs=None, every_n_steps=2, name="saliency_steps"),
         OcclusionMonitor(probe, window=8, **epoch),
         DeconvMonitor(probe, top_k=2, max_images=2, **epoch),
-        FeatureVisMonitor(probe, layer="model.8", channels=2, steps=2, **epoch),
+        FeatureVisMonitor(probe, layers="model.8", channels=2, steps=2, **epoch),
         ShortcutMonitor(probe, **epoch),
     ]
 

@@ -61,7 +61,7 @@ def _every_monitor(probe: ProbeSet) -> list:
         ShortcutMonitor(probe, **every),
         OcclusionMonitor(probe, window=4, **every),
         DeconvMonitor(probe, **every),
-        FeatureVisMonitor(layer="model.0", channels=2, steps=2, **every),
+        FeatureVisMonitor(layers="model.0", channels=2, steps=2, **every),
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from typing_extensions import override
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_cmap, check_int, check_layer_spec
 from probelens.core.writer import Box
+from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
@@ -37,7 +38,9 @@ class ActivationCore(MonitorCore):
         max_channels: channels shown per layer.
         max_images: probe images shown (rows).
         cmap: colormap name.
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
         reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
             pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
@@ -51,9 +54,28 @@ class ActivationCore(MonitorCore):
         max_images: int = 8,
         cmap: str = "viridis",
         reshape: ReshapeSpec = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe, **schedule)
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         check_layer_spec(owner, "layers", layers)
         check_int(owner, "max_channels", max_channels)

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final, get_args
 
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -39,7 +39,9 @@ from probelens.probe import ProbeSet
 from probelens.render import sanitize
 from probelens.writing.pipeline import sync_choice
 
-TARGET_MODES = ("pred", "label", "both")
+TargetMode = Literal["pred", "label", "both"]
+"""Which class a map explains: the prediction, the true label, or both (two maps per image)."""
+TARGET_MODES: tuple[str, ...] = get_args(TargetMode)
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl

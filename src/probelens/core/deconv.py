@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
-from probelens.core.options import check_choice, check_int, check_single_layer
+from probelens.core.options import check_choice, check_int, check_single_layer, take_renamed
 from probelens.core.writer import Box
-from probelens.methods.guided import deconv_projections
+from probelens.methods.engine import OutputTransform
+from probelens.methods.guided import Rule, deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
@@ -31,12 +32,14 @@ class DeconvCore(MonitorCore):
 
     Args:
         probe: the probe set.
-        layer: one layer name, or ``"auto"`` for the deepest resolution stage.
+        layers: one layer name, or ``"auto"`` for the deepest resolution stage.
         top_k: channels per probe image.
         keep: ``"max"`` or ``"channel"``.
         rule: ``"deconvnet"`` or ``"guided_backprop"``.
         max_images: probe images (rows).
-        **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+        every_n_epochs: fire at the end of every n-th epoch (every 5 epochs by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
         reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
             pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
@@ -44,25 +47,45 @@ class DeconvCore(MonitorCore):
     def __init__(
         self,
         probe: ProbeSet | None = None,
-        layer: LayerSpec = "auto",
+        layers: LayerSpec = "auto",
         *,
         top_k: int = 4,
-        keep: str = "max",
-        rule: str = "deconvnet",
+        keep: Literal["max", "channel"] = "max",
+        rule: Rule = "deconvnet",
         max_images: int = 4,
         reshape: ReshapeSpec = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 5,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
+        **deprecated: Any,
     ) -> None:
-        schedule.setdefault("every_n_epochs", 5)
-        super().__init__(probe, **schedule)
+        (layers,) = take_renamed(type(self).__name__, deprecated, {"layer": ("layers", layers, "auto")})
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
-        check_single_layer(owner, "layer", layer)
+        check_single_layer(owner, "layers", layers)
         check_int(owner, "top_k", top_k)
         check_int(owner, "max_images", max_images)
         check_choice(owner, "keep", keep, ("max", "channel"))
         check_choice(owner, "rule", rule, ("deconvnet", "guided_backprop"))
         self.reshape = check_reshape(reshape, owner)
-        self.layer_spec = layer
+        self.layer_spec = layers
         self.top_k = top_k
         self.keep = keep
         self.rule = rule

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
-from probelens.core.options import check_float, check_int, check_single_layer
-from probelens.methods.engine import forward_backward
+from probelens.core.options import check_float, check_int, check_single_layer, take_renamed
+from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
@@ -25,19 +25,21 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
 class FeatureVisCore(MonitorCore):
     """Logs feature visualisations (activation maximisation, Olah et al. 2017) of a layer's channels or of classes.
 
-    Tag: ``probelens/feature_vis/<layer>`` (``probelens/feature_vis/classes`` with ``layer=None``). All channels are
+    Tag: ``probelens/feature_vis/<layer>`` (``probelens/feature_vis/classes`` with ``layers=None``). All channels are
     optimised as one batch with a Fourier, colour-decorrelated parameterisation and jitter/scale/rotate robustness
     transforms, from the same seed at every log step, so the images are comparable across training. The probe set
     supplies the image shape and the normalisation (``mean``/``std``). Fires every 5 epochs by default.
 
     Args:
         probe: the probe set (image shape and normalisation; its images are not used).
-        layer: a layer name, ``"auto"`` (the deepest resolution stage) or ``None`` to maximise class logits.
+        layers: a layer name, ``"auto"`` (the deepest resolution stage) or ``None`` to maximise class logits.
         channels: channel (or class) indices, or an int ``n`` for the first ``n`` (for classes: all classes).
         steps: optimisation steps.
         lr: learning rate.
         seed: the fixed seed.
-        **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+        every_n_epochs: fire at the end of every n-th epoch (every 5 epochs by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
         reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
             pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
@@ -45,19 +47,39 @@ class FeatureVisCore(MonitorCore):
     def __init__(
         self,
         probe: ProbeSet | None = None,
-        layer: LayerSpec = "auto",
+        layers: LayerSpec = "auto",
         channels: int | Sequence[int] = 8,
         *,
         steps: int = 64,
         lr: float = 0.05,
         seed: int = 0,
         reshape: ReshapeSpec = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 5,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
+        **deprecated: Any,
     ) -> None:
-        schedule.setdefault("every_n_epochs", 5)
-        super().__init__(probe, **schedule)
+        (layers,) = take_renamed(type(self).__name__, deprecated, {"layer": ("layers", layers, "auto")})
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
-        check_single_layer(owner, "layer", layer, none_ok=True)
+        check_single_layer(owner, "layers", layers, none_ok=True)
         if isinstance(channels, int) and not isinstance(channels, bool):
             check_int(owner, "channels", channels, fix="or a list of channel indices")
         elif not (
@@ -74,7 +96,7 @@ class FeatureVisCore(MonitorCore):
         check_float(owner, "lr", lr, 0.0, low_open=True)
         check_int(owner, "seed", seed, minimum=0)
         self.reshape = check_reshape(reshape, owner)
-        self.layer_spec = layer
+        self.layer_spec = layers
         self.channels_spec = channels
         self.steps = steps
         self.lr = lr

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
-from probelens.core.options import check_int, check_layer_spec
+from probelens.core.options import check_int, check_layer_spec, take_renamed
 from probelens.methods._sharded import is_sharded
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
@@ -35,17 +35,40 @@ class FilterCore(MonitorCore):
 
     Args:
         layers: ``"all"`` (every conv, default), ``"last"``, names or module types; must be 2-D convolutions.
-        max_filters: output filters shown per layer.
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        max_images: output filters shown per layer (each filter is one picture; ``max_filters=`` before 0.3.0).
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, max_image_side, max_bytes_per_firing, name: as for
+            :class:`ProbeMonitor`.
     """
 
-    def __init__(self, layers: LayerSpec = "all", *, max_filters: int = 64, **schedule: Any) -> None:
-        super().__init__(None, **schedule)
+    def __init__(
+        self,
+        layers: LayerSpec = "all",
+        *,
+        max_images: int = 64,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        name: str | None = None,
+        **deprecated: Any,
+    ) -> None:
+        (max_images,) = take_renamed(type(self).__name__, deprecated, {"max_filters": ("max_images", max_images, 64)})
+        super().__init__(
+            None,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            name=name,
+        )
         owner = type(self).__name__
         check_layer_spec(owner, "layers", layers)
-        check_int(owner, "max_filters", max_filters)
+        check_int(owner, "max_images", max_images)
         self.layers_spec = layers
-        self.max_filters = max_filters
+        self.max_images = max_images
         self._layers: dict[str, nn.Module] = {}
         self._reset_history()
 
@@ -83,7 +106,7 @@ class FilterCore(MonitorCore):
         for name, weight in conv_filters(pl_module, layers).items():  # detached CPU copies
             weight = self._finite(weight, f"weights of {name}", step)
 
-            def render(weight: Tensor = weight, max_filters: int = self.max_filters) -> Tensor:
+            def render(weight: Tensor = weight, max_filters: int = self.max_images) -> Tensor:
                 # kernels upscaled by the largest integer factor that fits the written size: none downscaled after
                 return filter_grid(weight, max_filters=max_filters, max_side=self.max_image_side)
 

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.base import MonitorCore, TargetMode, target_sets_for
 from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
 from probelens.core.writer import Box
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
+from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
@@ -55,7 +56,9 @@ class GradCAMCore(MonitorCore):
             once ``1/filmstrip_frames`` of the history has come since the last one) and when training ends.
         filmstrip_frames: frames per strip.
         filmstrip_images: probe images (rows) in the strip.
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
         reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
             pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
@@ -66,7 +69,7 @@ class GradCAMCore(MonitorCore):
         layers: LayerSpec = "auto",
         *,
         methods: Sequence[str] = ("gradcam",),
-        target: str = "pred",
+        target: TargetMode = "pred",
         fixed_scale: bool = False,
         alpha: float = 0.5,
         cmap: str = "jet",
@@ -75,9 +78,28 @@ class GradCAMCore(MonitorCore):
         filmstrip_frames: int = 16,
         filmstrip_images: int = 8,
         reshape: ReshapeSpec = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe, **schedule)
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         self.target_sets = target_sets_for(target, owner)
         check_layer_spec(owner, "layers", layers)

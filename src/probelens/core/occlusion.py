@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.base import MonitorCore, TargetMode, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
 from probelens.core.writer import Box
+from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.methods.occlusion import _pair as occlusion_pair
@@ -56,7 +57,9 @@ class OcclusionCore(MonitorCore):
         alpha: overlay opacity.
         cmap: a diverging colormap.
         max_images: probe images shown.
-        **schedule: ``every_n_epochs`` (default 5), ``every_n_steps``, ``log_at_start``, ``name``.
+        every_n_epochs: fire at the end of every n-th epoch (every 5 epochs by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -66,14 +69,32 @@ class OcclusionCore(MonitorCore):
         stride: int | tuple[int, int] | None = None,
         baseline: float | str | Tensor = 0.0,
         *,
-        target: str = "pred",
+        target: TargetMode = "pred",
         alpha: float = 0.6,
         cmap: str = "seismic",
         max_images: int | None = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 5,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
     ) -> None:
-        schedule.setdefault("every_n_epochs", 5)
-        super().__init__(probe, **schedule)
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         self._window_spec = _pair(owner, "window", window)
         self._stride_spec = _pair(owner, "stride", stride)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -176,3 +177,35 @@ def dry_run(
             method(stand_in, images, torch.zeros(1, dtype=torch.long), **options)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{owner}: {label} rejected: {err}") from err
+
+
+def take_renamed(owner: str, deprecated: Mapping[str, Any], renames: Mapping[str, tuple[str, Any, Any]]) -> list[Any]:
+    """The values of renamed options: ``renames`` maps each old name to ``(new name, value given as the new name,
+    its default)``. An old name in ``deprecated`` (the constructor's ``**deprecated``) still works, with a
+    ``DeprecationWarning`` naming the new one; both at once, or any other keyword, is a ``TypeError``.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     take_renamed("DeconvMonitor", {"layer": "model.3"}, {"layer": ("layers", "auto", "auto")})
+        ['model.3']
+        >>> str(caught[0].message)
+        'DeconvMonitor: layer= is deprecated since 0.3.0; use layers= (same meaning)'
+    """
+    unknown = sorted(set(deprecated) - set(renames))
+    if unknown:
+        raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+    values = []
+    for old, (new, value, default) in renames.items():
+        if old in deprecated:
+            if value is not default:
+                raise TypeError(f"{owner}: got both {old}= (deprecated) and {new}=; pass {new}= only")
+            warnings.warn(
+                f"{owner}: {old}= is deprecated since 0.3.0; use {new}= (same meaning)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            value = deprecated[old]
+        values.append(value)
+    return values

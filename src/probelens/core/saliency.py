@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore, target_sets_for
+from probelens.core.base import MonitorCore, TargetMode, target_sets_for
 from probelens.core.options import (
     check_bool,
     check_choice,
@@ -20,6 +20,7 @@ from probelens.core.options import (
     dry_run,
 )
 from probelens.core.writer import Box
+from probelens.methods.engine import OutputTransform
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
 from probelens.methods.layers import unwrap_compiled
@@ -34,7 +35,8 @@ from probelens.render import (
     saliency_to_heat,
 )
 
-REDUCTIONS = ("abs_max", "abs_sum", "sum", "l2")
+Reduction = Literal["abs_max", "abs_sum", "sum", "l2"]
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 # methods that need their own passes (noise samples, path points, modified ReLU backward): computed batched and
 # chunked by the functional API, for the same target classes as the shared pass
@@ -83,7 +85,9 @@ class SaliencyCore(MonitorCore):
         alpha: overlay opacity.
         cmap: colormap name.
         max_images: log at most this many probe images.
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -92,15 +96,34 @@ class SaliencyCore(MonitorCore):
         methods: Sequence[str] = ("vanilla", "gradient_x_input"),
         *,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
-        target: str = "pred",
-        reduce: str = "abs_max",
+        target: TargetMode = "pred",
+        reduce: Reduction = "abs_max",
         overlay: bool = False,
         alpha: float = 0.6,
         cmap: str = "inferno",
         max_images: int | None = None,
-        **schedule: Any,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe, **schedule)
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         methods = check_names(owner, "methods", methods, MONITOR_METHODS)
         options = {k: dict(v) for k, v in (method_options or {}).items()}
