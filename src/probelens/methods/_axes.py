@@ -191,10 +191,16 @@ def _untagged(dim: Dim) -> tuple:
     )
 
 
-def clean_spatial(dim: Dim) -> Atom | None:
-    """The axis is one grid axis, whole or its coarse part, with no pending shift."""
+def clean_spatial(dim: Dim, padded: bool = False) -> Atom | None:
+    """The axis is one grid axis, whole or its coarse part, with no pending shift (with ``padded``: also such an axis
+    with a few padding positions before or after it, as a convolution or pooling reads it after ``F.pad``)."""
     if len(dim) == 1 and dim[0].role in SPATIAL and dim[0].top and dim[0].shift == 0:
         return dim[0]
+    if padded and len(dim) == 1 and dim[0].role == CAT:
+        grid = [seg for _, seg in dim[0].segments if not _vague(seg) and seg != ()]
+        pads = sum(n for n, seg in dim[0].segments if _vague(seg) or seg == ())
+        if len(grid) == 1 and len(grid[0]) == 1 and pads < grid[0][0].size:
+            return clean_spatial(grid[0])
     return None
 
 
@@ -616,9 +622,9 @@ def _gridwise(t: AxisTracker, src: Desc | None, out: Tensor, keep_channels: bool
     channels = src[1] if keep_channels and _size(src[1]) == shape[1] else fresh(C, shape[1])
     dims: list[Dim] = [batch, channels]
     for i in range(2, len(shape)):
-        atom = clean_spatial(src[i]) if i < len(src) else None
+        atom = clean_spatial(src[i], padded=True) if i < len(src) else None
         if atom is not None and atom.size == shape[i]:
-            dims.append(src[i])  # a stride-1, same-size convolution keeps the grid
+            dims.append((atom,))  # a stride-1, same-size convolution keeps the grid
         else:
             made = fresh(atom.role, shape[i], [atom.tag], t.lineage) if atom is not None else fresh(UNKNOWN, shape[i])
             dims.append(made)
