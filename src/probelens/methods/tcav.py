@@ -167,7 +167,18 @@ def concept_activation_vector(
     concept: Tensor, negatives: Tensor, *, l2: float = 0.01, max_iter: int = 100
 ) -> ConceptVector:
     """The CAV of ``concept`` activations ``[M, ...]`` against ``negatives`` ``[K, ...]`` (same trailing shape): the
-    weights of :func:`fit_linear_classifier` with the concept as label 1, so the vector points towards the concept."""
+    weights of :func:`fit_linear_classifier` with the concept as label 1, so the vector points towards the concept.
+
+    Example:
+        >>> import torch
+        >>> concept = torch.tensor([[2.0, 0.0], [3.0, 0.1], [2.5, -0.1]])
+        >>> negatives = torch.tensor([[-2.0, 0.0], [-3.0, 0.2], [-2.5, -0.2]])
+        >>> cav = concept_activation_vector(concept, negatives)
+        >>> bool(cav.weights[0] > 0), cav.accuracy
+        (True, 1.0)
+        >>> directional_derivatives(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), cav) > 0
+        tensor([ True, False])
+    """
     if concept.shape[1:] != negatives.shape[1:]:
         raise ValueError(
             f"concept activations {tuple(concept.shape)} and negative activations {tuple(negatives.shape)} differ in "
