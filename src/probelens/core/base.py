@@ -580,8 +580,8 @@ def _draws_on_worker(model: nn.Module) -> bool:
 
     ``PROBELENS_SYNC_IMAGES=1``: never (on the training thread, for debugging); ``=0``: always; unset: when the
     model trains on an accelerator, whose steps leave the CPU free, and not when it trains on the CPU, where a worker
-    can only compete with training for the same cores (measured on 2 cores: the core monitors every 6 steps cost
-    +16-26% drawn on the training thread, +34-56% on the worker; ``benchmarks/RESULTS.md``). Sharded parameters:
+    can only compete with training for the same cores (on 2 CPU cores the worker made training slower than drawing
+    on the training thread; figures in ``benchmarks/RESULTS.md``). Sharded parameters:
     never (every rank holds its writes until all agree, then writes them there and then, ``writer.held``).
     """
     if is_sharded(model):

@@ -2,7 +2,7 @@
 
 A :class:`MonitorWriter` belongs to one monitor. It is given the run's sink (:mod:`probelens.core.sinks`) when the
 monitor is configured for a Trainer, and the stage at every firing; the monitor's ``_log`` writes through it only:
-:meth:`~MonitorWriter.image`, :meth:`~MonitorWriter.text`, :meth:`~MonitorWriter.scalars`, and
+:meth:`~MonitorWriter.draw` (a picture), :meth:`~MonitorWriter.text`, :meth:`~MonitorWriter.scalars`, and
 :meth:`~MonitorWriter.captions` for the per-image captions whose facts (true label, prediction, probability) are
 also recorded in the grid's PNG. :meth:`~MonitorWriter.held` keeps a firing's writes back until they are known to
 be wanted (sharded firings, where every rank must first agree that the step succeeded).
@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
-
 from lightning_utilities.core.rank_zero import rank_zero_warn
+from torch import Tensor
 
 from probelens.core.run import DrawFailed
 from probelens.core.sinks import ImageSink, write_image

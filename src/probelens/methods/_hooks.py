@@ -89,7 +89,8 @@ class ActivationCapture:
     in place (``ReLU(inplace=True)`` after a convolution would overwrite it). The first time a module is seen, its
     hook hands a ``clone()`` to the rest of the network and :meth:`settle` looks afterwards whether that clone was
     modified in place. A module whose clone was left alone is trusted from then on: its output is recorded without a
-    copy (a conv output read by a BatchNorm needs none; on a 4-block VGG the clones cost 10-15% of the pass), and
+    copy (a conv output read by a BatchNorm needs none, and on plain conv stacks the clones are a noticeable share of
+    the pass), and
     :meth:`settle` checks its version counter instead; if an in-place op did touch it after all, the module goes back
     to being cloned and :meth:`settle` names it, so that the caller runs the forward again. A module that runs
     several times per forward (weight sharing, a reused ReLU) keeps its last output, is always cloned; ``calls``

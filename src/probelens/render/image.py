@@ -359,12 +359,13 @@ def _single_image(image: Tensor) -> Tensor:
 
 
 PNG_COMPRESS_LEVEL = 1
-"""Deflate level of :func:`encode_png`: 4-7x faster than Pillow at its own level 1 on the monitors' pictures
-(``benchmarks/RESULTS.md``, "PNG encoder"), the encoder's cost on the worker that shares the training's cores."""
+"""Deflate level of :func:`encode_png`: the fastest level, since encoding competes with training for the cores.
+How it compares with Pillow, and how much of that comes from ISA-L's deflate rather than the encoder itself, is in
+``benchmarks/RESULTS.md`` ("PNG encoder")."""
 
 
 _isal_zlib: Any
-try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels) is ~4x faster than zlib at levels 1-3
+try:  # ISA-L's deflate (the ``isal`` package, a dependency where it has wheels): faster than zlib at levels 1-3
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - platforms without isal wheels use zlib
     _isal_zlib = None
@@ -374,7 +375,7 @@ def _deflate(data: bytes | np.ndarray, level: int) -> bytes:
     """A zlib stream of ``data`` (what a PNG ``IDAT`` holds): ISA-L for levels 1-3 when installed, else zlib.
 
     Both write standard deflate; ISA-L's level ``k`` in 1-3 trades size for speed like zlib's low levels (on the
-    monitors' grids: ~4x faster than zlib level 1, files ~15% larger).
+    monitors' grids: faster than zlib level 1 and a little larger; figures in ``benchmarks/RESULTS.md``).
     """
     buffer = memoryview(data)  # type: ignore[arg-type]  # an ndarray exports its buffer as is, no copy
     if _isal_zlib is not None and 1 <= level <= 3:
@@ -453,7 +454,7 @@ def encode_png(image: Tensor, compress_level: int = PNG_COMPRESS_LEVEL, text: Ma
     if t.ndim == 2:
         color_type, rows = 0, np.ascontiguousarray(planes)
     else:
-        # interleave channel by channel: ~4x faster than a copy of the [H,W,3] transposed view
+        # interleave channel by channel: faster than a copy of the [H,W,3] transposed view
         color_type, pixels = 2, np.empty((height, width, 3), dtype=np.uint8)
         for c in range(3):
             pixels[..., c] = planes[c]

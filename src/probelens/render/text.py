@@ -207,8 +207,8 @@ def stamp_lines(
 
     Each pixel becomes ``(p * (255 - a) + fill * a) / 255`` for the coverage ``a`` of the line as ``ImageDraw.text``
     draws it, as PIL blends ink over what is there. The coverage of each line is rasterised once and cached: captions
-    repeat from one log step to the next, and stamping cached lines onto the tensor was 5-10x faster than drawing
-    every caption with ``ImageDraw`` on a PIL copy of the grid (``benchmarks/RESULTS.md``).
+    repeat from one log step to the next, and stamping cached lines onto the tensor is faster than drawing every
+    caption with ``ImageDraw`` on a PIL copy of the grid (figures in ``benchmarks/RESULTS.md``).
 
     Args:
         canvas: uint8 ``[3, H, W]``; text running past its edges is clipped.
