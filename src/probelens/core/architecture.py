@@ -1,5 +1,9 @@
 """The layer table (``probelens/architecture``): once per run, the layers a monitor can target, with their type,
-layout, map shape, parameter count and receptive field (:func:`probelens.methods.summary.layer_summary`)."""
+layout, map shape, parameter count and receptive field (:func:`probelens.methods.summary.layer_summary`).
+
+Its cost is bounded: it reads the model's shared trace (:func:`probelens.core.checks.model_trace`, made once for all
+monitors) and measures receptive fields for at most as many layers as the probe has images (one forward and backward
+pass of a probe-sized batch)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import nn
 
-from probelens.core.checks import probe_example
+from probelens.core.checks import model_trace, probe_example
 from probelens.core.run import run_session
 from probelens.core.schedule import log_step
 from probelens.core.sharded import sharded_layer_summary
@@ -35,7 +39,13 @@ def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, writer: Mo
     try:
         net = unwrap_compiled(model)
         example = probe_example(net, probe)
-        rows = sharded_layer_summary(net, example) if sharded else layer_summary(net, example)
+        if sharded:
+            rows = sharded_layer_summary(net, example)
+        else:
+            # receptive fields of at most as many layers as the probe has images: one forward and backward pass of a
+            # probe-sized batch, whatever the depth of the model
+            measured = max(2, min(len(probe.images), 32))
+            rows = layer_summary(net, example, max_receptive_fields=measured, records=model_trace(net, probe))
         if trainer.is_global_zero:
             table, step, sink = summary_markdown(rows, probe.image_size), log_step(trainer), writer.sink
             assert sink is not None

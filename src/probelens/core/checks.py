@@ -12,11 +12,29 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
+from probelens.core.session import session_for
 from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods.engine import OutputTransform, class_scores
 from probelens.methods.layers import conv_layers, unwrap_compiled
-from probelens.methods.layout import Layout, ReshapeSpec, layouts_for, trace_layers
+from probelens.methods.layout import LayerRecord, LayerTraces, Layout, ReshapeSpec, layouts_for
 from probelens.probe import ProbeSet
+
+
+def layer_traces(model: nn.Module) -> LayerTraces:
+    """The traces shared by every monitor of ``model`` (held by its session, so they go with the model): layer
+    resolution, layout checks and the architecture table read one trace per model and probe size."""
+    session = session_for(unwrap_compiled(model))
+    traces = getattr(session, "layer_traces", None)
+    if not isinstance(traces, LayerTraces):
+        traces = LayerTraces()
+        session.layer_traces = traces  # type: ignore[attr-defined]
+    return traces
+
+
+def model_trace(model: nn.Module, probe: ProbeSet) -> dict[str, LayerRecord]:
+    """The shared trace (:func:`layer_traces`) of ``model`` on the first probe image."""
+    net = unwrap_compiled(model)
+    return layer_traces(net).records(net, probe_example(net, probe))
 
 
 def probe_example(model: nn.Module, probe: ProbeSet) -> Tensor:
@@ -98,10 +116,11 @@ def check_spatial(
             f"{name}: layers {missing} never run in the forward pass; pick layers on the path from input to output "
             "(layer_summary(model, x) lists them)"
         )
+    records = model_trace(net, probe)
     try:
-        layouts = layouts_for(net, x, layers, reshape, outputs=capture.outputs)
+        layouts = layouts_for(net, x, layers, reshape, records=records)
     except ValueError as err:
-        if not conv_layers(net) and not any(r.spatial for r in trace_layers(net, x).values()):
+        if not conv_layers(net) and not any(r.spatial for r in records.values()):
             raise ValueError(
                 f"{name}: {type(net).__name__} has no 2-D convolution, so no layer outputs a spatial feature map; "
                 "SaliencyMonitor and OcclusionMonitor explain any image model from its input"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
 from probelens.methods._modules import is_conv2d, named_modules, strip_compile_prefix, unwrap_compiled
-from probelens.methods.layout import evenly_spaced, trace_layers
+from probelens.methods.layout import LayerRecord, evenly_spaced, trace_layers
 
 LayerSpec = str | Sequence[str | type] | type | None
 
@@ -39,7 +40,11 @@ def _unknown_layer_error(name: str, valid: Iterable[str]) -> ValueError:
 
 
 def resolve_layers(
-    model: nn.Module, layers: LayerSpec = "auto", example_input: Tensor | None = None
+    model: nn.Module,
+    layers: LayerSpec = "auto",
+    example_input: Tensor | None = None,
+    *,
+    records: Mapping[str, LayerRecord] | None = None,
 ) -> dict[str, nn.Module]:
     """Turn a layer specification into an ordered ``{name: module}`` dict.
 
@@ -50,6 +55,8 @@ def resolve_layers(
             2-D convolution), ``"last"`` (the last 2-D convolution), a layer name, a module type (every module of that
             type), or a sequence mixing names and types. Names may carry ``_orig_mod.`` (or FSDP) prefixes.
         example_input: a small batch used to trace output shapes for ``"auto"``.
+        records: a trace of ``model`` on ``example_input`` already made (:class:`~probelens.methods.layout.
+            LayerTraces` shares one between every monitor of a model).
 
     Returns:
         Ordered mapping from qualified name to module.
@@ -62,7 +69,7 @@ def resolve_layers(
     if layers is None:
         layers = "auto"
     if isinstance(layers, str) and layers == "auto" and example_input is not None:
-        return auto_layers(model, example_input)
+        return auto_layers(model, example_input, records=records)
     if isinstance(layers, str) and layers in ("auto", "all", "last"):
         convs = {n: m for n, m in modules.items() if is_conv2d(m)}
         if not convs:
@@ -98,11 +105,20 @@ def resolve_layers(
     return out
 
 
-def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]:
+def auto_layers(
+    model: nn.Module, example_input: Tensor, *, records: Mapping[str, LayerRecord] | None = None
+) -> dict[str, nn.Module]:
     """Pick one layer per resolution stage from the real forward pass.
 
     The model is traced once on ``example_input`` (:func:`probelens.methods.layout.trace_layers`: no grad, eval mode,
-    every output classified as NCHW, channels-last, tokens on a grid or not spatial). Then:
+    every output's layout read from the forward structure: NCHW, channels-last, tokens on a grid, or not a map), or
+    ``records`` (such a trace, made already) is used. Then:
+
+    - only the main path counts: a side branch whose grid never reaches the final map (GC-ViT's ``global_block``,
+      which pools each stage to 7x7 to make queries) is not a stage;
+    - an output shaped like a map whose axes the forward pass does not show as one (a transposed map, an order a
+      reshape scrambled) is skipped, with an info line on the ``probelens`` logger naming it: pass it by name with
+      ``reshape=`` to use it;
 
     - only spatial maps count (more than one position), of modules that ran **once** (a reused module, e.g. the ReLU
       of a torchvision ``Bottleneck``, is captured at its last call, which is not the stage's map), that are not
@@ -120,8 +136,10 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
 
     Falls back to every 2-D convolution if no stage is found.
     """
-    records = trace_layers(model, example_input)
+    if records is None:
+        records = trace_layers(model, example_input)
     once = {name: r for name, r in records.items() if r.calls == 1}
+    _say_skipped([r for r in once.values() if r.ambiguous and r.main_path and not _pass_through(r.module)])
     grids: dict[str, tuple[int, int]] = {
         name: r.layout.grid for name, r in once.items() if r.spatial and r.layout and r.layout.grid
     }
@@ -189,6 +207,22 @@ def auto_layers(model: nn.Module, example_input: Tensor) -> dict[str, nn.Module]
             )
         return convs
     return out
+
+
+_LOG = logging.getLogger("probelens")
+
+
+def _say_skipped(refused: list[LayerRecord]) -> None:
+    """One info line for the map-shaped outputs that ``"auto"`` leaves out because their layout is not known."""
+    if not refused:
+        return
+    shown = "; ".join(f"{r.name!r} {r.axes}" for r in refused[:4]) + (" ..." if len(refused) > 4 else "")
+    _LOG.info(
+        "layers='auto' skips %d layer(s) shaped like a map whose axes the forward pass does not show as one (%s); "
+        "name them with reshape= to use them",
+        len(refused),
+        shown,
+    )
 
 
 _PASS_THROUGH_TYPES = (nn.Identity, nn.modules.dropout._DropoutNd)

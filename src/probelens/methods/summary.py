@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +26,9 @@ class LayerInfo:
         is_conv: a 2-D convolution.
         layout: how the output holds channels and positions (:meth:`probelens.methods.layout.Layout.describe`:
             ``"NCHW"``, ``"NHWC (channels last)"``, ``"tokens 1+14x14 (1 prefix token dropped)"``), or
-            ``"ambiguous"`` (pass ``reshape=`` to use it).
-        map_shape: ``(C, h, w)`` of the map every method computes on, ``None`` for an ambiguous output.
+            ``"not a map (axes ...)"`` for an output shaped like a map whose axes the forward pass does not show as
+            one (pass ``reshape=`` to use it).
+        map_shape: ``(C, h, w)`` of the map every method computes on, ``None`` for an output that is not read as a map.
     """
 
     name: str
@@ -49,11 +51,17 @@ def _extent(grad: Tensor) -> tuple[int, int] | None:
 
 
 def layer_summary(
-    model: nn.Module, example: Tensor, receptive_field: bool = True, max_receptive_fields: int | None = 48
+    model: nn.Module,
+    example: Tensor,
+    receptive_field: bool = True,
+    max_receptive_fields: int | None = 48,
+    *,
+    records: Mapping[str, LayerRecord] | None = None,
 ) -> list[LayerInfo]:
     """Describe every module whose output is a spatial map on ``example``: NCHW feature maps, channels-last maps
     (ConvNeXt blocks, Swin stages) and tokens on a grid (vision transformers), each named with its layout
-    (:mod:`probelens.methods.layout`); outputs with two possible readings are listed as ``"ambiguous"``.
+    (:mod:`probelens.methods.layout`); outputs shaped like a map whose axes the forward pass does not show as one
+    are listed as ``"not a map"``.
 
     The receptive field is *measured*: the height and width of the region of input pixels with a non-zero gradient
     for the map position at the centre (a fixed random mix of its channels, so that a norm whose channel sum is
@@ -65,18 +73,20 @@ def layer_summary(
     Args:
         model: the network.
         example: ``[N,C,H,W]``; only the first image is used.
-        receptive_field: also measure receptive fields (one forward and backward pass of 32 image copies per 32
-            layers).
+        receptive_field: also measure receptive fields: one forward and backward pass of ``k`` copies of the image
+            for ``k`` layers (in chunks of 32).
         max_receptive_fields: measure at most this many layers' fields, evenly spaced over the rows (the first and
-            the last included; the others show ``None``), so that a deep network's table costs a few passes;
-            ``None`` measures every row.
+            the last included; the others show ``None``); ``None`` measures every row. The monitors' table passes the
+            probe's size, so measuring costs one forward and backward pass of a probe batch.
+        records: a trace of ``model`` on ``example`` already made (shared by every monitor of a model).
 
     Returns:
         Rows in the order the modules finish their forward pass.
     """
     net = unwrap_compiled(model)
     modules = named_modules(net)
-    records = trace_layers(net, example[:1])
+    if records is None:
+        records = trace_layers(net, example[:1])
     listed = [r for r in records.values() if r.spatial or r.ambiguous]
     fields: dict[str, tuple[int, int] | None] = {}
     if receptive_field:
@@ -102,7 +112,7 @@ def layer_summary(
                 parameters=sum(p.numel() for p in module.parameters()),
                 receptive_field=fields.get(record.name),
                 is_conv=is_conv2d(module),
-                layout=record.layout.describe() if record.layout is not None else "ambiguous",
+                layout=record.layout.describe() if record.layout is not None else f"not a map {record.axes}",
                 map_shape=map_shape,
             )
         )
@@ -194,7 +204,8 @@ def summary_markdown(rows: list[LayerInfo], image_size: tuple[int, int]) -> str:
     lines = [
         f"Layers with a spatial output on a {image_size[0]}x{image_size[1]} probe image. Use these names in "
         "`layers=`; map = the (C, h, w) every method computes on; RF = receptive field of the centre position, "
-        "measured from input gradients; an ambiguous layout needs `reshape=`.",
+        "measured from input gradients (- where not measured: the table costs one extra pass); a layer that is "
+        "'not a map' needs `reshape=`.",
         "",
         "| layer | type | output | layout | map (C, h, w) | parameters | RF (h x w) |",
         "|---|---|---|---|---|---|---|",
