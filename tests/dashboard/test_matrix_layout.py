@@ -44,7 +44,8 @@ def _grid(step: int, scale: dict | None) -> bytes:
     cells = ProbeCells(
         [(0, 0, 0, TILE, TILE + BAND), (1, TILE, 0, 2 * TILE, TILE + BAND)],
         "fp",
-        [(0, "snow", "desert", 0.7), (1, "desert", "desert", 0.9)],
+        # probe image 0 misclassified throughout; image 1 right until its prediction flips at step 2
+        [(0, "snow", "desert", 0.7), (1, "desert", "desert" if step < 2 else "snow", 0.9)],
         scale=scale,
     )
     return encode_png(image, text=cells_to_text(cells))
@@ -122,6 +123,27 @@ def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, s
         assert any("true: snow" in t and "pred: desert 0.70" in t for t in state["rowheads"]), state["rowheads"]
         assert state["bars"] == [["probelens/gradcam/net.0.8", "gradcamnet.0.8fixed scale 0 to 2.5"]]
         assert state["sticky"] == "sticky"
+
+        # row filters at the last step (2): misclassified {0, 1}, prediction changed {1}, class snow {0}
+        rows = f"[...{_FRAME}.querySelectorAll('.matrix tbody tr')].map((r) => r.dataset.probe)"
+        for value, expected in (("wrong", ["fp:0", "fp:1"]), ("changed", ["fp:1"]), ("class:snow", ["fp:0"])):
+            browser.evaluate(
+                f"(() => {{ const s = {_FRAME}.getElementById('row-filter'); s.value = '{value}'; "
+                "s.dispatchEvent(new Event('change')); })()"
+            )
+            assert sorted(_wait(browser, rows, lambda r, e=expected: sorted(r) == e, f"rows {value}")) == expected
+        # a click on a cell enlarges its map; a click closes it
+        browser.evaluate(f"{_FRAME}.querySelector('.matrix .cell').click()")
+        big = _wait(
+            browser,
+            f"(() => {{ const b = {_FRAME}.querySelector('.lightbox .crop'); "
+            "return b ? b.getBoundingClientRect().width : null; })()",
+            lambda w: w > 150,
+            "the enlarged cell",
+        )
+        assert big > 300
+        browser.evaluate(f"{_FRAME}.querySelector('.lightbox').click()")
+        _wait(browser, f"!{_FRAME}.querySelector('.lightbox')", lambda gone: gone, "the enlarged cell closed")
 
         browser.evaluate(f"{_FRAME}.querySelector('.view-tab[data-view=shortcut]').click()")
         groups = _wait(

@@ -331,7 +331,7 @@ export class Dashboard {
 
   draw() {
     const focus = document.activeElement && document.activeElement.id;
-    this.root.replaceChildren(this.toolbar(), this.body());
+    this.root.replaceChildren(...[this.toolbar(), this.body(), this.lightbox()].filter(Boolean));
     if (focus) document.getElementById(focus)?.focus();
   }
 
@@ -442,6 +442,87 @@ export class Dashboard {
     );
   }
 
+  /** What the grids say about a probe image (a row) at the shown step and at the logged step before it. */
+  rowFacts(columns, {fingerprint, index}) {
+    const k = String(index);
+    for (const c of columns) {
+      const i = c.entries.indexOf(entryAt(c.entries, this.state.step));
+      const now = c.entries[i];
+      if (!now || now.probe !== fingerprint || !now.predictions || !now.predictions[k]) continue;
+      const before = i > 0 && c.entries[i - 1].predictions ? c.entries[i - 1].predictions[k] : null;
+      return {now: now.predictions[k], before};
+    }
+    return null;
+  }
+
+  /** Whether a row passes the row filter (all, misclassified, prediction changed, one class). */
+  rowShown(summary, columns, row) {
+    const filter = this.rowFilterValue || 'all';
+    if (filter === 'all') return true;
+    const facts = this.rowFacts(columns, row);
+    if (!facts) return false;
+    const [truth, pred] = facts.now;
+    if (filter === 'wrong') return truth !== pred;
+    if (filter === 'changed') return !!facts.before && facts.before[1] !== pred;
+    return filter === `class:${truth}`;
+  }
+
+  rowFilter(summary, columns) {
+    const classes = new Set();
+    for (const row of this.rows(summary)) {
+      const facts = this.rowFacts(columns, row);
+      if (facts) classes.add(facts.now[0]);
+    }
+    const options = [
+      ['all', 'every probe image'],
+      ['wrong', 'misclassified'],
+      ['changed', 'prediction changed since the step before'],
+      ...[...classes].sort().map((c) => [`class:${c}`, `class ${c}`]),
+    ];
+    return h(
+      'label',
+      {class: 'filter'},
+      'rows: ',
+      h(
+        'select',
+        {
+          id: 'row-filter',
+          onchange: (e) => {
+            this.rowFilterValue = e.target.value;
+            this.draw();
+          },
+        },
+        options.map(([value, text]) => h('option', {value, text, selected: value === (this.rowFilterValue || 'all')})),
+      ),
+    );
+  }
+
+  /** The enlarged cell (a click on a matrix cell): the map at 4x the cell's width, its caption; click to close. */
+  lightbox() {
+    const e = this.enlarged;
+    if (!e) return null;
+    const close = () => {
+      this.enlarged = null;
+      this.draw();
+    };
+    return h(
+      'div',
+      {class: 'lightbox', role: 'dialog', onclick: close},
+      h(
+        'figure',
+        {},
+        crop(e.run, e.item, e.entry, e.index, Math.min(600, window.innerWidth - 80), mapBox(e.entry, e.index)),
+        h(
+          'figcaption',
+          {},
+          h('code', {text: `${e.item.tag} #${e.index} step ${e.entry.step}`}),
+          caption(e.entry, e.index),
+          h('button', {class: 'link', text: 'close', onclick: close}),
+        ),
+      ),
+    );
+  }
+
   rows(summary) {
     const rows = [];
     for (const [fingerprint, indices] of Object.entries(summary.probes)) {
@@ -482,7 +563,8 @@ export class Dashboard {
           ),
         ),
       );
-      const body = this.rows(summary).map(({fingerprint, index}) => {
+      const rows = this.rows(summary).filter((row) => this.rowShown(summary, columns, row));
+      const body = rows.map(({fingerprint, index}) => {
         const key = `${fingerprint}:${index}`;
         const set = probeLabel(summary, fingerprint);
         // the caption of this row at this step: what the first grid that recorded it says
@@ -508,6 +590,11 @@ export class Dashboard {
               {
                 class: 'cell',
                 dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)},
+                title: 'click to enlarge',
+                onclick: () => {
+                  this.enlarged = {run: summary.run, item: c, entry, index};
+                  this.draw();
+                },
               },
               crop(summary.run, c, entry, index, CELL_W, mapBox(entry, index)),
               entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
@@ -536,6 +623,8 @@ export class Dashboard {
           cells,
         );
       });
+      out.push(this.rowFilter(summary, columns));
+      if (!body.length) out.push(h('p', {class: 'message', text: 'No probe image matches this filter at this step.'}));
       out.push(h('div', {class: 'scroll'}, h('table', {class: 'matrix'}, h('thead', {}, head), h('tbody', {}, body))));
     }
     if (summary.pictures.length) out.push(this.pictures(summary));
