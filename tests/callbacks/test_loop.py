@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from lit import LitClassifier, decode, random_data, read_events, trainer
 from torch.utils.data import DataLoader
 
+from lit import LitClassifier, decode, random_data, read_events, trainer
 from probelens import ActivationMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
 from probelens.loop import Lens
 
@@ -61,13 +61,11 @@ def test_a_plain_loop_writes_the_same_pictures_and_tags_as_the_trainer(tmp_path)
     optimizer = plain.configure_optimizers()
     logger = TensorBoardLogger(str(tmp_path / "loop"), name="run")
     lens = Lens(_monitors(_probe()), logger)
-    step = 0
-    for x, y in DataLoader(data, batch_size=8):
+    for step, (x, y) in enumerate(DataLoader(data, batch_size=8), start=1):
         loss = F.cross_entropy(plain(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        step += 1
         lens.step(plain, step)
     lens.close(plain)
     got = _pictures(logger.log_dir)
