@@ -260,6 +260,32 @@ def test_a_single_class_probe_is_refused_at_fit_start_with_the_minimum(tmp_path)
     assert tr.global_step == 0
 
 
+def test_tiny_cells_are_warned_at_setup_and_an_unarmed_mask_verdict_is_said(tmp_path, caplog):
+    """A 16-image probe over 2 x 2 cells (4 each): one warning at setup names every cell and its count. A masks-only
+    probe with min_accuracy=1.0 on a model that does not learn (lr=0): armed 0 at every step, said once."""
+    caplog.set_level(logging.INFO, logger="lightning_utilities")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, 16, 16, generator=g)
+    masks = torch.zeros(16, 1, 16, 16, dtype=torch.bool)
+    masks[..., 4:10, 4:10] = True
+    t = torch.tensor([0, 1] * 8)
+    grouped = ProbeSet(x, t, groups=torch.tensor([0, 0, 1, 1] * 4), group_names=["in", "out"])
+    masked = ProbeSet(x, t, masks=masks)
+    train_loader, val_loader = loaders(n=32)
+    monitors = [ShortcutMonitor(grouped, name="g"), ShortcutMonitor(masked, name="m", min_accuracy=1.0, panels=False)]
+    tr = trainer(tmp_path, monitors, max_epochs=2)
+    with pytest.warns(
+        UserWarning, match=r"cells \(class '0', group 'in'\): 4, \(class '0', group 'out'\): 4, .*fewer "
+    ) as record:
+        tr.fit(LitClassifier(lr=0.0), train_loader, val_loader)
+    assert sum("(class, group) cells" in str(w.message) for w in record) == 1
+    events = read_events(tr.logger.log_dir)
+    assert [e.value for e in events.Scalars("shortcut/m/armed")] == [0.0, 0.0]
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in record]
+    said = [m for m in said if m.startswith("m: the masks verdict is not armed")]
+    assert len(said) == 1 and "the probe accuracy" in said[0] and "< min_accuracy 1.00" in said[0], said
+
+
 class DictItems(Dataset):
     def __init__(self, base, image_key="pixel_values", label_key="labels"):
         self.base, self.image_key, self.label_key = base, image_key, label_key

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
 from probelens import GradCAMMonitor, ProbeSet, ShortcutMonitor
 from probelens.core.shortcut import SCALAR_TAGS
-from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset
+from probelens.data import BACKGROUND_NAMES, CLASS_NAMES, MEAN, STD, SnowDesertDataset
 from shortcut_truth import ConflictAccuracy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,7 +30,23 @@ def conflict_truth(**data):
     return ConflictAccuracy(conflict.images, conflict.labels)
 
 
-def run(tmp_path, p, n, epochs, data=None, **monitor_kw):
+def group_monitor(val):
+    """A second ShortcutMonitor beside the mask one, on a probe of the same validation set balanced over (class,
+    background) cells with the background as group (tags ``shortcut/groups/...``)."""
+    probe = ProbeSet.from_dataset(
+        val,
+        num_samples=32,
+        seed=0,
+        mean=MEAN,
+        std=STD,
+        class_names=CLASS_NAMES,
+        groups=val.backgrounds,
+        group_names=BACKGROUND_NAMES,
+    )
+    return ShortcutMonitor(probe, name="groups", panels=False)
+
+
+def run(tmp_path, p, n, epochs, data=None, with_groups=False, **monitor_kw):
     data = data or {}
     pl.seed_everything(0)
     train = SnowDesertDataset(n=n, p=p, seed=0, **data)
@@ -38,9 +54,11 @@ def run(tmp_path, p, n, epochs, data=None, **monitor_kw):
     probe = ProbeSet.from_dataset(val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES)
     monitor = ShortcutMonitor(probe, **monitor_kw)
     truth = conflict_truth(**data)
-    tr = trainer(tmp_path, [monitor, truth], max_epochs=epochs, log_every_n_steps=10)
+    extra = [group_monitor(val)] if with_groups else []
+    tr = trainer(tmp_path, [monitor, truth, *extra], max_epochs=epochs, log_every_n_steps=10)
     tr.fit(leopard_module(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=256))
     tr.truth = truth
+    tr.groups = extra[0] if extra else None
     return tr, monitor
 
 
@@ -80,8 +98,9 @@ def test_background_model_fires_the_alert_within_two_epochs(tmp_path):
 
 
 def test_object_model_never_fires(tmp_path):
-    tr, monitor = run(tmp_path, p=0.5, n=2000, epochs=6)
+    tr, monitor = run(tmp_path, p=0.5, n=2000, epochs=6, with_groups=True)
     assert monitor.alerts == []
+    assert tr.groups.alerts == [] and tr.groups.failure_count == 0, tr.groups.verdicts["groups"].history
     acc = read_events(tr.logger.log_dir)
     score = [s.value for s in acc.Scalars("shortcut/score")]
     probe_acc = [s.value for s in acc.Scalars("shortcut/probe_accuracy")]
@@ -97,9 +116,11 @@ def test_object_model_with_an_informative_background_never_fires(tmp_path):
     """An easy coat (every spot class-typical, full contrast) on a background that agrees with the class 90% of the
     time: the model decides most conflicts by the coat at every epoch and all but a few at the end (ground truth), so
     the verdict, which asks whether the background wins a conflict, stays 0."""
-    tr, monitor = run(tmp_path, p=0.9, n=1280, epochs=3, data={"purity": 1.0, "spot_contrast": 1.0})
+    tr, monitor = run(tmp_path, p=0.9, n=1280, epochs=3, data={"purity": 1.0, "spot_contrast": 1.0}, with_groups=True)
     assert min(tr.truth.epochs()) >= 0.5 and tr.truth.epochs()[-1] >= 0.9, tr.truth.by_step
     assert monitor.alerts == []
+    # the group verdict agrees (probe balanced over (class, background) cells of the same validation set)
+    assert tr.groups.alerts == [] and tr.groups.failure_count == 0, tr.groups.verdicts["groups"].history
     acc = read_events(tr.logger.log_dir)
     assert {e.value for e in acc.Scalars("shortcut/verdict")} == {0.0}
     assert acc.Scalars("shortcut/score")[-1].value < 0.2
