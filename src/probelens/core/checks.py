@@ -91,9 +91,9 @@ def check_spatial(
     reshape: ReshapeSpec = None,
 ) -> dict[str, tuple[Layout, tuple[int, ...]]]:
     """Raise if a selected layer's output is not a map (NCHW, channels-last or tokens on a grid, or what ``reshape``
-    makes of it), is ambiguous, never runs or, with ``needs_grad``, gets no gradient. Returns each layer's layout and
-    the ``(C, h, w)`` of its map for one image, in forward (depth) order; says (on rank 0) how a layer that is not
-    NCHW is read."""
+    makes of it; read from the forward structure of the model's shared trace, never guessed from the shape), never
+    runs or, with ``needs_grad``, gets no gradient. Returns each layer's layout and the ``(C, h, w)`` of its map for
+    one image, in forward (depth) order; says (on rank 0) how a layer that is not NCHW is read."""
     net = unwrap_compiled(model)
     x = probe_example(net, probe)
     capture = ActivationCapture(layers)

@@ -352,7 +352,7 @@ def resolve_layouts(
     records: Mapping[str, LayerRecord] | None = None,
 ) -> dict[str, Layout]:
     """The layout of each layer's output on ``example``, or a ``ValueError`` naming the layers that are not spatial
-    maps or are ambiguous, their shapes and the ``reshape=`` that fixes it.
+    maps (by their forward structure), their shapes and axes, and the ``reshape=`` that fixes it.
 
     Args:
         model: the network.
@@ -404,7 +404,8 @@ def refusal(record: LayerRecord, image: tuple[int, int]) -> str:
     head = f"{record.name!r} ({type(record.module).__name__}, output {shape})"
     shown = [r for r in record.readings if r.kind != "channels_first_tokens" and r.grid]
     if shown:
-        guesses = " or ".join(f"{r.describe()} {r.grid[0]}x{r.grid[1]}" for r in shown if r.grid)
+        words = {"nchw": "NCHW", "nhwc": "NHWC", "tokens": "tokens"}
+        guesses = " or ".join(f"{words.get(r.kind, r.kind)} {r.grid[0]}x{r.grid[1]}" for r in shown if r.grid)
         return (
             f"{head} is shaped like a map ({guesses}), but the forward pass gives its axes as {record.axes or '?'}: "
             "not a map probelens can read without guessing"
