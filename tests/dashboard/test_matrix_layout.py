@@ -64,6 +64,14 @@ def layout_logs(tmp_path_factory):
             writer.add_scalar("concept/stripes/snow", 0.1 * step, step)
             writer.add_scalar("concept/stripes/cav_accuracy", 0.9, step)  # a chart of its own, not a class line
             writer.add_scalar("shortcut/score", 0.5, step)
+    # a longer run beside it, for alignment: steps 0-5, epoch 0 at steps 0-2 and 1 at 3-5 ("run": 0-1 and 2)
+    with EventFileWriter(logdir / "zlong") as writer:
+        for step in range(6):
+            writer.add_image(SHOWN[0], _grid(step, None), TILE + BAND, 2 * TILE, step)
+            writer.add_scalar("epoch", float(step // 3), step)
+    with EventFileWriter(logdir / "run") as writer:
+        for step in range(3):
+            writer.add_scalar("epoch", float(step // 2), step)
     return logdir
 
 
@@ -160,3 +168,45 @@ def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, s
             ["group accuracy: desert", ["snowy"]],
             ["group accuracy: snow", ["desert", "snowy"]],
         ]
+
+
+_BESIDE = f"""(() => {{
+  const d = {_FRAME};
+  const panel = d && d.querySelector('.run-panel[data-run=zlong]');
+  const cell = panel && panel.querySelector('.matrix .cell');
+  const out = d && d.getElementById('step-value');
+  return cell ? {{left: out.textContent, right: Number(cell.dataset.step)}} : null;
+}})()"""
+
+
+def test_the_run_beside_aligns_by_epoch_or_progress(chromium, layout_logs, serve, shots):  # noqa: F811
+    with serve(layout_logs) as port, shots.Chromium(chromium, 1500, 1100) as browser:
+        wait_indexed(port)
+        assert get_json(port, f"{P}/run", run="zlong")["epochs"] == [[s, float(s // 3)] for s in range(6)]
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/#probelens")
+        _wait(browser, _MATRIX, lambda s: len(s["heads"]) == len(SHOWN), "the matrix")
+        browser.evaluate(
+            f"(() => {{ const s = {_FRAME}.getElementById('run-right'); s.value = 'zlong'; "
+            "s.dispatchEvent(new Event('change')); })()"
+        )
+        _wait(browser, _BESIDE, lambda s: s["right"] == 2, "run zlong beside, by step: step 2")
+
+        def choose(align: str, slider: int) -> None:
+            browser.evaluate(
+                f"(() => {{ const d = {_FRAME}; const a = d.getElementById('align'); a.value = '{align}'; "
+                "a.dispatchEvent(new Event('change')); const s = d.getElementById('step-slider'); "
+                f"s.value = '{slider}'; s.dispatchEvent(new Event('input')); }})()"
+            )
+
+        def shown(left: int, right: int) -> None:
+            expected = {"left": f"step {left}", "right": right}
+            _wait(browser, _BESIDE, lambda s: s == expected, f"run zlong at step {right} beside step {left}")
+
+        # by progress: the left run's steps 0-2 over the right's 0-5
+        for left, right in ((2, 5), (1, 2), (0, 0)):
+            choose("progress", left)
+            shown(left, right)
+        # by epoch: step 0 opens epoch 0 (right: 0), step 1 ends it (right: 2), step 2 is epoch 1 (right: its end, 5)
+        for left, right in ((0, 0), (1, 2), (2, 5)):
+            choose("epoch", left)
+            shown(left, right)

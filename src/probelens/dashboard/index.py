@@ -363,6 +363,7 @@ class RunIndex:
         self._pictures: dict[str, dict[int, _Picture]] = {}
         self._tag_order: dict[str, int] = {}
         self._scalars: dict[str, dict[int, float]] = {}
+        self._epochs: dict[int, float] = {}  # Lightning's "epoch" scalar: aligns two runs by epoch
         self._scalar_plugin: dict[str, str] = {}
         self._alerts: dict[tuple[str, int], str] = {}
         self._other_tags: dict[str, set[str]] = {"images": set(), "scalars": set(), "tensors": set()}
@@ -520,6 +521,8 @@ class RunIndex:
 
     def _add_scalar(self, tag: str, step: int, value: float) -> None:
         self._other_tags["scalars"].add(tag)
+        if tag == "epoch":
+            self._epochs[step] = value
         bare = tag.split("/", 1)[1] if tag.startswith(_STAGES) else tag
         if bare.startswith(_SCALAR_PREFIXES):
             self._scalars.setdefault(tag, {})[step] = value
@@ -616,6 +619,7 @@ class RunIndex:
             "run": self.name,
             "steps": steps,
             "scalar_steps": scalar_steps,
+            "epochs": [[step, epoch] for step, epoch in sorted(self._epochs.items())],
             "grids": grids,
             "panels": panels,
             "pictures": pictures,

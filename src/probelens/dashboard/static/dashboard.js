@@ -62,6 +62,59 @@ function emptySummary(run) {
     notices: [], indexed: true};
 }
 
+/** A run's logged steps: its pictures', else its scalars'. */
+function runSteps(summary) {
+  return summary.steps.length ? summary.steps : summary.scalar_steps;
+}
+
+/** The epoch a run was in at `step` (Lightning's `epoch` scalar at or before it), null where not logged. */
+function epochAt(summary, step) {
+  let found = null;
+  for (const [s, e] of summary.epochs || []) {
+    if (s <= step) found = e;
+    else break;
+  }
+  if (found === null && (summary.epochs || []).length) found = summary.epochs[0][1];
+  return found;
+}
+
+/** Where `step` lies in its epoch's logged steps: 0 at the epoch's first, 1 at its last. */
+function fractionInEpoch(steps, summary, step) {
+  const epoch = epochAt(summary, step);
+  const same = steps.filter((s) => epochAt(summary, s) === epoch);
+  if (same.length < 2) return 1;
+  return (step - same[0]) / (same[same.length - 1] - same[0]);
+}
+
+/**
+ * The step of run `to` that matches `step` of run `from`: at the same relative progress through training
+ * (`align` = 'progress'), or in the same epoch at the same place within it ('epoch'; runs without the epoch scalar
+ * fall back to progress). Two runs of different lengths then show the same moment of training.
+ */
+function matchStep(step, from, to, align) {
+  const a = runSteps(from);
+  const b = runSteps(to);
+  if (!b.length || step === null) return step;
+  const nearest = (target, candidates) =>
+    candidates.reduce((best, s) => (Math.abs(s - target) < Math.abs(best - target) ? s : best), candidates[0]);
+  if (align === 'epoch' && (from.epochs || []).length && (to.epochs || []).length) {
+    const epoch = epochAt(from, step);
+    let same = b.filter((s) => epochAt(to, s) === epoch);
+    if (!same.length) {
+      // the run beside never logged in that epoch: its steps of the closest epoch
+      const closest = nearest(epoch, [...new Set(b.map((s) => epochAt(to, s)))]);
+      same = b.filter((s) => epochAt(to, s) === closest);
+    }
+    const f = fractionInEpoch(a, from, step);
+    const lo = same[0];
+    const hi = same[same.length - 1];
+    return nearest(lo + f * (hi - lo), same);
+  }
+  if (a.length < 2) return b[b.length - 1];
+  const f = (step - a[0]) / (a[a.length - 1] - a[0]);
+  return nearest(b[0] + f * (b[b.length - 1] - b[0]), b);
+}
+
 function imageURL(run, tag, entry) {
   const q = new URLSearchParams({run, tag, step: String(entry.step), w: String(entry.wall_time)});
   return `./image?${q}`;
@@ -301,11 +354,28 @@ export class Dashboard {
   /** Every logged step of the shown runs (pictures first; the scalar steps when a run has no picture). */
   steps() {
     const all = new Set();
-    for (const s of this.shown()) for (const step of s.steps.length ? s.steps : s.scalar_steps) all.add(step);
+    const shown = this.aligned() ? this.shown().slice(0, 1) : this.shown();
+    for (const s of shown) for (const step of runSteps(s)) all.add(step);
     return [...all].sort((a, b) => a - b);
   }
 
-  setStep(step) {
+  /** Whether the run beside is aligned to the first run by epoch or by relative progress (not by raw step). */
+  aligned() {
+    return !!this.state.right && (this.state.align || 'step') !== 'step';
+  }
+
+  /** The step `summary`'s run shows: the slider's step, or for the run beside (aligned) its matching step. */
+  stepOf(summary) {
+    const first = this.shown()[0];
+    if (!this.aligned() || !first || summary.run === first.run) return this.state.step;
+    return matchStep(this.state.step, first, summary, this.state.align);
+  }
+
+  setStep(step, summary = null) {
+    const first = this.shown()[0];
+    if (summary && first && this.aligned() && summary.run !== first.run) {
+      step = matchStep(step, summary, first, this.state.align); // a click in the run beside: its step, mapped back
+    }
     const steps = this.steps();
     if (!steps.length) return;
     // the nearest logged step (a click on a chart lands between them)
@@ -385,6 +455,30 @@ export class Dashboard {
       ),
       h('label', {}, 'run ', runSelect('run-left', this.state.left, false)),
       h('label', {}, 'beside it ', runSelect('run-right', this.state.right, true)),
+      this.state.right
+        ? h(
+            'label',
+            {title: 'which step of the run beside matches the slider: the same step, epoch or point of training'},
+            'align ',
+            h(
+              'select',
+              {
+                id: 'align',
+                onchange: (e) => {
+                  this.state.align = e.target.value;
+                  const steps = this.steps();
+                  if (!steps.includes(this.state.step)) this.state.step = steps[steps.length - 1] ?? null;
+                  this.draw();
+                },
+              },
+              [
+                ['step', 'by step'],
+                ['epoch', 'by epoch'],
+                ['progress', 'by progress'],
+              ].map(([value, text]) => h('option', {value, text, selected: value === (this.state.align || 'step')})),
+            ),
+          )
+        : null,
       h(
         'span',
         {class: 'stepper'},
@@ -402,7 +496,13 @@ export class Dashboard {
       h(
         'section',
         {class: 'run-panel', dataset: {run: s.run}},
-        h('h2', {text: s.run}),
+        h(
+          'h2',
+          {text: s.run},
+          this.aligned() && s !== this.shown()[0]
+            ? h('span', {class: 'aligned-step small', text: ` at step ${this.stepOf(s)} (aligned by ${this.state.align})`})
+            : null,
+        ),
         this.notices(s),
         this.state.view === 'matrix'
           ? this.matrix(s)
@@ -443,10 +543,10 @@ export class Dashboard {
   }
 
   /** What the grids say about a probe image (a row) at the shown step and at the logged step before it. */
-  rowFacts(columns, {fingerprint, index}) {
+  rowFacts(summary, columns, {fingerprint, index}) {
     const k = String(index);
     for (const c of columns) {
-      const i = c.entries.indexOf(entryAt(c.entries, this.state.step));
+      const i = c.entries.indexOf(entryAt(c.entries, this.stepOf(summary)));
       const now = c.entries[i];
       if (!now || now.probe !== fingerprint || !now.predictions || !now.predictions[k]) continue;
       const before = i > 0 && c.entries[i - 1].predictions ? c.entries[i - 1].predictions[k] : null;
@@ -459,7 +559,7 @@ export class Dashboard {
   rowShown(summary, columns, row) {
     const filter = this.rowFilterValue || 'all';
     if (filter === 'all') return true;
-    const facts = this.rowFacts(columns, row);
+    const facts = this.rowFacts(summary, columns, row);
     if (!facts) return false;
     const [truth, pred] = facts.now;
     if (filter === 'wrong') return truth !== pred;
@@ -470,7 +570,7 @@ export class Dashboard {
   rowFilter(summary, columns) {
     const classes = new Set();
     for (const row of this.rows(summary)) {
-      const facts = this.rowFacts(columns, row);
+      const facts = this.rowFacts(summary, columns, row);
       if (facts) classes.add(facts.now[0]);
     }
     const options = [
@@ -532,7 +632,7 @@ export class Dashboard {
   }
 
   matrix(summary) {
-    const step = this.state.step;
+    const step = this.stepOf(summary);
     const columns = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
     const out = [this.methodFilter(summary)];
     if (!summary.grids.length) {
@@ -632,7 +732,7 @@ export class Dashboard {
   }
 
   pictures(summary) {
-    const step = this.state.step;
+    const step = this.stepOf(summary);
     return h(
       'details',
       {class: 'pictures', open: !summary.grids.length},
@@ -681,7 +781,7 @@ export class Dashboard {
       'tr',
       {},
       h('th', {text: 'step'}),
-      steps.map((s) => h('th', {class: s === this.state.step ? 'current' : null, text: String(s)})),
+      steps.map((s) => h('th', {class: s === this.stepOf(summary) ? 'current' : null, text: String(s)})),
     );
     const changedPred = new Set();
     const changedVerdict = new Set();
@@ -705,7 +805,7 @@ export class Dashboard {
             class: [
               changedPred.has(s) ? 'changed' : '',
               p && p[0] !== p[1] ? 'wrong' : 'right',
-              s === this.state.step ? 'current' : '',
+              s === this.stepOf(summary) ? 'current' : '',
             ].join(' '),
             dataset: {step: String(s)},
           },
@@ -725,7 +825,7 @@ export class Dashboard {
                 class: [
                   changedVerdict.has(s) ? 'changed' : '',
                   verdict.get(s) >= 0.5 ? 'wrong' : '',
-                  s === this.state.step ? 'current' : '',
+                  s === this.stepOf(summary) ? 'current' : '',
                 ].join(' '),
               },
               verdict.has(s)
@@ -745,7 +845,7 @@ export class Dashboard {
           if (!e || e.probe !== fingerprint || !e.boxes[indexText]) return h('td', {class: 'empty', text: '-'});
           return h(
             'td',
-            {class: s === this.state.step ? 'current' : null, onclick: () => this.setStep(s)},
+            {class: s === this.stepOf(summary) ? 'current' : null, onclick: () => this.setStep(s, summary)},
             h(
               'div',
               {class: 'cell', dataset: {tag: g.tag, step: String(s), probe: fingerprint, index: indexText}},
@@ -851,7 +951,7 @@ export class Dashboard {
       h(
         'figure',
         {class: 'chart-box', dataset: {group: title}},
-        lineChart({title, series, alerts, current: this.state.step, onPick: (s) => this.setStep(s)}),
+        lineChart({title, series, alerts, current: this.stepOf(summary), onPick: (s) => this.setStep(s, summary)}),
         h(
           'figcaption',
           {class: 'legend small'},
@@ -870,8 +970,8 @@ export class Dashboard {
           title: bare(tag) + (chance ? ' (dashed: chance)' : ''),
           series,
           alerts,
-          current: this.state.step,
-          onPick: (s) => this.setStep(s),
+          current: this.stepOf(summary),
+          onPick: (s) => this.setStep(s, summary),
         }),
       );
     });
@@ -901,7 +1001,7 @@ export class Dashboard {
   }
 
   counterfactuals(summary) {
-    const step = this.state.step;
+    const step = this.stepOf(summary);
     const panel = summary.panels[0];
     if (!panel)
       return h('p', {class: 'small', text: 'No counterfactual panel (shortcut/counterfactuals) in this run.'});
