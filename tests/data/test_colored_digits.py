@@ -22,6 +22,7 @@ def test_splits_labels_colours_and_masks():
     loose, tight = train.masks(0.2), train.masks(0.7)
     assert (tight <= loose).all() and 0 < tight.sum() < loose.sum()  # a tight mask is inside the loose one
     image, label, mask = ColoredDigitsDataset("val", mask_threshold=0.5)[3]
+    assert image.shape == (3, 32, 32)
     assert mask.shape == (1, 32, 32) and mask.dtype == torch.bool and label in (0, 1)
 
 
