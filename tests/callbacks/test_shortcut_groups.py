@@ -133,6 +133,8 @@ def test_groups_alert_within_two_epochs_of_the_shortcut_and_clears_on_recovery(t
     assert [e.step for e in texts] == [monitor.alerts[0], monitor.clears[0]]
     alert = texts[0].tensor_proto.string_val[0].decode()
     assert "evidence: groups" in alert and "within class" in alert and "group 'horizontal'" in alert
+    cleared = texts[1].tensor_proto.string_val[0].decode()
+    assert "Shortcut alert cleared" in cleared and "group 'horizontal'" in cleared and "group 'vertical'" in cleared
     assert sum("Shortcut suspected" in str(w.message) for w in record) == 1
     assert "shortcut/background_swap_flip_rate" not in scalars  # no masks, no mask numbers
     assert monitor.failure_count == 0

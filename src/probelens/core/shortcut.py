@@ -583,7 +583,8 @@ class ShortcutCore(MonitorCore):
         gaps = group_gaps(cells)
         c = max(gaps, key=gaps.__getitem__)
         mine = {g: a for (k, g), a in cells.items() if k == c}
-        best, worst = max(mine, key=mine.__getitem__), min(mine, key=mine.__getitem__)
+        best = max(mine, key=mine.__getitem__)
+        worst = min((g for g in mine if g != best), key=mine.__getitem__)  # two distinct groups, also at gap 0
         p = self.probe
         return (
             f"within class {p.class_name(c)!r} the accuracy is {mine[best]:.0%} in group {p.group_name(best)!r} but "
