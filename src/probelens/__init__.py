@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the Lightning callbacks these names resolve to (see __getat
         ProbeMonitor,
         SaliencyMonitor,
         ShortcutMonitor,
+        StrategyMonitor,
     )
     from probelens.core.sinks import register_sink, unregister_sink
 
@@ -55,6 +56,7 @@ __all__ = [
     "ProbeSet",
     "SaliencyMonitor",
     "ShortcutMonitor",
+    "StrategyMonitor",
     "__version__",
     "register_sink",
     "unregister_sink",

@@ -62,6 +62,10 @@ class ShortcutMonitor(core.ShortcutCore, Callback):  # type: ignore[misc]
     __doc__ = core.ShortcutCore.__doc__
 
 
+class StrategyMonitor(core.StrategyCore, Callback):  # type: ignore[misc]
+    __doc__ = core.StrategyCore.__doc__
+
+
 __all__ = [
     "ActivationMonitor",
     "ConceptMonitor",
@@ -73,4 +77,5 @@ __all__ = [
     "ProbeMonitor",
     "SaliencyMonitor",
     "ShortcutMonitor",
+    "StrategyMonitor",
 ]

@@ -59,6 +59,10 @@ class ShortcutMonitor(core.ShortcutCore, Callback):
     __doc__ = core.ShortcutCore.__doc__
 
 
+class StrategyMonitor(core.StrategyCore, Callback):
+    __doc__ = core.StrategyCore.__doc__
+
+
 __all__ = [
     "ActivationMonitor",
     "ConceptMonitor",
@@ -70,4 +74,5 @@ __all__ = [
     "ProbeMonitor",
     "SaliencyMonitor",
     "ShortcutMonitor",
+    "StrategyMonitor",
 ]

@@ -18,6 +18,7 @@ from probelens.core.activations import ActivationCore
 from probelens.core.base import MonitorCore
 from probelens.core.concept import ConceptCore
 from probelens.core.deconv import DeconvCore
+from probelens.core.discovery import StrategyCore
 from probelens.core.feature_vis import FeatureVisCore
 from probelens.core.filters import FilterCore
 from probelens.core.grad_cam import GradCAMCore
@@ -36,4 +37,5 @@ __all__ = [
     "OcclusionCore",
     "SaliencyCore",
     "ShortcutCore",
+    "StrategyCore",
 ]

@@ -11,6 +11,12 @@ from probelens.metrics.counterfactual import (
     neutral_background,
     swap_partners,
 )
+from probelens.metrics.discovery import (
+    ClassStrategies,
+    DiscoveryReport,
+    adjusted_rand_index,
+    discover_strategies,
+)
 from probelens.metrics.drift import map_drift
 from probelens.metrics.localisation import mask_area, pointing_game, relevance_mass, relevance_rank_accuracy
 from probelens.metrics.shortcut import (
@@ -26,14 +32,18 @@ from probelens.metrics.shortcut import (
 )
 
 __all__ = [
+    "ClassStrategies",
     "CounterfactualProbes",
+    "DiscoveryReport",
     "ShortcutVerdict",
+    "adjusted_rand_index",
     "agreeing_group_accuracy",
     "background_only",
     "background_swap",
     "class_flip_rates",
     "counterfactual_probes",
     "direction_flip_rates",
+    "discover_strategies",
     "fill_from_background",
     "foreground_only",
     "foreground_only_drop",

@@ -1,0 +1,96 @@
+"""StrategyMonitor: a real Trainer with a TensorBoardLogger, its event files read back, and its clusters recomputed
+through the functional API (probelens.methods.grad_cam, not the shared pass) from the trained model."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit import LitClassifier, decode, read_events, trainer
+from probelens import ProbeSet, StrategyMonitor
+from probelens.data import MEAN, STD, generate_snow_desert
+from probelens.methods import grad_cam
+from probelens.metrics import discover_strategies
+
+NAMES = ("snow", "arabian")
+
+
+def data(n: int, p: float, seed: int):
+    s = generate_snow_desert(n, size=32, p=p, purity=1.0, seed=seed)
+    m, sd = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (s.images - m) / sd, s.labels
+
+
+@pytest.mark.integration
+def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lightning_utilities")
+    x, y = data(192, 0.95, seed=1)
+    vx, vy = data(48, 0.5, seed=2)
+    probe = ProbeSet(vx, vy, mean=MEAN, std=STD, class_names=NAMES)
+    monitor = StrategyMonitor(probe, seed=3)
+    tr = trainer(tmp_path, [monitor], max_epochs=2)
+    model = LitClassifier(lr=0.02)
+    tr.fit(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
+        DataLoader(TensorDataset(vx, vy), batch_size=48),
+    )
+    assert monitor.fire_count == 2 and monitor.failure_count == 0
+    said = [r.getMessage() for r in caplog.records if "not a verdict" in r.getMessage()]
+    assert len(said) == 1 and "docs/discovery.md" in said[0]
+
+    events = read_events(tr.logger.log_dir)
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    steps = [s for s, _ in scalars["discovery/snow/clusters"]]
+    assert len(steps) == 2 and steps == sorted(steps)
+
+    # the last firing, recomputed from the trained model through the functional Grad-CAM at the same layer
+    net = model.eval()
+    with torch.no_grad():
+        preds = net(vx).argmax(1)
+    layer = next(iter(monitor._layer))
+    cam = grad_cam(net, vx, preds, layers=[layer])[layer]
+    expected = discover_strategies(cam, vy, seed=3)
+    for c, name in enumerate(NAMES):
+        found = expected.classes[c]
+        last = {key: dict(scalars[f"discovery/{name}/{key}"])[steps[-1]] for key in ("clusters", "largest_share")}
+        assert last["clusters"] == found.num_clusters
+        assert last["largest_share"] == pytest.approx(found.largest_share)
+        gap = dict(scalars[f"discovery/{name}/eigengap"])[steps[-1]]
+        assert gap == pytest.approx(found.eigengap, abs=1e-5) and not math.isnan(gap)
+        assert dict(scalars[f"discovery/{name}/two_strategies"])[steps[-1]] == float(found.two_strategies)
+        assert monitor.last_report is not None
+        assert monitor.last_report.classes[c].sizes == found.sizes
+
+        # one picture per class and step: a row per cluster (mean map, prototype), each tile at least 128 px
+        pictures = events.Images(f"probelens/discovery/{name}")
+        assert [e.step for e in pictures] == steps
+        pixels = decode(pictures[-1])
+        assert pixels.shape[0] >= found.num_clusters * 128 and pixels.shape[1] >= 2 * 128
+        assert pixels.std() > 10  # not a blank canvas
+    assert f"probelens/cost_ms/{monitor.name}" in scalars
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"grid": 1}, "grid"),
+        ({"max_clusters": 1}, "max_clusters"),
+        ({"min_share": 0.0}, r"min_share=0.0 .*\(0, 0.5\]"),
+        ({"min_share": 0.8}, "min_share"),
+        ({"min_eigengap": 2.0}, "min_eigengap"),
+        ({"min_images": 2}, "min_images"),
+        ({"neighbours": 0}, "neighbours"),
+    ],
+)
+def test_bad_options_fail_at_construction_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StrategyMonitor(None, **kwargs)
+
+
+def test_the_docstring_claims_no_verdict():
+    assert "claims no verdict" in (StrategyMonitor.__doc__ or "")
