@@ -22,7 +22,6 @@ earlier run of this script, leaving every other section alone); ``--no-write`` o
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import re
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_only
 from torch import nn
 
 from probelens.core.checks import check_spatial, layer_traces, model_trace, probe_example
@@ -101,11 +101,15 @@ def measure(name: str, probe_size: int, repeats: int) -> dict[str, float | int |
     torch.manual_seed(0)
     base = build().eval()
     probe = ProbeSet(torch.rand(probe_size, 3, size, size), torch.arange(probe_size) % 3)
-    fresh = lambda: copy.deepcopy(base)  # noqa: E731 (a new model object: no shared trace is warm)
+    def fresh() -> nn.Module:  # a new model object (no shared trace is warm), the same weights
+        torch.manual_seed(0)
+        return build().eval()
+
     _forward_backward(base, probe)  # warm-up (allocator, kernels)
     fb = _best(lambda: _forward_backward(base, probe), repeats)
-    trace = _best(lambda: trace_layers(fresh(), probe.images[:1]), repeats)
-    setup = _best(lambda: _setup(fresh(), probe), repeats)
+    copies = iter([fresh() for _ in range(2 * repeats)])  # built before the clock starts
+    trace = _best(lambda: trace_layers(next(copies), probe.images[:1]), repeats)
+    setup = _best(lambda: _setup(next(copies), probe), repeats)
     records = trace_layers(base, probe.images[:1])
     rows = sum(1 for r in records.values() if r.spatial or r.ambiguous)
     old_table = _best(lambda: layer_summary(base, probe.images[:1], max_receptive_fields=48, records=records), 1)
@@ -174,6 +178,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    rank_zero_only.rank = 0  # the monitors' checks log on rank 0; outside a Trainer nobody sets it
     start = time.perf_counter()
     results = []
     for name in QUICK if args.quick else MODELS:
