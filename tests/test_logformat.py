@@ -125,9 +125,11 @@ data = run.image(item["tag"], item["entries"][0]["step"])
 assert png_layout(data).width > 0 and find_runs(logdir)
 from probelens.export import main
 assert main([str(logdir / "nowhere")]) == 2  # the command line up to its first error
+assert main([str(logdir), "--out", str(logdir.parent / "exported")]) == 0  # a whole export: GIFs, filmstrips, page
+assert (logdir.parent / "exported" / "index.html").is_file()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning", "pytorch_lightning", "matplotlib")
                or m.startswith(("probelens.render", "probelens.callbacks", "probelens.methods")))
-print(",".join(heavy[:20]))
+print("HEAVY:" + ",".join(heavy[:20]))
 """
 
 # the package's modules without running probelens/__init__.py, which imports ProbeSet (and so torch) eagerly
@@ -153,12 +155,12 @@ def _heavy_modules(script: str, logdir) -> list[str]:
         [sys.executable, "-c", textwrap.dedent(script), str(logdir)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return [m for m in last.split(",") if m]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("HEAVY:")]
+    return [m for m in line.removeprefix("HEAVY:").split(",") if m]
 
 
 def test_readers_import_neither_torch_nor_render_code(tmp_path):
-    """The modules of the readers themselves: logs, log format, dashboard index and export, used on a real log."""
+    """The modules of the readers themselves: logs, log format, dashboard index and a whole export, on a real log."""
     assert _heavy_modules(_READERS.format(prelude=_STUB), _picture_log(tmp_path)) == []
 
 

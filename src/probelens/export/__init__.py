@@ -13,9 +13,10 @@ links only, so the output folder can be zipped, mailed or attached to a pull req
 
 An image tag holds one picture per step (a Grad-CAM grid has every probe image as a tile), so the GIF of a tag shows
 how the whole grid evolves. The monitors also record in each grid PNG which box shows which probe image
-(:data:`probelens.render.CELLS_KEY`), so per probe image and tag the export writes a GIF and a filmstrip of just that
+(:data:`probelens.logformat.CELLS_KEY`), so per probe image and tag the export writes a GIF and a filmstrip of just that
 image's cell over training, and ``index.html`` shows each probe image's methods side by side next to the scalar
-curves. Only TensorBoard is needed to read the event files (no TensorFlow).
+curves. Only TensorBoard is needed to read the event files (no TensorFlow), and nothing here imports torch: pictures
+are decoded and composed with Pillow and numpy.
 
 The package: :mod:`~probelens.export.reading` (decoded pictures and probe-image boxes, over
 :mod:`probelens.logs`), :mod:`~probelens.export.compose` (frames, GIFs, filmstrips, plots),

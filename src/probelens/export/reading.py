@@ -1,20 +1,19 @@
 """Reading what the export needs from logged pictures: decoded pixels, sizes and the probe images' boxes over steps.
 
 Event files are read by :mod:`probelens.logs` (shared with the TensorBoard dashboard); here the encoded PNGs of one
-tag become tensors, and the probe-image layout each grid records (:data:`probelens.render.CELLS_KEY`) is read from
-the PNG headers alone.
+tag become uint8 ``[H, W, 3]`` numpy arrays (Pillow decodes them; no torch), and the probe-image layout each grid
+records (:data:`probelens.logformat.CELLS_KEY`) is read from the PNG headers alone.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
 
 from probelens.logs import Box, png_layout
-
-if TYPE_CHECKING:
-    from torch import Tensor
 
 __all__ = [
     "CROP_BUDGET_BYTES",
@@ -33,14 +32,10 @@ Encoded = Sequence[tuple[int, bytes]]
 """``(step, PNG bytes)`` of one tag, by step (:func:`probelens.logs.encoded_by_step`)."""
 
 
-def decode(data: bytes) -> Tensor:
-    """One logged PNG as uint8 ``[3, H, W]`` RGB."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
+def decode(data: bytes) -> np.ndarray:
+    """One logged PNG as uint8 ``[H, W, 3]`` RGB."""
     with Image.open(io.BytesIO(data)) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
+        return np.asarray(image.convert("RGB"))
 
 
 def picture_size(data: bytes) -> tuple[int, int]:
@@ -53,8 +48,6 @@ def undecodable(data: bytes) -> str | None:
     """Why a logged picture must not be decoded (``None`` when it may): more pixels than Pillow's decompression-bomb
     limit (``PIL.Image.MAX_IMAGE_PIXELS``; a header may claim 100000 x 100000 in a few bytes), or a header that is
     not an image's. Only the header is read."""
-    from PIL import Image
-
     try:
         width, height = picture_size(data)
     except Exception as err:
@@ -94,12 +87,12 @@ def budget_groups(sizes: dict[int, tuple[int, int]], n_steps: int, budget: int =
     return groups
 
 
-def crops(encoded: Encoded, group: Sequence[int]) -> Iterator[tuple[int, dict[int, Tensor]]]:
-    """Per step, the crops (uint8 ``[3, h, w]``) of the probe images in ``group`` that the step's picture has, each
+def crops(encoded: Encoded, group: Sequence[int]) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    """Per step, the crops (uint8 ``[h, w, 3]``) of the probe images in ``group`` that the step's picture has, each
     cut with that step's own layout; a step that has none of them is not decoded."""
     for step, data in encoded:
         boxes: dict[int, Box] = {k: box for k, box in png_layout(data).boxes.items() if k in group}
         if not boxes:
             continue
         picture = decode(data)
-        yield step, {k: picture[:, y0:y1, x0:x1] for k, (x0, y0, x1, y1) in boxes.items()}
+        yield step, {k: picture[y0:y1, x0:x1] for k, (x0, y0, x1, y1) in boxes.items()}

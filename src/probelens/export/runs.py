@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from probelens.export.compose import plot_scalar, select_frames, stamped, write_filmstrip, write_gif
 from probelens.export.page import render_index
 from probelens.export.reading import budget_groups, crops, decode, largest_boxes, picture_size, undecodable
 from probelens.export.results import ExportError, ExportResult, ProbeImageExport, RunExport, ScalarExport, TagExport
@@ -59,8 +60,6 @@ def _export_probe_images(
 
     Every step is decoded once per group of probe images (one group unless the crops exceed the memory budget).
     """
-    from probelens.export.compose import stamped, write_filmstrip, write_gif
-
     sizes = largest_boxes(encoded)
     if not sizes:
         return []
@@ -102,11 +101,6 @@ def _decodable(run: RunExport, tag: str, encoded: Sequence[tuple[int, bytes]]) -
 
 
 def _export_run(acc: Any, run: RunExport, run_out: Path, max_frames: int, fps: float) -> None:
-    # the composition draws with probelens.render (torch): imported when there is something to draw, so that reading
-    # the logs, and an export that stops at an error, stay torch-free
-    from probelens.export.compose import plot_scalar, stamped, write_filmstrip, write_gif
-    from probelens.render import select_frames
-
     tags = acc.Tags()
     names = _Names()
     image_tags = sorted(tags.get("images", []))
