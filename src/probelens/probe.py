@@ -8,7 +8,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor
@@ -554,7 +554,7 @@ class ProbeSet:
                     label = labels[i] if labels is not None else _split_item(item, input_key, target_key)[1]
                     label_of[i] = _class_index(label, f"the label of dataset item {i}")
                     if reads_items:
-                        raw_groups[i] = _group_of_item(item, groups, i)
+                        raw_groups[i] = _group_of_item(item, cast("Callable[[Any], Any] | str", groups), i)
             order = order[:budget]
         else:
             label_of = {i: int(labels[i]) for i in order}
@@ -668,14 +668,14 @@ def _group_ids(raw: dict[int, Any], names: list[str] | None) -> tuple[dict[int, 
     values = {i: (v.item() if isinstance(v, Tensor) and v.numel() == 1 else v) for i, v in raw.items()}
     strings = {v for v in values.values() if isinstance(v, str)}
     if strings:
-        if len(strings) != len(values.values()) and any(not isinstance(v, str) for v in values.values()):
+        if any(not isinstance(v, str) for v in values.values()):
             raise ValueError("groups mix strings and numbers; give group ids 0..G-1 or names, not both")
         if names is None:
             names = sorted(strings)
         unknown = sorted(strings - set(names))
         if unknown:
             raise ValueError(f"groups holds {unknown}, which group_names={names} does not name")
-        return {i: names.index(v) for i, v in values.items()}, names
+        return {i: names.index(str(v)) for i, v in values.items()}, names
     out: dict[int, int] = {}
     for i, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int):
