@@ -25,10 +25,21 @@ def _first_map_dataset(trainer: Any) -> tuple[Any, str]:
     return None, ""
 
 
-def probe_from_trainer(trainer: Any, size: int, seed: int, owner: str = "probelens") -> ProbeSet | None:
+def probe_from_trainer(
+    trainer: Any,
+    size: int,
+    seed: int,
+    owner: str = "probelens",
+    *,
+    input_key: str | None = None,
+    target_key: str | None = None,
+) -> ProbeSet | None:
     """``ProbeSet.from_dataset`` of the trainer's first map-style dataset (``None`` when it has none yet: loaders
     are attached lazily), with the dataset's ``mean``/``std`` attributes when it has them; one per (dataset, size,
-    seed) and run, so monitors with the same options share one probe set and one pass."""
+    seed, keys) and run, so monitors with the same options share one probe set and one pass. ``input_key`` and
+    ``target_key`` name the keys of dict items (default: ``ProbeSet.from_dataset``'s known keys, Hugging Face's
+    ``pixel_values``/``labels`` among them). A dataset the probe cannot be built from raises a ``ValueError`` that
+    says where the probe came from and how to pass one (raised before the first training step)."""
     dataset, source = _first_map_dataset(trainer)
     if dataset is None:
         return None
@@ -41,12 +52,16 @@ def probe_from_trainer(trainer: Any, size: int, seed: int, owner: str = "probele
         size = available
     probes = run_session(trainer).probes
     key = (id(dataset), size, seed)
+    if input_key is not None or target_key is not None:
+        probes = {}  # named keys: this monitor's own probe set (the run's shared ones are read with the known keys)
     if key not in probes:
         mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
         if not (isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list))):
             mean = std = None
         try:
-            probes[key] = ProbeSet.from_dataset(dataset, num_samples=size, seed=seed, mean=mean, std=std)
+            probes[key] = ProbeSet.from_dataset(
+                dataset, num_samples=size, seed=seed, mean=mean, std=std, input_key=input_key, target_key=target_key
+            )
         except (ValueError, TypeError, KeyError, IndexError) as err:
             # raised before the first training step (the sanity check or train start): say where the probe came from
             # and how to give one, instead of a bare error from deep inside the dataset
