@@ -65,8 +65,8 @@ Lineage = dict[int, set[int]]
 def fresh(role: str, size: int, parents: Sequence[int] = (), lineage: Lineage | None = None) -> Dim:
     """A new axis of ``size`` (nothing for size 1: it holds one value and cannot mix anything), made from the axes
     tagged ``parents`` (recorded in ``lineage``)."""
-    if size <= 1:
-        return ()
+    if size < 1 or (size == 1 and role not in SPATIAL):
+        return ()  # a grid axis of one position is kept: a 1x1 map is still a map (constant, but readable)
     tag = next(_tags)
     if lineage is not None and parents:
         lineage[tag] = set(parents)
@@ -90,6 +90,8 @@ def _size(dim: Dim) -> int:
 def _merge(dim: Sequence[Atom]) -> Dim:
     """Adjacent pieces of one index, coarse then fine, merged back (``H/4`` then ``4`` -> ``H``)."""
     out: list[Atom] = []
+    if len(dim) == 1 and dim[0].size == 1 and dim[0].role in SPATIAL:
+        return tuple(dim)  # a one-position grid axis
     for atom in dim:
         if atom.size <= 1:
             continue
@@ -142,9 +144,10 @@ def join(dims: Sequence[Dim | None], size: int, lineage: Lineage | None = None) 
     did, exactly as for any other mixing (attention). Features joined with features are features; two axes that both
     say something and disagree (rows and columns, a grid and tokens) make an unknown axis.
     """
-    if size <= 1:
-        return ()
     known = [d for d in dims if d is not None]
+    if size <= 1:
+        firsts = [d for d in known if d]
+        return firsts[0] if firsts and all(_untagged(d) == _untagged(firsts[0]) for d in firsts) else ()
     if not known:
         return fresh(UNKNOWN, size)
     informative = [d for d in known if not _vague(d)]
@@ -700,7 +703,8 @@ def _r_reduce(t: AxisTracker, args: tuple, kwargs: dict, out: Any) -> None:
         t.put_first(out, unknown(first.shape))
         return
     reduced = {_norm_dim(d, ndim) for d in dims}
-    kept = [() if i in reduced else src[i] for i in range(ndim)]
+    # a grid axis pooled to one position stays a (one-position) grid axis: [N, C, 1, 1] after a global mean
+    kept = [_pooled(src[i]) if i in reduced else src[i] for i in range(ndim)]
     if first.dim() < ndim:
         kept = [src[i] for i in range(ndim) if i not in reduced]
     t.put_first(out, tuple(kept) if len(kept) == first.dim() else unknown(first.shape))
@@ -710,6 +714,11 @@ def _broadcast_query(q: Desc, k: Desc | None) -> bool:
     """Queries copied over the windows or images that the keys come from (GC-ViT's global queries): their rows are
     the same for every window, so they do not say which position of a window an output row is."""
     return k is not None and any(_has_role(d, BROADCAST) for d in q[:-2]) and not any(_vague(d) for d in k[:-2])
+
+
+def _pooled(dim: Dim) -> Dim:
+    atom = clean_spatial(dim)
+    return fresh(atom.role, 1) if atom is not None else ()
 
 
 def _matmul_desc(a: Desc | None, b: Desc | None, out: Tensor) -> Desc | None:
