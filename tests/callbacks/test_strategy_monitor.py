@@ -32,7 +32,8 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
     vx, vy = data(48, 0.5, seed=2)
     probe = ProbeSet(vx, vy, mean=MEAN, std=STD, class_names=NAMES)
     monitor = StrategyMonitor(probe, seed=3)
-    tr = trainer(tmp_path, [monitor], max_epochs=2)
+    spare = StrategyMonitor(probe, seed=3, source="features", name="spare")  # SPARE-style, beside it
+    tr = trainer(tmp_path, [monitor, spare], max_epochs=2)
     model = LitClassifier(lr=0.02)
     tr.fit(
         model,
@@ -41,7 +42,7 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
     )
     assert monitor.fire_count == 2 and monitor.failure_count == 0
     said = [r.getMessage() for r in caplog.records if "not a verdict" in r.getMessage()]
-    assert len(said) == 1 and "docs/discovery.md" in said[0]
+    assert len(said) == 2 and "docs/discovery.md" in said[0]  # once per monitor
 
     events = read_events(tr.logger.log_dir)
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -74,6 +75,17 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
         assert pixels.std() > 10  # not a blank canvas
     assert f"probelens/cost_ms/{monitor.name}" in scalars
 
+    # SPARE-style: the deepest stage's activations averaged over space, recomputed by slicing the model there
+    index = int(layer.split(".")[-1])
+    with torch.no_grad():
+        features = net.model[: index + 1](vx).mean((2, 3))
+    expected_features = discover_strategies(features, vy, seed=3)
+    for c, name in enumerate(NAMES):
+        found = expected_features.classes[c]
+        assert spare.last_report is not None and spare.last_report.classes[c].sizes == found.sizes
+        assert dict(scalars[f"discovery/spare/{name}/clusters"])[steps[-1]] == found.num_clusters
+        assert [e.step for e in events.Images(f"probelens/spare/discovery/{name}")] == steps
+
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
@@ -85,6 +97,7 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
         ({"min_eigengap": 2.0}, "min_eigengap"),
         ({"min_images": 2}, "min_images"),
         ({"neighbours": 0}, "neighbours"),
+        ({"source": "spray"}, r"source='spray'.*'gradcam', 'features'"),
     ],
 )
 def test_bad_options_fail_at_construction_naming_the_value(kwargs, match):

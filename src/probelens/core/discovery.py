@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
-from probelens.core.options import check_float, check_int, check_layer_spec
+from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout
-from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies
+from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies, map_features
 from probelens.probe import ProbeSet
 from probelens.render import apply_colormap, labelled_grid, normalize_maps, overlay_heatmap
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works wi
 
 EXPLORATORY_NOTE = (
     "strategy discovery is an exploratory signal, not a verdict: it clusters each class's predicted-class Grad-CAM "
-    "maps (SpRAy) and shows the clusters' mean maps and prototypes; two clusters may be two strategies, one of them "
+    "maps (SpRAy) or features (SPARE-style) and shows the clusters' mean maps and prototypes; two clusters may be two strategies, one of them "
     "a shortcut, or two harmless poses of the object. Judge from the pictures; docs/discovery.md gives the measured "
     "recovery of true spurious groups (unreliable on imbalanced probes). Masks or group labels (ShortcutMonitor) or "
     "concept pictures (ConceptMonitor) give a verdict."
@@ -71,6 +71,9 @@ class StrategyCore(MonitorCore):
         min_eigengap: the eigengap needed for the clusters to count as well separated.
         min_images: classes with fewer probe images are not clustered (one cluster, flag 0).
         seed: the seed of k-means (the clustering is deterministic given it).
+        source: what is clustered: ``"gradcam"`` (SpRAy: the maps) or ``"features"`` (SPARE-style, Yang et al.,
+            2024: the layer's activations averaged over space, standardised within the class; most telling in early
+            epochs). The picture shows each cluster's mean Grad-CAM map either way.
         every_n_epochs, every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
             output_transform, name: as for :class:`ProbeMonitor`.
     """
@@ -87,6 +90,7 @@ class StrategyCore(MonitorCore):
         min_eigengap: float = 0.1,
         min_images: int = 6,
         seed: int = 0,
+        source: str = "gradcam",
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_at_start: bool = False,
@@ -120,6 +124,8 @@ class StrategyCore(MonitorCore):
         check_float(owner, "min_eigengap", min_eigengap, 0.0, 1.0)
         check_int(owner, "min_images", min_images, minimum=3)
         check_int(owner, "seed", seed, minimum=0)
+        check_choice(owner, "source", source, ("gradcam", "features"))
+        self.source = source
         self.layer_spec = layer
         self.grid = grid
         self.max_clusters = max_clusters
@@ -141,7 +147,7 @@ class StrategyCore(MonitorCore):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name, layer=repr(self.layer_spec))
+        return self._generate_state_key(name=self.name, layer=repr(self.layer_spec), source=self.source)
 
     @override
     def _configure(self, pl_module: nn.Module) -> None:
@@ -183,8 +189,13 @@ class StrategyCore(MonitorCore):
             self.probe.image_size,
         ).cpu()
         cam = self._finite(cam, f"Grad-CAM maps of {layer}", step)
+        if self.source == "features":
+            clustered = layout.to_nchw(result.activations[layer]).detach().float().mean((2, 3)).cpu()
+            clustered = self._finite(clustered, f"features of {layer}", step)
+        else:
+            clustered = cam
         report = discover_strategies(
-            cam,
+            clustered,
             self.probe.targets.cpu(),
             grid=self.grid,
             neighbours=self.neighbours,
@@ -206,19 +217,27 @@ class StrategyCore(MonitorCore):
         images = self.probe.display_images()
         size = self.probe.image_size
         predictions = result.predictions.cpu()
+        cam_grid = map_features(cam, self.grid)  # the pictures' mean maps, whatever was clustered
         for c, found in report.classes.items():
             name = self.probe.class_name(c)
-            self.writer.draw(
-                f"probelens/discovery/{name}", step, self._picture(found, name, cam, images, predictions, size)
-            )
+            members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
+            means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid).float()
+            render = self._picture(found, name, means, cam, images, predictions, size)
+            self.writer.draw(f"probelens/discovery/{name}", step, render)
 
     def _picture(
-        self, found: ClassStrategies, name: str, cam: Tensor, images: Tensor, predictions: Tensor, size: tuple[int, int]
+        self,
+        found: ClassStrategies,
+        name: str,
+        means: Tensor,
+        cam: Tensor,
+        images: Tensor,
+        predictions: Tensor,
+        size: tuple[int, int],
     ) -> Callable[[], Tensor]:
-        """The render of one class's picture: per cluster its mean map and its prototype with its map (CPU tensors
-        taken now, drawn later)."""
+        """The render of one class's picture: per cluster its mean map ``means [k,1,g,g]`` and its prototype with
+        its map (CPU tensors taken now, drawn later)."""
         assert self.probe is not None
-        means = found.mean_maps.float()[:, None]
         protos = torch.tensor(found.prototypes, dtype=torch.long)
         proto_images, proto_maps = images[protos].clone(), cam[protos].clone()
         proto_preds = [self.probe.class_name(int(predictions[i])) for i in found.prototypes]
