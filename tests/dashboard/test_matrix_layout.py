@@ -35,6 +35,7 @@ SHOWN = [
     "probelens/gradcam++/net.0.0",
     "probelens/gradcam++/net.0.4",
 ]
+ACTIVATIONS = "probelens/activations/net.0.4"  # written after the CAMs: listed last, shown as full-width rows
 SCALE = {"colormap": "jet", "mode": "fixed", "vmin": 0.0, "vmax": 2.5}
 
 
@@ -59,6 +60,10 @@ def layout_logs(tmp_path_factory):
             for tag in WRITTEN:
                 scale = SCALE if tag == "probelens/gradcam/net.0.8" else None
                 writer.add_image(tag, _grid(step, scale), TILE + BAND, 2 * TILE, step)
+            # activations: per probe image a row of channels (120 x 8 px), wider than tall
+            acts = ProbeCells([(0, 0, 0, 120, 8), (1, 0, 8, 120, 16)], "fp")
+            png = encode_png(torch.full((3, 16, 120), 90, dtype=torch.uint8), text=cells_to_text(acts))
+            writer.add_image(ACTIVATIONS, png, 16, 120, step)
             for cls, group, value in (("snow", "snowy", 1.0), ("snow", "desert", 0.2 * step), ("desert", "snowy", 0.5)):
                 writer.add_scalar(f"shortcut/group_accuracy/{cls}/{group}", value, step)
             writer.add_scalar("concept/stripes/snow", 0.1 * step, step)
@@ -96,7 +101,7 @@ def test_index_orders_columns_and_keeps_the_scale(layout_logs):
     index = LogIndex(layout_logs, rescan_s=0.0)
     index.refresh()
     summary = index.run("run").summary()
-    assert [g["tag"] for g in summary["grids"]] == SHOWN
+    assert [g["tag"] for g in summary["grids"]] == [*SHOWN, ACTIVATIONS]
     scaled = next(g for g in summary["grids"] if g["tag"] == "probelens/gradcam/net.0.8")
     assert all(e["scale"] == SCALE for e in scaled["entries"])
     assert all("scale" not in e for g in summary["grids"] if g is not scaled for e in g["entries"])
@@ -121,7 +126,7 @@ _MATRIX = f"""(() => {{
 def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, shots):  # noqa: F811
     with serve(layout_logs) as port, shots.Chromium(chromium, 1500, 1100) as browser:
         wait_indexed(port)
-        assert [g["tag"] for g in get_json(port, f"{P}/run", run="run")["grids"]] == SHOWN
+        assert [g["tag"] for g in get_json(port, f"{P}/run", run="run")["grids"]] == [*SHOWN, ACTIVATIONS]
         browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/#probelens")
         state = _wait(browser, _MATRIX, lambda s: len(s["heads"]) == len(SHOWN), "the matrix with every column")
         assert state["heads"] == SHOWN
@@ -133,13 +138,30 @@ def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, s
         assert state["sticky"] == "sticky"
 
         # row filters at the last step (2): misclassified {0, 1}, prediction changed {1}, class snow {0}
-        rows = f"[...{_FRAME}.querySelectorAll('.matrix tbody tr')].map((r) => r.dataset.probe)"
+        rows = f"[...{_FRAME}.querySelectorAll('.matrix tbody tr[data-probe]')].map((r) => r.dataset.probe)"
         for value, expected in (("wrong", ["fp:0", "fp:1"]), ("changed", ["fp:1"]), ("class:snow", ["fp:0"])):
             browser.evaluate(
                 f"(() => {{ const s = {_FRAME}.getElementById('row-filter'); s.value = '{value}'; "
                 "s.dispatchEvent(new Event('change')); })()"
             )
             assert sorted(_wait(browser, rows, lambda r, e=expected: sorted(r) == e, f"rows {value}")) == expected
+        # activations (off by default): a full-width row under each probe image's row, not a squeezed column
+        assert ACTIVATIONS not in state["heads"]
+        browser.evaluate(
+            f"(() => {{ const s = {_FRAME}.getElementById('row-filter'); s.value = 'all'; "
+            "s.dispatchEvent(new Event('change')); })()"
+        )
+        browser.evaluate(f"{_FRAME}.querySelector('input[data-method=activations]').click()")
+        wide = _wait(
+            browser,
+            f"[...{_FRAME}.querySelectorAll('.matrix tr.wide-row .crop')].map((c) => c.getBoundingClientRect().width)",
+            lambda w: len(w) == 2,
+            "the activation rows",
+        )
+        assert all(w == 240 for w in wide), wide  # twice its 120 px, wider than a 150 px cell
+        heads = browser.evaluate(f"[...{_FRAME}.querySelectorAll('.matrix thead th[data-tag]')].length")
+        assert heads == len(SHOWN)  # no activations column
+        browser.evaluate(f"{_FRAME}.querySelector('input[data-method=activations]').click()")
         # a click on a cell enlarges its map; a click closes it
         browser.evaluate(f"{_FRAME}.querySelector('.matrix .cell').click()")
         big = _wait(

@@ -633,7 +633,11 @@ export class Dashboard {
 
   matrix(summary) {
     const step = this.stepOf(summary);
-    const columns = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
+    const shownGrids = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
+    // an activation grid's cell is a whole row of channels: under its probe image's row, full width, not a column
+    const isWide = (g) => g.method === 'activations' || g.method.endsWith('/activations');
+    const columns = shownGrids.filter((g) => !isWide(g));
+    const wide = shownGrids.filter(isWide);
     const out = [this.methodFilter(summary)];
     if (!summary.grids.length) {
       out.push(
@@ -646,7 +650,7 @@ export class Dashboard {
             : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).',
         }),
       );
-    } else if (!columns.length) {
+    } else if (!columns.length && !wide.length) {
       out.push(h('p', {class: 'message', text: 'Every method is switched off above.'}));
     } else {
       const head = h(
@@ -664,7 +668,7 @@ export class Dashboard {
         ),
       );
       const rows = this.rows(summary).filter((row) => this.rowShown(summary, columns, row));
-      const body = rows.map(({fingerprint, index}) => {
+      const body = rows.flatMap(({fingerprint, index}) => {
         const key = `${fingerprint}:${index}`;
         const set = probeLabel(summary, fingerprint);
         // the caption of this row at this step: what the first grid that recorded it says
@@ -701,7 +705,27 @@ export class Dashboard {
             ),
           );
         });
-        return h(
+        const wideCells = wide.map((g) => {
+          const entry = entryAt(g.entries, step);
+          if (!entry || entry.probe !== fingerprint || !entry.boxes || !entry.boxes[String(index)]) return null;
+          const [x0, , x1] = entry.boxes[String(index)];
+          const full = Math.max(CELL_W, columns.length * (CELL_W + 8));
+          return h(
+            'figure',
+            {class: 'wide-cell', dataset: {tag: g.tag, step: String(entry.step)}},
+            h('figcaption', {class: 'small'}, h('code', {text: `${g.method} ${g.layer}`})),
+            crop(summary.run, g, entry, index, Math.min(full, Math.max(CELL_W, 2 * (x1 - x0)))),
+          );
+        });
+        const wideRow = wideCells.some(Boolean)
+          ? h(
+              'tr',
+              {class: 'wide-row', dataset: {wide: key}},
+              h('th', {class: 'rowhead'}),
+              h('td', {class: 'wide', colspan: String(Math.max(1, columns.length))}, wideCells),
+            )
+          : null;
+        const main = h(
           'tr',
           {dataset: {probe: key}},
           h(
@@ -722,6 +746,7 @@ export class Dashboard {
           ),
           cells,
         );
+        return wideRow ? [main, wideRow] : [main];
       });
       out.push(this.rowFilter(summary, columns));
       if (!body.length) out.push(h('p', {class: 'message', text: 'No probe image matches this filter at this step.'}));
