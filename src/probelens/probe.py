@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -520,8 +521,13 @@ class ProbeSet:
             >>> [(int(t), int(g)) for t, g in zip(probe.targets, probe.groups)].count((1, 0))
             2
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        try:
+            wanted = operator.index(num_samples)  # numpy integers too
+        except TypeError:
+            wanted = 0
+        if isinstance(num_samples, bool) or wanted < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        num_samples = wanted
         for option, key in (("input_key", input_key), ("target_key", target_key)):
             if key is not None and not isinstance(key, str):
                 raise ValueError(f"{option} must be the string key of dict items, got {key!r}")
