@@ -115,13 +115,22 @@ def test_object_model_never_fires(tmp_path):
 def test_object_model_with_an_informative_background_never_fires(tmp_path):
     """An easy coat (every spot class-typical, full contrast) on a background that agrees with the class 90% of the
     time: the model decides most conflicts by the coat at every epoch and all but a few at the end (ground truth), so
-    the verdict, which asks whether the background wins a conflict, stays 0."""
+    the mask verdict, which asks whether the background wins a conflict, stays 0. The group verdict beside it is held
+    to the worst class's ground truth (below)."""
     tr, monitor = run(tmp_path, p=0.9, n=1280, epochs=3, data={"purity": 1.0, "spot_contrast": 1.0}, with_groups=True)
     assert min(tr.truth.epochs()) >= 0.5 and tr.truth.epochs()[-1] >= 0.9, tr.truth.by_step
     assert monitor.alerts == []
-    # the group verdict agrees (probe balanced over (class, background) cells of the same validation set)
-    assert tr.groups.alerts == [] and tr.groups.failure_count == 0, tr.groups.verdicts["groups"].history
+    # The group verdict (a probe balanced over (class, background) cells of the same validation set: 8 real snow
+    # leopards on sand) sees what the swaps miss here: in epochs 1-2 the worst class loses 69% and 48% of its
+    # conflicts (ground truth), and 5 of the probe's 8 snow leopards on sand are called arabian. It may fire only
+    # while the worst class loses at least 40% of its conflicts, and must clear once it wins 70% (docs/shortcut.md).
+    groups, worst = tr.groups, tr.truth.worst_class_by_step
+    why = (groups.verdicts["groups"].history, worst)
+    assert groups.failure_count == 0 and all(worst[s] < 0.6 for s in groups.alerts), why
+    recovered = [s for s in sorted(worst) if worst[s] >= 0.7 and s > max(groups.alerts, default=-1)]
+    assert not groups.alerts or (groups.clears and recovered and groups.clears[-1] <= recovered[0]), why
     acc = read_events(tr.logger.log_dir)
+    assert acc.Scalars("shortcut/groups/verdict")[-1].value == 0.0
     assert {e.value for e in acc.Scalars("shortcut/verdict")} == {0.0}
     assert acc.Scalars("shortcut/score")[-1].value < 0.2
 
