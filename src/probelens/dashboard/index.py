@@ -92,11 +92,12 @@ def finite(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ event files
 def _crc32c_function() -> Any:
+    """``google_crc32c.value`` where its C code is installed, else ``None`` (payload checksums are then skipped)."""
     try:
         import google_crc32c
     except ImportError:
-        google_crc32c = None
-    if google_crc32c is not None and getattr(google_crc32c, "implementation", "c") == "c":
+        return None
+    if getattr(google_crc32c, "implementation", "c") == "c":
         return google_crc32c.value
     return None
 
@@ -604,7 +605,7 @@ class RunIndex:
                 if picture.scale:
                     entry["scale"] = picture.scale
                 entries.append(entry)
-            item = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
+            item: dict[str, Any] = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
             if method == "counterfactuals":
                 panels.append(item)
             elif has_cells:
