@@ -143,7 +143,7 @@ def test_groups_from_a_callable_a_dict_key_and_strings():
 
 def test_snow_desert_backgrounds_as_groups_with_the_dataset_names():
     val = SnowDesertDataset(n=200, size=16, p=0.9, seed=1)
-    probe = ProbeSet.from_dataset(val, num_samples=16, groups=val.backgrounds, group_names=BACKGROUND_NAMES)
+    probe = ProbeSet.from_dataset(val, num_samples=16, groups=val.backgrounds)  # names from val.group_names
     assert probe.class_names == list(CLASS_NAMES) and probe.group_names == list(BACKGROUND_NAMES)
     assert torch.equal(probe.groups, val.backgrounds[probe.indices])
     assert int((probe.groups != probe.targets).sum()) == 8  # half the probe conflicts, 10% of the data does

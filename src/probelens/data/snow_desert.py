@@ -424,7 +424,9 @@ class SnowDesertDataset(Dataset):
         images: ``[N, 3, H, W]`` float32 images, normalised if ``normalize`` else in ``[0, 1]``.
         labels: ``[N]`` int64 labels.
         masks: ``[N, 1, H, W]`` bool foreground masks.
-        backgrounds: ``[N]`` int64 background identity (0 snow, 1 desert).
+        backgrounds: ``[N]`` int64 background identity (0 snow, 1 desert): the group labels of a shortcut probe,
+            ``ProbeSet.from_dataset(dataset, groups=dataset.backgrounds)``.
+        group_names: :data:`BACKGROUND_NAMES`, the names of those groups.
         mean: Per-channel mean used for normalisation (:data:`MEAN`; ``(0, 0, 0)`` if ``normalize`` is False).
         std: Per-channel std used for normalisation (:data:`STD`; ``(1, 1, 1)`` if ``normalize`` is False).
         class_names: :data:`CLASS_NAMES`.
@@ -470,6 +472,7 @@ class SnowDesertDataset(Dataset):
         self.labels = sample.labels
         self.masks = sample.masks
         self.backgrounds = sample.backgrounds
+        self.group_names = BACKGROUND_NAMES  # what ProbeSet.from_dataset(..., groups=self.backgrounds) names them
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
