@@ -1,14 +1,13 @@
 """probelens: watch what a CNN looks at while it trains (Lightning callbacks logging to TensorBoard).
 
-The monitors are imported lazily, so ``import probelens.methods`` (torch only) does not pull in Lightning.
+The monitors and ``ProbeSet`` are imported lazily, so ``import probelens.methods`` (torch only) does not pull in
+Lightning, and the log readers (``probelens.logs``, the dashboard, ``probelens export``) do not pull in torch.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from probelens.probe import ProbeSet
 
 if TYPE_CHECKING:  # the Lightning callbacks these names resolve to (see __getattr__)
     from probelens.callbacks import (
@@ -25,14 +24,19 @@ if TYPE_CHECKING:  # the Lightning callbacks these names resolve to (see __getat
         StrategyMonitor,
     )
     from probelens.core.sinks import register_sink, unregister_sink
+    from probelens.probe import ProbeSet
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 
 def __getattr__(name: str) -> Any:
     """``probelens.<Name>Monitor`` is the Lightning callback of :mod:`probelens.callbacks` (the ``pytorch_lightning``
     flavour when that package is installed, else the ``lightning.pytorch`` one), imported on first use so that
     ``import probelens.methods`` does not import Lightning."""
+    if name == "ProbeSet":  # lazily too: the log readers (the dashboard in TensorBoard's process) need no torch
+        from probelens.probe import ProbeSet
+
+        return ProbeSet
     if name in ("register_sink", "unregister_sink"):
         from probelens.core import sinks
 
