@@ -77,7 +77,7 @@ def main() -> None:
         OcclusionMonitor(probe, window=8, every_n_epochs=1),
         DeconvMonitor(probe, layers="net.0.10", every_n_epochs=1),
         FeatureVisMonitor(probe, layers="net.0.10", channels=8, steps=96, every_n_epochs=1),
-        ShortcutMonitor(shortcut_probe, max_panel_images=4),
+        ShortcutMonitor(shortcut_probe, max_images=4),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         logger = TensorBoardLogger(tmp, name="gallery")

@@ -155,8 +155,8 @@ CONSTRUCTOR_CASES = [
     ("shortcut min_accuracy > 1", lambda: ShortcutMonitor(PROBE, min_accuracy=1.5), "min_accuracy=1.5 is not allowed"),
     (
         "shortcut max_panel_images=0",
-        lambda: ShortcutMonitor(PROBE, max_panel_images=0),
-        "max_panel_images=0 is not allowed",
+        lambda: ShortcutMonitor(PROBE, max_images=0),
+        "max_images=0 is not allowed",
     ),
     (
         "shortcut on_shortcut misspelt",
@@ -175,8 +175,8 @@ CONSTRUCTOR_CASES = [
     ),
     (
         "shortcut two layers",
-        lambda: ShortcutMonitor(PROBE, layer=["model.4", "model.8"]),
-        "layer=['model.4', 'model.8'] is not allowed; layer must be one layer",
+        lambda: ShortcutMonitor(PROBE, layers=["model.4", "model.8"]),
+        "layers=['model.4', 'model.8'] is not allowed; layers must be one layer",
     ),
     (
         "deconv layer='all'",

@@ -43,7 +43,7 @@ def test_every_grid_shows_every_class_keyed_by_probe_index(tmp_path):
         OcclusionMonitor(probe, window=8, max_images=4, every_n_epochs=1),
         ActivationMonitor(probe, layers=["model.4"], max_images=4),
         DeconvMonitor(probe, layers="model.8", top_k=2, max_images=4, every_n_epochs=1),
-        ShortcutMonitor(probe, max_panel_images=4),
+        ShortcutMonitor(probe, max_images=4),
     ]
     train, val = loaders(n=32)
     tr = trainer(tmp_path, monitors, max_epochs=1)

@@ -146,7 +146,7 @@ def test_without_masks_logs_drift_and_says_masks_enable_the_verdict(tmp_path):
     data = random_data(32, seed=2)
     probe = ProbeSet.from_dataset(data, num_samples=8)
     train, val = loaders(n=32, batch_size=16)
-    monitor = ShortcutMonitor(probe, layer="model.8")
+    monitor = ShortcutMonitor(probe, layers="model.8")
     tr = trainer(tmp_path, [monitor], max_epochs=3)
     with pytest.warns(UserWarning, match="masks enable the shortcut verdict|no foreground masks") as record:
         tr.fit(LitClassifier(), train, val)
@@ -233,7 +233,7 @@ def test_per_class_and_per_direction_flip_rates_with_three_classes(tmp_path):
     targets = torch.arange(24) % 3
     probe = ProbeSet(images, targets, masks=masks, class_names=["red fox", "cat", "dog/puppy"])
     train, val = loaders(n=48, num_classes=3)
-    monitor = ShortcutMonitor(probe, layer="model.8", min_accuracy=0.0)
+    monitor = ShortcutMonitor(probe, layers="model.8", min_accuracy=0.0)
     tr = trainer(tmp_path, [monitor], max_epochs=1)
     tr.fit(LitClassifier(num_classes=3), train, val)
     events = read_events(tr.logger.log_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -20,11 +20,12 @@ from probelens.core.options import (
     check_int,
     check_names,
     check_single_layer,
+    take_renamed,
 )
 from probelens.core.session import ProbeSession
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.methods._batching import chunk_ranges
-from probelens.methods.engine import forward_backward
+from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout
@@ -48,7 +49,8 @@ from probelens.metrics import (
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, saliency_to_heat, to_display_images
 
-ON_SHORTCUT = ("warn", "stop", "ignore")
+OnShortcut = Literal["warn", "stop", "ignore"]
+ON_SHORTCUT: tuple[str, ...] = get_args(OnShortcut)
 MIN_PROBE_IMAGES = 16
 """Below this many probe images (or :data:`MIN_PROBE_PER_CLASS` in a class) ShortcutMonitor warns at setup."""
 MIN_PROBE_PER_CLASS = 8
@@ -136,7 +138,7 @@ class ShortcutCore(MonitorCore):
 
     Args:
         probe: the probe set, ideally with ``masks`` and/or ``groups``.
-        layer: the Grad-CAM layer; ``"auto"`` takes the deepest stage.
+        layers: the Grad-CAM layer (one); ``"auto"`` takes the deepest stage.
         saliency_methods: one-pass saliency methods whose mask attribution is also logged.
         on_shortcut: ``"warn"``, ``"stop"`` or ``"ignore"`` (still logs the numbers).
         threshold: score (worst-class flip rate) at or above which a log step counts towards the verdict.
@@ -144,41 +146,68 @@ class ShortcutCore(MonitorCore):
         min_accuracy: accuracy a model needs before its score counts (default: halfway between chance and 1): the
             probe accuracy, or with groups the accuracy of each class's best group (worst class).
         panels: log the counterfactual image panel.
-        max_panel_images: probe images in the panel.
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        max_images: probe images in the panel.
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
+            output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
         self,
         probe: ProbeSet | None = None,
-        layer: LayerSpec = "auto",
+        layers: LayerSpec = "auto",
         *,
         saliency_methods: Sequence[str] = ("vanilla",),
-        on_shortcut: str = "warn",
+        on_shortcut: OnShortcut = "warn",
         threshold: float = 0.5,
         patience: int = 2,
         min_accuracy: float | None = None,
         panels: bool = True,
-        max_panel_images: int = 8,
-        **schedule: Any,
+        max_images: int = 8,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
+        **deprecated: Any,
     ) -> None:
-        super().__init__(probe, **schedule)
+        layers, max_images = take_renamed(
+            type(self).__name__,
+            deprecated,
+            {"layer": ("layers", layers, "auto"), "max_panel_images": ("max_images", max_images, 8)},
+        )
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         check_choice(owner, "on_shortcut", on_shortcut, ON_SHORTCUT)
-        check_single_layer(owner, "layer", layer)
+        check_single_layer(owner, "layers", layers)
         no_methods = isinstance(saliency_methods, (list, tuple)) and not saliency_methods  # () is allowed: none
         methods = [] if no_methods else check_names(owner, "saliency_methods", saliency_methods, ONE_PASS_METHODS)
         check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
         check_bool(owner, "panels", panels)
-        check_int(owner, "max_panel_images", max_panel_images)
-        self.layer_spec = layer
+        check_int(owner, "max_images", max_images)
+        self.layer_spec = layers
         self.saliency_methods = methods
         self.on_shortcut = on_shortcut
         self.min_accuracy = min_accuracy
         self.panels = panels
-        self.max_panel_images = max_panel_images
+        self.max_images = max_images
         self.threshold = threshold
         self.patience = patience
         self._layer: dict[str, nn.Module] = {}
@@ -625,7 +654,7 @@ class ShortcutCore(MonitorCore):
 
     def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: Any) -> None:
         assert self.probe is not None
-        shown = self._shown(self.max_panel_images)
+        shown = self._shown(self.max_images)
         show = self.probe.display_images()[shown]
         p = self.probe
 
