@@ -654,14 +654,15 @@ def test_a_second_validate_at_the_same_step_says_it_writes_nothing(tmp_path):
 
 
 class _Ambiguous(nn.Module):
-    """A block whose output is [N, 16, 16, 16] made by a functional permute: NCHW or NHWC cannot be told apart."""
+    """A block whose output is [N, 16, 16, 16] made by a transpose of a map (its axes: batch, W, H, channels): shaped
+    like a map, but not one probelens can read without guessing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(x).permute(0, 2, 3, 1).contiguous() * 1.0
+        return self.conv(x).transpose(1, 3).contiguous() * 1.0
 
 
 class _AmbiguousNet(LitClassifier):
@@ -673,10 +674,11 @@ class _AmbiguousNet(LitClassifier):
 def test_an_ambiguous_layout_is_refused_at_fit_start_and_reshape_resolves_it(tmp_path):
     train, val = loaders(n=32, batch_size=16)
     tr = trainer(tmp_path, [GradCAMMonitor(PROBE, layers=["model.0"])], max_epochs=1)
-    with pytest.raises(ValueError, match=r"'model.0' .* could be NCHW 16x16 or NHWC 16x16.*reshape="):
+    match = r"'model.0' .* shaped like a map \(NCHW 16x16 or NHWC 16x16\).*\(batch, W 16, H 16, channels\).*reshape="
+    with pytest.raises(ValueError, match=match):
         tr.fit(_AmbiguousNet(), train, val)
     assert tr.global_step == 0
-    monitor = GradCAMMonitor(PROBE, layers=["model.0"], reshape={"model.0": lambda t: t.permute(0, 3, 1, 2)})
+    monitor = GradCAMMonitor(PROBE, layers=["model.0"], reshape={"model.0": lambda t: t.permute(0, 3, 2, 1)})
     tr = trainer(tmp_path / "ok", [monitor], max_epochs=1)
     tr.fit(_AmbiguousNet(), train, val)
     assert monitor.failure_count == 0 and monitor.fire_count == 1

@@ -404,7 +404,7 @@ def test_projections_on_resnet18_batch_at_once():
         proj, channels = deconv_projections(model, x, "layer2", top_k=3)
     finally:
         handle.remove()
-    assert calls == [6]  # one forward of the image batch repeated top_k times
+    assert calls == [6, 2]  # one forward of the image batch repeated top_k times, then the layout trace
     assert proj.shape == (2, 3, 3, 32, 32) and channels.shape == (2, 3)
     assert bool((proj.flatten(2).abs().sum(-1) > 0).all())
 

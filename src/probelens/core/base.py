@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.architecture import log_architecture
-from probelens.core.checks import check_probe_fits, check_spatial, probe_example
+from probelens.core.checks import check_probe_fits, check_spatial, model_trace, probe_example
 from probelens.core.options import check_callable, check_choice, check_int, check_name
 from probelens.core.probe_source import probe_from_trainer
 from probelens.core.run import run_session
@@ -278,7 +278,9 @@ class MonitorCore(_CallbackBase):
         return None if self.probe is None else probe_example(model, self.probe)
 
     def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
-        return resolve_layers(model, layers, example_input=self._example(unwrap_compiled(model)))
+        net = unwrap_compiled(model)
+        records = model_trace(net, self.probe) if self.probe is not None else None  # the model's one shared trace
+        return resolve_layers(model, layers, example_input=self._example(net), records=records)
 
     def _check_spatial(
         self, model: nn.Module, layers: dict[str, nn.Module], needs_grad: bool = False, reshape: ReshapeSpec = None

@@ -23,12 +23,7 @@ from probelens.probe import ProbeSet
 def layer_traces(model: nn.Module) -> LayerTraces:
     """The traces shared by every monitor of ``model`` (held by its session, so they go with the model): layer
     resolution, layout checks and the architecture table read one trace per model and probe size."""
-    session = session_for(unwrap_compiled(model))
-    traces = getattr(session, "layer_traces", None)
-    if not isinstance(traces, LayerTraces):
-        traces = LayerTraces()
-        session.layer_traces = traces  # type: ignore[attr-defined]
-    return traces
+    return session_for(unwrap_compiled(model)).layer_traces
 
 
 def model_trace(model: nn.Module, probe: ProbeSet) -> dict[str, LayerRecord]:

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, target_sets_for
 from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
-from probelens.core.writer import Box
+from probelens.core.writer import Box, colour_scale
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -241,13 +241,16 @@ class GradCAMCore(MonitorCore):
 
                 tiles = self.writer.map_math(overlays, maps[0][0].device)  # now on an accelerator, else when drawn
 
-                def render(tiles: Callable[[], list[Tensor]] = tiles) -> tuple[Tensor, list[Box]]:
+                def render(tiles: Callable[[], list[Tensor]] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
                     boxes: list[Box] = []
+                    map_boxes: list[Box] = []
                     grid_tiles = torch.stack(tiles(), dim=1).flatten(0, 1)
-                    return labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes), boxes
+                    grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes, map_boxes=map_boxes)
+                    return grid, boxes, map_boxes
 
                 tag = f"probelens/{method}/{self.layer_tags[layer]}"
-                self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown)
+                scale = colour_scale(cmap, maps[0][1])  # fixed_scale: one top per method and layer, else per image
+                self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown, colour_scale=scale)
                 if method == self.methods[0]:
                     strip_tiles = tiles  # ends as the deepest layer's overlays, scaled as in its grid
         if self.filmstrip and self.writer.stage == "fit":  # the strip is the training history

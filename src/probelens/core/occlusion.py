@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
-from probelens.core.writer import Box
+from probelens.core.writer import Box, colour_scale
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
@@ -176,11 +176,11 @@ class OcclusionCore(MonitorCore):
 
             tiles = self.writer.map_math(colour, heat.device)  # now on an accelerator, else when drawn
 
-            def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box]]:
+            def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
                 boxes: list[Box] = []
-                return labelled_grid(tiles(), captions, cell_boxes=boxes), boxes
+                map_boxes: list[Box] = []
+                return labelled_grid(tiles(), captions, cell_boxes=boxes, map_boxes=map_boxes), boxes, map_boxes
 
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-            self.writer.draw(
-                f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}", step, render, shown=shown
-            )
+            tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
+            self.writer.draw(tag, step, render, shown=shown, colour_scale=colour_scale(cmap, symmetric=True))

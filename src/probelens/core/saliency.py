@@ -19,7 +19,7 @@ from probelens.core.options import (
     check_names,
     dry_run,
 )
-from probelens.core.writer import Box
+from probelens.core.writer import Box, colour_scale
 from probelens.methods.engine import OutputTransform
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
@@ -210,9 +210,11 @@ class SaliencyCore(MonitorCore):
 
                 tiles = self.writer.map_math(colour, sal.device)  # now on an accelerator, else when drawn
 
-                def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box]]:
+                def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
                     boxes: list[Box] = []
-                    return labelled_grid(tiles(), captions, cell_boxes=boxes), boxes
+                    map_boxes: list[Box] = []
+                    return labelled_grid(tiles(), captions, cell_boxes=boxes, map_boxes=map_boxes), boxes, map_boxes
 
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
-                self.writer.draw(f"probelens/saliency/{method}{suffix}", step, render, shown=shown)
+                tag = f"probelens/saliency/{method}{suffix}"
+                self.writer.draw(tag, step, render, shown=shown, colour_scale=colour_scale(cmap))

@@ -27,6 +27,7 @@ from probelens.methods import _batching
 from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods._sharded import is_sharded, sharded_forward_backward
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
+from probelens.methods.layout import LayerTraces
 from probelens.probe import ProbeSet
 
 _Slot = tuple[ProbeSet, Any]  # (probe set, output transform): one pass each
@@ -70,6 +71,8 @@ class ProbeSession:
     def __init__(self) -> None:
         # keyed by (probe, output transform): monitors that read the model's output differently never share a pass
         self._needs: dict[_Slot, _Needs] = {}
+        self.layer_traces = LayerTraces()
+        """The model's layer traces, shared by its monitors (layer resolution, layout checks, the layer table)."""
         self._cache: dict[_Slot, tuple[tuple, _Needs, ProbePass]] = {}
         self._inputs: dict[ProbeSet, tuple[tuple, Tensor, Tensor]] = {}
         self._memory_checked: set[_Slot] = set()

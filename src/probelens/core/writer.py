@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,11 +24,13 @@ from probelens.core.run import DrawFailed
 from probelens.core.sinks import ImageSink, write_image
 from probelens.methods.engine import ProbePass
 from probelens.probe import ProbeSet
-from probelens.render import Cell, ProbeCells
+from probelens.render import Cell, ProbeCells, colormap_lut
 from probelens.writing.transfer import T, map_math
 
 Box = tuple[int, int, int, int]
-Render = Callable[[], "Tensor | tuple[Tensor, Sequence[Box]] | None"]
+Render = Callable[[], "Tensor | tuple[Tensor, Sequence[Box]] | tuple[Tensor, Sequence[Box], Sequence[Box]] | None"]
+"""What a monitor's picture callable returns: the image; or the image and its grid's cell boxes; or those and each
+cell's map box (the tile alone, without its caption: :data:`probelens.logformat.MAPS_KEY`); ``None`` for nothing."""
 """Draws one picture from what it closed over: the image, or the image and its grid's cell boxes (``None``: none)."""
 
 
@@ -186,10 +188,13 @@ class MonitorWriter:
         per_probe: int = 1,
         shown: Tensor | None = None,
         nbytes: int = 0,
+        colour_scale: Mapping[str, object] | None = None,
     ) -> None:
         """Writes the picture ``render()`` returns at ``tag`` and ``step``: a uint8 ``[C,H,W]`` image, or the image and
         its grid's cell boxes (``per_probe`` consecutive boxes per probe image, the images ``shown``, by default
-        probe images 0, 1, ...), which become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`).
+        probe images 0, 1, ...), which become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`), and
+        optionally each cell's map box (:data:`probelens.logformat.MAPS_KEY`). ``colour_scale``: the colour scale the
+        maps were drawn with, recorded as :data:`probelens.logformat.SCALE_KEY` (see :func:`colour_scale`).
 
         With an image pipeline attached, ``render`` runs later on its worker thread, in submission order (so steps
         stay ordered), and a failure there is reported to :attr:`on_failure`; without one (and inside
@@ -205,19 +210,21 @@ class MonitorWriter:
             out = render()
             if out is None:  # the render kept history only (e.g. a filmstrip frame), nothing to write this step
                 return
-            image, boxes = (out, ()) if isinstance(out, Tensor) else out
+            image, boxes, map_boxes = (out, (), ()) if isinstance(out, Tensor) else (*out, ())[:3]
             index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
             cells = [Cell(index[j // per_probe], *box) for j, box in enumerate(boxes)]
+            maps = [Cell(index[j // per_probe], *box) for j, box in enumerate(map_boxes)]
             image, sy, sx = downscale(image, self.max_image_side)
             if scale < 1.0:  # the byte budget: subsampled, so the flat blocks of upscaled tiles stay flat
                 image, by, bx = downscale(image, max(16, int(max(image.shape[-2:]) * scale)), "nearest-exact")
                 sy, sx = sy * by, sx * bx
             if (sy, sx) != (1.0, 1.0):
-                cells = [scale_cell(cell, sy, sx, (image.shape[-2], image.shape[-1])) for cell in cells]
+                size = (image.shape[-2], image.shape[-1])
+                cells = [scale_cell(cell, sy, sx, size) for cell in cells]
+                maps = [scale_cell(cell, sy, sx, size) for cell in maps]
             predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
-            written = write_image(
-                sink, full, image, step, ProbeCells(cells, fingerprint if cells else None, predictions)
-            )
+            recorded = ProbeCells(cells, fingerprint if cells else None, predictions, maps=maps, scale=colour_scale)
+            written = write_image(sink, full, image, step, recorded)
             self._count(step, written or 0)
 
         self.submit(job, step, f"drawing {full}", nbytes)
@@ -294,3 +301,23 @@ class MonitorWriter:
             yield held
         finally:
             self.sink = sink
+
+
+def colour_scale(
+    cmap: str, vmax: float | None = None, *, vmin: float = 0.0, symmetric: bool = False
+) -> dict[str, object]:
+    """The colour scale of maps drawn with colormap ``cmap``, as :data:`probelens.logformat.SCALE_KEY` records it:
+    ``"fixed"`` from ``vmin`` to ``vmax`` when one top holds for every image (``fixed_scale=True``), else
+    ``"per_image"`` (each map normalised to its own range; ``symmetric``: around zero); ``stops``: the colormap
+    sampled evenly, 32 colours, low to high.
+
+    Example:
+        >>> scale = colour_scale("jet", 2.5)
+        >>> scale["mode"], scale["vmax"], len(scale["stops"]), scale["stops"][0]
+        ('fixed', 2.5, 32, '#000080')
+    """
+    lut = colormap_lut(cmap)  # [256, 3] uint8
+    stops = [f"#{int(r):02x}{int(g):02x}{int(b):02x}" for r, g, b in lut[:: max(1, len(lut) // 32)][:32].tolist()]
+    if vmax is None:
+        return {"colormap": cmap, "mode": "per_image", "symmetric": symmetric, "stops": stops}
+    return {"colormap": cmap, "mode": "fixed", "vmin": float(vmin), "vmax": float(vmax), "stops": stops}

@@ -138,6 +138,7 @@ def labelled_grid(
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
     card_width: int | None = CARD_WIDTH,
     margin: int | None = None,
+    map_boxes: list[tuple[int, int, int, int]] | None = None,
 ) -> Tensor:
     """Lays tiles out in a grid with a caption under each tile and an optional title on top.
 
@@ -165,6 +166,8 @@ def labelled_grid(
             captions and title are drawn large enough to stay readable there (:func:`card_font_size`), wrapping if
             they must. None sizes the text by the cell alone.
         margin: Gap between the cells and the border; None for ``pad``.
+        map_boxes: If given, a list that receives each tile's own box (the tile alone, without its caption band or
+            the cell's side margins) as ``(left, top, right, bottom)``, in tile order.
 
     Returns:
         uint8 ``[3, H, W]`` on CPU.
@@ -210,6 +213,8 @@ def labelled_grid(
     boxes = _place(canvas, t, ncol, margin, title_h + margin, (cell_w, th + band_h), pad)
     if cell_boxes is not None:
         cell_boxes.extend(boxes)
+    if map_boxes is not None:
+        map_boxes.extend((x + (cell_w - tw) // 2, y, x + (cell_w - tw) // 2 + tw, y + th) for x, y, _, _ in boxes)
     if title_font is not None:
         stamp_lines(canvas, [(0, _TEXT_MARGIN, width, title_lines)], title_font, _text_color(background), center=True)
     if cap_font is not None:
