@@ -2,7 +2,7 @@
 SPARE-style clustering of pooled features) recovers the true spurious groups, per epoch (the figures of
 docs/discovery.md).
 
-    python docs/measure_discovery.py            # ~5 minutes on 2 shared CPU cores
+    python docs/measure_discovery.py            # 5-10 minutes per seed on 2 shared CPU cores
     python docs/measure_discovery.py --seeds 0  # one seed
 
 The true spurious group of an image is its background (snow/desert, or the stripes' orientation cue). Each case
