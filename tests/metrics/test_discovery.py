@@ -233,3 +233,10 @@ def test_bad_inputs_are_refused_with_the_value_and_the_fix():
         kmeans(torch.rand(4, 2), 5)
     with pytest.raises(ValueError, match=r"labels_pred=\(3,\).*as many labels as labels_true \(4\)"):
         adjusted_rand_index(torch.zeros(4), torch.zeros(3))
+
+
+def test_dead_maps_are_one_cluster_not_a_crash():
+    """An untrained or dead model gives all-zero Grad-CAM maps: identical points, one cluster, no flag."""
+    found = discover_strategies(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.long)).classes[0]
+    assert found.sizes == [10] and not found.two_strategies and found.largest_share == 1.0
+    assert found.mean_maps.abs().sum() == 0
