@@ -12,8 +12,11 @@ shortcut run) and p=0.5 (it says nothing: a clean run):
 On each run, side by side and each with the monitors' defaults: ``ShortcutMonitor`` with masks only (one per mask
 threshold), with group labels only (the background), ``ConceptMonitor`` with pictures of the two backgrounds (both
 named spurious), and ``StrategyMonitor`` (no evidence: discovery; it claims no verdict, so its "decided in two ways"
-flag is reported as what it is). Ground truth per epoch: the accuracy on held-out images whose background disagrees
-with the class (*conflict accuracy*); the shortcut counts as learned from the first epoch where it is below 0.5.
+flag is reported as what it is). Masks, concepts and discovery take a class-balanced probe from validation data
+distributed like the training data (what a user has); group labels take a probe balanced over (class, group) cells
+(what ``from_dataset(groups=...)`` picks). Ground truth per epoch: the accuracy on held-out images whose background
+disagrees with the class (*conflict accuracy*); the shortcut counts as learned from the first epoch where it is below
+0.5.
 
 Reported per run and evidence: the first epoch whose alert stands (``verdict`` 1; concept: the alert text), the
 detection lag in epochs after the shortcut was learned, and on clean runs the epochs with an alert (false alarms).
@@ -79,7 +82,8 @@ def colored_digits(p: float):
 
     train = ColoredDigitsDataset("train", p=p, seed=0)
     val = ColoredDigitsDataset("val", p=0.5, seed=1)  # a balanced validation set: half of it conflicts
-    masks = {f"masks@{t}": val.masks(t) for t in (0.2, 0.5, 0.8)}
+    like_train = ColoredDigitsDataset("val", p=p, seed=1)  # the validation data a user has: distributed as training
+    masks = {f"masks@{t}": (like_train, like_train.masks(t)) for t in (0.2, 0.5, 0.8)}
     concepts = {"red": color_patches(30, "red", seed=2), "green": color_patches(30, "green", seed=3)}
     return train.images, train.labels, val.images, val.labels, val.colors, masks, concepts, val
 
@@ -89,7 +93,8 @@ def snow_desert(p: float):
 
     train = SnowDesertDataset(n=2000, size=48, p=p, seed=0)
     val = SnowDesertDataset(n=400, size=48, p=0.5, seed=1)
-    masks = {"masks": val.masks}
+    like_train = SnowDesertDataset(n=400, size=48, p=p, seed=1)
+    masks = {"masks": (like_train, like_train.masks)}
     backgrounds = SnowDesertDataset(n=120, size=48, p=1.0, seed=7, spot_contrast=0.0)  # no leopard coat to see
     plain = backgrounds.images * (~backgrounds.masks)  # the background alone
     concepts = {name: plain[backgrounds.backgrounds == g][:30] for g, name in enumerate(("snow", "desert"))}
@@ -127,14 +132,33 @@ def run(family: str, p: float, epochs: int, root: str) -> dict:
     conflict = vg != vy
     model.conflict = (vx[conflict], vy[conflict])
     monitors = []
-    for name, m in masks.items():
-        probe = probe_of(val, vx, vy, vg, m, with_groups=False)
+    for name, (data, m) in masks.items():
+        # masks as users have them: a class-balanced probe from validation data distributed like the training data
+        # (a probe balanced over the background groups would hold the model at chance and never arm this verdict)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.cat(
+            [
+                torch.nonzero(data.labels == c).flatten()[
+                    torch.randperm(int((data.labels == c).sum()), generator=g)[:16]
+                ]
+                for c in (0, 1)
+            ]
+        )
+        probe = ProbeSet(
+            data.images[idx],
+            data.labels[idx],
+            masks=m[idx],
+            mean=data.mean,
+            std=data.std,
+            class_names=list(data.class_names),
+        )
         monitors.append(probelens.ShortcutMonitor(probe, name=name.replace("@", "_")))
     monitors.append(probelens.ShortcutMonitor(probe_of(val, vx, vy, vg), name="groups"))
-    plain = probe_of(val, vx, vy, vg)
+    # concepts and discovery take the class-balanced probe a user has (the last one above, masks left out): their
+    # verdict is armed by the probe accuracy, which a probe balanced over the background groups holds at chance
+    plain = ProbeSet(probe.images, probe.targets, mean=probe.mean, std=probe.std, class_names=probe.class_names)
     monitors.append(probelens.ConceptMonitor(plain, concepts=concepts, spurious=tuple(concepts), name="concepts"))
-    if hasattr(probelens, "StrategyMonitor"):
-        monitors.append(probelens.StrategyMonitor(plain, name="discovery"))
+    monitors.append(probelens.StrategyMonitor(plain, name="discovery"))
     logger = pl.loggers.TensorBoardLogger(root, name=f"{family.replace('/', '_').replace(' ', '_')}_{p}")
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -167,6 +191,12 @@ def run(family: str, p: float, epochs: int, root: str) -> dict:
             alerts = [t for t in texts if t.startswith("concept/") and "alert" in t]
             alert_steps = {e.step for t in alerts for e in acc.Tensors(t)}
             result["evidence"]["concepts"] = [int(s in alert_steps) for s in steps]
+            cosines = [t for t in scalars if t.startswith("concept/") and t.endswith("/cosine")]
+            best = {
+                s: max((e.value for t in cosines for e in acc.Scalars(t) if e.step == s), default=float("nan"))
+                for s in steps
+            }
+            result["cosine"] = [best[s] for s in steps]
         elif monitor.name == "discovery":
             flags = [t for t in scalars if t.startswith("discovery/") and t.endswith("two_strategies")]
             hit = {e.step for t in flags for e in acc.Scalars(t) if e.value >= 0.5}
@@ -194,12 +224,14 @@ def main() -> None:
                 lines += [f"## {family}, p={p}", "", "| epoch | " + " | ".join(map(str, range(args.epochs))) + " |"]
                 lines += ["|---" * (args.epochs + 1) + "|"]
                 lines += ["| conflict accuracy | " + " | ".join(f"{a:.2f}" for a in r["conflict_acc"]) + " |"]
+                if "cosine" in r:
+                    lines += ["| concepts: largest cosine | " + " | ".join(f"{c:.2f}" for c in r["cosine"]) + " |"]
                 for name, alerts in r["evidence"].items():
                     first = next((i for i, a in enumerate(alerts) if a), None)
                     lag = "" if first is None or learned is None else f" (lag {first - learned})"
                     lines += [f"| {name}{lag} | " + " | ".join(map(str, alerts)) + " |"]
                 lines.append("")
-                print("\n".join(lines[-(len(r["evidence"]) + 5) :]), flush=True)
+                print("\n".join(lines[-(len(r["evidence"]) + 6) :]), flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -57,7 +57,7 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, seed: int = 0) -> nn.M
 def snapshot(model: nn.Module) -> dict:
     """Everything an explanation must leave as it found: train flags, requires_grad, .grad, state, hooks, in-place
     ReLU flags."""
-    from probelens.methods._hooks import count_hooks
+    from probelens.methods.hooks import count_hooks
 
     return {
         "flags": [m.training for m in model.modules()],

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probelens.methods import grad_cam
-from probelens.methods._hooks import probe_context
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import resolve_layers
 from probelens.methods.layout import trace_layers
 

@@ -513,16 +513,16 @@ class BatchRecorder(nn.Module):
 def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n):
     """The autograd graph of one chunk stays under the budget however large the probe grows; the result is the same
     as one pass over the whole probe."""
-    from probelens.methods import _batching
+    from probelens.methods import batching
 
     budget = 4 * 2**20
-    monkeypatch.setattr(_batching, "CPU_DEFAULT_BUDGET_BYTES", budget)
+    monkeypatch.setattr(batching, "CPU_DEFAULT_BUDGET_BYTES", budget)
     model = BatchRecorder()
     probe = ProbeSet(torch.randn(n, 3, 32, 32), torch.zeros(n, dtype=torch.long))
     session = ProbeSession()
     layers = {"net.0": model.net[0]}
     session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
-    per_image, _ = _batching.activation_bytes(model, probe.images)  # measured once (one image), then cached
+    per_image, _ = batching.activation_bytes(model, probe.images)  # measured once (one image), then cached
     model.seen.clear()
     from probelens.core.session import _Needs
 

@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from lit import LitClassifier, decode, loaders, read_events, trainer
 
+from lit import LitClassifier, decode, loaders, read_events, trainer
 from probelens import GradCAMMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
 from probelens.logformat import png_layout
 from probelens.render import colormap_lut

@@ -33,7 +33,7 @@ from probelens import (
     SaliencyMonitor,
     ShortcutMonitor,
 )
-from probelens.methods._hooks import count_hooks
+from probelens.methods.hooks import count_hooks
 
 BATCHES_PER_EPOCH = 4
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lit import LitClassifier, loaders, trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from lit import LitClassifier, loaders, trainer
 from probelens import ActivationMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor
 
 
@@ -33,8 +33,8 @@ def probe(n: int = 8, side: int = 16) -> ProbeSet:
     return ProbeSet(torch.randn(n, 3, side, side, generator=g), torch.arange(n) % 2)
 
 
-class SleepsAtStep4(GradCAMMonitor):
-    """Grad-CAM that, at its second firing (step 3), writes its pictures and then waits inside the firing to be killed."""
+class SleepsInItsSecondFiring(GradCAMMonitor):
+    """Grad-CAM that, at its second firing (step 3), writes its pictures, then waits inside the firing to be killed."""
 
     marker = ""
 
@@ -47,7 +47,7 @@ class SleepsAtStep4(GradCAMMonitor):
 
 def sigkill_or_resume(mode: str, root: str, marker: str) -> None:
     torch.manual_seed(0)
-    monitor = SleepsAtStep4(probe(), every_n_steps=2)
+    monitor = SleepsInItsSecondFiring(probe(), every_n_steps=2)
     monitor.marker = marker if mode == "sigkill" else ""
     checkpoint = ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), every_n_train_steps=2, save_last=True)
     t = trainer(
@@ -59,8 +59,7 @@ def sigkill_or_resume(mode: str, root: str, marker: str) -> None:
         max_epochs=-1,
     )
     train, val = loaders(64, batch_size=16)
-    t.fit(LitClassifier(), train, val, ckpt_path=os.path.join(root, "ckpt", "last.ckpt") if mode == "resume" else None
-    )
+    t.fit(LitClassifier(), train, val, ckpt_path=os.path.join(root, "ckpt", "last.ckpt") if mode == "resume" else None)
     print(json.dumps({"global_step": t.global_step}))
 
 

@@ -12,21 +12,20 @@ import copy
 import json
 import os
 import pickle
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from lit import LitClassifier, decode, loaders, read_events, trainer
 from pytorch_lightning.loggers import CSVLogger
 
+from lit import LitClassifier, decode, loaders, read_events, trainer
 from probelens import (
     ActivationMonitor,
     DeconvMonitor,
@@ -120,7 +119,7 @@ def test_sigkill_during_a_firing_loses_only_that_firing_and_the_run_resumes(tmp_
     assert killed.get(3, killed[1]) == killed[1]  # the killed firing's pictures that are there are whole
 
     resumed = _child("resume", str(tmp_path), str(marker))
-    out, err = resumed.communicate(timeout=300)
+    _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert "probe set differs" not in err  # the same probe (fingerprint) after the resume
     steps = _grad_cam_steps(run_dir)
@@ -172,7 +171,9 @@ def _probelens_frames_end_the_traceback(err: str) -> bool:
     return bool(frames) and "probelens" in frames[-1]
 
 
-@pytest.mark.parametrize(("fault", "error"), [("full disk", "No space left on device"), ("read-only", "Permission denied")])
+@pytest.mark.parametrize(
+    ("fault", "error"), [("full disk", "No space left on device"), ("read-only", "Permission denied")]
+)
 def test_a_file_system_fault_is_warned_counted_and_closes_the_event_file(fault_root, fault, error):
     """On a full disk (a 4 MiB tmpfs filled after the first firing) or a pictures' folder whose write permission
     goes after the first firing: the monitors warn with the system's error and count, nothing of probelens ends the
@@ -201,7 +202,9 @@ def test_a_file_system_fault_is_warned_counted_and_closes_the_event_file(fault_r
 def test_a_name_never_writes_outside_the_log_dir(tmp_path, name):
     log_root = tmp_path / "deep" / "er" / "logs"
     probe = _probe()
-    t = trainer(tmp_path, [GradCAMMonitor(probe, name=name, every_n_epochs=1)], logger=CSVLogger(str(log_root)), max_epochs=1)
+    t = trainer(
+        tmp_path, [GradCAMMonitor(probe, name=name, every_n_epochs=1)], logger=CSVLogger(str(log_root)), max_epochs=1
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t.fit(LitClassifier(), *loaders(32))

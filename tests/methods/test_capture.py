@@ -4,7 +4,7 @@ verified on every pass."""
 import torch
 from torch import nn
 
-from probelens.methods import _hooks, forward_backward
+from probelens.methods import forward_backward, hooks
 
 
 class Net(nn.Module):
@@ -54,22 +54,22 @@ def test_clones_are_kept_only_where_an_in_place_op_follows():
         got_acts, got_grads = run(net, x)
         assert_matches(got_acts, acts)
         assert_matches(got_grads, grads)
-    assert _hooks._CLONE_NEEDED[net.conv_a] is True
-    assert _hooks._CLONE_NEEDED[net.conv_b] is False
+    assert hooks._CLONE_NEEDED[net.conv_a] is True
+    assert hooks._CLONE_NEEDED[net.conv_b] is False
 
 
 def test_an_in_place_op_added_after_a_trusted_layer_is_caught_and_the_pass_rerun():
     net = Net().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     run(net, x)
-    assert _hooks._CLONE_NEEDED[net.conv_b] is False
+    assert hooks._CLONE_NEEDED[net.conv_b] is False
     net.after_b = nn.ReLU(inplace=True)  # the graph changes: conv_b's output is now overwritten in place
     acts, grads = reference(net, x)
     assert (acts["conv_b"] < 0).any()
     got_acts, got_grads = run(net, x)
     assert_matches(got_acts, acts)
     assert_matches(got_grads, grads)
-    assert _hooks._CLONE_NEEDED[net.conv_b] is True
+    assert hooks._CLONE_NEEDED[net.conv_b] is True
 
 
 def test_a_module_that_runs_twice_is_always_cloned():
@@ -78,8 +78,8 @@ def test_a_module_that_runs_twice_is_always_cloned():
     x = torch.randn(1, 3, 4, 4)
     net(x)
     for _ in range(2):
-        capture = _hooks.ActivationCapture({"conv": conv})
+        capture = hooks.ActivationCapture({"conv": conv})
         with capture:
             net(x)
         assert capture.calls["conv"] == 2 and capture.settle() == []
-        assert _hooks._CLONE_NEEDED[conv] is True
+        assert hooks._CLONE_NEEDED[conv] is True

@@ -9,9 +9,9 @@ from captum.attr import Deconvolution, GuidedBackprop, Saliency
 from torch import nn
 
 from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
-from probelens.methods._hooks import count_hooks
 from probelens.methods.feature_vis import COLOR_CORRELATION_SQRT, feature_visualization
 from probelens.methods.guided import deconv_projections, forward_to_layer, guided_saliency, relu_backward_rule
+from probelens.methods.hooks import count_hooks
 
 CAPTUM = {"guided_backprop": GuidedBackprop, "deconvnet": Deconvolution}
 RULES = list(CAPTUM)

@@ -22,14 +22,14 @@ from captum.attr import (
 from torch import nn
 
 from models import FunctionalReluNet, assert_same, resnet18, small_cnn, snapshot
-from probelens.methods import _batching, cam, grad_cam, saliency
-from probelens.methods._hooks import count_hooks
+from probelens.methods import batching, cam, grad_cam, saliency
 from probelens.methods.cam import CAM_METHODS
 from probelens.methods.expected_gradients import (
     _expected_gradients_given,
     expected_gradients,
     expected_gradients_samples,
 )
+from probelens.methods.hooks import count_hooks
 from probelens.methods.integrated_gradients import integrated_gradients, path_points
 from probelens.methods.occlusion import gaussian_blur, occlusion, occlusion_baseline
 from probelens.methods.smoothgrad import _smoothgrad_given_noise, smoothgrad, smoothgrad_noise
@@ -64,19 +64,19 @@ def target_scores(model, x, t):
 
 def test_activation_bytes_counts_every_leaf_output_once_per_example():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-    total, largest = _batching.activation_bytes(net, torch.zeros(5, 3, 8, 8))
+    total, largest = batching.activation_bytes(net, torch.zeros(5, 3, 8, 8))
     assert (total, largest) == (3 * 64 * 4 + 2 * 4 * 64 * 4, 4 * 64 * 4)
 
 
 def test_chunk_size_targets_8_mib_on_cpu_and_respects_the_budget():
     net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1))  # 1 MiB output per 64x64 copy
     x = torch.zeros(4, 3, 64, 64)
-    assert _batching.chunk_size(net, x, copies_per_image=16) == 8
-    per_copy, _ = _batching.activation_bytes(net, x)
-    assert _batching.chunk_size(net, x, 16, budget_bytes=3 * 2 * per_copy) == 3
-    assert _batching.chunk_size(net, x, 16, budget_bytes=3 * per_copy, backward=False) == 3
-    assert _batching.chunk_size(net, x, 16, budget_bytes=1) == 1
-    assert _batching.chunk_size(nn.Sequential(nn.Conv2d(3, 2, 1)), x[:1], 5) == 5  # never more than all copies
+    assert batching.chunk_size(net, x, copies_per_image=16) == 8
+    per_copy, _ = batching.activation_bytes(net, x)
+    assert batching.chunk_size(net, x, 16, budget_bytes=3 * 2 * per_copy) == 3
+    assert batching.chunk_size(net, x, 16, budget_bytes=3 * per_copy, backward=False) == 3
+    assert batching.chunk_size(net, x, 16, budget_bytes=1) == 1
+    assert batching.chunk_size(nn.Sequential(nn.Conv2d(3, 2, 1)), x[:1], 5) == 5  # never more than all copies
 
 
 def test_chunk_size_measures_once_per_model_and_shape_and_leaves_no_hook():
@@ -86,9 +86,9 @@ def test_chunk_size_measures_once_per_model_and_shape_and_leaves_no_hook():
     try:
         hooks = count_hooks(model)
         for _ in range(3):
-            _batching.chunk_size(model, torch.zeros(2, 3, 16, 16), 8)
+            batching.chunk_size(model, torch.zeros(2, 3, 16, 16), 8)
         assert len(calls) == 1
-        _batching.chunk_size(model, torch.zeros(2, 3, 24, 20), 8)
+        batching.chunk_size(model, torch.zeros(2, 3, 24, 20), 8)
         assert len(calls) == 2
         assert count_hooks(model) == hooks
     finally:
@@ -101,22 +101,22 @@ def test_chunk_size_measures_once_per_model_and_shape_and_leaves_no_hook():
 )
 def test_chunk_size_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        _batching.chunk_size(small_cnn(), torch.zeros(1, 3, 8, 8), **kwargs)
+        batching.chunk_size(small_cnn(), torch.zeros(1, 3, 8, 8), **kwargs)
 
 
 def test_chunk_helpers_do_not_depend_on_the_chunk():
     values = torch.randn(12, 3)
     for chunk in (1, 5, 12, 100):
-        torch.testing.assert_close(_batching.map_chunks(lambda a, b: values[a:b] * 2, 12, chunk), values * 2)
-        sums = _batching.sum_over_copies(lambda a, b: values[a:b], 3, 4, chunk)
+        torch.testing.assert_close(batching.map_chunks(lambda a, b: values[a:b] * 2, 12, chunk), values * 2)
+        sums = batching.sum_over_copies(lambda a, b: values[a:b], 3, 4, chunk)
         torch.testing.assert_close(sums, values.view(3, 4, 3).sum(1))
 
 
 def test_noise_is_private_and_independent_of_chunking():
     x = torch.zeros(3, 2, 4, 4)
     state = torch.get_rng_state()
-    whole = _batching.GaussianNoise(x, 5, torch.tensor([1.0, 2.0, 0.0]), seed=7)(0, 15)
-    pieces = _batching.GaussianNoise(x, 5, torch.tensor([1.0, 2.0, 0.0]), seed=7)
+    whole = batching.GaussianNoise(x, 5, torch.tensor([1.0, 2.0, 0.0]), seed=7)(0, 15)
+    pieces = batching.GaussianNoise(x, 5, torch.tensor([1.0, 2.0, 0.0]), seed=7)
     torch.testing.assert_close(torch.cat([pieces(0, 1), pieces(1, 8), pieces(8, 15)]), whole, rtol=0, atol=0)
     assert torch.equal(torch.get_rng_state(), state)
     assert whole[10:].abs().sum() == 0  # third image: sigma 0
@@ -704,30 +704,30 @@ class _Costly:
 )
 def test_tuned_chunks_try_half_once_and_twice_the_estimate_and_keep_the_fastest(fixed, per_copy, best):
     model = small_cnn()
-    tuned = _batching.TunedChunks(model, ("test",), base=8, limit=100)
+    tuned = batching.TunedChunks(model, ("test",), base=8, limit=100)
     seen = _Costly(fixed, per_copy).run(tuned.ranges(100))
     assert [b - a for a, b in seen[:6]] == [4, 4, 8, 8, 16, 16]  # each candidate: a warm-up, then a timed chunk
     assert [a for a, _ in seen] == [0, *(b for _, b in seen[:-1])] and seen[-1][1] == 100  # in order, no gap
     assert tuned.chosen == best
     assert all(b - a == best for a, b in seen[6:-1])
     # a later call on the same model and key goes straight to the choice
-    again = _batching.TunedChunks(model, ("test",), base=8, limit=100)
+    again = batching.TunedChunks(model, ("test",), base=8, limit=100)
     assert again.chosen == best
-    assert list(again.ranges(40)) == list(_batching.chunk_ranges(40, best))
+    assert list(again.ranges(40)) == list(batching.chunk_ranges(40, best))
     # another model, or another key, starts afresh
-    assert _batching.TunedChunks(small_cnn(), ("test",), base=8, limit=100).chosen is None
-    assert _batching.TunedChunks(model, ("other",), base=8, limit=100).chosen is None
+    assert batching.TunedChunks(small_cnn(), ("test",), base=8, limit=100).chosen is None
+    assert batching.TunedChunks(model, ("other",), base=8, limit=100).chosen is None
 
 
 def test_tuned_chunks_respect_the_budget_limit_and_skip_tuning_small_work():
     model = small_cnn()
-    capped = _batching.TunedChunks(model, ("capped",), base=8, limit=10)
+    capped = batching.TunedChunks(model, ("capped",), base=8, limit=10)
     sizes = [b - a for a, b in _Costly(0.01, lambda size: 0.0).run(capped.ranges(200))]
     assert max(sizes) == 10 and capped.chosen == 10  # twice the estimate would exceed the memory budget
-    small = _batching.TunedChunks(model, ("small",), base=8, limit=100)
-    assert list(small.ranges(20)) == list(_batching.chunk_ranges(20, 8))  # 2 x (4 + 8) > 20: no trial
+    small = batching.TunedChunks(model, ("small",), base=8, limit=100)
+    assert list(small.ranges(20)) == list(batching.chunk_ranges(20, 8))  # 2 x (4 + 8) > 20: no trial
     assert small.chosen is None
-    some = _batching.TunedChunks(model, ("some",), base=8, limit=100)
+    some = batching.TunedChunks(model, ("some",), base=8, limit=100)
     sizes = [b - a for a, b in _Costly(0.01, lambda size: 0.0).run(some.ranges(40))]
     assert sizes[:4] == [4, 4, 8, 8] and some.chosen == 8  # 2 x (4 + 8 + 16) > 40: the largest size is dropped
 
@@ -735,8 +735,8 @@ def test_tuned_chunks_respect_the_budget_limit_and_skip_tuning_small_work():
 def test_methods_tune_on_cpu_and_give_the_same_result_as_a_fixed_chunk():
     model, x = small_cnn(), torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0, 1, 0, 1])
-    chunking = _batching.auto_chunks(model, x, 64, "smoothgrad/vanilla/False")
-    assert isinstance(chunking, _batching.TunedChunks) and chunking.chosen is None
+    chunking = batching.auto_chunks(model, x, 64, "smoothgrad/vanilla/False")
+    assert isinstance(chunking, batching.TunedChunks) and chunking.chosen is None
     assert 2 * (chunking.base // 2 + chunking.base + 2 * chunking.base) <= 4 * 64  # room for the whole trial
     tuned = smoothgrad(model, x, t, samples=64, noise=0.2, seed=3)
     assert chunking.chosen in {max(1, chunking.base // 2), chunking.base, min(2 * chunking.base, chunking.limit)}

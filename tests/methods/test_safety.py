@@ -6,7 +6,7 @@ from torch import nn
 
 from models import assert_same, resnet18, small_cnn, snapshot
 from probelens.methods import feature_maps, forward_backward, grad_cam, saliency
-from probelens.methods._hooks import count_hooks
+from probelens.methods.hooks import count_hooks
 
 
 @pytest.mark.parametrize("fn", ["grad_cam", "saliency", "feature_maps"])

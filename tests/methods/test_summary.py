@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from models import resnet18
-from probelens.methods._hooks import count_hooks
+from probelens.methods.hooks import count_hooks
 from probelens.methods.summary import layer_summary, summary_markdown
 
 

@@ -17,8 +17,8 @@ from probelens.core.run import run_session
 from probelens.core.schedule import log_step
 from probelens.core.sharded import sharded_layer_summary
 from probelens.core.writer import MonitorWriter
-from probelens.methods._sharded import is_sharded
 from probelens.methods.layers import unwrap_compiled
+from probelens.methods.sharded import is_sharded
 from probelens.probe import ProbeSet
 
 TAG = "probelens/architecture"

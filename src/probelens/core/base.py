@@ -31,10 +31,10 @@ from probelens.core.sharded import sharded_root
 from probelens.core.sinks import sink_for_trainer
 from probelens.core.state import MonitorState
 from probelens.core.writer import MonitorWriter, layer_labels
-from probelens.methods._sharded import failed_ranks, failure_messages, full_weights, is_sharded
 from probelens.methods.engine import OutputTransform, ProbePass
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec
+from probelens.methods.sharded import failed_ranks, failure_messages, full_weights, is_sharded
 from probelens.probe import ProbeSet
 from probelens.render import sanitize
 from probelens.writing.pipeline import sync_choice

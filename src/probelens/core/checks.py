@@ -13,8 +13,8 @@ from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from probelens.core.session import session_for
-from probelens.methods._hooks import ActivationCapture, probe_context
 from probelens.methods.engine import OutputTransform, class_scores
+from probelens.methods.hooks import ActivationCapture, probe_context
 from probelens.methods.layers import conv_layers, unwrap_compiled
 from probelens.methods.layout import LayerRecord, LayerTraces, Layout, ReshapeSpec, layouts_for
 from probelens.probe import ProbeSet

@@ -17,7 +17,7 @@ from typing_extensions import override
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.core.session import ProbeSession
-from probelens.methods._batching import chunk_ranges
+from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import forward_backward
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.tcav import TCAVResult, tcav

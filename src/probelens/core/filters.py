@@ -9,9 +9,9 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore
 from probelens.core.options import check_int, check_layer_spec, take_renamed
-from probelens.methods._sharded import is_sharded
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
+from probelens.methods.sharded import is_sharded
 from probelens.render import filter_grid
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace

@@ -6,7 +6,7 @@ read from it. A pass is reused only while the model is unchanged: the key holds 
 version counters of every parameter and buffer (an optimizer step or a BatchNorm update bumps them).
 
 Memory: the pass runs in chunks of the probe whose autograd graph fits the memory budget of the multi-pass methods
-(:func:`probelens.methods._batching.default_budget_bytes`: 256 MiB on CPU, a quarter of the free memory on CUDA), so
+(:func:`probelens.methods.batching.default_budget_bytes`: 256 MiB on CPU, a quarter of the free memory on CUDA), so
 the peak of one firing grows with the captured layer outputs only, not with the whole graph of the probe. The
 monitors release the cached pass when the next training batch starts and at teardown, so no pass tensor is kept
 between firings. At setup, :meth:`ProbeSession.check_memory` warns once when what a pass keeps (the captured layer
@@ -23,11 +23,11 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import ActivationCapture, probe_context
-from probelens.methods._sharded import is_sharded, sharded_forward_backward
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
+from probelens.methods.hooks import ActivationCapture, probe_context
 from probelens.methods.layout import LayerTraces
+from probelens.methods.sharded import is_sharded, sharded_forward_backward
 from probelens.probe import ProbeSet
 
 _Slot = tuple[ProbeSet, Any]  # (probe set, output transform): one pass each
@@ -145,7 +145,7 @@ class ProbeSession:
         else:
             chunk = self.pass_chunk(model, images, all_needs.gradients or all_needs.input_gradient)
             assembled: PassAssembly | None = None
-            for start, stop in _batching.chunk_ranges(images.shape[0], chunk):
+            for start, stop in batching.chunk_ranges(images.shape[0], chunk):
                 part_targets = {k: None if t is None else t[start:stop] for k, t in targets.items()}
                 part = forward_backward(model, images[start:stop], part_targets, all_needs.layers, **options)
                 self.chunk_calls += 1
@@ -165,7 +165,7 @@ class ProbeSession:
     @staticmethod
     def pass_chunk(model: nn.Module, images: Tensor, backward: bool) -> int:
         """Probe images per forward/backward of the shared pass: the most whose autograd graph fits the budget."""
-        return _batching._chunk_bounds(model, images, 1, None, backward)[1]
+        return batching._chunk_bounds(model, images, 1, None, backward)[1]
 
     def check_memory(
         self, model: nn.Module, probe: ProbeSet, transform: OutputTransform | None, example: Tensor
@@ -191,8 +191,8 @@ class ProbeSession:
         # the autograd graph of one chunk (chunks are sized to the budget), and the maps drawn from the pass: each
         # layer's (and the input gradient's) map per target set, upsampled to the image and coloured (1 + 3 planes of
         # float32 per pixel)
-        graph_per_image = _batching.activation_bytes(model, x)[0] * (2 if needs.gradients else 1)
-        graph = min(_batching.default_budget_bytes(x.device), graph_per_image * n)
+        graph_per_image = batching.activation_bytes(model, x)[0] * (2 if needs.gradients else 1)
+        graph = min(batching.default_budget_bytes(x.device), graph_per_image * n)
         pixels = x.shape[-2] * x.shape[-1]
         drawn = n * pixels * 4 * 4 * sets * (len(needs.layers) + (1 if needs.input_gradient else 0))
         # temporaries of the drawing and the allocator's slack: calibrated against the peak RSS growth of real fits

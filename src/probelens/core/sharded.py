@@ -5,7 +5,7 @@ Under DDP the monitors explain the unwrapped module on rank 0 while the other ra
 pass all-gathers parameters, so it has to run on every rank, through the sharded root module. Here, therefore:
 
 1. every rank enters the monitor's ``_log`` together, with the sharded root (``trainer.model``) as the module; the
-   shared probe pass is split across the ranks and gathered (:mod:`probelens.methods._sharded`), other methods run
+   shared probe pass is split across the ranks and gathered (:mod:`probelens.methods.sharded`), other methods run
    the whole probe on every rank, so every rank holds the same results and takes the same code path;
 2. images go into a buffer instead of the logger; weight images are read inside ``full_weights`` (FSDP's
    ``summon_full_params(rank0_only=True, writeback=False)``), entered on every rank, and drawn on rank 0 only;
@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from probelens.methods._sharded import full_weights, is_sharded
 from probelens.methods.layers import named_modules
+from probelens.methods.sharded import full_weights, is_sharded
 from probelens.methods.summary import LayerInfo, layer_summary
 
 

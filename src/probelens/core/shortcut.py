@@ -24,7 +24,7 @@ from probelens.core.options import (
 )
 from probelens.core.session import ProbeSession
 from probelens.core.sinks import is_tensorboard_logger
-from probelens.methods._batching import chunk_ranges
+from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled

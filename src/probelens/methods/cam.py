@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import probe_context
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, ProbePass, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import LayerSpec, resolve_layers, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, as_maps, layouts_for
 
@@ -175,10 +175,10 @@ def score_cam_map(
     act = activation.detach().to(images.dtype)
     with probe_context(net), torch.no_grad():
         x = images.detach().clone()
-        chunk = chunk_size or _batching.auto_chunks(net, x, c, "scorecam", backward=False)
+        chunk = chunk_size or batching.auto_chunks(net, x, c, "scorecam", backward=False)
 
         def masked_scores(start: int, stop: int) -> Tensor:
-            owner, k = _batching.copy_owners(start, stop, c, x.device)
+            owner, k = batching.copy_owners(start, stop, c, x.device)
             masks = F.interpolate(act[owner, k][:, None], size=size, mode="bilinear", align_corners=False)
             low = masks.amin(dim=(2, 3), keepdim=True)
             high = masks.amax(dim=(2, 3), keepdim=True)
@@ -189,7 +189,7 @@ def score_cam_map(
             ).logits  # fmt: skip
             return logits.gather(1, targets[owner][:, None]).squeeze(1)
 
-        scores = _batching.map_chunks(masked_scores, n * c, chunk).view(n, c)
+        scores = batching.map_chunks(masked_scores, n * c, chunk).view(n, c)
     weights = scores.float().softmax(dim=1)[:, :, None, None]
     cam = F.relu((weights * act.float()).sum(dim=1, keepdim=True))
     if upsample and tuple(cam.shape[-2:]) != size:
@@ -244,7 +244,7 @@ def cam(
         scorecam {'0': (2, 1, 10, 10), '3': (2, 1, 3, 3)}
     """
     _check_method(method)
-    _batching.check_images(images)
+    batching.check_images(images)
     named = dict(layers) if isinstance(layers, Mapping) else resolve_layers(model, layers, example_input=images)
     needs_gradients = method in GRADIENT_CAMS
     result = forward_backward(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probelens.methods._hooks import ActivationCapture, probe_context
+from probelens.methods.hooks import ActivationCapture, probe_context
 from probelens.methods.layers import unwrap_compiled
 
 TargetSpec = Tensor | None | Mapping[str, Tensor | None]

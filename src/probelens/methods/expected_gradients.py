@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import probe_context
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import resolve_layers, unwrap_compiled
 
 
@@ -91,12 +91,12 @@ def expected_gradients(
     Returns:
         ``[N,C,H,W]`` (or ``[N, *layer_output_shape]`` with ``layer``) on the input's device.
     """
-    images = _batching.check_images(images)
-    samples = _batching.check_count("samples", samples)
+    images = batching.check_images(images)
+    samples = batching.check_count("samples", samples)
     background = check_background(images if background is None else background, images)
     if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or not math.isfinite(stdevs) or stdevs < 0:
         raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}")
-    _batching.check_chunk_size(chunk_size)
+    batching.check_chunk_size(chunk_size)
     net = unwrap_compiled(model)
     with probe_context(net):
         x = images.detach().clone()
@@ -104,7 +104,7 @@ def expected_gradients(
         noise = None
         if stdevs > 0:
             # continues the same private stream, after the indices and alphas
-            noise = _batching.GaussianNoise(x, samples, float(stdevs), generator)
+            noise = batching.GaussianNoise(x, samples, float(stdevs), generator)
         return _expected_gradients_given(
             net, x, targets, background, indices, alphas, noise, layer, chunk_size, output_transform
         )
@@ -133,14 +133,14 @@ def _expected_gradients_given(
 
     The other arguments are those of :func:`expected_gradients`.
     """
-    images = _batching.check_images(images)
+    images = batching.check_images(images)
     background = check_background(background, images)
     n = images.shape[0]
     if indices.shape != alphas.shape or indices.dim() != 2 or indices.shape[0] != n:
         raise ValueError(
             f"indices and alphas must both have shape [N={n}, S], got {tuple(indices.shape)} and {tuple(alphas.shape)}"
         )
-    samples = _batching.check_count("samples", indices.shape[1])
+    samples = batching.check_count("samples", indices.shape[1])
     net = unwrap_compiled(model)
     layers = None
     if layer is not None:
@@ -152,15 +152,15 @@ def _expected_gradients_given(
         bg = background.detach().to(device=x.device, dtype=x.dtype)
         flat_indices = indices.reshape(-1).to(x.device)
         flat_alphas = alphas.reshape(-1).to(device=x.device, dtype=x.dtype)
-        draw = None if noise is None else _batching.flat_noise_source(noise, x, samples)
+        draw = None if noise is None else batching.flat_noise_source(noise, x, samples)
         clean = forward_backward(
             net, x, targets, gradients=False, input_gradient=False, output_transform=output_transform
         )
         t = clean.targets["target"]
-        chunk = chunk_size or _batching.auto_chunks(net, x, samples, f"expected_gradients/{layer}")
+        chunk = chunk_size or batching.auto_chunks(net, x, samples, f"expected_gradients/{layer}")
 
         def attribution(start: int, stop: int) -> Tensor:
-            owner, _ = _batching.copy_owners(start, stop, samples, x.device)
+            owner, _ = batching.copy_owners(start, stop, samples, x.device)
             inputs = x[owner] if draw is None else x[owner] + draw(start, stop)
             baselines = bg[flat_indices[start:stop]]
             a = flat_alphas[start:stop].view(-1, 1, 1, 1)
@@ -186,4 +186,4 @@ def _expected_gradients_given(
             at_inputs, at_baselines = acts.split(stop - start)
             return (at_inputs - at_baselines) * grads
 
-        return _batching.sum_over_copies(attribution, n, samples, chunk) / samples
+        return batching.sum_over_copies(attribution, n, samples, chunk) / samples

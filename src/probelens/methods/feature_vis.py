@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probelens.methods._hooks import probe_context
 from probelens.methods.engine import OutputTransform, class_scores
 from probelens.methods.guided import forward_to_layer, resolve_single_layer
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, layout_of
 
@@ -184,7 +184,7 @@ def feature_visualization(
     and the objective is the logit. Adam ascends the sum of the objectives; gradients are taken with
     ``torch.autograd.grad`` with respect to the image parameters only, and the forward pass stops at ``layer``. The
     model is left as found: eval mode per module during the run with flags restored, parameter ``.grad`` untouched,
-    global RNG state restored (see :func:`probelens.methods._hooks.probe_context`). In eval mode the images of a batch
+    global RNG state restored (see :func:`probelens.methods.hooks.probe_context`). In eval mode the images of a batch
     do not interact, so each image is the one its channel would get alone (with the same random draws).
 
     Call it with the same ``seed`` at every log step: the start image and the transform sequence are then identical,

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from probelens.methods._hooks import probe_context
 from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import resolve_layers, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, layout_of
 

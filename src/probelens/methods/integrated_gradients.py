@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import probe_context
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import unwrap_compiled
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
@@ -35,7 +35,7 @@ def path_points(method: str, steps: int) -> tuple[Tensor, Tensor]:
     if method not in METHODS:
         raise ValueError(f"unknown integration method {method!r}; valid: {', '.join(METHODS)}")
     minimum = 2 if method == "riemann_trapezoid" else 1
-    n = _batching.check_count("steps", steps, minimum)
+    n = batching.check_count("steps", steps, minimum)
     k = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
         nodes, node_weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1]: mapped to [0, 1]
@@ -109,9 +109,9 @@ def integrated_gradients(
     Returns:
         ``[N,C,H,W]`` on the input's device, or ``(attributions, delta)``.
     """
-    images = _batching.check_images(images)
+    images = batching.check_images(images)
     alphas64, weights64 = path_points(method, steps)
-    chunk_size = _batching.check_chunk_size(chunk_size)
+    chunk_size = batching.check_chunk_size(chunk_size)
     net = unwrap_compiled(model)
     with probe_context(net):
         x = images.detach().clone()
@@ -123,17 +123,17 @@ def integrated_gradients(
         t = clean.targets["target"]
         alphas = alphas64.to(device=x.device, dtype=x.dtype)
         weights = weights64.to(device=x.device, dtype=x.dtype)
-        chunk = chunk_size or _batching.auto_chunks(net, x, steps, "integrated_gradients")
+        chunk = chunk_size or batching.auto_chunks(net, x, steps, "integrated_gradients")
 
         def weighted_gradients(start: int, stop: int) -> Tensor:
-            owner, step = _batching.copy_owners(start, stop, steps, x.device)
+            owner, step = batching.copy_owners(start, stop, steps, x.device)
             points = base[owner] + alphas[step].view(-1, 1, 1, 1) * diff[owner]
             grads = forward_backward(
                 net, points, t[owner], gradients=False, input_gradient=True, output_transform=output_transform
             ).input_gradients["target"]
             return grads * weights[step].view(-1, 1, 1, 1)
 
-        attributions = _batching.sum_over_copies(weighted_gradients, x.shape[0], steps, chunk) * diff
+        attributions = batching.sum_over_copies(weighted_gradients, x.shape[0], steps, chunk) * diff
         if not return_convergence_delta:
             return attributions
         at_baseline = forward_backward(

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from probelens.methods._axes import AxisTracker, Facts, ancestors, grid_tags, layout_facts
-from probelens.methods._hooks import probe_context
 from probelens.methods._modules import named_modules, strip_compile_prefix, unwrap_compiled
+from probelens.methods.hooks import probe_context
 
 Reshape = Callable[[Tensor], Tensor]
 """A user function from a layer's raw output to ``[N,C,h,w]`` (pytorch-grad-cam's ``reshape_transform``)."""
@@ -414,7 +414,7 @@ def refusal(record: LayerRecord, image: tuple[int, int]) -> str:
 
 
 def _checked_custom(model: nn.Module, example: Tensor, name: str, fn: Reshape, record: LayerRecord) -> Layout:
-    from probelens.methods._hooks import probe_context
+    from probelens.methods.hooks import probe_context
 
     modules = named_modules(unwrap_compiled(model))
     seen: list[Tensor] = []

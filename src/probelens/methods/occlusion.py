@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import probe_context
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.integrated_gradients import broadcast_baseline
 from probelens.methods.layers import unwrap_compiled
 
@@ -118,7 +118,7 @@ def occlusion(
     Returns:
         ``[N,C,H,W]`` on the input's device, the same value in every channel.
     """
-    images = _batching.check_images(images)
+    images = batching.check_images(images)
     n, c, height, width = images.shape
     win = _pair("window", window)
     step = win if stride is None else _pair("stride", stride)
@@ -130,7 +130,7 @@ def occlusion(
                 f"stride {stride!r} is larger than the window {window!r} along {('height', 'width')[axis]}: pixels "
                 "between windows would never be occluded"
             )
-    chunk_size = _batching.check_chunk_size(chunk_size)
+    chunk_size = batching.check_chunk_size(chunk_size)
     net = unwrap_compiled(model)
     with probe_context(net):
         x = images.detach().clone()
@@ -142,10 +142,10 @@ def occlusion(
         rows = window_masks(height, win[0], step[0], x.device, x.dtype)  # [Py, H]
         cols = window_masks(width, win[1], step[1], x.device, x.dtype)  # [Px, W]
         positions = rows.shape[0] * cols.shape[0]
-        chunk = chunk_size or _batching.auto_chunks(net, x, positions, "occlusion", backward=False)
+        chunk = chunk_size or batching.auto_chunks(net, x, positions, "occlusion", backward=False)
 
         def occluded_scores(start: int, stop: int) -> Tensor:
-            owner, p = _batching.copy_owners(start, stop, positions, x.device)
+            owner, p = batching.copy_owners(start, stop, positions, x.device)
             mask = (rows[p // cols.shape[0]][:, :, None] * cols[p % cols.shape[0]][:, None, :])[:, None]
             occluded = x[owner] * (1 - mask) + fill[owner] * mask
             logits = forward_backward(
@@ -153,7 +153,7 @@ def occlusion(
             ).logits
             return logits.gather(1, t[owner][:, None]).squeeze(1)
 
-        scores = _batching.map_chunks(occluded_scores, n * positions, chunk)
+        scores = batching.map_chunks(occluded_scores, n * positions, chunk)
         clean_scores = clean.logits.gather(1, t[:, None])
         drops = (clean_scores - scores.view(n, positions)).view(n, rows.shape[0], cols.shape[0])
         # sum_p drop_p M_p with separable masks M_p = rows[a] (x) cols[b]

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from probelens.methods import _batching
-from probelens.methods._hooks import probe_context
+from probelens.methods import batching
 from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.saliency import saliency
 
@@ -24,11 +24,11 @@ def smoothgrad_noise(images: Tensor, samples: int = 16, noise: float = 0.15, see
     """The noise :func:`smoothgrad` adds, ``[N,S,C,H,W]``: ``eps[i,s] ~ N(0, sigma_i^2)`` with
     ``sigma_i = noise * (max(x_i) - min(x_i))``, drawn from ``torch.Generator(images.device).manual_seed(seed)``
     (the global RNG is not used)."""
-    images = _batching.check_images(images)
-    samples = _batching.check_count("samples", samples)
+    images = batching.check_images(images)
+    samples = batching.check_count("samples", samples)
     sigma = _noise_sigma(images, noise)
     with torch.inference_mode(False):
-        draw = _batching.GaussianNoise(images.detach(), samples, sigma, seed)
+        draw = batching.GaussianNoise(images.detach(), samples, sigma, seed)
         return draw(0, images.shape[0] * samples).view(images.shape[0], samples, *images.shape[1:])
 
 
@@ -75,22 +75,22 @@ def smoothgrad(
         seed: seed of the private noise generator.
         squared: average squared maps (SmoothGrad-Squared).
         chunk_size: copies per forward/backward pass; ``None`` picks one from a memory budget
-            (:func:`probelens.methods._batching.chunk_size`; on CPU tuned on the first run, see ``TunedChunks``).
+            (:func:`probelens.methods.batching.chunk_size`; on CPU tuned on the first run, see ``TunedChunks``).
         output_transform: selects ``[N,K]`` scores from the model output.
 
     Returns:
         ``[N,C,H,W]`` on the input's device.
     """
-    images = _batching.check_images(images)
-    samples = _batching.check_count("samples", samples)
+    images = batching.check_images(images)
+    samples = batching.check_count("samples", samples)
     if not isinstance(method, str):
         raise ValueError(f"method must be the name of a saliency method, got {method!r}")
-    chunk_size = _batching.check_chunk_size(chunk_size)
+    chunk_size = batching.check_chunk_size(chunk_size)
     sigma = _noise_sigma(images, noise)
     net = unwrap_compiled(model)
     with probe_context(net):
         x = images.detach().clone()
-        draw = _batching.GaussianNoise(x, samples, sigma, seed)
+        draw = batching.GaussianNoise(x, samples, sigma, seed)
         return _smoothgrad_given_noise(net, x, targets, draw, samples, method, squared, chunk_size, output_transform)
 
 
@@ -113,22 +113,22 @@ def _smoothgrad_given_noise(
 
     The other arguments are those of :func:`smoothgrad`.
     """
-    images = _batching.check_images(images)
-    samples = _batching.check_count("samples", samples)
+    images = batching.check_images(images)
+    samples = batching.check_count("samples", samples)
     net = unwrap_compiled(model)
     with probe_context(net):
         x = images.detach().clone()
-        draw = _batching.flat_noise_source(noise, x, samples)
+        draw = batching.flat_noise_source(noise, x, samples)
         clean = forward_backward(
             net, x, targets, gradients=False, input_gradient=False, output_transform=output_transform
         )
         t = clean.targets["target"]
-        chunk = chunk_size or _batching.auto_chunks(net, x, samples, f"smoothgrad/{method}/{squared}")
+        chunk = chunk_size or batching.auto_chunks(net, x, samples, f"smoothgrad/{method}/{squared}")
 
         def smoothed(start: int, stop: int) -> Tensor:
-            owner, _ = _batching.copy_owners(start, stop, samples, x.device)
+            owner, _ = batching.copy_owners(start, stop, samples, x.device)
             noisy = x[owner] + draw(start, stop)
             attr = saliency(net, noisy, t[owner], method=method, output_transform=output_transform)
             return attr * attr if squared else attr
 
-        return _batching.sum_over_copies(smoothed, x.shape[0], samples, chunk) / samples
+        return batching.sum_over_copies(smoothed, x.shape[0], samples, chunk) / samples

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from probelens.methods._hooks import ActivationCapture, probe_context
+from probelens.methods.hooks import ActivationCapture, probe_context
 from probelens.methods.layers import is_conv2d, named_modules, unwrap_compiled
 from probelens.methods.layout import LayerRecord, trace_layers
 

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from probelens.methods._hooks import cloning_every_output
 from probelens.methods.engine import ProbePass, TargetSpec, forward_backward
+from probelens.methods.hooks import cloning_every_output
 
 
 def _is_dtensor(t: Tensor) -> bool:

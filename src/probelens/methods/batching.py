@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from probelens.methods._hooks import probe_context
+from probelens.methods.hooks import probe_context
 from probelens.methods.layers import unwrap_compiled
 
 CPU_LARGEST_ACTIVATION_BYTES = 8 * 2**20
