@@ -16,7 +16,15 @@ def _seed():
 # The integration tier: real Trainer runs, subprocesses, TensorBoard servers, the browser and the soak. Everything
 # else (methods, metrics, render, log format, writing, probe) is the fast tier: `pytest -m "not integration"`.
 INTEGRATION_DIRS = frozenset({"callbacks", "dashboard", "examples", "architectures", "faults", "data"})
-INTEGRATION_FILES = frozenset({"export/test_tensorboard_http.py", "export/test_export.py", "writing/test_boundary.py"})
+INTEGRATION_FILES = frozenset(
+    {
+        "export/test_tensorboard_http.py",
+        "export/test_export.py",
+        "writing/test_boundary.py",
+        "test_dependencies.py",  # fresh interpreters in subprocesses
+        "render/test_render_import.py",
+    }
+)
 
 
 def pytest_collection_modifyitems(config, items):
