@@ -179,7 +179,6 @@ def run(family: str, p: float, epochs: int, root: str) -> dict:
     acc = EventAccumulator(logger.log_dir, size_guidance={SCALARS: 0, TENSORS: 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    texts = set(acc.Tags().get("tensors", []))
     steps = sorted({e.step for e in acc.Scalars("val_loss")})
     result = {"conflict_acc": model.conflict_acc, "evidence": {}}
     for monitor in monitors:
@@ -187,10 +186,15 @@ def run(family: str, p: float, epochs: int, root: str) -> dict:
         if tag in scalars:
             by_step = {e.step: e.value for e in acc.Scalars(tag)}
             result["evidence"][monitor.name] = [int(by_step.get(s, 0.0) >= 0.5) for s in steps]
-        elif monitor.name == "concepts":
-            alerts = [t for t in texts if t.startswith("concept/") and "alert" in t]
-            alert_steps = {e.step for t in alerts for e in acc.Tensors(t)}
-            result["evidence"]["concepts"] = [int(s in alert_steps) for s in steps]
+        elif monitor.name == "concepts":  # standing from the monitor's record of alerts and clears, per step
+            events = sorted([(step, 1) for step, *_ in monitor.alerts] + [(step, -1) for step, *_ in monitor.clears])
+            standing, state, changes = [], 0, dict.fromkeys(steps, 0)
+            for step, change in events:
+                changes[step] = changes.get(step, 0) + change
+            for s in steps:
+                state += changes.get(s, 0)
+                standing.append(int(state > 0))
+            result["evidence"]["concepts"] = standing
             cosines = [t for t in scalars if t.startswith("concept/") and t.endswith("/cosine")]
             best = {
                 s: max((e.value for t in cosines for e in acc.Scalars(t) if e.step == s), default=float("nan"))
