@@ -286,6 +286,7 @@ def test_a_logger_whose_log_metrics_raises_is_named_with_its_error_and_training_
 
 
 # ---------------------------------------------------------------------------------------------- memory at fit start
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 def test_the_memory_estimate_at_fit_start_covers_the_measured_growth(tmp_path):
     """The estimate the fit-start check makes (and warns about above 2 GiB) against the peak RSS growth of a real
     fit, each in a fresh process; the growth of a tiny probe (the fixed cost of a fit) is taken off."""
