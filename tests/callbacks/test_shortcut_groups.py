@@ -323,3 +323,12 @@ def test_a_lazy_probe_from_hugging_face_items_and_a_clear_error_for_unknown_keys
     with pytest.raises(ValueError, match=r"built without probe=.*keys \['cls', 'photo'\].*input_key="):
         tr.fit(DictClassifier("photo", "cls"), DataLoader(odd, batch_size=16), DataLoader(odd, batch_size=16))
     assert tr.global_step == 0
+    # ... and named on the monitor (what a LightningCLI config can do: no ProbeSet there)
+    named = ShortcutMonitor(probe_size=8, probe_input_key="photo", probe_target_key="cls")
+    tr = trainer(tmp_path / "named", [named], max_epochs=1, num_sanity_val_steps=2)
+    tr.fit(DictClassifier("photo", "cls"), DataLoader(odd, batch_size=16), DataLoader(odd, batch_size=16))
+    assert named.probe is not None and len(named.probe) == 8 and named.failure_count == 0
+    expected = torch.stack([odd[i]["photo"] for i in named.probe.indices.tolist()])
+    assert torch.equal(named.probe.images, expected)  # the images under the named key, not another field
+    with pytest.raises(ValueError, match=r"probe_input_key='' is not allowed"):
+        ShortcutMonitor(probe_input_key="")

@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from probelens.core.architecture import log_architecture
 from probelens.core.checks import check_probe_fits, check_spatial, model_trace, probe_example
-from probelens.core.options import check_callable, check_choice, check_int, check_name
+from probelens.core.options import check_callable, check_choice, check_int, check_key, check_name
 from probelens.core.probe_source import probe_from_trainer
 from probelens.core.run import run_session
 from probelens.core.schedule import Schedule, log_step, stage_of
@@ -67,6 +67,9 @@ class MonitorCore(_CallbackBase):
             with the dataset's ``mean``/``std``/``class_names`` attributes when it has them. Monitors with the same
             size and seed share one probe set (and one pass). This is what a LightningCLI config uses.
         probe_seed: the seed of that pick.
+        probe_input_key, probe_target_key: with ``probe=None`` and dataset items that are dicts, the keys of the image
+            and of the class index (default: what ``ProbeSet.from_dataset`` knows, e.g. ``image``/``label``, Hugging
+            Face's ``pixel_values``/``labels``); for a LightningCLI config, where no ``ProbeSet`` can be built.
         log_at_start: also fire once when training starts (step 0), to record the untrained baseline.
         max_image_side: images larger than this (pixels, longer side) are downscaled before they are written, which
             caps the event-file bytes per image; ``None`` writes them at full size.
@@ -137,6 +140,8 @@ class MonitorCore(_CallbackBase):
         every_n_steps: int | None = None,
         probe_size: int = 16,
         probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
         log_at_start: bool = False,
         max_image_side: int | None = 1024,
         max_bytes_per_firing: int | None = None,
@@ -162,6 +167,8 @@ class MonitorCore(_CallbackBase):
         self.probe = probe
         self.probe_size = probe_size
         self.probe_seed = probe_seed
+        self.probe_input_key = check_key(owner, "probe_input_key", probe_input_key)
+        self.probe_target_key = check_key(owner, "probe_target_key", probe_target_key)
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.log_at_start = log_at_start
@@ -377,7 +384,14 @@ class MonitorCore(_CallbackBase):
         if self._configured_for == id(pl_module):
             return True
         if self.probe is None and self.needs_probe:
-            self.probe = probe_from_trainer(trainer, self.probe_size, self.probe_seed, self.name)
+            self.probe = probe_from_trainer(
+                trainer,
+                self.probe_size,
+                self.probe_seed,
+                self.name,
+                input_key=self.probe_input_key,
+                target_key=self.probe_target_key,
+            )
             if self.probe is None:
                 if required:
                     raise ValueError(

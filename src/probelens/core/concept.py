@@ -18,7 +18,7 @@ from probelens.core.base import MonitorCore
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.core.session import ProbeSession
 from probelens.methods.batching import chunk_ranges
-from probelens.methods.engine import forward_backward
+from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.tcav import TCAVResult, tcav
 from probelens.metrics import ShortcutVerdict
@@ -181,7 +181,9 @@ class ConceptCore(MonitorCore):
         runs: CAVs per concept and per random split at each step (the t-test's sample size).
         min_accuracy: probe accuracy a model needs before a step counts (default: halfway between chance and 1).
         seed: seed of the subsamples and random splits (the same at every step, so steps are comparable).
-        **schedule: ``every_n_epochs``, ``every_n_steps``, ``log_at_start``, ``name`` (see :class:`ProbeMonitor`).
+        every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
+        every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
+            max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -199,9 +201,32 @@ class ConceptCore(MonitorCore):
         runs: int = 10,
         min_accuracy: float | None = None,
         seed: int = 0,
-        **schedule: Any,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_at_start: bool = False,
+        probe_size: int = 16,
+        probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
+        max_image_side: int | None = 1024,
+        max_bytes_per_firing: int | None = None,
+        output_transform: OutputTransform | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe, **schedule)
+        super().__init__(
+            probe,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_at_start=log_at_start,
+            probe_size=probe_size,
+            probe_seed=probe_seed,
+            probe_input_key=probe_input_key,
+            probe_target_key=probe_target_key,
+            max_image_side=max_image_side,
+            max_bytes_per_firing=max_bytes_per_firing,
+            output_transform=output_transform,
+            name=name,
+        )
         owner = type(self).__name__
         if not isinstance(concepts, Mapping) or not concepts:
             raise ValueError(

@@ -38,8 +38,8 @@ class DeconvCore(MonitorCore):
         rule: ``"deconvnet"`` or ``"guided_backprop"``.
         max_images: probe images (rows).
         every_n_epochs: fire at the end of every n-th epoch (every 5 epochs by default).
-        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
-            output_transform, name: as for :class:`ProbeMonitor`.
+        every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
+            max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
         reshape: a function (or ``{layer: function}``) viewing a layer output as ``[N,C,h,w]`` where the forward
             pass does not show it as NCHW, channels-last or tokens on a grid (:mod:`probelens.methods.layout`).
     """
@@ -59,6 +59,8 @@ class DeconvCore(MonitorCore):
         log_at_start: bool = False,
         probe_size: int = 16,
         probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
         max_image_side: int | None = 1024,
         max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
@@ -73,6 +75,8 @@ class DeconvCore(MonitorCore):
             log_at_start=log_at_start,
             probe_size=probe_size,
             probe_seed=probe_seed,
+            probe_input_key=probe_input_key,
+            probe_target_key=probe_target_key,
             max_image_side=max_image_side,
             max_bytes_per_firing=max_bytes_per_firing,
             output_transform=output_transform,

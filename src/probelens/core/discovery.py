@@ -78,8 +78,8 @@ class StrategyCore(MonitorCore):
         source: what is clustered: ``"gradcam"`` (SpRAy: the maps) or ``"features"`` (SPARE-style, Yang et al.,
             2024: the layer's activations averaged over space, standardised within the class; most telling in early
             epochs). The picture shows each cluster's mean Grad-CAM map either way.
-        every_n_epochs, every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
-            output_transform, name: as for :class:`ProbeMonitor`.
+        every_n_epochs, every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
+            max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -100,6 +100,8 @@ class StrategyCore(MonitorCore):
         log_at_start: bool = False,
         probe_size: int = 64,
         probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
         max_image_side: int | None = 1024,
         max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
@@ -112,6 +114,8 @@ class StrategyCore(MonitorCore):
             log_at_start=log_at_start,
             probe_size=probe_size,
             probe_seed=probe_seed,
+            probe_input_key=probe_input_key,
+            probe_target_key=probe_target_key,
             max_image_side=max_image_side,
             max_bytes_per_firing=max_bytes_per_firing,
             output_transform=output_transform,

@@ -119,6 +119,13 @@ def check_callable(owner: str, option: str, value: Any, example: str) -> Callabl
     return value
 
 
+def check_key(owner: str, option: str, value: Any) -> str | None:
+    """``None`` or a non-empty string (a key of dict items)."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _fail(owner, option, value, "None or the key (a non-empty string) of the dataset's dict items")
+    return value
+
+
 def check_name(owner: str, value: Any) -> str | None:
     if value is None:
         return None

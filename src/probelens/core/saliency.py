@@ -86,8 +86,8 @@ class SaliencyCore(MonitorCore):
         cmap: colormap name.
         max_images: log at most this many probe images.
         every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
-        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
-            output_transform, name: as for :class:`ProbeMonitor`.
+        every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
+            max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -107,6 +107,8 @@ class SaliencyCore(MonitorCore):
         log_at_start: bool = False,
         probe_size: int = 16,
         probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
         max_image_side: int | None = 1024,
         max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
@@ -119,6 +121,8 @@ class SaliencyCore(MonitorCore):
             log_at_start=log_at_start,
             probe_size=probe_size,
             probe_seed=probe_seed,
+            probe_input_key=probe_input_key,
+            probe_target_key=probe_target_key,
             max_image_side=max_image_side,
             max_bytes_per_firing=max_bytes_per_firing,
             output_transform=output_transform,

@@ -148,8 +148,8 @@ class ShortcutCore(MonitorCore):
         panels: log the counterfactual image panel.
         max_images: probe images in the panel.
         every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
-        every_n_steps, log_at_start, probe_size, probe_seed, max_image_side, max_bytes_per_firing,
-            output_transform, name: as for :class:`ProbeMonitor`.
+        every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
+            max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
 
     def __init__(
@@ -169,6 +169,8 @@ class ShortcutCore(MonitorCore):
         log_at_start: bool = False,
         probe_size: int = 16,
         probe_seed: int = 0,
+        probe_input_key: str | None = None,
+        probe_target_key: str | None = None,
         max_image_side: int | None = 1024,
         max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
@@ -187,6 +189,8 @@ class ShortcutCore(MonitorCore):
             log_at_start=log_at_start,
             probe_size=probe_size,
             probe_seed=probe_seed,
+            probe_input_key=probe_input_key,
+            probe_target_key=probe_target_key,
             max_image_side=max_image_side,
             max_bytes_per_firing=max_bytes_per_firing,
             output_transform=output_transform,
