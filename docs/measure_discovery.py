@@ -89,7 +89,7 @@ def evaluate(model, images, labels, backgrounds, seed: int) -> dict[str, list[fl
         logits = model(images)
         features = model[:-2](images).flatten(1)  # pooled penultimate features (before dropout and the head)
     preds = logits.argmax(1)
-    cam = grad_cam(model, images, preds, layers=["9"])["9"]  # the last conv's ReLU: what layer="auto" picks
+    cam = grad_cam(model, images, preds, layers=["9"])["9"]  # the last conv's ReLU: what layers="auto" picks
     model.train()
     report = discover_strategies(cam, labels, seed=seed)
     spare = discover_strategies(features, labels, seed=seed)

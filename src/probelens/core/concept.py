@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -27,7 +27,8 @@ from probelens.probe import ProbeSet
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
 
-ON_CONCEPT = ("warn", "stop", "ignore")
+OnConcept = Literal["warn", "stop", "ignore"]
+ON_CONCEPT: tuple[str, ...] = get_args(OnConcept)
 MIN_CONCEPT_PICTURES = 4
 """Fewer pictures than this for a concept (or for its negatives) are refused: a run's subsample needs 2 of each."""
 RECOMMENDED_CONCEPT_PICTURES = 20
@@ -194,7 +195,7 @@ class ConceptCore(MonitorCore):
         *,
         negatives: PictureSource | None = None,
         spurious: Sequence[str] = (),
-        on_concept: str = "warn",
+        on_concept: OnConcept = "warn",
         threshold: float = 0.55,
         alpha: float = 0.05,
         patience: int = 2,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore
-from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
+from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
@@ -67,7 +67,7 @@ class StrategyCore(MonitorCore):
     Args:
         probe: the probe set (at least ``min_images`` images of a class for that class to be clustered; more is
             better: 32 or more per class).
-        layer: the layer of the Grad-CAM maps: ``"auto"`` (the deepest conv stage) or one layer name.
+        layers: the layer of the Grad-CAM maps: ``"auto"`` (the deepest conv stage) or one layer name.
         grid: side of the downsampled map grid.
         max_clusters: the most clusters the eigengap may choose per class.
         neighbours: ``k`` of the k-nearest-neighbour graph (``None``: ``max(2, round(sqrt(n_c)))``).
@@ -85,7 +85,7 @@ class StrategyCore(MonitorCore):
     def __init__(
         self,
         probe: ProbeSet | None = None,
-        layer: LayerSpec = "auto",
+        layers: LayerSpec = "auto",
         *,
         grid: int = 8,
         max_clusters: int = 4,
@@ -94,7 +94,7 @@ class StrategyCore(MonitorCore):
         min_eigengap: float = 0.1,
         min_images: int = 6,
         seed: int = 0,
-        source: str = "gradcam",
+        source: Literal["gradcam", "features"] = "gradcam",
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_at_start: bool = False,
@@ -106,7 +106,9 @@ class StrategyCore(MonitorCore):
         max_bytes_per_firing: int | None = None,
         output_transform: OutputTransform | None = None,
         name: str | None = None,
+        **deprecated: Any,
     ) -> None:
+        (layers,) = take_renamed(type(self).__name__, deprecated, {"layer": ("layers", layers, "auto")})
         super().__init__(
             probe,
             every_n_epochs=every_n_epochs,
@@ -122,7 +124,7 @@ class StrategyCore(MonitorCore):
             name=name,
         )
         owner = type(self).__name__
-        check_layer_spec(owner, "layer", layer)
+        check_layer_spec(owner, "layers", layers)
         check_int(owner, "grid", grid, minimum=2)
         check_int(owner, "max_clusters", max_clusters, minimum=2)
         check_int(owner, "neighbours", neighbours, none_ok=True, fix="None picks sqrt(images per class)")
@@ -134,7 +136,7 @@ class StrategyCore(MonitorCore):
         check_int(owner, "seed", seed, minimum=0)
         check_choice(owner, "source", source, ("gradcam", "features"))
         self.source = source
-        self.layer_spec = layer
+        self.layer_spec = layers
         self.grid = grid
         self.max_clusters = max_clusters
         self.neighbours = neighbours
