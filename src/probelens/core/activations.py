@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_cmap, check_int, check_layer_spec
 from probelens.core.writer import Box
 from probelens.methods.engine import OutputTransform
@@ -66,20 +66,7 @@ class ActivationCore(MonitorCore):
         output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         check_layer_spec(owner, "layers", layers)
         check_int(owner, "max_channels", max_channels)

@@ -11,9 +11,11 @@ the shared pass of one model (:mod:`~probelens.core.session`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import time
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final, get_args
 
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -589,6 +591,16 @@ class MonitorCore(_CallbackBase):
         self.state.fire_count += 1
         cost_ms = (time.perf_counter() - start) * 1000.0
         self.writer.scalars(trainer.loggers, {f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
+
+
+_BASE_OPTIONS: tuple[str, ...] = tuple(inspect.signature(MonitorCore.__init__).parameters)[2:]  # after self, probe
+
+
+def base_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The options :class:`MonitorCore` takes (schedule, probe building, writing, ``output_transform``, ``name``)
+    among ``values``: a monitor's constructor lists them in its own signature, with its defaults, and hands them on
+    with ``super().__init__(probe, **base_options(locals()))``."""
+    return {name: values[name] for name in _BASE_OPTIONS if name in values}
 
 
 def _draws_on_worker(model: nn.Module) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args
@@ -14,9 +13,10 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.core.session import ProbeSession
+from probelens.core.writer import tag_segment
 from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -41,7 +41,7 @@ PictureSource = Union[Tensor, str, "os.PathLike[str]"]
 
 
 def _tag(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
+    return tag_segment(name, "_")
 
 
 def load_concept_folder(owner: str, concept: str, folder: str | os.PathLike[str], probe: ProbeSet) -> Tensor:
@@ -214,20 +214,7 @@ class ConceptCore(MonitorCore):
         output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         if not isinstance(concepts, Mapping) or not concepts:
             raise ValueError(

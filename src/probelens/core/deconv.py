@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_int, check_single_layer, take_renamed
 from probelens.core.writer import Box
 from probelens.methods.engine import OutputTransform
@@ -68,20 +68,7 @@ class DeconvCore(MonitorCore):
         **deprecated: Any,
     ) -> None:
         (layers,) = take_renamed(type(self).__name__, deprecated, {"layer": ("layers", layers, "auto")})
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         check_single_layer(owner, "layers", layers)
         check_int(owner, "top_k", top_k)

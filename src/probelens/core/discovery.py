@@ -15,7 +15,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
@@ -109,20 +109,7 @@ class StrategyCore(MonitorCore):
         **deprecated: Any,
     ) -> None:
         (layers,) = take_renamed(type(self).__name__, deprecated, {"layer": ("layers", layers, "auto")})
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         check_layer_spec(owner, "layers", layers)
         check_int(owner, "grid", grid, minimum=2)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_int, check_layer_spec, take_renamed
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
@@ -55,15 +55,7 @@ class FilterCore(MonitorCore):
         **deprecated: Any,
     ) -> None:
         (max_images,) = take_renamed(type(self).__name__, deprecated, {"max_filters": ("max_images", max_images, 64)})
-        super().__init__(
-            None,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            name=name,
-        )
+        super().__init__(None, **base_options(locals()))
         owner = type(self).__name__
         check_layer_spec(owner, "layers", layers)
         check_int(owner, "max_images", max_images)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore, TargetMode, target_sets_for
+from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
 from probelens.core.writer import Box, colour_scale
 from probelens.methods.engine import OutputTransform
@@ -85,20 +85,7 @@ class OcclusionCore(MonitorCore):
         output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         self._window_spec = _pair(owner, "window", window)
         self._stride_spec = _pair(owner, "stride", stride)

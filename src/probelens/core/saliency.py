@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore, TargetMode, target_sets_for
+from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import (
     check_bool,
     check_choice,
@@ -114,20 +114,7 @@ class SaliencyCore(MonitorCore):
         output_transform: OutputTransform | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         methods = check_names(owner, "methods", methods, MONITOR_METHODS)
         options = {k: dict(v) for k, v in (method_options or {}).items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
@@ -12,7 +11,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from probelens.core.base import MonitorCore
+from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import (
     check_bool,
     check_choice,
@@ -24,6 +23,7 @@ from probelens.core.options import (
 )
 from probelens.core.session import ProbeSession
 from probelens.core.sinks import is_tensorboard_logger
+from probelens.core.writer import tag_segment
 from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.grad_cam import grad_cam_map
@@ -182,20 +182,7 @@ class ShortcutCore(MonitorCore):
             deprecated,
             {"layer": ("layers", layers, "auto"), "max_panel_images": ("max_images", max_images, 8)},
         )
-        super().__init__(
-            probe,
-            every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
-            log_at_start=log_at_start,
-            probe_size=probe_size,
-            probe_seed=probe_seed,
-            probe_input_key=probe_input_key,
-            probe_target_key=probe_target_key,
-            max_image_side=max_image_side,
-            max_bytes_per_firing=max_bytes_per_firing,
-            output_transform=output_transform,
-            name=name,
-        )
+        super().__init__(probe, **base_options(locals()))
         owner = type(self).__name__
         check_choice(owner, "on_shortcut", on_shortcut, ON_SHORTCUT)
         check_single_layer(owner, "layers", layers)
@@ -592,11 +579,11 @@ class ShortcutCore(MonitorCore):
 
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.probe.class_name(c)).strip("_") or str(c)
+        return tag_segment(self.probe.class_name(c), str(c))
 
     def _group_tag(self, g: int) -> str:
         assert self.probe is not None
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.probe.group_name(g)).strip("_") or str(g)
+        return tag_segment(self.probe.group_name(g), str(g))
 
     def _worst_text(self, metrics: dict[str, float]) -> str:
         if self._worst_class is None:
