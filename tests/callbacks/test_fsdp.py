@@ -208,6 +208,25 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
             log_dir=logger.log_dir,
         )
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    _leave()
+
+
+def _leave() -> None:
+    """End the rank without the interpreter's teardown of a live process group.
+
+    Lightning leaves the gloo group open after ``fit``; destroying it at interpreter exit can hit a joinable C++ thread
+    ("terminate called without an active exception", SIGABRT) on a loaded machine, after every result is written. Both
+    ranks meet, the group is destroyed in order, and the process ends with exit status 0: a real failure above has
+    already raised (a non-zero status), and a missing result file fails the test.
+    """
+    import sys
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
