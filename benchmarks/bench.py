@@ -817,7 +817,6 @@ def bench_render(
         for m in monitors:
             m.setup(trainer, model, "fit")
             m._ensure_configured(trainer, model)
-            m.writer.pipeline = None  # draw on this thread: the cost of the drawing itself is what is measured
     session = monitors[0]._session
     compute: list[float] = []
     render: dict[str, list[float]] = {type(m).__name__: [] for m in monitors}
@@ -1005,7 +1004,6 @@ def train_once(
     with_monitors: bool,
     root: str,
     monitors_fn: Callable[[Any, Any], list] | None = None,
-    sync_images: bool | None = False,
     profile: cProfile.Profile | None = None,
     accelerator: str = "cpu",
 ) -> dict[str, Any]:
@@ -1017,12 +1015,6 @@ def train_once(
     if monitors_fn is not None and monitors_fn is not demo_monitors:
         shortcut_probe = ProbeSet_from(val, 16)
     monitors = (monitors_fn or demo_monitors)(probe, shortcut_probe) if with_monitors else []
-    # explicit either way, or None: unset, the default (a CPU-trained model draws on the training thread, an
-    # accelerator's on the worker)
-    if sync_images is None:
-        os.environ.pop("PROBELENS_SYNC_IMAGES", None)
-    else:
-        os.environ["PROBELENS_SYNC_IMAGES"] = "1" if sync_images else "0"
     if accelerator != "cpu":
         torch.cuda.reset_peak_memory_stats()
     hook_time: dict[str, float] = {}
@@ -1043,7 +1035,6 @@ def train_once(
             DataLoader(val, batch_size=256),
         )
     elapsed = time.perf_counter() - start
-    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
     trainer.logger.experiment.flush()
     log_dir = trainer.logger.log_dir
     events = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
@@ -1321,9 +1312,7 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         )
         add("TensorBoardLogger in every run; FilterMonitor, ActivationMonitor(auto), GradCAMMonitor(all) and")
         add(f"SaliencyMonitor(vanilla, gradient x input) on a 16-image 64 px probe, every_n_steps={CORE_EVERY}.")
-        add('"core monitors" runs as they do by default on the CPU, drawing on the training thread')
-        add('(PROBELENS_SYNC_IMAGES=1); "worker" on the image pipeline\'s worker thread (=0, the default on an')
-        add("accelerator).")
+        add('"core monitors": the monitors as they run (pictures drawn and written on the training thread).')
         add("")
         add("| run | fit s | epoch s (each) |")
         add("| --- | --- | --- |")
@@ -1333,11 +1322,11 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         add(
             f"- overhead, A/B (median over {core['rounds']} rounds of each round's fit with / without - 1): "
             f"{core['ab'] * 100:+.1f}% drawn on the training thread (best with / best without: "
-            f"{core['ab_best'] * 100:+.1f}%), {core['ab_worker'] * 100:+.1f}% on the worker"
+            f"{core['ab_best'] * 100:+.1f}%)"
         )
         if core.get("ab_cuda") is not None:
             add(
-                f"- on CUDA (model on the GPU; map math on the device, drawing on the worker, the defaults there): "
+                f"- on CUDA (model on the GPU; map math on the device, drawing on the training thread): "
                 f"A/B {core['ab_cuda'] * 100:+.1f}% (median over rounds), peak device memory "
                 f"{core['peak_cuda_mib']:.0f} MiB"
             )
@@ -1563,8 +1552,7 @@ def capture_demo_images(demo: Any, root: str) -> list[tuple[str, Tensor]]:
         for m in demo_monitors(probe, shortcut_probe):
             m.setup(trainer, model, "fit")
             m._ensure_configured(trainer, model)
-            m.writer.pipeline = None
-            m.writer.sink.add_image = lambda tag, img, step, cells=(): images.append((tag, img.clone()))
+            m.writer.sink.add_image = lambda tag, img, step, facts=None: images.append((tag, img.clone()))
             m.writer.sink.add_text = lambda *a, **k: None
             m._log(1, model, trainer)
     return images
@@ -1663,19 +1651,16 @@ def bench_train(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None
 
 
 def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None], root: str) -> dict[str, Any]:
-    """A/B in one process, in rounds: no monitors, the core monitors every 6 steps as they run by default on the CPU
-    (pictures drawn on the training thread, ``PROBELENS_SYNC_IMAGES=1``), and the same with the image pipeline's
-    worker thread (``=0``; the default on an accelerator)."""
+    """A/B in one process, in rounds: no monitors, and the core monitors every 6 steps (on the GPU too where one is
+    present)."""
     variants: list[tuple[str, dict[str, Any]]] = [
         ("without monitors", {"with_monitors": False}),
-        ("core monitors", {"with_monitors": True, "sync_images": True}),
-        ("core monitors, worker", {"with_monitors": True, "sync_images": False}),
+        ("core monitors", {"with_monitors": True}),
     ]
-    if torch.cuda.is_available():  # the model on the GPU, the monitors at their default there (map math on the
-        # device, drawing on the worker)
+    if torch.cuda.is_available():  # the model on the GPU (map math on the device)
         variants += [
             ("without monitors, cuda", {"with_monitors": False, "accelerator": "gpu"}),
-            ("core monitors, cuda", {"with_monitors": True, "sync_images": None, "accelerator": "gpu"}),
+            ("core monitors, cuda", {"with_monitors": True, "accelerator": "gpu"}),
         ]
     runs = _rounds(
         variants,
@@ -1687,8 +1672,7 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         log,
     )
     fires = max(1, max(r["fires"] for r in runs))
-    with_runs = [r for r in runs if r["variant"] == "core monitors, worker"]
-    sync_runs = [r for r in runs if r["variant"] == "core monitors"]
+    with_runs = sync_runs = [r for r in runs if r["variant"] == "core monitors"]
     # where a firing's time goes: one more epoch, drawn on the training thread, profiled inside the monitors' hooks
     profile = cProfile.Profile()
     profiled = train_once(
@@ -1698,7 +1682,6 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         True,
         os.path.join(root, "cp"),
         monitors_fn=core_monitors,
-        sync_images=True,
         profile=profile,
     )
     per_fire = max(1, profiled["fires"])
@@ -1718,7 +1701,6 @@ def bench_core(demo: Any, plan: Plan, budget: Budget, log: Callable[[str], None]
         "step_ratio": steps,
         "ab": ab,
         "ab_best": ab_best,
-        "ab_worker": _paired(runs, "core monitors, worker", "without monitors")[0],
         "ab_cuda": (
             _paired(runs, "core monitors, cuda", "without monitors, cuda")[0] if torch.cuda.is_available() else None
         ),
@@ -1794,7 +1776,7 @@ def targets(ctx: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if core:
         text = (
             f"A/B {core['ab'] * 100:+.1f}% (median of {core['rounds']} rounds; speed-normalised "
-            f"{core['ab_normalised'] * 100:+.1f}%; drawn on the worker: {core['ab_worker'] * 100:+.1f}%)"
+            f"{core['ab_normalised'] * 100:+.1f}%)"
         )
         out.append(
             (

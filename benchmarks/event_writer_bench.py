@@ -13,7 +13,7 @@ only that section, hand-written notes below its tables included: rewrite them af
    writer writes the 5 MB from another thread, against the loop alone.
 3. Thread vs process worker for the image jobs (render: normalise, colormap, overlay, tile, PNG-encode, write):
    the training loop's time for a fixed number of steps with a firing every few steps handed to (a) nobody (the
-   floor), (b) the training thread itself (synchronous), (c) :class:`probelens.writing.ImagePipeline` (a thread),
+   floor), (b) the training thread itself (synchronous), (c) one worker thread (what probelens' image pipeline was),
    (d) a one-process ``concurrent.futures.ProcessPoolExecutor`` (tensors pickled across).
 """
 
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from probelens.render import apply_colormap, encode_png  # noqa: E402
-from probelens.writing import FAST_CRC, EventFileWriter, ImagePipeline  # noqa: E402
+from probelens.writing import FAST_CRC, EventFileWriter  # noqa: E402
 
 THREADS = 2
 SECTION = "## Event-file writer and image worker"
@@ -269,7 +269,8 @@ def bench_workers(repeats: int, steps: int = 30, every: int = 1) -> dict[str, di
 
     def run(kind: str, logdir: str) -> tuple[float, float]:
         writer = EventFileWriter(logdir)
-        pipeline = ImagePipeline(max_jobs=4) if kind == "thread (ImagePipeline)" else None
+        # a worker thread, bounded as the process' queue (probelens draws on the training thread: this measures why)
+        thread = concurrent.futures.ThreadPoolExecutor(max_workers=1) if kind == "thread (1 worker)" else None
         futures: list[concurrent.futures.Future[Any]] = []
         start = time.perf_counter()
         for step in range(steps):
@@ -279,8 +280,11 @@ def bench_workers(repeats: int, steps: int = 30, every: int = 1) -> dict[str, di
             maps = training.maps()  # the training thread's share: the copy of what will be drawn
             if kind == "synchronous":
                 render_firing(maps, writer, step)
-            elif pipeline is not None:
-                pipeline.submit(lambda maps=maps, step=step: render_firing(maps, writer, step), nbytes=maps.nbytes)
+            elif thread is not None:
+                if len(futures) >= 4:
+                    concurrent.futures.wait(futures[:1])
+                    futures.pop(0).result()
+                futures.append(thread.submit(render_firing, maps, writer, step))
             elif kind == "process (1 worker)":
                 if len(futures) >= 4:  # the same bound as the thread's
                     concurrent.futures.wait(futures[:1])
@@ -289,15 +293,16 @@ def bench_workers(repeats: int, steps: int = 30, every: int = 1) -> dict[str, di
                     for image in futures.pop(0).result():
                         writer.add_image(*image)
         train_s = time.perf_counter() - start
-        if pipeline is not None:
-            pipeline.close()
+        if thread is not None:
+            thread.shutdown(wait=True)
+            futures = []
         for future in futures:
             for image in future.result():
                 writer.add_image(*image)
         writer.close()
         return train_s, time.perf_counter() - start
 
-    kinds = ("no pictures (floor)", "synchronous", "thread (ImagePipeline)", "process (1 worker)")
+    kinds = ("no pictures (floor)", "synchronous", "thread (1 worker)", "process (1 worker)")
     results: dict[str, dict[str, list[float]]] = {k: {"train": [], "total": []} for k in kinds}
     try:
         for r in range(repeats):

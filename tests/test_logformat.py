@@ -19,9 +19,9 @@ from PIL import Image, PngImagePlugin
 from probelens import logformat
 from probelens.logformat import (
     PNG_SIGNATURE,
-    ProbeCells,
+    Cell,
+    GridFacts,
     cells_from_text,
-    cells_to_text,
     png_chunk,
     png_layout,
     png_text_chunks,
@@ -31,19 +31,19 @@ from probelens.render import image as render_image
 from probelens.render.image import encode_png
 
 
-def _cells() -> ProbeCells:
-    return ProbeCells(
-        [(0, 0, 0, 30, 40), (3, 30, 0, 60, 40)],
+def _cells() -> GridFacts:
+    return GridFacts(
+        (Cell(0, 0, 0, 30, 40), Cell(3, 30, 0, 60, 40)),
         "fp01",
-        [(0, "snow", "arabian", 0.8123456), (3, "arabian", "arabian", 0.99)],
+        ((0, "snow", "arabian", 0.8123456), (3, "arabian", "arabian", 0.99)),
     )
 
 
 def test_render_image_re_exports_the_log_format_and_writes_the_same_bytes():
-    for name in ("CELLS_KEY", "PREDICTIONS_KEY", "PROBE_KEY", "Cell", "ProbeCells", "cells_to_text", "cells_from_text"):
+    for name in ("CELLS_KEY", "PREDICTIONS_KEY", "PROBE_KEY", "Cell", "GridFacts", "cells_to_text", "cells_from_text"):
         assert getattr(render_image, name) is getattr(logformat, name), name
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    png = encode_png(image, compress_level=0, text=cells_to_text(_cells()))
+    png = encode_png(image, compress_level=0, text=_cells().text())
     # the digest of the same call before the chunk code moved to probelens.logformat (level 0: plain zlib, no ISA-L)
     assert hashlib.sha256(png).hexdigest() == "7380767b41f395a55368905388af531b12d26914fd53b2fbb70241a92adfc5f1"
 
@@ -57,7 +57,7 @@ def test_header_reader_agrees_with_pillow(seed):
         for i in range(rng.randint(0, 5))
     }
     if rng.random() < 0.5:
-        text.update(cells_to_text(_cells()))
+        text.update(_cells().text())
     if seed % 2:  # probelens' own writer
         png = encode_png(torch.zeros(3, height, width, dtype=torch.uint8), text=text)
     else:  # Pillow's writer
@@ -145,7 +145,7 @@ def _picture_log(tmp_path):
 
     run = tmp_path / "logs" / "run"
     with EventFileWriter(run) as writer:
-        png = encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8), text=cells_to_text(_cells()))
+        png = encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8), text=_cells().text())
         writer.add_image("probelens/gradcam/net.0", png, 8, 8, step=0)
     return tmp_path / "logs"
 

@@ -14,21 +14,23 @@ import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
     "CELLS_KEY",
     "MAPS_KEY",
+    "NO_FACTS",
     "PNG_SIGNATURE",
     "PREDICTIONS_KEY",
     "PROBE_KEY",
     "SCALE_KEY",
     "Box",
     "Cell",
+    "GridFacts",
     "PngHeader",
     "PngLayout",
     "Prediction",
-    "ProbeCells",
     "cells_from_text",
     "cells_to_text",
     "layout_from_header",
@@ -83,25 +85,45 @@ Prediction = tuple[int, str, str, float]
 """``(probe_index, true_label, predicted_label, probability_of_the_prediction)``, as a grid's caption shows it."""
 
 
-class ProbeCells(list):
-    """A list of :data:`Cell` that also names its probe set (``probe``: the fingerprint), so every sink that records
-    cells with :func:`cells_to_text` records the probe too, without a parameter of its own; optionally with the
-    captions' predictions, each probe image's map box inside its cell (``maps``, :data:`MAPS_KEY`) and the colour
-    scale (``scale``, :data:`SCALE_KEY`)."""
+@dataclass(frozen=True)
+class GridFacts:
+    """What a grid picture records about itself beside its pixels, as one value: which probe image each box shows
+    (``cells``, :data:`CELLS_KEY`), the probe set's fingerprint (``probe``, :data:`PROBE_KEY`), what the captions say
+    (``predictions``, :data:`PREDICTIONS_KEY`), each probe image's map box inside its cell (``maps``,
+    :data:`MAPS_KEY`) and the colour scale (``scale``, :data:`SCALE_KEY`). :meth:`text` gives the PNG text chunks.
 
-    def __init__(
-        self,
-        cells: Sequence[Cell],
-        probe: str | None = None,
-        predictions: Sequence[Prediction] = (),
-        maps: Sequence[Cell] = (),
-        scale: Mapping[str, object] | None = None,
-    ) -> None:
-        super().__init__(cells)
-        self.probe = probe
-        self.predictions = list(predictions)
-        self.maps = list(maps)
-        self.scale = dict(scale) if scale else None
+    Example:
+        >>> facts = GridFacts(cells=(Cell(2, 0, 0, 4, 4),), probe="ab12", predictions=((2, "snow", "sand", 0.8),))
+        >>> sorted(facts.text())
+        ['probelens.cells', 'probelens.predictions', 'probelens.probe']
+    """
+
+    cells: tuple[Cell, ...] = ()
+    probe: str | None = None
+    predictions: tuple[Prediction, ...] = ()
+    maps: tuple[Cell, ...] = ()
+    scale: Mapping[str, object] | None = None
+
+    def text(self) -> dict[str, str]:
+        """The ``text`` argument of :func:`probelens.render.encode_png` that records these facts; empty without cells,
+        so that pictures that are not grids of probe images carry no chunk."""
+        if not self.cells:
+            return {}
+        text = cells_to_text(self.cells)
+        if self.probe:
+            text[PROBE_KEY] = str(self.probe)
+        if self.predictions:
+            rows = [[int(k), str(true), str(pred), round(float(p), 4)] for k, true, pred, p in self.predictions]
+            text[PREDICTIONS_KEY] = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
+        if self.maps:
+            text[MAPS_KEY] = json.dumps([[int(v) for v in cell] for cell in self.maps], separators=(",", ":"))
+        if self.scale:
+            text[SCALE_KEY] = json.dumps(dict(self.scale), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return text
+
+
+NO_FACTS = GridFacts()
+"""The facts of a picture that is not a grid of probe images: it records nothing."""
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -125,37 +147,22 @@ def png_text_chunks(text: Mapping[str, str] | None) -> bytes:
 
 
 def cells_to_text(cells: Sequence[Cell]) -> dict[str, str]:
-    """The ``text`` argument of :func:`probelens.render.encode_png` that records ``cells`` (compact JSON under
-    :data:`CELLS_KEY`, and the probe's fingerprint under :data:`PROBE_KEY` for :class:`ProbeCells`); empty for no
-    cells, so that pictures that are not grids of probe images carry no chunk."""
+    """``cells`` as PNG text (compact JSON under :data:`CELLS_KEY`); empty for no cells. :meth:`GridFacts.text`
+    records the rest of a grid's facts beside them."""
     if not cells:
         return {}
-    text = {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
-    probe = getattr(cells, "probe", None)
-    if probe:
-        text[PROBE_KEY] = str(probe)
-    predictions = getattr(cells, "predictions", None)
-    if predictions:
-        rows = [[int(k), str(true), str(pred), round(float(p), 4)] for k, true, pred, p in predictions]
-        text[PREDICTIONS_KEY] = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
-    maps = getattr(cells, "maps", None)
-    if maps:
-        text[MAPS_KEY] = json.dumps([[int(v) for v in cell] for cell in maps], separators=(",", ":"))
-    scale = getattr(cells, "scale", None)
-    if scale:
-        text[SCALE_KEY] = json.dumps(scale, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return text
+    return {CELLS_KEY: json.dumps([[int(v) for v in cell] for cell in cells], separators=(",", ":"))}
 
 
 # ---------------------------------------------------------------------------------------------------- reading
 def predictions_from_text(text: Mapping[str, str]) -> dict[int, tuple[str, str, float]]:
-    """Probe index -> ``(true label, predicted label, probability)`` recorded by :func:`cells_to_text` for
-    :class:`ProbeCells` with ``predictions``; ``{}`` for pictures (or logs of earlier versions) without them.
+    """Probe index -> ``(true label, predicted label, probability)`` recorded by :meth:`GridFacts.text` with
+    ``predictions``; ``{}`` for pictures (or logs of earlier versions) without them.
 
     Malformed entries are ignored, never raised.
 
     Example:
-        >>> predictions_from_text(cells_to_text(ProbeCells([(2, 0, 0, 4, 4)], "ab12", [(2, "snow", "arabian", 0.8)])))
+        >>> predictions_from_text(GridFacts((Cell(2, 0, 0, 4, 4),), "ab12", ((2, "snow", "arabian", 0.8),)).text())
         {2: ('snow', 'arabian', 0.8)}
     """
     raw = text.get(PREDICTIONS_KEY)

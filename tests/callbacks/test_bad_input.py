@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from lit import LitClassifier, loaders, random_data, read_events, trainer
+from lit import LitClassifier, loaders, random_data, read_events, shared_session, trainer
 from probelens import (
     ActivationMonitor,
     DeconvMonitor,
@@ -26,7 +26,7 @@ from probelens import (
     SaliencyMonitor,
     ShortcutMonitor,
 )
-from probelens.core.session import ProbeSession, session_for
+from probelens.core.session import ProbeSession
 from probelens.methods import grad_cam
 
 
@@ -546,7 +546,7 @@ def test_no_pass_tensor_is_kept_between_firings_and_a_large_pass_is_warned_about
     tr = trainer(tmp_path, [GradCAMMonitor(PROBE), SaliencyMonitor(PROBE)], max_epochs=2)
     with pytest.warns(UserWarning, match="one explanation pass over the 6-image probe set takes about"):
         tr.fit(module, train, val)
-    assert session_for(module)._cache == {}  # released after the run
+    assert shared_session(tr, module)._cache == {}  # released after the run
 
 
 def test_monitors_reading_the_output_differently_never_share_a_pass(tmp_path):

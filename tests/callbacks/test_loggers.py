@@ -241,29 +241,29 @@ class ExplodingSink:
     def __init__(self, logger):
         self.logger = logger
 
-    def add_image(self, tag, image, step):
-        raise RuntimeError("disk full")
+    def add_image(self, tag, image, step, facts=None):
+        raise RuntimeError(f"disk full under {self.logger.name}")
 
     def add_text(self, tag, text, step):
-        raise RuntimeError("disk full")
+        raise RuntimeError(f"disk full under {self.logger.name}")
 
 
 class PlainLogger(CSVLogger):
-    """A real logger whose sink (registered in the test) has the three-argument ``add_image``."""
+    """A real logger whose sink (registered in the test) ignores the grid's facts."""
 
 
 class PlainSink:
     def __init__(self):
         self.images: list[tuple[str, int]] = []
 
-    def add_image(self, tag, image, step):
+    def add_image(self, tag, image, step, facts=None):  # the facts are the sink's to ignore
         self.images.append((tag, step))
 
     def add_text(self, tag, text, step):
         pass
 
 
-def test_a_sink_without_the_cells_keyword_still_gets_every_image(tmp_path, monkeypatch):
+def test_a_sink_that_ignores_the_facts_gets_every_image(tmp_path, monkeypatch):
     monkeypatch.setattr(_sinks, "_REGISTERED", [])
     plain = PlainSink()
     register_sink(lambda logger: plain if isinstance(logger, PlainLogger) else None)
@@ -285,7 +285,7 @@ def exploding_sinks(monkeypatch):
 def test_a_failing_logger_costs_the_others_nothing(tmp_path, exploding_sinks):
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     _, messages = fit(tmp_path, [ExplodingLogger(str(tmp_path), name="boom"), tb])
-    reports = [m for m in messages if "writing to ExplodingLogger failed (RuntimeError: disk full)" in m]
+    reports = [m for m in messages if "writing to ExplodingLogger failed (RuntimeError: disk full under boom)" in m]
     assert len(reports) == 1, messages  # once per logger, not per image or per monitor
     assert not any("was skipped" in m for m in messages), messages
     in_tensorboard = tensorboard_images(tb.log_dir)
@@ -299,12 +299,24 @@ def test_a_failing_logger_costs_the_others_nothing(tmp_path, exploding_sinks):
 def test_a_failing_only_logger_does_not_stop_training(tmp_path, exploding_sinks):
     logger = ExplodingLogger(str(tmp_path), name="boom")
     _, messages = fit(tmp_path, logger)
-    assert any("GradCAMMonitor failed at step 1 and was skipped (RuntimeError: disk full)" in m for m in messages)
-    assert any("could not log the architecture table (RuntimeError: disk full)" in m for m in messages)
+    assert any(
+        "GradCAMMonitor failed at step 1 and was skipped (RuntimeError: disk full under boom)" in m for m in messages
+    )
+    assert any("could not log the architecture table (RuntimeError: disk full under boom)" in m for m in messages)
     assert not any("PNG files" in m for m in messages)  # a sink exists: no fallback
     with open(os.path.join(logger.log_dir, "metrics.csv")) as fh:
         failures = [r["probelens/failures/GradCAMMonitor"] for r in csv.DictReader(fh)]
     assert [float(f) for f in failures if f] == [1.0, 2.0]
+
+
+def test_when_every_image_logger_fails_each_ones_own_exception_is_named(tmp_path, exploding_sinks):
+    first, second = ExplodingLogger(str(tmp_path), name="first"), ExplodingLogger(str(tmp_path), name="second")
+    _, messages = fit(tmp_path, [first, second])
+    failed = [m for m in messages if "GradCAMMonitor failed at step 1 and was skipped" in m]
+    assert len(failed) == 1, messages
+    # neither logger's error hides behind the other's
+    assert "ExplodingLogger: RuntimeError: disk full under first" in failed[0], failed
+    assert "ExplodingLogger: RuntimeError: disk full under second" in failed[0], failed
 
 
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])

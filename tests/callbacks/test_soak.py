@@ -19,8 +19,7 @@ def live_tensors() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
 
 
-def test_thousand_log_steps_keep_memory_and_tensors_flat(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROBELENS_SYNC_IMAGES", "0")  # through the image pipeline's worker, as on an accelerator
+def test_thousand_log_steps_keep_memory_and_tensors_flat(tmp_path):
     probe = ProbeSet.from_dataset(random_data(16, size=(12, 12), seed=2), num_samples=2)
     samples: dict[int, tuple[int, int]] = {}
 

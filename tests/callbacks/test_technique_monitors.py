@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, shared_session, trainer
 from probelens import DeconvMonitor, FeatureVisMonitor, GradCAMMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
 from probelens.methods import deconv_projections, feature_visualization, integrated_gradients, saliency, smoothgrad
 
@@ -134,7 +134,6 @@ def test_feature_vis_channel_out_of_range_fails_at_setup(tmp_path):
 
 
 def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_path):
-    from probelens.core.session import session_for
     from probelens.methods.cam import CAM_METHODS, GRADIENT_CAMS
 
     probe = make_probe()
@@ -147,7 +146,7 @@ def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_pat
     tr.fit(module, train, val)
     assert [(m.fire_count, m.failure_count) for m in (family, gradient_only, saliency)] == [(2, 0)] * 3
     # the three monitors, all variants at every layer and both target sets: one shared pass per firing
-    assert session_for(module).forward_count == 2
+    assert shared_session(tr, module).forward_count == 2
     acc = read_events(tr.logger.log_dir)
     images = set(acc.Tags()["images"])
     for method in CAM_METHODS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from probelens.dashboard.index import EventFileFollower, ImageCache, LogIndex, RunIndex
-from probelens.logformat import ProbeCells, cells_to_text
+from probelens.logformat import GridFacts
 from probelens.logs import load_run
 from probelens.render.image import encode_png
 from probelens.writing.event_file import EventFileWriter
@@ -18,7 +18,7 @@ def _write(run, steps, start=0):
     with EventFileWriter(run) as writer:
         for step in range(start, start + steps):
             image = torch.full((3, 8, 16), (10 * step) % 256, dtype=torch.uint8)
-            png = encode_png(image, text=cells_to_text(ProbeCells([(0, 0, 0, 8, 8), (1, 8, 0, 16, 8)], "fp")))
+            png = encode_png(image, text=GridFacts(((0, 0, 0, 8, 8), (1, 8, 0, 16, 8)), "fp").text())
             writer.add_image("probelens/gradcam/net.0", png, 8, 16, step)
             writer.add_scalar("shortcut/score", step / 10, step)
         return writer.path if writer.path is not None else None

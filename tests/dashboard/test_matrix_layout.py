@@ -12,7 +12,7 @@ from tb_client import get_json, wait_indexed
 from test_browser import _FRAME, _wait, chromium  # noqa: F401 - the fixture
 
 from probelens.dashboard.index import LogIndex, finite, layer_order_key
-from probelens.logformat import ProbeCells, cells_to_text
+from probelens.logformat import GridFacts
 from probelens.render.image import encode_png
 from probelens.writing.event_file import EventFileWriter
 
@@ -42,14 +42,14 @@ SCALE = {"colormap": "jet", "mode": "fixed", "vmin": 0.0, "vmax": 2.5}
 def _grid(step: int, scale: dict | None) -> bytes:
     image = torch.zeros(3, TILE + BAND, 2 * TILE, dtype=torch.uint8)
     image[0, :TILE] = 200  # the maps: red; the caption bands: black
-    cells = ProbeCells(
+    cells = GridFacts(
         [(0, 0, 0, TILE, TILE + BAND), (1, TILE, 0, 2 * TILE, TILE + BAND)],
         "fp",
         # probe image 0 misclassified throughout; image 1 right until its prediction flips at step 2
         [(0, "snow", "desert", 0.7), (1, "desert", "desert" if step < 2 else "snow", 0.9)],
         scale=scale,
     )
-    return encode_png(image, text=cells_to_text(cells))
+    return encode_png(image, text=cells.text())
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def layout_logs(tmp_path_factory):
                 scale = SCALE if tag == "probelens/gradcam/net.0.8" else None
                 writer.add_image(tag, _grid(step, scale), TILE + BAND, 2 * TILE, step)
             # activations: per probe image a row of channels (120 x 8 px), wider than tall
-            acts = ProbeCells([(0, 0, 0, 120, 8), (1, 0, 8, 120, 16)], "fp")
-            png = encode_png(torch.full((3, 16, 120), 90, dtype=torch.uint8), text=cells_to_text(acts))
+            acts = GridFacts(((0, 0, 0, 120, 8), (1, 0, 8, 120, 16)), "fp")
+            png = encode_png(torch.full((3, 16, 120), 90, dtype=torch.uint8), text=acts.text())
             writer.add_image(ACTIVATIONS, png, 16, 120, step)
             for cls, group, value in (("snow", "snowy", 1.0), ("snow", "desert", 0.2 * step), ("desert", "snowy", 0.5)):
                 writer.add_scalar(f"shortcut/group_accuracy/{cls}/{group}", value, step)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from probelens.logformat import PNG_SIGNATURE, ProbeCells, cells_to_text, png_chunk
+from probelens.logformat import PNG_SIGNATURE, GridFacts, png_chunk
 from probelens.render.image import encode_png
 from probelens.writing.event_file import EventFileWriter
 
@@ -53,8 +53,8 @@ def real_bomb(side: int = 20_000) -> bytes:
 
 def grid(step: int) -> bytes:
     image = torch.full((3, 8, 16), 40 * step, dtype=torch.uint8)
-    cells = ProbeCells([(0, 0, 0, 8, 8), (1, 8, 0, 16, 8)], "fp", [(0, "a", "b", 0.6), (1, "b", "b", 0.9)])
-    return encode_png(image, text=cells_to_text(cells))
+    facts = GridFacts(((0, 0, 0, 8, 8), (1, 8, 0, 16, 8)), "fp", ((0, "a", "b", 0.6), (1, "b", "b", 0.9)))
+    return encode_png(image, text=facts.text())
 
 
 def write_hostile_logs(root: Path) -> HostileLogs:

@@ -259,14 +259,6 @@ def test_every_monitor_runs_under_a_float64_default_dtype(tmp_path):
     assert all(m.state.fire_count >= 1 for m in monitors), [(m.name, m.state.fire_count) for m in monitors]
 
 
-def test_an_unknown_sync_images_setting_fails_at_fit_start_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROBELENS_SYNC_IMAGES", "garbage")
-    t = trainer(tmp_path, [GradCAMMonitor(_probe(), every_n_epochs=1)], max_epochs=1)
-    with pytest.raises(ValueError, match=r"PROBELENS_SYNC_IMAGES='garbage' is not understood; set it to 1"):
-        t.fit(LitClassifier(), *loaders(32))
-    assert t.global_step == 0
-
-
 def test_a_logger_whose_log_metrics_raises_is_named_with_its_error_and_training_goes_on(tmp_path):
     class FullDiskCSV(CSVLogger):
         def log_metrics(self, metrics, step=None):  # the disk fills while probelens writes its scalars

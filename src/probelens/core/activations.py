@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_cmap, check_int, check_layer_spec
-from probelens.core.writer import Box
+from probelens.core.writer import Box, Picture
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
@@ -123,18 +122,14 @@ class ActivationCore(MonitorCore):
             chans = ", ".join(str(int(ch)) for ch in channels.tolist())
             captions = [f"#{int(j)} channels {chans}" if i == 0 else f"#{int(j)}" for i, j in enumerate(shown)]
 
-            def colour(maps: Tensor = act[:, channels]) -> Tensor:  # [k, c, 3, *size]: each channel's colour map
-                lo = maps.amin(dim=(0, 2, 3), keepdim=True)
-                hi = maps.amax(dim=(0, 2, 3), keepdim=True)
-                scaled = F.interpolate(((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0), size, mode="nearest")
-                return apply_colormap(scaled.flatten(0, 1), cmap, keep_device=True).unflatten(0, (k, -1))
-
-            tiles = self.writer.map_math(colour, act.device)  # now on an accelerator, else when drawn
-
-            def render(tiles: Callable[[], Tensor] = tiles, captions: list[str] = captions) -> tuple[Tensor, list[Box]]:
-                coloured = tiles()
-                rows = [torch.cat([images[i : i + 1], coloured[i]]) for i in range(k)]
-                boxes: list[Box] = []
-                return rows_grid(rows, captions, cell_boxes=boxes, card_width=CARD_WIDTH), boxes
-
-            self.writer.draw(f"probelens/activations/{self.layer_tags[layer]}", step, render, shown=shown)
+            maps = act[:, channels]
+            lo = maps.amin(dim=(0, 2, 3), keepdim=True)
+            hi = maps.amax(dim=(0, 2, 3), keepdim=True)
+            scaled = F.interpolate(((maps - lo) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0), size, mode="nearest")
+            # [k, c, 3, *size]: each channel's colour map, coloured where the maps are, then to the host
+            coloured = apply_colormap(scaled.flatten(0, 1), cmap, keep_device=True).unflatten(0, (k, -1)).cpu()
+            rows = [torch.cat([images[i : i + 1], coloured[i]]) for i in range(k)]
+            boxes: list[Box] = []
+            grid = rows_grid(rows, captions, cell_boxes=boxes, card_width=CARD_WIDTH)
+            tag = f"probelens/activations/{self.layer_tags[layer]}"
+            self.writer.picture(Picture.grid(tag, step, grid, boxes, shown=shown))

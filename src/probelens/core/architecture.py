@@ -13,22 +13,25 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import nn
 
 from probelens.core.checks import model_trace, probe_example
-from probelens.core.run import run_session
+from probelens.core.run import RunSession
 from probelens.core.schedule import log_step
 from probelens.core.sharded import sharded_layer_summary
 from probelens.core.writer import MonitorWriter
 from probelens.methods.layers import unwrap_compiled
+from probelens.methods.layout import LayerTraces
 from probelens.methods.sharded import is_sharded
 from probelens.probe import ProbeSet
 
 TAG = "probelens/architecture"
 
 
-def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, writer: MonitorWriter) -> None:
+def log_architecture(
+    run: RunSession, trainer: Any, model: nn.Module, probe: ProbeSet, writer: MonitorWriter, traces: LayerTraces
+) -> None:
     """Writes the table once per run, on rank 0 (under sharded parameters every rank runs the summary's forward
-    pass, which is collective). A resumed run (``ckpt_path``) has it already. Never raises: a failure warns."""
+    pass, which is collective). A resumed run (``ckpt_path``) has it already. Never raises: a failure warns.
+    ``traces``: the run's traces of ``model``."""
     sharded = is_sharded(model)
-    run = run_session(trainer)
     if run.architecture_logged or not (trainer.is_global_zero or sharded):
         return
     run.architecture_logged = True
@@ -45,14 +48,8 @@ def log_architecture(trainer: Any, model: nn.Module, probe: ProbeSet, writer: Mo
             # receptive fields of at most as many layers as the probe has images: one forward and backward pass of a
             # probe-sized batch, whatever the depth of the model
             measured = max(2, min(len(probe.images), 32))
-            rows = layer_summary(net, example, max_receptive_fields=measured, records=model_trace(net, probe))
+            rows = layer_summary(net, example, max_receptive_fields=measured, records=model_trace(traces, net, probe))
         if trainer.is_global_zero:
-            table, step, sink = summary_markdown(rows, probe.image_size), log_step(trainer), writer.sink
-            assert sink is not None
-            writer.submit(lambda: sink.add_text(TAG, table, step), step, "writing the layer table", report=_warn)
+            writer.text(TAG, summary_markdown(rows, probe.image_size), log_step(trainer), exact=True)
     except Exception as err:  # a summary is a convenience: never let it stop training
-        _warn(0, "", err)
-
-
-def _warn(step: int, what: str, err: Exception) -> None:
-    rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")
+        rank_zero_warn(f"probelens: could not log the architecture table ({type(err).__name__}: {err})")

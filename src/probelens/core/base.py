@@ -26,9 +26,9 @@ from probelens.core.architecture import log_architecture
 from probelens.core.checks import check_probe_fits, check_spatial, model_trace, probe_example
 from probelens.core.options import check_callable, check_choice, check_int, check_key, check_name
 from probelens.core.probe_source import probe_from_trainer
-from probelens.core.run import run_session
+from probelens.core.run import RunSession, shared_run
 from probelens.core.schedule import Schedule, log_step, stage_of
-from probelens.core.session import ProbeSession, _Needs, session_for
+from probelens.core.session import ProbeSession, _Needs
 from probelens.core.sharded import sharded_root
 from probelens.core.sinks import sink_for_trainer
 from probelens.core.state import MonitorState
@@ -39,7 +39,6 @@ from probelens.methods.layout import Layout, ReshapeSpec
 from probelens.methods.sharded import failed_ranks, failure_messages, full_weights, is_sharded
 from probelens.probe import ProbeSet
 from probelens.render import sanitize
-from probelens.writing.pipeline import sync_choice
 
 TargetMode = Literal["pred", "label", "both"]
 """Which class a map explains: the prediction, the true label, or both (two maps per image)."""
@@ -184,6 +183,8 @@ class MonitorCore(_CallbackBase):
         self.layer_tags: dict[str, str] = {}
         """The tag segment of each monitored layer (its name, or its depth and name where names do not sort)."""
         self._trainer: weakref.ref[Any] | None = None
+        self._run: RunSession | None = None
+        """The run this monitor is attached to, shared with the other monitors of its Trainer (:func:`shared_run`)."""
         self._session: ProbeSession | None = None
         self._needs = _Needs()
         self._png_root: str | None = None
@@ -191,10 +192,11 @@ class MonitorCore(_CallbackBase):
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``pickle``/``copy.deepcopy`` keep: the options, the probe, the checkpointed counters and the history;
-        not the run (the trainer, its sink, event file and worker thread, the shared pass), which the copy gets afresh
-        from the Trainer it is attached to."""
+        not the run (the trainer, its sink and event file, the shared pass), which the copy gets afresh from the Trainer
+        it is attached to."""
         state = self.__dict__.copy()
         state["_trainer"] = None
+        state["_run"] = None
         state["_session"] = None
         state["_configured_for"] = None
         state["writer"] = MonitorWriter(self.name, self.writer.named, self.max_image_side, self.max_bytes_per_firing)
@@ -215,7 +217,6 @@ class MonitorCore(_CallbackBase):
         self.schedule.reset()
         self._warned_failure = False
         self._warned_nonfinite = False
-        self._failed_drawing_step = -1
         if not self._probe_given and self.needs_probe:
             self.probe = None  # built again from this trainer's data
 
@@ -246,7 +247,6 @@ class MonitorCore(_CallbackBase):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        self.writer.flush()  # the history the worker keeps (filmstrip frames) is complete in the checkpoint
         return self.state.to_dict(self.probe)
 
     @override
@@ -288,7 +288,9 @@ class MonitorCore(_CallbackBase):
 
     def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
         net = unwrap_compiled(model)
-        records = model_trace(net, self.probe) if self.probe is not None else None  # the model's one shared trace
+        assert self._session is not None, "layers are resolved once the monitor is configured"
+        traces = self._session.layer_traces
+        records = model_trace(traces, net, self.probe) if self.probe is not None else None  # one trace per model
         return resolve_layers(model, layers, example_input=self._example(net), records=records)
 
     def _check_spatial(
@@ -297,7 +299,9 @@ class MonitorCore(_CallbackBase):
         """See :func:`probelens.core.checks.check_spatial` (``{}`` without a probe)."""
         if self.probe is None:
             return {}
-        return check_spatial(self.name, model, self.probe, layers, needs_grad, reshape)
+        assert self._session is not None, "layers are checked once the monitor is configured"
+        traces = self._session.layer_traces
+        return check_spatial(self.name, model, self.probe, layers, needs_grad, reshape, traces=traces)
 
     def _map_layers(
         self, model: nn.Module, spec: LayerSpec, *, needs_grad: bool = False, reshape: ReshapeSpec = None
@@ -360,6 +364,8 @@ class MonitorCore(_CallbackBase):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._trainer is None or self._trainer() is not trainer:
             self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
+        if self._run is None or not self._run.is_for(trainer):
+            self._run = shared_run(trainer)  # the run its sibling monitors hold, or a new one
         self._check_unique_name(trainer)
         # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
         self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
@@ -391,6 +397,7 @@ class MonitorCore(_CallbackBase):
                 self.probe_size,
                 self.probe_seed,
                 self.name,
+                run=self._runs(trainer),
                 input_key=self.probe_input_key,
                 target_key=self.probe_target_key,
             )
@@ -405,30 +412,25 @@ class MonitorCore(_CallbackBase):
                 return False
             self._check_fingerprint()
         net = unwrap_compiled(pl_module)
-        self._session = session_for(net)
+        run = self._runs(trainer)
+        self._session = run.session_for(net)
         if self.probe is not None:
             check_probe_fits(self.name, pl_module, self.probe, self.output_transform)
         self._configure(pl_module)
         if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
             self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
-        sink = sink_for_trainer(trainer, self._png_root or os.path.join(trainer.default_root_dir, "probelens_images"))
-        self.writer.attach(sink, self.probe)
-        # pictures are drawn and written by the run's worker thread where it has free cores (see _draws_on_worker)
-        self.writer.pipeline = run_session(trainer).pipeline if _draws_on_worker(pl_module) else None
-        self.writer.on_failure = self._record_drawing_failure
+        png_root = self._png_root or os.path.join(trainer.default_root_dir, "probelens_images")
+        self.writer.attach(sink_for_trainer(trainer, png_root, run), self.probe, trainer.loggers)
         self._configured_for = id(pl_module)
         if self.probe is not None:
-            log_architecture(trainer, pl_module, self.probe, self.writer)
+            log_architecture(run, trainer, pl_module, self.probe, self.writer, self._session.layer_traces)
         return True
 
-    def _record_drawing_failure(self, step: int, what: str, error: Exception) -> None:
-        """A picture of this monitor failed on the pipeline's worker (told on the training thread): counted as a
-        failed firing, once per step however many of its pictures failed."""
-        trainer = self._trainer() if self._trainer is not None else None
-        if trainer is None or step == self._failed_drawing_step:
-            return
-        self._failed_drawing_step = step
-        self._record_failure(trainer, step, f"while {what} ({type(error).__name__}: {error})")
+    def _runs(self, trainer: pl.Trainer) -> RunSession:
+        """The run of ``trainer`` (attached at :meth:`setup`; a hook called without it attaches now)."""
+        if self._run is None or not self._run.is_for(trainer):
+            self._run = shared_run(trainer)
+        return self._run
 
     # ------------------------------------------------------------------ Lightning hooks
     @override
@@ -487,32 +489,30 @@ class MonitorCore(_CallbackBase):
         if not trainer.is_global_zero or self._configured_for is None or self.writer.sink is None:
             return
         self.writer.begin("fit")
+        self.writer.open()
         try:
             self._at_fit_end(trainer)
+            self.writer.commit()
         except Exception as err:  # like a failed firing: warn once, count, let the run end normally
+            self.writer.discard()
             self._record_failure(
                 trainer, self.last_logged_step, f"at the end of training ({type(err).__name__}: {err})"
             )
-        run_session(trainer).flush()  # every picture of the run on disk when fit returns
+        self._runs(trainer).flush()  # every picture of the run on disk when fit returns
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        run = run_session(trainer)
-        try:
-            run.flush()  # what was drawn before the crash is written
+        self.writer.discard()  # a firing the exception interrupted writes nothing
+        try:  # Lightning does not call teardown after an exception: what was written reaches the disk, files close
+            self._runs(trainer).close()
         except Exception as err:  # never mask the run's own exception
-            rank_zero_warn(f"probelens: could not write the pending pictures ({type(err).__name__}: {err})")
-        finally:
-            try:  # Lightning does not call teardown after an exception: the worker stops, the event files close
-                run.close()
-            except Exception as err:
-                rank_zero_warn(f"probelens: could not close its event files ({type(err).__name__}: {err})")
+            rank_zero_warn(f"probelens: could not close its event files ({type(err).__name__}: {err})")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._session is not None:
             self._session.release()  # no pass tensor outlives the run
-        run_session(trainer).close()  # the worker stops, the event files close (a later stage opens them again)
+        self._runs(trainer).close()  # the event files close (a later stage opens them again)
 
     # ------------------------------------------------------------------ the firing path
     @final
@@ -539,9 +539,12 @@ class MonitorCore(_CallbackBase):
     def _fire_rank_zero(self, trainer: pl.Trainer, pl_module: nn.Module, step: int) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
+        self.writer.open()
         try:
             self._log(step, pl_module, trainer)
+            self.writer.commit()
         except Exception as err:  # an explanation must never take the training run down
+            self.writer.discard()
             self._record_failure(trainer, step, f"and was skipped ({type(err).__name__}: {err})")
         else:
             self._record_success(trainer, step, start)
@@ -554,21 +557,23 @@ class MonitorCore(_CallbackBase):
         weights_only = not self.needs_probe  # FilterMonitor: weights are read, no forward pass
         start = time.perf_counter()
         error: Exception | None = None
-        with self.writer.held() as held:
-            try:
-                with full_weights(model, rank0_only=True) if weights_only else contextlib.nullcontext():
-                    if rank_zero or not weights_only:  # with rank0_only, ranks != 0 hold shards: nothing to draw
-                        self._log(step, model, trainer)
-            except Exception as err:  # reported below, once the ranks agree
-                error = err
+        self.writer.open()  # held until every rank agrees that the firing succeeded
+        try:
+            with full_weights(model, rank0_only=True) if weights_only else contextlib.nullcontext():
+                if rank_zero or not weights_only:  # with rank0_only, ranks != 0 hold shards: nothing to draw
+                    self._log(step, model, trainer)
+        except Exception as err:  # reported below, once the ranks agree
+            error = err
         failed = failed_ranks(error is None)
+        if failed or not rank_zero:
+            self.writer.discard()
         if failed:  # every rank sees the same list, so this gather is entered by all of them
             messages = failure_messages(None if error is None else f"{type(error).__name__}: {error}")
             self._record_failure(trainer, step, f"on rank(s) {failed} and was skipped on every rank ({messages[0]})")
             return
         if rank_zero:
             try:
-                held.release()
+                self.writer.commit()
             except Exception as err:  # rank 0 only, after the last collective: safe to fail alone
                 self._record_failure(trainer, step, f"while writing its images ({type(err).__name__}: {err})")
                 return
@@ -584,13 +589,13 @@ class MonitorCore(_CallbackBase):
                 f"{self.name} failed at step {step} {what}. Training goes on; further failures are counted silently "
                 f"in the scalar {self.writer.tag(tag, named=False)}."
             )
-        self.writer.scalars(trainer.loggers, {tag: float(self.state.failure_count)}, step, named=False)
+        self.writer.scalars({tag: float(self.state.failure_count)}, step, named=False)
 
     def _record_success(self, trainer: pl.Trainer, step: int, start: float) -> None:
         """Count a firing begun at ``time.perf_counter()`` ``start``; log its cost as ``probelens/cost_ms/<name>``."""
         self.state.fire_count += 1
         cost_ms = (time.perf_counter() - start) * 1000.0
-        self.writer.scalars(trainer.loggers, {f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
+        self.writer.scalars({f"probelens/cost_ms/{self.name}": cost_ms}, step, named=False)
 
 
 _BASE_OPTIONS: tuple[str, ...] = tuple(inspect.signature(MonitorCore.__init__).parameters)[2:]  # after self, probe
@@ -601,24 +606,6 @@ def base_options(values: Mapping[str, Any]) -> dict[str, Any]:
     among ``values``: a monitor's constructor lists them in its own signature, with its defaults, and hands them on
     with ``super().__init__(probe, **base_options(locals()))``."""
     return {name: values[name] for name in _BASE_OPTIONS if name in values}
-
-
-def _draws_on_worker(model: nn.Module) -> bool:
-    """Whether the run's pictures are drawn, encoded and written by the image pipeline's worker thread.
-
-    ``PROBELENS_SYNC_IMAGES=1``: never (on the training thread, for debugging); ``=0``: always; unset: when the
-    model trains on an accelerator, whose steps leave the CPU free, and not when it trains on the CPU, where a worker
-    can only compete with training for the same cores (on 2 CPU cores the worker made training slower than drawing
-    on the training thread; figures in ``benchmarks/RESULTS.md``). Sharded parameters:
-    never (every rank holds its writes until all agree, then writes them there and then, ``writer.held``).
-    """
-    if is_sharded(model):
-        return False
-    choice = sync_choice()
-    if choice is not None:
-        return not choice
-    param = next(iter(unwrap_compiled(model).parameters()), None)
-    return param is not None and param.device.type != "cpu"
 
 
 def target_sets_for(target: str, owner: str = "probelens") -> list[str]:

@@ -12,7 +12,6 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from probelens.core.session import session_for
 from probelens.methods.engine import OutputTransform, class_scores
 from probelens.methods.hooks import ActivationCapture, probe_context
 from probelens.methods.layers import conv_layers, unwrap_compiled
@@ -20,16 +19,11 @@ from probelens.methods.layout import LayerRecord, LayerTraces, Layout, ReshapeSp
 from probelens.probe import ProbeSet
 
 
-def layer_traces(model: nn.Module) -> LayerTraces:
-    """The traces shared by every monitor of ``model`` (held by its session, so they go with the model): layer
-    resolution, layout checks and the architecture table read one trace per model and probe size."""
-    return session_for(unwrap_compiled(model)).layer_traces
-
-
-def model_trace(model: nn.Module, probe: ProbeSet) -> dict[str, LayerRecord]:
-    """The shared trace (:func:`layer_traces`) of ``model`` on the first probe image."""
+def model_trace(traces: LayerTraces, model: nn.Module, probe: ProbeSet) -> dict[str, LayerRecord]:
+    """The trace of ``model`` on the first probe image, from ``traces`` (the run's, held by the model's shared
+    session: layer resolution, layout checks and the architecture table read one trace per model and probe size)."""
     net = unwrap_compiled(model)
-    return layer_traces(net).records(net, probe_example(net, probe))
+    return traces.records(net, probe_example(net, probe))
 
 
 def probe_example(model: nn.Module, probe: ProbeSet) -> Tensor:
@@ -84,11 +78,14 @@ def check_spatial(
     layers: dict[str, nn.Module],
     needs_grad: bool = False,
     reshape: ReshapeSpec = None,
+    *,
+    traces: LayerTraces,
 ) -> dict[str, tuple[Layout, tuple[int, ...]]]:
     """Raise if a selected layer's output is not a map (NCHW, channels-last or tokens on a grid, or what ``reshape``
     makes of it; read from the forward structure of the model's shared trace, never guessed from the shape), never
     runs or, with ``needs_grad``, gets no gradient. Returns each layer's layout and the ``(C, h, w)`` of its map for
-    one image, in forward (depth) order; says (on rank 0) how a layer that is not NCHW is read."""
+    one image, in forward (depth) order; says (on rank 0) how a layer that is not NCHW is read. ``traces``: the
+    run's traces of the model (:func:`model_trace`)."""
     net = unwrap_compiled(model)
     x = probe_example(net, probe)
     capture = ActivationCapture(layers)
@@ -111,7 +108,7 @@ def check_spatial(
             f"{name}: layers {missing} never run in the forward pass; pick layers on the path from input to output "
             "(layer_summary(model, x) lists them)"
         )
-    records = model_trace(net, probe)
+    records = model_trace(traces, net, probe)
     try:
         layouts = layouts_for(net, x, layers, reshape, records=records)
     except ValueError as err:

@@ -434,7 +434,7 @@ class ConceptCore(MonitorCore):
                     if concept in self.spurious:
                         counting.append((concept, k, layer))
         metrics["concept/probe_accuracy"] = accuracy
-        self.writer.scalars(trainer.loggers, {k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+        self.writer.scalars({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
         for concept, k, layer in counting:
             prefix = self._prefix(concept, k, layer)
             verdict = self._verdict((concept, k, layer))

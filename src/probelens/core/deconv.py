@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_int, check_single_layer, take_renamed
-from probelens.core.writer import Box
+from probelens.core.writer import Box, Picture
 from probelens.methods.engine import OutputTransform
 from probelens.methods.guided import Rule, deconv_projections
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -124,12 +124,10 @@ class DeconvCore(MonitorCore):
         pictures = self.probe.display_images()[shown]
         captions = [f"#{int(shown[i])}: channels " + ", ".join(str(int(c)) for c in channels[i]) for i in range(k)]
 
-        def render() -> tuple[Tensor, list[Box]]:
-            rows = []
-            for i in range(k):
-                scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
-                rows.append(torch.cat([pictures[i : i + 1], to_rgb_uint8((scaled * 255).round().to(torch.uint8))]))
-            boxes: list[Box] = []
-            return rows_grid(rows, captions, cell_boxes=boxes), boxes
-
-        self.writer.draw(f"probelens/deconv/{self._layer}", step, render, shown=shown)
+        rows = []
+        for i in range(k):
+            scaled = normalize_maps(projections[i])  # [top_k, C, H, W], each projection on its own range
+            rows.append(torch.cat([pictures[i : i + 1], to_rgb_uint8((scaled * 255).round().to(torch.uint8))]))
+        boxes: list[Box] = []
+        grid = rows_grid(rows, captions, cell_boxes=boxes)
+        self.writer.picture(Picture.grid(f"probelens/deconv/{self._layer}", step, grid, boxes, shown=shown))

@@ -6,7 +6,6 @@ An exploratory signal, never a verdict: see :mod:`probelens.metrics.discovery` a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -17,13 +16,14 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
+from probelens.core.writer import Box, Picture, colour_scale
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec
 from probelens.methods.layout import Layout
 from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies, map_features
 from probelens.probe import ProbeSet
-from probelens.render import apply_colormap, labelled_grid, normalize_maps, overlay_heatmap
+from probelens.render import Cell, apply_colormap, labelled_grid, normalize_maps, overlay_heatmap
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -210,31 +210,32 @@ class StrategyCore(MonitorCore):
             metrics[f"discovery/{name}/eigengap"] = found.eigengap if found.eigenvalues.numel() else math.nan
             metrics[f"discovery/{name}/largest_share"] = found.largest_share
             metrics[f"discovery/{name}/two_strategies"] = float(found.two_strategies)
-        self.writer.scalars(trainer.loggers, metrics, step)
+        self.writer.scalars(metrics, step)
         images = self.probe.display_images()
-        size = self.probe.image_size
         predictions = result.predictions.cpu()
         cam_grid = map_features(cam, self.grid)  # the pictures' mean maps, whatever was clustered
         for c, found in report.classes.items():
             name = self.probe.class_name(c)
             members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
             means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid).float()
-            render = self._picture(found, name, means, cam, images, predictions, size)
-            self.writer.draw(f"probelens/discovery/{name}", step, render)
+            tag = f"probelens/discovery/{name}"
+            self.writer.picture(self._picture(tag, step, name, found, means, cam, images, predictions))
 
     def _picture(
         self,
-        found: ClassStrategies,
+        tag: str,
+        step: int,
         name: str,
+        found: ClassStrategies,
         means: Tensor,
         cam: Tensor,
         images: Tensor,
         predictions: Tensor,
-        size: tuple[int, int],
-    ) -> Callable[[], Tensor]:
-        """The render of one class's picture: per cluster its mean map ``means [k,1,g,g]`` and its prototype with
-        its map (CPU tensors taken now, drawn later)."""
+    ) -> Picture:
+        """One class's picture: per cluster its mean map ``means [k,1,g,g]`` and its prototype with its map. The
+        prototypes' cells are recorded (probe index, cell and map box); the mean maps belong to no probe image."""
         assert self.probe is not None
+        size = self.probe.image_size
         protos = torch.tensor(found.prototypes, dtype=torch.long)
         proto_images, proto_maps = images[protos].clone(), cam[protos].clone()
         proto_preds = [self.probe.class_name(int(predictions[i])) for i in found.prototypes]
@@ -249,11 +250,13 @@ class StrategyCore(MonitorCore):
             captions.append(f"cluster {j}: mean map\n{size_j}/{total} images ({size_j / max(1, total):.0%})")
             captions.append(f"cluster {j}: prototype #{index}\npred {proto_preds[j]}")
 
-        def render() -> Tensor:
-            mean_heat = F.interpolate(normalize_maps(means, vmin=0.0), size=size, mode="nearest")
-            mean_tiles = apply_colormap(mean_heat[:, 0])
-            overlays = overlay_heatmap(proto_images, normalize_maps(proto_maps, vmin=0.0))
-            tiles = torch.stack([mean_tiles, overlays], dim=1).flatten(0, 1)
-            return labelled_grid(tiles, captions, ncol=2, title=title)
-
-        return render
+        mean_heat = F.interpolate(normalize_maps(means.cpu(), vmin=0.0), size=size, mode="nearest")
+        mean_tiles = apply_colormap(mean_heat[:, 0])
+        overlays = overlay_heatmap(proto_images, normalize_maps(proto_maps.cpu(), vmin=0.0))
+        tiles = torch.stack([mean_tiles, overlays], dim=1).flatten(0, 1)
+        boxes: list[Box] = []
+        map_boxes: list[Box] = []
+        grid = labelled_grid(tiles, captions, ncol=2, title=title, cell_boxes=boxes, map_boxes=map_boxes)
+        cells = tuple(Cell(int(k), *boxes[2 * j + 1]) for j, k in enumerate(found.prototypes))
+        maps = tuple(Cell(int(k), *map_boxes[2 * j + 1]) for j, k in enumerate(found.prototypes))
+        return Picture(tag, step, grid, cells, maps, scale=colour_scale("jet"))

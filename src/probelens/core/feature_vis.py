@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_float, check_int, check_single_layer, take_renamed
+from probelens.core.writer import Picture
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.feature_vis import feature_visualization
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -169,7 +170,5 @@ class FeatureVisCore(MonitorCore):
         else:
             captions = [f"channel {c}" for c in self._channels]
 
-        def render() -> Tensor:
-            return labelled_grid(to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8)), captions)
-
-        self.writer.draw(f"probelens/feature_vis/{self._layer or 'classes'}", step, render)
+        grid = labelled_grid(to_rgb_uint8((images.clamp(0, 1) * 255).round().to(torch.uint8)), captions)
+        self.writer.picture(Picture(f"probelens/feature_vis/{self._layer or 'classes'}", step, grid))

@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_int, check_layer_spec, take_renamed
+from probelens.core.writer import Picture
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
 from probelens.methods.sharded import is_sharded
@@ -98,8 +99,6 @@ class FilterCore(MonitorCore):
         for name, weight in conv_filters(pl_module, layers).items():  # detached CPU copies
             weight = self._finite(weight, f"weights of {name}", step)
 
-            def render(weight: Tensor = weight, max_filters: int = self.max_images) -> Tensor:
-                # kernels upscaled by the largest integer factor that fits the written size: none downscaled after
-                return filter_grid(weight, max_filters=max_filters, max_side=self.max_image_side)
-
-            self.writer.draw(f"probelens/filters/{name}", step, render)
+            # kernels upscaled by the largest integer factor that fits the written size: none downscaled after
+            grid = filter_grid(weight, max_filters=self.max_images, max_side=self.max_image_side)
+            self.writer.picture(Picture(f"probelens/filters/{name}", step, grid))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,13 +12,13 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
-from probelens.core.writer import Box, colour_scale
+from probelens.core.writer import Picture, captioned_grid, colour_scale, probe_captions
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
-from probelens.render import filmstrip, labelled_grid, normalize_maps, overlay_heatmap, select_frames
+from probelens.render import filmstrip, normalize_maps, overlay_heatmap, select_frames
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -204,14 +204,14 @@ class GradCAMCore(MonitorCore):
         shown = self._shown(self.max_images)
         k = len(shown)
         images = self.probe.display_images()[shown]
-        captions = self.writer.captions(result, shown)
+        captions = probe_captions(self.probe, result, shown)
         if len(self.target_sets) == 1:
-            tile_captions = [captions]
+            tile_captions = [captions.texts]
         else:
             tile_captions = []
             for target_set in self.target_sets:
                 names = [self.probe.class_name(int(result.targets[target_set][i])) for i in shown]
-                tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions, names)])
+                tile_captions.append([f"{c}\nmap: {target_set} ({n})" for c, n in zip(captions.texts, names)])
         # interleaved so each probe image's tiles sit side by side
         grid_captions = [c for group in zip(*tile_captions) for c in group]
         ncol = None if len(self.target_sets) == 1 else 2 * max(1, round((k / 2) ** 0.5))
@@ -224,32 +224,33 @@ class GradCAMCore(MonitorCore):
                     cam = self._finite(cam, f"{method} maps of {layer}", step)
                     maps.append((cam, self._vmax(layer if method == "gradcam" else f"{method}/{layer}", cam)))
 
-                def overlays(maps: list[tuple[Tensor, float | None]] = maps) -> list[Tensor]:
-                    return [
-                        overlay_heatmap(images, normalize_maps(m, vmin=0.0, vmax=v), alpha, cmap, keep_device=True)
-                        for m, v in maps
-                    ]
-
-                tiles = self.writer.map_math(overlays, maps[0][0].device)  # now on an accelerator, else when drawn
-
-                def render(tiles: Callable[[], list[Tensor]] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
-                    boxes: list[Box] = []
-                    map_boxes: list[Box] = []
-                    grid_tiles = torch.stack(tiles(), dim=1).flatten(0, 1)
-                    grid = labelled_grid(grid_tiles, grid_captions, ncol=ncol, cell_boxes=boxes, map_boxes=map_boxes)
-                    return grid, boxes, map_boxes
-
+                overlays = [  # colour and blend where the maps are, then to the host
+                    overlay_heatmap(images, normalize_maps(m, vmin=0.0, vmax=v), alpha, cmap, keep_device=True).cpu()
+                    for m, v in maps
+                ]
                 tag = f"probelens/{method}/{self.layer_tags[layer]}"
                 scale = colour_scale(cmap, maps[0][1])  # fixed_scale: one top per method and layer, else per image
-                self.writer.draw(tag, step, render, per_probe=len(maps), shown=shown, colour_scale=scale)
+                tiles = torch.stack(overlays, dim=1).flatten(0, 1)  # each probe image's tiles side by side
+                picture = captioned_grid(
+                    tag,
+                    step,
+                    tiles,
+                    captions,
+                    shown=shown,
+                    texts=grid_captions,
+                    per_probe=len(maps),
+                    ncol=ncol,
+                    scale=scale,
+                )
+                self.writer.picture(picture)
                 if method == self.methods[0]:
-                    strip_tiles = tiles  # ends as the deepest layer's overlays, scaled as in its grid
+                    strip_tiles = overlays[0]  # ends as the deepest layer's overlays, scaled as in its grid
         if self.filmstrip and self.writer.stage == "fit":  # the strip is the training history
             self._add_frame(step, trainer.current_epoch, strip_tiles, shown)
 
-    def _add_frame(self, step: int, epoch: int, tiles: Callable[[], list[Tensor]], shown: Tensor) -> None:
+    def _add_frame(self, step: int, epoch: int, tiles: Tensor, shown: Tensor) -> None:
         """Add this step's frame (the first ``filmstrip_images`` of the deepest layer's first-method overlays
-        ``tiles()[0]``, the ones its grid shows, of the probe images ``shown``) to the strip. The strip is written at
+        ``tiles``, the ones its grid shows, of the probe images ``shown``) to the strip. The strip is written at
         most once per epoch, at its first firing, and only once it would show a new frame slot; what came after the
         last one is written when training ends (:meth:`_at_fit_end`)."""
         k = min(self.filmstrip_images, len(shown))
@@ -264,19 +265,17 @@ class GradCAMCore(MonitorCore):
         else:
             self._strip_pending = step
 
-        def render() -> Tensor | None:  # on the pipeline's worker, in order: the frames change only there
-            frame = tiles()[0][:k].clone()  # its own memory: the grid's overlays are not kept with the history
-            if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
-                scale = 96 / max(frame.shape[-2:])
-                size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))
-                frame = F.interpolate(frame.float(), size=size, mode="area").round().to(torch.uint8)
-            self._frames.append((step, frame))
-            if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
-                keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
-                self._frames = [self._frames[i] for i in keep]
-            return self._strip_picture() if write_now else None
-
-        self.writer.draw(self._strip_tag(), step, render)
+        frame = tiles[:k].clone()  # its own memory: the grid's overlays are not kept with the history
+        if max(frame.shape[-2:]) > 96:  # keep the history small: frames are thumbnails
+            scale = 96 / max(frame.shape[-2:])
+            size = (max(1, round(frame.shape[-2] * scale)), max(1, round(frame.shape[-1] * scale)))
+            frame = F.interpolate(frame.float(), size=size, mode="area").round().to(torch.uint8)
+        self._frames.append((step, frame))
+        if len(self._frames) > 4 * self.filmstrip_frames:  # bounded memory over long runs
+            keep = select_frames(len(self._frames), 2 * self.filmstrip_frames)
+            self._frames = [self._frames[i] for i in keep]
+        if write_now:
+            self.writer.picture(Picture(self._strip_tag(), step, self._strip_picture()))
 
     def _strip_tag(self) -> str:
         assert self._strip_of is not None
@@ -294,5 +293,5 @@ class GradCAMCore(MonitorCore):
     @override
     def _at_fit_end(self, trainer: pl.Trainer) -> None:
         if self._strip_pending is not None:
-            self.writer.draw(self._strip_tag(), self._strip_pending, self._strip_picture)
+            self.writer.picture(Picture(self._strip_tag(), self._strip_pending, self._strip_picture()))
             self._strip_pending = None

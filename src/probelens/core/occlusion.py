@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,13 +11,13 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
-from probelens.core.writer import Box, colour_scale
+from probelens.core.writer import captioned_grid, colour_scale, probe_captions
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import unwrap_compiled
 from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.methods.occlusion import _pair as occlusion_pair
 from probelens.probe import ProbeSet
-from probelens.render import labelled_grid, normalize_maps, overlay_heatmap
+from probelens.render import normalize_maps, overlay_heatmap
 
 if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
     import pytorch_lightning as pl
@@ -147,7 +146,7 @@ class OcclusionCore(MonitorCore):
         shown = self._shown(self.max_images)
         index = shown.to(result.images.device)
         pictures = self.probe.display_images()[shown]
-        captions = self.writer.captions(result, shown)
+        captions = probe_captions(self.probe, result, shown)
         model = unwrap_compiled(pl_module)
         alpha, cmap = self.alpha, self.cmap
         for target_set in self.target_sets:
@@ -162,16 +161,8 @@ class OcclusionCore(MonitorCore):
             )
             heat = self._finite(attr[:, :1].float(), "occlusion maps", step)
 
-            def colour(heat: Tensor = heat) -> Tensor:
-                return overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), alpha, cmap, keep_device=True)
-
-            tiles = self.writer.map_math(colour, heat.device)  # now on an accelerator, else when drawn
-
-            def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
-                boxes: list[Box] = []
-                map_boxes: list[Box] = []
-                return labelled_grid(tiles(), captions, cell_boxes=boxes, map_boxes=map_boxes), boxes, map_boxes
-
+            tiles = overlay_heatmap(pictures, normalize_maps(heat, symmetric=True), alpha, cmap, keep_device=True)
             suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
             tag = f"probelens/occlusion/{self.window[0]}x{self.window[1]}{suffix}"
-            self.writer.draw(tag, step, render, shown=shown, colour_scale=colour_scale(cmap, symmetric=True))
+            scale = colour_scale(cmap, symmetric=True)
+            self.writer.picture(captioned_grid(tag, step, tiles, captions, shown=shown, scale=scale))

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
-from probelens.core.run import run_session
+from probelens.core.run import RunSession
 from probelens.probe import ProbeSet
 
 _SOURCES = ("val_dataloaders", "test_dataloaders", "train_dataloader")
@@ -31,12 +31,13 @@ def probe_from_trainer(
     seed: int,
     owner: str = "probelens",
     *,
+    run: RunSession,
     input_key: str | None = None,
     target_key: str | None = None,
 ) -> ProbeSet | None:
     """``ProbeSet.from_dataset`` of the trainer's first map-style dataset (``None`` when it has none yet: loaders
     are attached lazily), with the dataset's ``mean``/``std`` attributes when it has them; one per (dataset, size,
-    seed, keys) and run, so monitors with the same options share one probe set and one pass. ``input_key`` and
+    seed, keys) and ``run``, so monitors with the same options share one probe set and one pass. ``input_key`` and
     ``target_key`` name the keys of dict items (default: ``ProbeSet.from_dataset``'s known keys, Hugging Face's
     ``pixel_values``/``labels`` among them). A dataset the probe cannot be built from raises a ``ValueError`` that
     says where the probe came from and how to pass one (raised before the first training step)."""
@@ -50,7 +51,7 @@ def probe_from_trainer(
             f"holds all {available}; pass probe_size<={available} to silence this."
         )
         size = available
-    probes = run_session(trainer).probes
+    probes = run.probes
     key = (id(dataset), size, seed)
     if input_key is not None or target_key is not None:
         probes = {}  # named keys: this monitor's own probe set (the run's shared ones are read with the known keys)

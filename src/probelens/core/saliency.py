@@ -19,7 +19,7 @@ from probelens.core.options import (
     check_names,
     dry_run,
 )
-from probelens.core.writer import Box, colour_scale
+from probelens.core.writer import captioned_grid, colour_scale, probe_captions
 from probelens.methods.engine import OutputTransform
 from probelens.methods.expected_gradients import expected_gradients
 from probelens.methods.integrated_gradients import integrated_gradients
@@ -29,7 +29,6 @@ from probelens.methods.smoothgrad import smoothgrad
 from probelens.probe import ProbeSet
 from probelens.render import (
     apply_colormap,
-    labelled_grid,
     normalize_maps,
     overlay_heatmap,
     saliency_to_heat,
@@ -186,26 +185,19 @@ class SaliencyCore(MonitorCore):
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)
         images = self.probe.display_images()[shown] if self.overlay else None
-        captions = self.writer.captions(result, shown)
+        captions = probe_captions(self.probe, result, shown)
         alpha, cmap, reduce = self.alpha, self.cmap, self.reduce
         for method in self.methods:
             for target_set in self.target_sets:
                 attribution = self._attribution(pl_module, result, target_set, method, shown)
                 sal = self._finite(attribution.float(), method, step)
 
-                def colour(sal: Tensor = sal) -> Tensor:
-                    heat = normalize_maps(saliency_to_heat(sal, reduce))
-                    if images is None:
-                        return apply_colormap(heat, cmap, keep_device=True)
-                    return overlay_heatmap(images, heat, alpha, cmap, keep_device=True)
-
-                tiles = self.writer.map_math(colour, sal.device)  # now on an accelerator, else when drawn
-
-                def render(tiles: Callable[[], Tensor] = tiles) -> tuple[Tensor, list[Box], list[Box]]:
-                    boxes: list[Box] = []
-                    map_boxes: list[Box] = []
-                    return labelled_grid(tiles(), captions, cell_boxes=boxes, map_boxes=map_boxes), boxes, map_boxes
-
+                heat = normalize_maps(saliency_to_heat(sal, reduce))
+                if images is None:
+                    tiles = apply_colormap(heat, cmap, keep_device=True)
+                else:
+                    tiles = overlay_heatmap(images, heat, alpha, cmap, keep_device=True)
                 suffix = f"/{target_set}" if len(self.target_sets) > 1 else ""
                 tag = f"probelens/saliency/{method}{suffix}"
-                self.writer.draw(tag, step, render, shown=shown, colour_scale=colour_scale(cmap))
+                scale = colour_scale(cmap)
+                self.writer.picture(captioned_grid(tag, step, tiles, captions, shown=shown, scale=scale))

@@ -15,7 +15,6 @@ outputs, their gradients and the input gradients) exceeds :data:`PASS_WARN_BYTES
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,15 +254,3 @@ class PassAssembly:
                 out.gradients[target_set][k][start:stop] = v
         for k, v in part.input_gradients.items():
             out.input_gradients[k][start:stop] = v
-
-
-_SESSIONS: weakref.WeakKeyDictionary[nn.Module, ProbeSession] = weakref.WeakKeyDictionary()
-
-
-def session_for(model: nn.Module) -> ProbeSession:
-    """The shared session of ``model`` (created on first use, freed with the model)."""
-    session = _SESSIONS.get(model)
-    if session is None:
-        session = ProbeSession()
-        _SESSIONS[model] = session
-    return session

@@ -23,7 +23,7 @@ from probelens.core.options import (
 )
 from probelens.core.session import ProbeSession
 from probelens.core.sinks import is_tensorboard_logger
-from probelens.core.writer import tag_segment
+from probelens.core.writer import Picture, tag_segment
 from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.grad_cam import grad_cam_map
@@ -375,7 +375,7 @@ class ShortcutCore(MonitorCore):
                     "ProbeSet(masks=...) (from the dataset, boxes or a function) or group labels "
                     "(ProbeSet(groups=..., group_names=...)) to enable the shortcut verdict."
                 )
-            self.writer.scalars(trainer.loggers, metrics, step)
+            self.writer.scalars(metrics, step)
             return
         chance = self._chance_accuracy()
         gate = metrics["shortcut/probe_accuracy"]
@@ -398,7 +398,7 @@ class ShortcutCore(MonitorCore):
         if len(scores) > 1:
             for e, score in scores.items():
                 metrics[f"shortcut/score/{e}"] = score
-        self.writer.scalars(trainer.loggers, metrics, step)
+        self.writer.scalars(metrics, step)
         self._write_layout(trainer)
         if self.panels and panel is not None:
             self._panel(step, preds, *panel)
@@ -521,7 +521,6 @@ class ShortcutCore(MonitorCore):
         # the verdict's state on the loss curves' axis: 1 while an alert stands, 0 otherwise
         extra = {f"shortcut/armed/{e}": a for e, a in armed.items()} if len(armed) > 1 else {}
         self.writer.scalars(
-            trainer.loggers,
             {"shortcut/armed": max(armed.values()), **extra, "shortcut/verdict": float(self.active)},
             step,
         )
@@ -575,7 +574,7 @@ class ShortcutCore(MonitorCore):
             tags += ["shortcut/score", "shortcut/armed", "shortcut/verdict"]
             for e in evidence:
                 self.verdicts[e].update(nan, nan)  # recorded in the history, nothing else changes
-        self.writer.scalars(trainer.loggers, dict.fromkeys(tags, nan), step)
+        self.writer.scalars(dict.fromkeys(tags, nan), step)
 
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
@@ -662,12 +661,10 @@ class ShortcutCore(MonitorCore):
                 f"bg swapped\npred: {p.class_name(int(swap[i]))}",
             ]
 
-        def render() -> tuple[Tensor, list[tuple[int, int, int, int]]]:
-            columns = [show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)]
-            boxes: list[tuple[int, int, int, int]] = []
-            return labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes), boxes
-
-        self.writer.draw("shortcut/counterfactuals", step, render, per_probe=4, shown=shown)
+        columns = [show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)]
+        boxes: list[tuple[int, int, int, int]] = []
+        grid = labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
+        self.writer.picture(Picture.grid("shortcut/counterfactuals", step, grid, boxes, per_probe=4, shown=shown))
 
     def _write_layout(self, trainer: pl.Trainer) -> None:
         if self._layout_written or self.writer.stage != "fit" or getattr(trainer, "ckpt_path", None):

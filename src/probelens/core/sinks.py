@@ -9,7 +9,6 @@ is attached, PNG files under the log dir (:class:`PngSink`). :func:`register_sin
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 import re
@@ -20,43 +19,46 @@ from typing import Any, Protocol
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from probelens.core.run import run_session
-from probelens.render import Cell, cells_to_text, encode_png, save_png
+from probelens.core.run import RunSession
+from probelens.logformat import NO_FACTS, GridFacts
+from probelens.render import encode_png, save_png
 from probelens.writing.event_file import EventFileWriter
 
 
 class ImageSink(Protocol):
-    """Receives rendered ``uint8 [3,H,W]`` images and text on the loss curves' step axis.
+    """Receives rendered ``uint8 [3,H,W]`` (or ``[1,H,W]``) images and text on the loss curves' step axis.
 
-    ``add_image`` may also take a keyword ``cells``: the probe-image layout of a grid (a list of
-    :data:`probelens.render.Cell`), which the built-in sinks that write PNG files keep as a PNG text chunk.
-    A sink without that keyword is called without it.
+    ``facts`` (:class:`probelens.logformat.GridFacts`) is what a grid of probe images records about itself: which
+    probe image each cell shows, what its captions say, its map boxes and colour scale (empty for other pictures).
+    The built-in sinks that write PNG files keep it as PNG text chunks (``facts.text()``); a sink may ignore it.
     """
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> object:
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> object:
         """Write ``image``; may return the bytes written (an ``int``), which ``max_bytes_per_firing`` counts."""
 
     def add_text(self, tag: str, text: str, step: int) -> None: ...
 
 
-@functools.lru_cache(maxsize=256)
-def _takes_cells(add_image: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(add_image).parameters
-    except (TypeError, ValueError):
-        return False
-    return "cells" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def write_image(sink: ImageSink, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
-    """``sink.add_image(tag, image, step)``, with ``cells=`` when there are cells and the sink takes them; the bytes
-    the sink says it wrote (the built-in sinks return their PNG's size), else ``None``."""
-    add_image = sink.add_image  # the instance's own (a sink patched per instance is asked, not its class)
-    if cells and _takes_cells(getattr(add_image, "__func__", add_image)):
-        written = sink.add_image(tag, image, step, cells=cells)  # type: ignore[call-arg]
+def check_sink(sink: object, made_by: object) -> None:
+    """Refuse (at setup, naming the fix) a sink whose ``add_image`` cannot take ``(tag, image, step, facts)`` or that
+    has no ``add_text``."""
+    add_image, add_text = getattr(sink, "add_image", None), getattr(sink, "add_text", None)
+    problem = None
+    if not callable(add_image) or not callable(add_text):
+        problem = "it has no add_image or no add_text method"
     else:
-        written = sink.add_image(tag, image, step)
-    return written if isinstance(written, int) and not isinstance(written, bool) else None
+        try:
+            inspect.signature(add_image).bind("tag", None, 0, NO_FACTS)
+        except TypeError:
+            problem = "its add_image does not take a fourth argument, facts (the grid's probe-image layout)"
+        except ValueError:  # a builtin without a signature: trust it
+            pass
+    if problem:
+        raise TypeError(
+            f"the sink {type(sink).__name__} made by {made_by!r} cannot be written to: {problem}; define "
+            "add_image(self, tag, image, step, facts=probelens.logformat.NO_FACTS) (facts may be ignored) and "
+            "add_text(self, tag, text, step)"
+        )
 
 
 class TensorBoardSink:
@@ -106,13 +108,13 @@ class TensorBoardSink:
             return experiment.add_image
         return None
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int | None:
         custom = self._custom_add_image()
         if custom is not None:
             custom(tag, image.numpy(), global_step=step, dataformats="CHW")
             return None
         rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # add_image stores gray as RGB too
-        png = encode_png(rgb, text=cells_to_text(cells))
+        png = encode_png(rgb, text=facts.text())
         self.events.add_image(tag, png, int(rgb.shape[1]), int(rgb.shape[2]), step)
         return len(png)
 
@@ -149,12 +151,12 @@ def _step_name(step: int, ext: str) -> str:
 
 
 @contextlib.contextmanager
-def _temporary_png(image: Tensor, step: int, cells: Sequence[Cell] = ()) -> Iterator[str]:
+def _temporary_png(image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> Iterator[str]:
     """``image`` encoded once into a temporary ``step_<step>.png``, for loggers that copy a file in (W&B, MLflow)."""
     with tempfile.TemporaryDirectory(prefix="probelens-") as tmp:
         path = os.path.join(tmp, _step_name(step, "png"))
         with open(path, "wb") as fh:
-            fh.write(encode_png(image, text=cells_to_text(cells)))
+            fh.write(encode_png(image, text=facts.text()))
         yield path
 
 
@@ -172,9 +174,9 @@ class PngSink:
             raise ValueError(f"refusing to write {path!r}: it is outside the picture folder {self.root!r}")
         return path
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int:
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int:
         path = self._path(tag, step, "png")
-        save_png(image, path, text=cells_to_text(cells))
+        save_png(image, path, text=facts.text())
         return os.path.getsize(path)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
@@ -210,12 +212,12 @@ class WandbSink:
             self._links_media = bool(getattr(settings, "allow_media_symlink", False))
         return self._links_media
 
-    def add_image(self, tag: str, image: Tensor, step: int) -> int | None:
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int | None:
         if self._run_links_media():
             pixels = image.expand(3, -1, -1) if image.shape[0] == 1 else image
             self.logger.log_image(key=tag, images=[pixels.permute(1, 2, 0).cpu().numpy()], step=step)
             return None
-        with _temporary_png(image, step) as path:
+        with _temporary_png(image, step, facts) as path:
             self.logger.log_image(key=tag, images=[path], step=step)
             return os.path.getsize(path)
 
@@ -234,14 +236,18 @@ class MLflowSink:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int:
-        with _temporary_png(image, step, cells) as path:
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int:
+        with _temporary_png(image, step, facts) as path:
             self.logger.experiment.log_artifact(self.logger.run_id, path, "/".join(_tag_parts(tag)))
             return os.path.getsize(path)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         artifact_file = "/".join([*_tag_parts(tag), _step_name(step, "txt")])
         self.logger.experiment.log_text(self.logger.run_id, text, artifact_file)
+
+
+def _logger_name(sink: Any) -> str:
+    return type(getattr(sink, "logger", sink)).__name__
 
 
 def _report_once(sink: Any, err: Exception, reported: set[int]) -> None:
@@ -258,9 +264,10 @@ def _report_once(sink: Any, err: Exception, reported: set[int]) -> None:
 class FanOutSink:
     """Hands every image and text to each of several sinks, in order.
 
-    A sink that raises is reported once per logger and skipped for that call, so that a broken logger does not cost
-    the others their pictures; only when every sink raised does the first error propagate (the monitor then counts
-    the firing as failed, as for a single sink).
+    A sink that raises is reported once per logger, with its exception, and skipped for that call, so that a broken
+    logger does not cost the others their pictures; only when every sink raised does the call fail, with an
+    ``OSError`` that names each logger and its own exception (the monitor then counts the firing as failed, as for a
+    single sink).
     """
 
     def __init__(self, sinks: Sequence[ImageSink], reported: set[int] | None = None) -> None:
@@ -270,21 +277,25 @@ class FanOutSink:
         self._reported = set() if reported is None else reported  # ids of loggers whose failure was reported
 
     def _each(self, write: Callable[[ImageSink], None]) -> None:
-        errors: list[Exception] = []
+        errors: list[tuple[ImageSink, Exception]] = []
         for sink in self.sinks:
             try:
                 write(sink)
             except Exception as err:
-                errors.append(err)
-                if len(errors) < len(self.sinks):
-                    _report_once(sink, err, self._reported)
-        if len(errors) == len(self.sinks):
-            raise errors[0]
+                errors.append((sink, err))
+        if len(errors) < len(self.sinks):  # the others got it: each failing logger is named once, with its error
+            for sink, err in errors:
+                _report_once(sink, err, self._reported)
+            return
+        # every logger failed: the firing fails, naming each logger's own exception (none hidden behind the first)
+        detail = "; ".join(f"{_logger_name(sink)}: {type(err).__name__}: {err}" for sink, err in errors)
+        raise OSError(f"every image logger failed to write ({detail})") from errors[0][1]
 
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> int | None:
-        sizes: list[int | None] = []
-        self._each(lambda sink: sizes.append(write_image(sink, tag, image, step, cells)))
-        return max((n for n in sizes if n is not None), default=None)  # the same picture, once per logger
+    def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int | None:
+        sizes: list[object] = []
+        self._each(lambda sink: sizes.append(sink.add_image(tag, image, step, facts)))
+        counted = [n for n in sizes if isinstance(n, int) and not isinstance(n, bool)]
+        return max(counted, default=None)  # the same picture, once per logger  # the same picture, once per logger
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self._each(lambda sink: sink.add_text(tag, text, step))
@@ -330,7 +341,8 @@ def register_sink(factory: SinkFactory) -> SinkFactory:
     """Teaches the monitors to write images to another kind of logger, or differently to a supported one.
 
     ``factory(logger)`` is called for each of the trainer's loggers when a monitor is set up; it returns an object
-    with ``add_image(tag, image, step)`` (``image``: uint8 ``[3,H,W]`` or ``[1,H,W]``) and
+    with ``add_image(tag, image, step, facts)`` (``image``: uint8 ``[3,H,W]`` or ``[1,H,W]``; ``facts``: a
+    :class:`probelens.logformat.GridFacts`, which it may ignore; a sink without it is refused at setup) and
     ``add_text(tag, text, step)`` for loggers it handles, ``None`` for the others. Registered factories are asked
     before the built-in ones, the latest first. Returns ``factory``, so it also works as a decorator.
 
@@ -371,16 +383,16 @@ def sinks_for(loggers: Iterable[Any]) -> list[ImageSink]:
         for factory in (*reversed(_REGISTERED), *_BUILT_IN):
             sink = factory(logger)
             if sink is not None:
+                check_sink(sink, factory)
                 sinks.append(sink)
                 break
     return sinks
 
 
-def sink_for_trainer(trainer: Any, png_root: str) -> ImageSink:
+def sink_for_trainer(trainer: Any, png_root: str, run: RunSession) -> ImageSink:
     """The sink of a monitor on ``trainer``: each attached logger that takes images gets them (TensorBoard, W&B,
     MLflow, registered ones); loggers that take only scalars, such as ``CSVLogger``, are skipped; with none left,
-    PNG files under ``png_root``, and one warning per run. Notices are given once per run (:mod:`~.run`)."""
-    run = run_session(trainer)
+    PNG files under ``png_root``, and one warning per run. Notices are given once per ``run``."""
     sinks = sinks_for(trainer.loggers)
     for sink in sinks:
         if isinstance(sink, TensorBoardSink):

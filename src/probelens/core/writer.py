@@ -1,37 +1,157 @@
-"""What a monitor writes, and how it is named: tags, downscaling, captions and the probe-image layout of a grid.
+"""What a monitor writes, as values, and the one stage that writes them: tags, downscaling, the byte budget, sinks.
 
-A :class:`MonitorWriter` belongs to one monitor. It is given the run's sink (:mod:`probelens.core.sinks`) when the
-monitor is configured for a Trainer, and the stage at every firing; the monitor's ``_log`` writes through it only:
-:meth:`~MonitorWriter.draw` (a picture), :meth:`~MonitorWriter.text`, :meth:`~MonitorWriter.scalars`, and
-:meth:`~MonitorWriter.captions` for the per-image captions whose facts (true label, prediction, probability) are
-also recorded in the grid's PNG. :meth:`~MonitorWriter.held` keeps a firing's writes back until they are known to
-be wanted (sharded firings, where every rank must first agree that the step succeeded).
+A monitor's :meth:`~probelens.core.base.MonitorCore._log` computes its pictures and hands them over as records:
+:class:`Picture` (the tag, the uint8 pixels, which probe image each grid cell shows and what its caption says, the
+map boxes and colour scale), :class:`Text` and :class:`Scalars`. A :class:`MonitorWriter` belongs to one monitor and
+is the only thing that writes: during a firing it keeps the firing's records (:meth:`~MonitorWriter.open`) until the
+firing is known to have succeeded (:meth:`~MonitorWriter.commit`; every rank agreed, under FSDP) or drops them
+(:meth:`~MonitorWriter.discard`), so a failed firing writes nothing. Committing names each tag (the monitor's name,
+the stage), downscales to ``max_image_side`` and the byte budget, records the grid's facts in the PNG
+(:class:`probelens.logformat.GridFacts`) and hands it to the run's sink, on the training thread; an error propagates
+to the firing, which counts it. Outside a firing (the layer table) a record is written at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from probelens.core.run import DrawFailed
-from probelens.core.sinks import ImageSink, write_image
+from probelens.core.sinks import ImageSink
 from probelens.methods.engine import ProbePass
 from probelens.probe import ProbeSet
-from probelens.render import Cell, ProbeCells, colormap_lut
-from probelens.writing.transfer import T, map_math
+from probelens.render import Cell, GridFacts, colormap_lut, labelled_grid
 
 Box = tuple[int, int, int, int]
-Render = Callable[[], "Tensor | tuple[Tensor, Sequence[Box]] | tuple[Tensor, Sequence[Box], Sequence[Box]] | None"]
-"""What a monitor's picture callable returns: the image; or the image and its grid's cell boxes; or those and each
-cell's map box (the tile alone, without its caption: :data:`probelens.logformat.MAPS_KEY`); ``None`` for nothing."""
-"""Draws one picture from what it closed over: the image, or the image and its grid's cell boxes (``None``: none)."""
+Fact = tuple[str, str, float]
+"""``(true label, predicted label, probability of the prediction)`` of one probe image, as its caption says."""
+
+
+@dataclass(frozen=True)
+class Captions:
+    """The captions of a grid's probe images (``texts``, in the order shown) and the facts they state (``facts``:
+    probe index -> :data:`Fact`), which the grid's PNG records (:func:`probe_captions`)."""
+
+    texts: list[str]
+    facts: dict[int, Fact]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture a monitor hands to its writer.
+
+    Attributes:
+        tag: the tag, before the writer adds the monitor's name and the stage (``probelens/gradcam/model.4``).
+        step: the training step it belongs to.
+        image: uint8 ``[C,H,W]`` (C = 1 or 3) on the host.
+        cells: for a grid of probe images, each cell's probe index and box (:class:`probelens.logformat.Cell`).
+        maps: each cell's map alone, without its caption (same format; empty: the viewer shows the whole cell).
+        facts: what the captions state per probe index (recorded for the probe images the cells show).
+        scale: the colour scale the maps were drawn with (:func:`colour_scale`), ``None`` for none.
+    """
+
+    tag: str
+    step: int
+    image: Tensor
+    cells: tuple[Cell, ...] = ()
+    maps: tuple[Cell, ...] = ()
+    facts: Mapping[int, Fact] = field(default_factory=dict)
+    scale: Mapping[str, object] | None = None
+
+    @classmethod
+    def grid(
+        cls,
+        tag: str,
+        step: int,
+        image: Tensor,
+        boxes: Sequence[Box],
+        *,
+        shown: Tensor | Sequence[int] | None = None,
+        per_probe: int = 1,
+        map_boxes: Sequence[Box] = (),
+        captions: Captions | None = None,
+        scale: Mapping[str, object] | None = None,
+    ) -> Picture:
+        """A grid whose ``boxes`` (and ``map_boxes``) come ``per_probe`` to a probe image, for the probe images
+        ``shown`` in order (default ``0, 1, ...``); ``captions``: what its captions say."""
+        index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
+        if len(boxes) > per_probe * len(index):
+            raise ValueError(f"{tag}: {len(boxes)} cell boxes for {len(index)} probe images x {per_probe} per image")
+        cells = tuple(Cell(index[j // per_probe], *box) for j, box in enumerate(boxes))
+        maps = tuple(Cell(index[j // per_probe], *box) for j, box in enumerate(map_boxes))
+        facts = captions.facts if captions is not None else {}
+        return cls(tag, step, image, cells, maps, facts, scale)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text entry (markdown) at ``tag`` and ``step``; ``exact``: the tag as it is (no name, no stage prefix)."""
+
+    tag: str
+    step: int
+    text: str
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Scalars:
+    """Scalars for every logger at ``step``; ``named``: the monitor's name enters the tags (as for pictures)."""
+
+    metrics: Mapping[str, float]
+    step: int
+    named: bool = True
+    loggers: Sequence[Any] = ()
+
+
+Record = Picture | Text | Scalars
+
+
+def captioned_grid(
+    tag: str,
+    step: int,
+    tiles: Tensor,
+    captions: Captions,
+    *,
+    shown: Tensor | Sequence[int],
+    texts: Sequence[str] | None = None,
+    per_probe: int = 1,
+    ncol: int | None = None,
+    scale: Mapping[str, object] | None = None,
+) -> Picture:
+    """The :func:`probelens.render.labelled_grid` of ``tiles`` (uint8 ``[k * per_probe, 3, h, w]``, on any device: drawn
+    on the host), ``per_probe`` consecutive tiles per probe image ``shown``, captioned by ``texts`` (default
+    ``captions.texts``), as a :class:`Picture` with its cell and map boxes."""
+    boxes: list[Box] = []
+    map_boxes: list[Box] = []
+    words = captions.texts if texts is None else list(texts)
+    image = labelled_grid(tiles.cpu(), words, ncol=ncol, cell_boxes=boxes, map_boxes=map_boxes)
+    return Picture.grid(
+        tag, step, image, boxes, shown=shown, per_probe=per_probe, map_boxes=map_boxes, captions=captions, scale=scale
+    )
+
+
+def probe_captions(
+    probe: ProbeSet, result: ProbePass, shown: Tensor | Sequence[int], target_set: str | None = None
+) -> Captions:
+    """Per shown probe image: its index, true label, prediction and probability (``target_set="label"`` adds the class
+    the map is for), and those facts for the grid's PNG."""
+    probs, preds = result.probabilities, result.predictions
+    texts: list[str] = []
+    facts: dict[int, Fact] = {}
+    for i in (int(j) for j in shown):
+        true, pred = probe.class_name(int(probe.targets[i])), int(preds[i])
+        facts[i] = (true, probe.class_name(pred), float(probs[i, pred]))
+        line = f"#{i} true: {true}\npred: {probe.class_name(pred)} {float(probs[i, pred]):.2f}"
+        if target_set == "label":
+            line += f"\nmap for: {probe.class_name(int(result.targets['label'][i]))}"
+        texts.append(line)
+    return Captions(texts, facts)
 
 
 def scale_cell(cell: Cell, sy: float, sx: float, size: tuple[int, int]) -> Cell:
@@ -86,37 +206,15 @@ def layer_labels(layers: Sequence[str]) -> dict[str, str]:
     return {name: f"{i:0{width}d}_{name}" for i, name in enumerate(names)}
 
 
-class HeldWrites:
-    """A firing's writes kept back, in order, until :meth:`release` hands them to the real sink."""
-
-    def __init__(self, sink: ImageSink) -> None:
-        self._sink = sink
-        self._writes: list[tuple[str, tuple[Any, ...]]] = []
-
-    def add_image(self, tag: str, image: Tensor, step: int, cells: Sequence[Cell] = ()) -> None:
-        self._writes.append(("image", (tag, image, step, cells)))
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        self._writes.append(("text", (tag, text, step)))
-
-    def release(self) -> None:
-        """Write everything held to the real sink (texts and images in the order they came)."""
-        for kind, args in self._writes:
-            if kind == "text":
-                self._sink.add_text(*args)
-            else:
-                write_image(self._sink, *args)
-        self._writes = []
-
-
 class MonitorWriter:
-    """Names and writes one monitor's pictures, text and scalars (see the module docstring).
+    """Names and writes one monitor's records (see the module docstring).
 
     Args:
         name: the monitor's name.
         named: whether ``name`` was given by the user; then it enters every tag after its first segment
             (``probelens/<name>/gradcam/...``), so two monitors of one class write apart.
         max_image_side: longer side (pixels) above which images are downscaled before they are written.
+        max_bytes_per_firing: the PNG bytes one firing may write (``None``: no budget; see :meth:`begin`).
     """
 
     def __init__(
@@ -128,32 +226,25 @@ class MonitorWriter:
         self.max_bytes_per_firing = max_bytes_per_firing
         self.scale = 1.0
         """The side of every picture relative to its drawn size: below 1 while the byte budget needs it."""
-        self._written_step, self._written = -1, 0
-        self._measured = (-1, 0)  # (step, PNG bytes) of the last firing whose pictures are all written
+        self._measured = (-1, 0)  # (step, PNG bytes) of the last firing written
         self._scale_since = 0  # the first step drawn at the current scale
         self.sink: ImageSink | None = None
         self.probe: ProbeSet | None = None
+        self.loggers: Sequence[Any] = ()
         self.stage = "fit"
+        self._pending: list[Record] | None = None  # the open firing's records (None: write at once)
         self._failed_loggers: set[int] = set()  # ids of the loggers whose scalar failure was reported
-        self._facts: dict[int, tuple[str, str, float]] = {}  # probe index -> (true, predicted, probability)
-        self.pipeline: Any = None
-        """The run's :class:`~probelens.writing.pipeline.ImagePipeline`, or ``None``: draw on the calling thread."""
-        self.on_failure: Callable[[int, str, Exception], None] | None = None
-        """Told ``(step, what, error)`` when a picture drawn on the pipeline's worker fails."""
-        self.map_math_now: bool | None = None
-        """Where :meth:`map_math` runs: ``None`` at once exactly on an accelerator, ``True``/``False`` always/never."""
 
-    def attach(self, sink: ImageSink, probe: ProbeSet | None) -> None:
-        """Write to ``sink`` from now on, about ``probe``'s images."""
-        self.sink, self.probe = sink, probe
+    def attach(self, sink: ImageSink, probe: ProbeSet | None, loggers: Sequence[Any] = ()) -> None:
+        """Write pictures to ``sink`` and scalars to ``loggers`` from now on, about ``probe``'s images."""
+        self.sink, self.probe, self.loggers = sink, probe, list(loggers)
         self._failed_loggers.clear()  # a logger's scalar failure is reported once per run
 
     def begin(self, stage: str, step: int = -1) -> None:
-        """A firing at ``step`` starts in ``stage``: its captions only (never a prediction of an earlier step). With
-        a byte budget, the pictures' side follows the bytes of the last firing measured at the current size: the
-        largest power of two (1 to 1/8) at most ``scale * sqrt(budget / bytes)`` (PNG bytes grow with the area)."""
+        """A firing at ``step`` starts in ``stage``. With a byte budget, the pictures' side follows the bytes of the
+        last firing measured at the current size: the largest power of two (1 to 1/8) at most
+        ``scale * sqrt(budget / bytes)`` (PNG bytes grow with the area)."""
         self.stage = stage
-        self._facts = {}
         budget, (measured_step, last) = self.max_bytes_per_firing, self._measured
         if budget is not None and last > 0 and measured_step >= self._scale_since:
             # halve or double the side, so a steady budget settles on one size rather than flickering between two
@@ -170,151 +261,92 @@ class MonitorWriter:
             tag = f"{head}/{self.name}/{rest}" if rest else f"{head}/{self.name}"
         return tag if self.stage == "fit" else f"{self.stage}/{tag}"
 
-    def captions(self, result: ProbePass, shown: Tensor, target_set: str | None = None) -> list[str]:
-        """Per shown probe image: its index, true label, prediction and probability (``target_set="label"`` adds
-        the class the map is for). The facts are recorded in the PNG of the grid that shows those images."""
-        probe = self.probe
-        assert probe is not None
-        probs, preds = result.probabilities, result.predictions
-        captions = []
-        for i in (int(j) for j in shown):
-            true, pred = probe.class_name(int(probe.targets[i])), int(preds[i])
-            self._facts[i] = (true, probe.class_name(pred), float(probs[i, pred]))
-            line = f"#{i} true: {true}\npred: {probe.class_name(pred)} {float(probs[i, pred]):.2f}"
-            if target_set == "label":
-                line += f"\nmap for: {probe.class_name(int(result.targets['label'][i]))}"
-            captions.append(line)
-        return captions
+    # ------------------------------------------------------------------ records in
+    def picture(self, picture: Picture) -> None:
+        """Write ``picture`` (when the open firing commits)."""
+        self._add(picture)
 
-    def map_math(self, math: Callable[[], T], device: torch.device) -> Callable[[], T]:
-        """``math`` (normalise, colour, blend, upsample maps that are on ``device``) run now on an accelerator, its
-        uint8 result copied to the host without blocking, else deferred to whoever draws; call the result inside a
-        :meth:`draw`'s render for the host tensors (computed once, however often it is called).
-        See :mod:`probelens.writing.transfer`."""
-        return map_math(math, device, now=self.map_math_now)
+    def text(self, tag: str, text: str, step: int, exact: bool = False) -> None:
+        """Write a text entry (markdown) at ``tag`` and ``step``, in order with the pictures (``exact``: at ``tag``
+        itself, without the monitor's name or the stage: a run-wide entry such as the layer table)."""
+        self._add(Text(tag, step, text, exact))
 
-    def draw(
-        self,
-        tag: str,
-        step: int,
-        render: Render,
-        *,
-        per_probe: int = 1,
-        shown: Tensor | None = None,
-        nbytes: int = 0,
-        colour_scale: Mapping[str, object] | None = None,
-    ) -> None:
-        """Writes the picture ``render()`` returns at ``tag`` and ``step``: a uint8 ``[C,H,W]`` image, or the image and
-        its grid's cell boxes (``per_probe`` consecutive boxes per probe image, the images ``shown``, by default
-        probe images 0, 1, ...), which become the PNG's probe-image layout (:data:`probelens.render.CELLS_KEY`), and
-        optionally each cell's map box (:data:`probelens.logformat.MAPS_KEY`). ``colour_scale``: the colour scale the
-        maps were drawn with, recorded as :data:`probelens.logformat.SCALE_KEY` (see :func:`colour_scale`).
+    def scalars(self, metrics: Mapping[str, float], step: int, named: bool = True) -> None:
+        """Log ``metrics`` to every attached logger (scalars go to every logger, CSV included)."""
+        self._add(Scalars(dict(metrics), step, named, self.loggers))
 
-        With an image pipeline attached, ``render`` runs later on its worker thread, in submission order (so steps
-        stay ordered), and a failure there is reported to :attr:`on_failure`; without one (and inside
-        :meth:`held`) it runs now. Either way ``render`` must read only what it closed over: CPU tensors that the
-        training thread no longer changes (the tag, the captions' facts and the probe's fingerprint are taken now).
-        ``nbytes``: what those tensors hold, counted against the pipeline's memory bound (back-pressure).
-        """
-        full, sink, facts, scale = self.tag(tag), self.sink, dict(self._facts), self.scale
-        assert sink is not None, "the writer is attached when the monitor is configured"
-        fingerprint = self.probe.fingerprint() if self.probe is not None else None
+    def _add(self, record: Record) -> None:
+        if self._pending is not None:
+            self._pending.append(record)
+        else:
+            self._write([record])
 
-        def job() -> None:
-            out = render()
-            if out is None:  # the render kept history only (e.g. a filmstrip frame), nothing to write this step
-                return
-            image, boxes, map_boxes = (out, (), ()) if isinstance(out, Tensor) else (*out, ())[:3]
-            index = list(range(len(boxes))) if shown is None else [int(i) for i in shown]
-            cells = [Cell(index[j // per_probe], *box) for j, box in enumerate(boxes)]
-            maps = [Cell(index[j // per_probe], *box) for j, box in enumerate(map_boxes)]
-            image, sy, sx = downscale(image, self.max_image_side)
-            if scale < 1.0:  # the byte budget: subsampled, so the flat blocks of upscaled tiles stay flat
-                image, by, bx = downscale(image, max(16, int(max(image.shape[-2:]) * scale)), "nearest-exact")
-                sy, sx = sy * by, sx * bx
-            if (sy, sx) != (1.0, 1.0):
-                size = (image.shape[-2], image.shape[-1])
-                cells = [scale_cell(cell, sy, sx, size) for cell in cells]
-                maps = [scale_cell(cell, sy, sx, size) for cell in maps]
-            predictions = [(k, *facts[k]) for k in dict.fromkeys(c[0] for c in cells) if k in facts]
-            recorded = ProbeCells(cells, fingerprint if cells else None, predictions, maps=maps, scale=colour_scale)
-            written = write_image(sink, full, image, step, recorded)
-            self._count(step, written or 0)
+    # ------------------------------------------------------------------ a firing
+    def open(self) -> None:
+        """Keep what is written from now on until :meth:`commit` (or :meth:`discard`)."""
+        self._pending = []
 
-        self.submit(job, step, f"drawing {full}", nbytes)
+    def commit(self) -> int:
+        """Write the open firing's records in order; returns the PNG bytes written. An error propagates (the firing
+        counts it); the records are dropped either way."""
+        records, self._pending = self._pending or [], None
+        return self._write(records)
 
-    def text(self, tag: str, text: str, step: int) -> None:
-        """Writes a text entry (markdown) at ``tag`` and ``step`` (in order with the pictures)."""
-        full, sink = self.tag(tag), self.sink
-        assert sink is not None, "the writer is attached when the monitor is configured"
-        self.submit(lambda: sink.add_text(full, text, step), step, f"writing {full}")
+    def discard(self) -> None:
+        """Drop the open firing's records: a failed firing writes nothing."""
+        self._pending = None
 
-    def submit(
-        self,
-        job: Callable[[], None],
-        step: int,
-        what: str,
-        nbytes: int = 0,
-        report: Callable[[int, str, Exception], None] | None = None,
-    ) -> None:
-        """Run ``job`` (a write) on the pipeline's worker, after what was handed over before it (now, without one).
-        A failure there is told to ``report`` (default :attr:`on_failure`) as ``(step, what, error)``."""
-        pipeline = self.pipeline
-        if pipeline is None or isinstance(self.sink, HeldWrites):
-            job()  # a failure propagates: the firing counts it
-            return
-        report = report or self.on_failure
+    # ------------------------------------------------------------------ the writing stage
+    def _write(self, records: Sequence[Record]) -> int:
+        written, step = 0, -1
+        for record in records:
+            if isinstance(record, Scalars):
+                self._log_scalars(record)
+                continue
+            assert self.sink is not None, "the writer is attached when the monitor is configured"
+            if isinstance(record, Text):
+                self.sink.add_text(record.tag if record.exact else self.tag(record.tag), record.text, record.step)
+                continue
+            step = record.step
+            image, facts = self._prepare(record)
+            nbytes = self.sink.add_image(self.tag(record.tag), image, record.step, facts)
+            written += nbytes if isinstance(nbytes, int) and not isinstance(nbytes, bool) else 0
+        if step >= 0:
+            self._measured = (step, written)
+        return written
 
-        def reported() -> None:
+    def _prepare(self, picture: Picture) -> tuple[Tensor, GridFacts]:
+        """``picture``'s pixels at the size they are written (``max_image_side``, the byte budget) and its facts with
+        the boxes scaled to match."""
+        image, sy, sx = downscale(picture.image, self.max_image_side)
+        if self.scale < 1.0:  # the byte budget: subsampled, so the flat blocks of upscaled tiles stay flat
+            image, by, bx = downscale(image, max(16, int(max(image.shape[-2:]) * self.scale)), "nearest-exact")
+            sy, sx = sy * by, sx * bx
+        cells, maps = picture.cells, picture.maps
+        if (sy, sx) != (1.0, 1.0):
+            size = (image.shape[-2], image.shape[-1])
+            cells = tuple(scale_cell(cell, sy, sx, size) for cell in cells)
+            maps = tuple(scale_cell(cell, sy, sx, size) for cell in maps)
+        if not cells:
+            return image, GridFacts()
+        shown = dict.fromkeys(cell.probe_index for cell in cells)
+        predictions = tuple((k, *picture.facts[k]) for k in shown if k in picture.facts)
+        probe = self.probe.fingerprint() if self.probe is not None else None
+        return image, GridFacts(cells, probe, predictions, maps, picture.scale)
+
+    def _log_scalars(self, record: Scalars) -> None:
+        tagged = {self.tag(key, record.named): value for key, value in record.metrics.items()}
+        for logger in record.loggers:
             try:
-                job()
-            except Exception as err:  # told on the training thread (the pipeline's on_error)
-                raise DrawFailed(report, step, what, err) from err
-
-        pipeline.submit(reported, nbytes=nbytes, name=what)
-
-    def _count(self, step: int, nbytes: int) -> None:
-        """Adds a picture's bytes to its firing's total (on the worker); a new step closes the last one's."""
-        if step != self._written_step:
-            if self._written_step >= 0:
-                self._measured = (self._written_step, self._written)
-            self._written_step, self._written = step, 0
-        self._written += nbytes
-        if self.max_bytes_per_firing is not None and self._written > self.max_bytes_per_firing:
-            self._measured = (step, self._written)  # over budget already: the next firing need not wait
-
-    def flush(self) -> None:
-        """Wait until everything handed to the pipeline is written (no-op without one)."""
-        if self.pipeline is not None:
-            self.pipeline.flush()
-
-    def scalars(self, loggers: Sequence[Any], metrics: dict[str, float], step: int, named: bool = True) -> None:
-        """Logs ``metrics`` to each of the trainer's ``loggers`` (scalars go to every logger, CSV included)."""
-        tagged = {self.tag(key, named): value for key, value in metrics.items()}
-        for logger in loggers:
-            try:
-                logger.log_metrics(tagged, step=step)
+                logger.log_metrics(tagged, step=record.step)
             except Exception as err:  # a full disk, a broken logger: the scalars are lost, never the training run
                 if id(logger) not in self._failed_loggers:
                     self._failed_loggers.add(id(logger))
                     rank_zero_warn(
                         f"probelens: {type(logger).__name__}.log_metrics failed while {self.name} wrote "
-                        f"{sorted(tagged)} at step {step} ({type(err).__name__}: {err}); training goes on, and "
+                        f"{sorted(tagged)} at step {record.step} ({type(err).__name__}: {err}); training goes on, and "
                         "further scalar failures of this logger are not reported."
                     )
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[HeldWrites]:
-        """Inside the block, writes are kept in the :class:`HeldWrites` it yields; call its ``release()`` after the
-        block to write them, or drop it to write nothing."""
-        assert self.sink is not None, "the writer is attached when the monitor is configured"
-        sink = self.sink
-        held = HeldWrites(sink)
-        self.sink = held
-        try:
-            yield held
-        finally:
-            self.sink = sink
 
 
 def colour_scale(
