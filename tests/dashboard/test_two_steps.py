@@ -55,7 +55,8 @@ def steps_logs(tmp_path_factory):
     with EventFileWriter(logdir / "run") as writer:
         for step in range(4):
             for tag in TAGS:
-                writer.add_image(tag, _grid(step, "fp", _scale(tag, step), swapped=step == 3), TILE + BAND, 2 * TILE, step)
+                png = _grid(step, "fp", _scale(tag, step), swapped=step == 3)
+                writer.add_image(tag, png, TILE + BAND, 2 * TILE, step)
     with EventFileWriter(logdir / "reprobe") as writer:
         for step in range(3):
             writer.add_image(TAGS[0], _grid(step, "fpX" if step < 2 else "fpY", FIXED), TILE + BAND, 2 * TILE, step)
@@ -159,7 +160,8 @@ def test_two_steps_side_by_side(chromium, steps_logs, serve, shots):  # noqa: F8
         browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/#probelens")
         _wait(
             browser,
-            f"(() => {{ const d = {_FRAME}; return d && d.querySelector('.view-tab[data-view=steps]') ? 1 : null; }})()",
+            f"(() => {{ const d = {_FRAME}; return d && d.querySelector('.view-tab[data-view=steps]') ? 1 : null; }})"
+            "()",
             bool,
             "the view tabs",
         )
@@ -177,19 +179,22 @@ def test_two_steps_side_by_side(chromium, steps_logs, serve, shots):  # noqa: F8
         assert heads[TAGS[0]]["bars"] == 2 and "different scales at the two steps" in heads[TAGS[0]]["scale"]
         assert "fixed scale 0 to 2.5" in heads[TAGS[0]]["scale"] and "fixed scale 0 to 4" in heads[TAGS[0]]["scale"]
         assert heads[TAGS[1]]["scale"] == "colour scale not recorded" and heads[TAGS[1]]["bars"] == 0
-        assert heads[TAGS[2]]["bars"] == 1 and "compare where a map is bright, not how bright" in heads[TAGS[2]]["scale"]
+        assert heads[TAGS[2]]["bars"] == 1
+        assert "per image" in heads[TAGS[2]]["scale"] and "not how bright" in heads[TAGS[2]]["scale"]
         assert all(h["steps"] == "step 0step 3" for h in panel["heads"])
         # the slider's step is the outlined one
         assert all(c["slider"] == (c["side"] == "later") for r in panel["rows"] for c in r["cells"])
         # the picture of the step each cell says, from the run it is in
-        assert all("run=run" in c["src"] and f"step={c['step']}&" in c["src"] for r in panel["rows"] for c in r["cells"])
+        cells = [c for r in panel["rows"] for c in r["cells"]]
+        assert all("run=run" in c["src"] and f"step={c['step']}&" in c["src"] for c in cells)
 
         # the slider moves its step; the other stays; at step 2 net.0.0 shares its fixed scale with step 0
         _slide(browser, 2)
         state = _wait(browser, _STEPS, _showing("run", _expect(rows, 0, 2)), "steps 0 and 2 side by side")
         heads = {h["tag"]: h for h in state["panels"][0]["heads"]}
-        assert heads[TAGS[0]]["bars"] == 1 and "the same scale at both steps: brightness can be compared" in (
-            heads[TAGS[0]]["scale"]
+        assert (
+            heads[TAGS[0]]["bars"] == 1
+            and "the same scale at both steps: brightness can be compared" in (heads[TAGS[0]]["scale"])
         )
         # the captions of both steps in the row header, the change marked
         head = {r["probe"]: r["head"] for r in state["panels"][0]["rows"]}
