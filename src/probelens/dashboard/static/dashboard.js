@@ -51,11 +51,12 @@ async function getJSON(url) {
   return body;
 }
 
-/** "Indexing the logs: 12.0 of 110.3 MB read" */
-function progressText(progress) {
+/** "Indexing the logs: 12.0 of 110.3 MB read (11%)..." (`what`: whose files), or a note that reading has begun. */
+function progressText(progress, what = 'the logs') {
   const mb = (n) => (n / 1048576).toFixed(1);
   if (!progress || !progress.bytes_total) return 'Reading the logs...';
-  return `Indexing the logs: ${mb(progress.bytes_read)} of ${mb(progress.bytes_total)} MB read...`;
+  const percent = Math.floor((100 * progress.bytes_read) / progress.bytes_total);
+  return `Indexing ${what}: ${mb(progress.bytes_read)} of ${mb(progress.bytes_total)} MB read (${percent}%)...`;
 }
 
 /** What a run shows before (or without) its listing. */
@@ -405,7 +406,8 @@ export class Dashboard {
     if (error) out.push(h('p', {class: 'notice error', role: 'alert', text: error}));
     for (const text of summary.notices || []) out.push(h('p', {class: 'notice warning', role: 'status', text}));
     if (summary.indexed === false) {
-      out.push(h('p', {class: 'notice progress', role: 'status', text: progressText(summary.progress)}));
+      const text = `${progressText(summary.progress, 'this run')} The steps read so far are shown; the rest follow.`;
+      out.push(h('p', {class: 'notice progress', role: 'status', text}));
     }
     return out.length ? h('div', {class: 'notices'}, out) : null;
   }
