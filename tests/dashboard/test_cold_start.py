@@ -45,6 +45,26 @@ def test_read_rate_from_env(monkeypatch):
         LogIndex(".", read_rate=0.0)
 
 
+def test_the_plugin_takes_the_cap_from_the_environment_and_says_when_it_cannot(tmp_path, monkeypatch, capsys):
+    from tensorboard.plugins import base_plugin
+
+    from probelens.dashboard.plugin import ProbelensPlugin
+
+    for value, rate in (("2", 2 * 2**20), ("fast", None), ("", None)):
+        monkeypatch.setenv(READ_RATE_ENV, value)
+        plugin = ProbelensPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+        try:
+            assert plugin._index is not None and plugin._index.read_rate == rate
+        finally:
+            plugin._index.stop()
+        err = capsys.readouterr().err
+        if value == "fast":  # the tab stays; the console says why there is no cap
+            assert f"probelens dashboard: {READ_RATE_ENV}='fast': expected a positive number" in err
+            assert "reading without a cap" in err
+        else:
+            assert READ_RATE_ENV not in err
+
+
 @pytest.fixture(scope="module")
 def large_run(tmp_path_factory):
     """``logs/big``: 40 steps of three 256 x 256 grids of incompressible noise (~24 MiB), 16 probe images each."""

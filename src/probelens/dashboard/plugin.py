@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from importlib import resources
 from typing import Any
 
@@ -84,7 +85,13 @@ class ProbelensPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir = getattr(context, "logdir", None) or ""
-        self._index = LogIndex(self._logdir, read_rate=read_rate_from_env()) if self._logdir else None
+        try:
+            read_rate = read_rate_from_env()
+        except ValueError as err:
+            # TensorBoard would start without the tab if this raised: keep the tab, say why the cap is not applied
+            print(f"probelens dashboard: {err}; reading without a cap", file=sys.stderr, flush=True)
+            read_rate = None
+        self._index = LogIndex(self._logdir, read_rate=read_rate) if self._logdir else None
         if self._index is not None:
             # index the logs while TensorBoard starts, and follow them from then on
             self._index.start()
