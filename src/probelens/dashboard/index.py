@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import time
@@ -171,6 +172,10 @@ class EventFileFollower:
         if self.damaged:
             return []
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                # a named pipe would block the reading thread in open() for as long as nobody writes to it
+                self.damaged = f"{self.path.name} is not a regular file (a named pipe, a device or a folder): not read"
+                return []
             fh = open(self.path, "rb")  # noqa: SIM115 - a with block below
         except OSError:
             return []
