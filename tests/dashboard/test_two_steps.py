@@ -241,6 +241,17 @@ def test_two_steps_side_by_side(chromium, steps_logs, serve, shots):  # noqa: F8
             x0 = -round((0 if index == 0 else TILE) * CELL_W / TILE) + 0.0
             assert pairs[f"fpX:{index}"] == [("earlier", TAGS[0], 0, f"fpX:{index}", x0), ("-",)]
             assert pairs[f"fpY:{index}"] == [("-",), ("later", TAGS[0], 2, f"fpY:{index}", x0)]
+        # nor compared: image 1 of each set says 'desert' at step 0 (fpX) and 'snow' at step 2 (fpY), which is no
+        # change of one image's prediction, between the two steps or since the step before (in the matrix too)
+        _select(browser, "row-filter", "between")
+        _wait(browser, visible, lambda r: r == [], "no row changed between steps 0 and 2 of run reprobe")
+        browser.evaluate(f"{_FRAME}.querySelector('.view-tab[data-view=matrix]').click()")
+        _select(browser, "row-filter", "changed")
+        matrix_rows = f"[...{_FRAME}.querySelectorAll('.matrix tbody tr[data-probe]')].map((r) => r.dataset.probe)"
+        _wait(browser, matrix_rows, lambda r: r == [], "no row changed since the step before at step 2")
+        _select(browser, "row-filter", "all")
+        _wait(browser, matrix_rows, lambda r: sorted(r) == ["fpX:0", "fpX:1", "fpY:0", "fpY:1"], "every row")
+        browser.evaluate(f"{_FRAME}.querySelector('.view-tab[data-view=steps]').click()")
 
         # a run beside, aligned by progress: each run shows its own matching steps
         _select(browser, "run-left", "run")
