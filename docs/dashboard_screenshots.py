@@ -1,4 +1,5 @@
-"""Screenshots of the probelens TensorBoard tab (matrix, probe-image and shortcut views) on the demo (not run in CI).
+"""Screenshots of the probelens TensorBoard tab (matrix, two-steps, probe-image and shortcut views) on the demo (not
+run in CI).
 
     python docs/dashboard_screenshots.py                           # trains the demo at p=0.95 and p=0.5, captures
     python docs/dashboard_screenshots.py --logdir lightning_logs   # reuse logs holding both demo runs
@@ -7,9 +8,9 @@ It trains ``examples/snow_vs_desert.py`` twice with the demo's defaults (``--p 0
 and ``--n`` override them) into a temporary folder, starts the real ``tensorboard`` on 127.0.0.1 (the dashboard is
 loaded through its ``tensorboard_plugins`` entry point, so probelens must be installed, e.g. ``pip install -e .``),
 opens the "probelens" tab in headless Chromium (``apt-get install chromium``), drives it like a user (views, runs,
-probe image) and writes ``matrix.png``, ``probe_image.png`` and ``shortcut.png`` to ``docs/images/dashboard/``. A
-capture that comes out blank is reported and not written. The TensorBoard launcher and the DevTools driver are those
-of ``docs/screenshots.py``.
+probe image) and writes ``matrix.png``, ``two_steps.png``, ``probe_image.png`` and ``shortcut.png`` to
+``docs/images/dashboard/``. A capture that comes out blank is reported and not written. The TensorBoard launcher and
+the DevTools driver are those of ``docs/screenshots.py``.
 """
 
 from __future__ import annotations
@@ -97,10 +98,10 @@ def capture(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train the two demo runs (or reuse ``--logdir``), start TensorBoard and capture the three views.
+    """Train the two demo runs (or reuse ``--logdir``), start TensorBoard and capture the four views.
 
     Returns:
-        0 when all three screenshots were written, 1 when one came out blank.
+        0 when all four screenshots were written, 1 when one came out blank.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logdir", type=Path, default=None, help="logs with both demo runs (skip training)")
@@ -142,6 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             pages = [
                 ("matrix.png", [choose("run-left", SHORTCUT_RUN)], 1400, 1150, 0),
+                (
+                    # the first logged step beside the last, Grad-CAM only (four layers, two steps each)
+                    "two_steps.png",
+                    [
+                        choose("run-left", SHORTCUT_RUN),
+                        "d.querySelector('.view-tab[data-view=steps]').click();",
+                        "d.querySelector('input[data-method=saliency]').click();",
+                    ],
+                    1600,
+                    1250,
+                    0,
+                ),
                 (
                     "probe_image.png",
                     [

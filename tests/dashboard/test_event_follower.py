@@ -1,7 +1,8 @@
 """The dashboard's event-file follower and index (fast tier, no server): records read by byte offset agree with
 TensorBoard's own reader, an incomplete last record is left for later and reported only while it stays incomplete,
 damage stops the file with a notice, a file that shrank makes the run be read again, a pass's byte budget is not
-mistaken for truncation, and the picture cache stays within its bound."""
+mistaken for truncation, the picture cache stays within its bound, and a named pipe among the event files is reported
+instead of blocking the reading thread."""
 
 from __future__ import annotations
 
@@ -120,3 +121,22 @@ def test_image_cache_stays_within_its_bound():
     assert len(cache) == 10 and cache.get(49) is not None and cache.get(0) is None
     cache.put("big", bytes(600))  # more than a quarter of the bound: never cached
     assert cache.get("big") is None
+
+
+def test_a_named_pipe_among_the_event_files_is_reported_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    run = tmp_path / "run"
+    _write(run, 2)
+    os.mkfifo(run / "events.out.tfevents.0.pipe")  # open() on it would wait for a writer forever
+    index = LogIndex(tmp_path, rescan_s=0.0)
+    thread = threading.Thread(target=index.refresh, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the pass waited on the named pipe"
+    summary = index.run("run").summary()
+    assert [e["step"] for e in summary["grids"][0]["entries"]] == [0, 1]  # the real file is read
+    assert summary["notices"] == [
+        "events.out.tfevents.0.pipe is not a regular file (a named pipe, a device or a folder): not read"
+    ]

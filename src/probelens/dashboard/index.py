@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import time
@@ -171,6 +172,10 @@ class EventFileFollower:
         if self.damaged:
             return []
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                # a named pipe would block the reading thread in open() for as long as nobody writes to it
+                self.damaged = f"{self.path.name} is not a regular file (a named pipe, a device or a folder): not read"
+                return []
             fh = open(self.path, "rb")  # noqa: SIM115 - a with block below
         except OSError:
             return []
@@ -680,6 +685,9 @@ class LogIndex:
         cache_bytes: The bound of the cache of pictures read on demand.
         pass_budget: Bytes one pass reads from a run at most, so that a cold start lists every run early and
             indexes them a slice at a time.
+        read_rate: Bytes per second the background thread reads at most (``None``: as fast as the disk allows), for
+            log directories on storage shared with others; a pass then reads at most half a second's worth per run
+            and the thread pauses after it as long as the bytes read take at that rate.
     """
 
     def __init__(
@@ -689,11 +697,16 @@ class LogIndex:
         poll_s: float = 1.0,
         cache_bytes: int = 32 << 20,
         pass_budget: int = 64 << 20,
+        read_rate: float | None = None,
     ) -> None:
+        if read_rate is not None and not (math.isfinite(read_rate) and read_rate > 0):
+            raise ValueError(f"read_rate must be a positive number of bytes per second, or None; got {read_rate!r}")
         self.logdir = Path(logdir)
         self.rescan_s = rescan_s
         self.poll_s = poll_s
         self.pass_budget = pass_budget
+        self.read_rate = read_rate
+        self.last_pass_bytes = 0
         self.cache = ImageCache(cache_bytes)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -720,12 +733,21 @@ class LogIndex:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        budget = self.pass_budget
+        if self.read_rate is not None:
+            budget = max(1, min(budget, int(self.read_rate / 2)))
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
-                busy = self.refresh(budget=self.pass_budget)
+                busy = self.refresh(budget=budget)
                 self.last_error = None
             except Exception as err:  # a pass that fails is tried again at the next one
                 busy, self.last_error = False, f"{type(err).__name__}: {err}"
+            if self.read_rate is not None:
+                # hold the rate: the pass's bytes take this long at it
+                pause = self.last_pass_bytes / self.read_rate - (time.monotonic() - started)
+                if pause > 0 and self._stop.wait(pause):
+                    break
             if not busy:
                 self._stop.wait(self.poll_s)
 
@@ -748,6 +770,7 @@ class LogIndex:
                 read += max(0, run.bytes_read - before)
                 unfinished = unfinished or not run.indexed
             self.passes += 1
+            self.last_pass_bytes = read
             if read >= _TRIM_AFTER_BYTES:
                 _release_freed_memory()
             return unfinished

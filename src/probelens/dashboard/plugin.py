@@ -12,12 +12,17 @@ Routes, under ``/data/plugin/probelens/``:
 
 The plugin reads the event files itself (:mod:`probelens.dashboard.index`), so TensorBoard's
 ``--samples_per_plugin`` does not limit it: every logged step is listed. A background thread follows the files by
-byte offset; every request is answered from the index as it stands, never after a read of the files.
+byte offset; every request is answered from the index as it stands, never after a read of the files. The environment
+variable ``PROBELENS_DASHBOARD_READ_MIB_S`` caps how fast that thread reads (MiB per second; unset: no cap), for log
+directories on storage shared with others.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 from importlib import resources
 from typing import Any
 
@@ -27,7 +32,7 @@ from werkzeug import wrappers
 
 from probelens.dashboard.index import LogIndex, finite
 
-__all__ = ["PLUGIN_NAME", "ProbelensPlugin"]
+__all__ = ["PLUGIN_NAME", "READ_RATE_ENV", "ProbelensPlugin", "read_rate_from_env"]
 
 PLUGIN_NAME = "probelens"
 _STATIC = {
@@ -38,6 +43,31 @@ _STATIC = {
 }
 _IMAGE_TYPES = {b"\x89PNG": "image/png", b"GIF8": "image/gif", b"\xff\xd8\xff": "image/jpeg"}
 _IMAGE_CACHE_S = 24 * 3600  # the frontend adds the picture's wall time to the URL, so a rewritten step is fetched anew
+
+
+READ_RATE_ENV = "PROBELENS_DASHBOARD_READ_MIB_S"
+
+
+def read_rate_from_env() -> float | None:
+    """The read rate cap in bytes per second that ``PROBELENS_DASHBOARD_READ_MIB_S`` sets (MiB per second), ``None``
+    when it is unset or empty.
+
+    Raises:
+        ValueError: The variable holds something else than a positive number.
+    """
+    raw = os.environ.get(READ_RATE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{READ_RATE_ENV}={raw!r}: expected a positive number of MiB per second (e.g. 20), or leave it unset for "
+            "no cap on how fast the probelens dashboard reads the event files"
+        )
+    return value * (1 << 20)
 
 
 def _static(name: str) -> bytes:
@@ -55,7 +85,13 @@ class ProbelensPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir = getattr(context, "logdir", None) or ""
-        self._index = LogIndex(self._logdir) if self._logdir else None
+        try:
+            read_rate = read_rate_from_env()
+        except ValueError as err:
+            # TensorBoard would start without the tab if this raised: keep the tab, say why the cap is not applied
+            print(f"probelens dashboard: {err}; reading without a cap", file=sys.stderr, flush=True)
+            read_rate = None
+        self._index = LogIndex(self._logdir, read_rate=read_rate) if self._logdir else None
         if self._index is not None:
             # index the logs while TensorBoard starts, and follow them from then on
             self._index.start()

@@ -7,6 +7,7 @@ import {lineChart} from './charts.js';
 
 const VIEWS = [
   ['matrix', 'Matrix'],
+  ['steps', 'Two steps'],
   ['image', 'Probe image'],
   ['shortcut', 'Shortcut'],
 ];
@@ -15,6 +16,7 @@ const POLL_MS = 2000; // a run that is still training: its new steps, and new ru
 const CELL_W = 150; // a matrix cell's width in CSS pixels (the crop is scaled to it)
 const STRIP_W = 96; // a filmstrip frame's width
 const HIDDEN_BY_DEFAULT = new Set(['activations']); // one wide row per probe image: shown on request
+const TWO_STEP_FILTERS = new Set(['wrong-other', 'between']); // row filters that compare the two steps
 const SCALAR_ORDER = [
   'shortcut/score',
   'shortcut/background_only_accuracy',
@@ -49,11 +51,12 @@ async function getJSON(url) {
   return body;
 }
 
-/** "Indexing the logs: 12.0 of 110.3 MB read" */
-function progressText(progress) {
+/** "Indexing the logs: 12.0 of 110.3 MB read (11%)..." (`what`: whose files), or a note that reading has begun. */
+function progressText(progress, what = 'the logs') {
   const mb = (n) => (n / 1048576).toFixed(1);
   if (!progress || !progress.bytes_total) return 'Reading the logs...';
-  return `Indexing the logs: ${mb(progress.bytes_read)} of ${mb(progress.bytes_total)} MB read...`;
+  const percent = Math.floor((100 * progress.bytes_read) / progress.bytes_total);
+  return `Indexing ${what}: ${mb(progress.bytes_read)} of ${mb(progress.bytes_total)} MB read (${percent}%)...`;
 }
 
 /** What a run shows before (or without) its listing. */
@@ -180,6 +183,11 @@ const COLORMAPS = {
   bwr: ['#0000ff', '#ffffff', '#ff0000'],
 };
 
+/** An activation grid: its cell is a whole row of channels, drawn full width under its probe image's row. */
+function isWide(grid) {
+  return grid.method === 'activations' || grid.method.endsWith('/activations');
+}
+
 /** A colour bar with the scale mode of a column's maps, from the scale its grid recorded; null when none was. */
 function colorBar(entry) {
   const scale = entry && entry.scale;
@@ -192,8 +200,49 @@ function colorBar(entry) {
   const text =
     scale.mode === 'fixed'
       ? `fixed scale ${fmt(scale.vmin ?? 0)} to ${fmt(scale.vmax)}`
-      : 'per image: each map from its own min to max';
+      : scale.symmetric
+        ? 'per image: each map from minus to plus its own largest magnitude'
+        : 'per image: each map from its own min to max';
   return h('div', {class: 'scale'}, bar, h('div', {class: 'small scale-mode', text}));
+}
+
+/** What a recorded colour scale says about brightness (the colour stops aside). */
+function scaleKey(scale) {
+  return JSON.stringify([scale.colormap, scale.mode, scale.vmin ?? 0, scale.vmax ?? null, !!scale.symmetric]);
+}
+
+/**
+ * The colour scales of a column's maps at two steps (`a` and `b`: the entries shown, or null): one bar and whether
+ * brightness can be compared across the two when both record the same scale; each step's own bar when they differ;
+ * a word when neither recorded one (no guessed bar).
+ */
+function scalePair(a, b, stepA, stepB) {
+  const sa = a && a.scale;
+  const sb = b && b.scale;
+  if (!sa && !sb) return h('div', {class: 'small scale-mode scale-pair', text: 'colour scale not recorded'});
+  if (sa && sb && scaleKey(sa) === scaleKey(sb)) {
+    const text =
+      sa.mode === 'fixed'
+        ? 'the same scale at both steps: brightness can be compared'
+        : 'at both steps: compare where a map is bright, not how bright';
+    return h('div', {class: 'scale-pair same'}, colorBar(b), h('div', {class: 'small scale-note', text}));
+  }
+  return h(
+    'div',
+    {class: 'scale-pair differ'},
+    [
+      [stepA, a],
+      [stepB, b],
+    ].map(([s, e]) =>
+      h(
+        'div',
+        {},
+        h('div', {class: 'small', text: `step ${s}:`}),
+        colorBar(e) || h('div', {class: 'small', text: 'not recorded'}),
+      ),
+    ),
+    h('div', {class: 'small scale-note', text: 'different scales at the two steps: brightness cannot be compared'}),
+  );
 }
 
 /** A probe image's box cut out of a logged grid, scaled to `width` CSS pixels (`box`: default its whole cell). */
@@ -228,7 +277,18 @@ function caption(entry, index) {
 export class Dashboard {
   constructor(root) {
     this.root = root;
-    this.state = {view: 'matrix', runs: [], left: null, right: null, step: null, probes: {}, playing: false};
+    // stepA: the two-steps view's other step: 'first' (the first logged step), 'before' (the logged step before the
+    // slider's) or a step number
+    this.state = {
+      view: 'matrix',
+      runs: [],
+      left: null,
+      right: null,
+      step: null,
+      stepA: 'first',
+      probes: {},
+      playing: false,
+    };
     this.summaries = new Map();
     this.hiddenMethods = new Set(HIDDEN_BY_DEFAULT);
     this.timer = null;
@@ -346,7 +406,8 @@ export class Dashboard {
     if (error) out.push(h('p', {class: 'notice error', role: 'alert', text: error}));
     for (const text of summary.notices || []) out.push(h('p', {class: 'notice warning', role: 'status', text}));
     if (summary.indexed === false) {
-      out.push(h('p', {class: 'notice progress', role: 'status', text: progressText(summary.progress)}));
+      const text = `${progressText(summary.progress, 'this run')} The steps read so far are shown; the rest follow.`;
+      out.push(h('p', {class: 'notice progress', role: 'status', text}));
     }
     return out.length ? h('div', {class: 'notices'}, out) : null;
   }
@@ -369,6 +430,30 @@ export class Dashboard {
     const first = this.shown()[0];
     if (!this.aligned() || !first || summary.run === first.run) return this.state.step;
     return matchStep(this.state.step, first, summary, this.state.align);
+  }
+
+  /** The two-steps view's other step, for the slider's run: null where there is none (no step logged; the step
+   * before the first). A chosen step no longer among the logged ones (another run chosen) is the nearest logged. */
+  stepA() {
+    const steps = this.steps();
+    if (!steps.length || this.state.step === null) return null;
+    const choice = this.state.stepA;
+    if (choice === 'before') {
+      const i = steps.indexOf(this.state.step);
+      return i > 0 ? steps[i - 1] : null;
+    }
+    if (typeof choice === 'number') {
+      return steps.reduce((best, s) => (Math.abs(s - choice) < Math.abs(best - choice) ? s : best), steps[0]);
+    }
+    return steps[0];
+  }
+
+  /** The two-steps view's other step in `summary`'s run: for the run beside (aligned) its matching step. */
+  stepAOf(summary) {
+    const a = this.stepA();
+    const first = this.shown()[0];
+    if (a === null || !this.aligned() || !first || summary.run === first.run) return a;
+    return matchStep(a, first, summary, this.state.align);
   }
 
   setStep(step, summary = null) {
@@ -479,6 +564,7 @@ export class Dashboard {
             ),
           )
         : null,
+      this.state.view === 'steps' ? this.compareWith(steps) : null,
       h(
         'span',
         {class: 'stepper'},
@@ -491,6 +577,35 @@ export class Dashboard {
     );
   }
 
+  /** The two-steps view's "compare with": the first logged step, the step before the slider's, or any logged step. */
+  compareWith(steps) {
+    const i = steps.indexOf(this.state.step);
+    const resolved = this.stepA();
+    const choice = this.state.stepA;
+    const value = typeof choice === 'number' ? String(resolved) : choice;
+    return h(
+      'label',
+      {title: 'the step shown beside the slider\'s step in the two-steps view'},
+      'compare with ',
+      h(
+        'select',
+        {
+          id: 'step-a',
+          onchange: (e) => {
+            const v = e.target.value;
+            this.state.stepA = v === 'first' || v === 'before' ? v : Number(v);
+            this.draw();
+          },
+        },
+        [
+          ['first', `the first logged step (${steps.length ? steps[0] : 'none'})`],
+          ['before', `the step before the slider's (${i > 0 ? steps[i - 1] : 'none'})`],
+          ...steps.map((s) => [String(s), `step ${s}`]),
+        ].map(([v, text]) => h('option', {value: v, text, selected: v === value})),
+      ),
+    );
+  }
+
   body() {
     const panels = this.shown().map((s) =>
       h(
@@ -500,13 +615,21 @@ export class Dashboard {
           'h2',
           {text: s.run},
           this.aligned() && s !== this.shown()[0]
-            ? h('span', {class: 'aligned-step small', text: ` at step ${this.stepOf(s)} (aligned by ${this.state.align})`})
+            ? h('span', {
+                class: 'aligned-step small',
+                text:
+                  this.state.view === 'steps' && this.stepAOf(s) !== null
+                    ? ` at steps ${this.stepAOf(s)} and ${this.stepOf(s)} (aligned by ${this.state.align})`
+                    : ` at step ${this.stepOf(s)} (aligned by ${this.state.align})`,
+              })
             : null,
         ),
         this.notices(s),
         this.state.view === 'matrix'
           ? this.matrix(s)
-          : this.state.view === 'image'
+          : this.state.view === 'steps'
+            ? this.twoSteps(s)
+            : this.state.view === 'image'
             ? this.probeView(s)
             : this.shortcut(s),
       ),
@@ -542,43 +665,77 @@ export class Dashboard {
     );
   }
 
-  /** What the grids say about a probe image (a row) at the shown step and at the logged step before it. */
-  rowFacts(summary, columns, {fingerprint, index}) {
+  /** What the grids say about a probe image (a row) at `step` (default: the step the panel shows) and at the logged
+   * step before it; only what they recorded for this probe image (its probe set's fingerprint and index). */
+  rowFacts(summary, columns, {fingerprint, index}, step = this.stepOf(summary)) {
     const k = String(index);
     for (const c of columns) {
-      const i = c.entries.indexOf(entryAt(c.entries, this.stepOf(summary)));
+      const i = c.entries.indexOf(entryAt(c.entries, step));
       const now = c.entries[i];
       if (!now || now.probe !== fingerprint || !now.predictions || !now.predictions[k]) continue;
-      const before = i > 0 && c.entries[i - 1].predictions ? c.entries[i - 1].predictions[k] : null;
+      const prev = i > 0 ? c.entries[i - 1] : null;
+      // the step before is this probe image's only where that grid recorded the same probe set
+      const before = prev && prev.probe === fingerprint && prev.predictions ? prev.predictions[k] || null : null;
       return {now: now.predictions[k], before};
     }
     return null;
   }
 
-  /** Whether a row passes the row filter (all, misclassified, prediction changed, one class). */
-  rowShown(summary, columns, row) {
+  /** The row filter in the current view: the filters over two steps exist in the two-steps view only. */
+  rowFilterIn() {
     const filter = this.rowFilterValue || 'all';
+    return this.state.view !== 'steps' && TWO_STEP_FILTERS.has(filter) ? 'all' : filter;
+  }
+
+  /** Whether a row passes the row filter (all, misclassified, prediction changed, one class; in the two-steps view
+   * also misclassified at the other step, and prediction changed between the two steps). */
+  rowShown(summary, columns, row) {
+    const filter = this.rowFilterIn();
     if (filter === 'all') return true;
     const facts = this.rowFacts(summary, columns, row);
+    if (TWO_STEP_FILTERS.has(filter)) {
+      const other = this.stepAOf(summary);
+      const then = other === null ? null : this.rowFacts(summary, columns, row, other);
+      if (!then) return false;
+      if (filter === 'wrong-other') return then.now[0] !== then.now[1];
+      return !!facts && then.now[1] !== facts.now[1]; // 'between'
+    }
+    if (filter.startsWith('class:')) {
+      const other = this.state.view === 'steps' ? this.stepAOf(summary) : null;
+      const known = facts || (other !== null ? this.rowFacts(summary, columns, row, other) : null);
+      return !!known && filter === `class:${known.now[0]}`;
+    }
     if (!facts) return false;
     const [truth, pred] = facts.now;
     if (filter === 'wrong') return truth !== pred;
     if (filter === 'changed') return !!facts.before && facts.before[1] !== pred;
-    return filter === `class:${truth}`;
+    return false;
   }
 
   rowFilter(summary, columns) {
     const classes = new Set();
+    const twoSteps = this.state.view === 'steps';
+    const step = this.stepOf(summary);
+    const other = twoSteps ? this.stepAOf(summary) : null;
     for (const row of this.rows(summary)) {
-      const facts = this.rowFacts(summary, columns, row);
-      if (facts) classes.add(facts.now[0]);
+      for (const s of other === null ? [step] : [step, other]) {
+        const facts = this.rowFacts(summary, columns, row, s);
+        if (facts) classes.add(facts.now[0]);
+      }
     }
     const options = [
       ['all', 'every probe image'],
-      ['wrong', 'misclassified'],
-      ['changed', 'prediction changed since the step before'],
+      ['wrong', twoSteps ? `misclassified at step ${step}` : 'misclassified'],
+      ...(other !== null
+        ? [
+            ['wrong-other', `misclassified at step ${other}`],
+            ['between', `prediction changed between step ${Math.min(step, other)} and step ${Math.max(step, other)}`],
+          ]
+        : []),
+      ['changed', `prediction changed since the step before${twoSteps ? ` ${step}` : ''}`],
       ...[...classes].sort().map((c) => [`class:${c}`, `class ${c}`]),
     ];
+    const value = this.rowFilterIn();
     return h(
       'label',
       {class: 'filter'},
@@ -592,12 +749,13 @@ export class Dashboard {
             this.draw();
           },
         },
-        options.map(([value, text]) => h('option', {value, text, selected: value === (this.rowFilterValue || 'all')})),
+        options.map(([v, text]) => h('option', {value: v, text, selected: v === value})),
       ),
     );
   }
 
-  /** The enlarged cell (a click on a matrix cell): the map at 4x the cell's width, its caption; click to close. */
+  /** The enlarged cell (a click on a matrix cell; in the two-steps view both steps): the map at up to 4x the cell's
+   * width, with its caption; a click closes it. */
   lightbox() {
     const e = this.enlarged;
     if (!e) return null;
@@ -605,20 +763,27 @@ export class Dashboard {
       this.enlarged = null;
       this.draw();
     };
+    const width = Math.max(CELL_W, Math.min(600, Math.floor((window.innerWidth - 80) / e.shots.length) - 24));
     return h(
       'div',
       {class: 'lightbox', role: 'dialog', onclick: close},
       h(
-        'figure',
-        {},
-        crop(e.run, e.item, e.entry, e.index, Math.min(600, window.innerWidth - 80), mapBox(e.entry, e.index)),
-        h(
-          'figcaption',
-          {},
-          h('code', {text: `${e.item.tag} #${e.index} step ${e.entry.step}`}),
-          caption(e.entry, e.index),
-          h('button', {class: 'link', text: 'close', onclick: close}),
+        'div',
+        {class: 'shots'},
+        e.shots.map((entry) =>
+          h(
+            'figure',
+            {dataset: {step: String(entry.step)}},
+            crop(e.run, e.item, entry, e.index, width, mapBox(entry, e.index)),
+            h(
+              'figcaption',
+              {},
+              h('code', {text: `${e.item.tag} #${e.index} step ${entry.step}`}),
+              caption(entry, e.index),
+            ),
+          ),
         ),
+        h('button', {class: 'link close', text: 'close', onclick: close}),
       ),
     );
   }
@@ -631,25 +796,130 @@ export class Dashboard {
     return rows;
   }
 
+  /**
+   * One matrix cell: probe image `index` of probe set `fingerprint` cut out of column `c`'s picture at `step` (or the
+   * last one logged before it, marked so), at the box that picture recorded for this probe image; an empty cell
+   * where that picture does not show it (not logged yet, or another probe set). `shots` (entry -> the entries a
+   * click enlarges) defaults to the cell's own.
+   */
+  cellAt(summary, c, step, {fingerprint, index}, options = {}) {
+    const {side = null, current = false, shots = (entry) => [entry]} = options;
+    const cls = [side ? `side-${side}` : '', current ? 'slider-step' : ''].join(' ').trim() || null;
+    const entry = entryAt(c.entries, step);
+    if (!entry) return h('td', {class: `empty ${cls || ''}`.trim(), text: `not logged by step ${step}`});
+    if (entry.probe !== fingerprint || !entry.boxes || !entry.boxes[String(index)]) {
+      return h('td', {
+        class: `empty ${cls || ''}`.trim(),
+        text: '-',
+        title: `the picture of step ${entry.step} does not show this probe image (another probe set)`,
+      });
+    }
+    const dataset = {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)};
+    if (side) dataset.side = side;
+    return h(
+      'td',
+      {class: cls},
+      h(
+        'div',
+        {
+          class: 'cell',
+          dataset,
+          title: 'click to enlarge',
+          onclick: () => {
+            this.enlarged = {run: summary.run, item: c, shots: shots(entry), index};
+            this.draw();
+          },
+        },
+        crop(summary.run, c, entry, index, CELL_W, mapBox(entry, index)),
+        entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
+      ),
+    );
+  }
+
+  /** The entry of the first column whose picture at `step` recorded probe image `index` of probe set `fingerprint`
+   * and its prediction there, or null. */
+  predictionAt(columns, step, {fingerprint, index}) {
+    for (const c of columns) {
+      const entry = entryAt(c.entries, step);
+      if (entry && entry.probe === fingerprint && entry.predictions && entry.predictions[String(index)]) return entry;
+    }
+    return null;
+  }
+
+  /** A probe image's activation rows (one per activation grid) at `steps`, full width under its row. */
+  wideRow(summary, wide, steps, {fingerprint, index}, colspan) {
+    const k = String(index);
+    const figures = wide.flatMap((g) =>
+      steps.map((step) => {
+        const entry = entryAt(g.entries, step);
+        if (!entry || entry.probe !== fingerprint || !entry.boxes || !entry.boxes[k]) return null;
+        const [x0, , x1] = entry.boxes[k];
+        const full = Math.max(CELL_W, colspan * (CELL_W + 8));
+        return h(
+          'figure',
+          {class: 'wide-cell', dataset: {tag: g.tag, step: String(entry.step)}},
+          h(
+            'figcaption',
+            {class: 'small'},
+            h('code', {text: `${g.method} ${g.layer}`}),
+            steps.length > 1 || entry.step !== step ? ` step ${entry.step}` : '',
+          ),
+          crop(summary.run, g, entry, index, Math.min(full, Math.max(CELL_W, 2 * (x1 - x0)))),
+        );
+      }),
+    );
+    if (!figures.some(Boolean)) return null;
+    return h(
+      'tr',
+      {class: 'wide-row', dataset: {wide: `${fingerprint}:${index}`}},
+      h('th', {class: 'rowhead'}),
+      h('td', {class: 'wide', colspan: String(Math.max(1, colspan))}, figures),
+    );
+  }
+
+  /** The row header: the probe image's index (a click follows it over time), its probe set, and `extra`. */
+  rowHead(summary, {fingerprint, index}, ...extra) {
+    const set = probeLabel(summary, fingerprint);
+    return h(
+      'th',
+      {class: 'rowhead'},
+      h('button', {
+        class: 'link',
+        text: `#${index}`,
+        title: 'this image over time',
+        onclick: () => {
+          this.state.probes[summary.run] = `${fingerprint}:${index}`;
+          this.state.view = 'image';
+          this.draw();
+        },
+      }),
+      set ? h('div', {class: 'small', text: set}) : null,
+      ...extra,
+    );
+  }
+
+  /** Why a run has no matrix, or null when it has one. */
+  noGrid(summary) {
+    if (summary.grids.length) return null;
+    return h('p', {
+      class: 'message',
+      text: summary.pictures.length
+        ? 'No picture of this run records which box shows which probe image (probelens before 0.2 did not ' +
+          'write that layout), so there is no matrix; the pictures are shown whole below. Train again with ' +
+          'probelens 0.2 or later for per-image cells.'
+        : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).',
+    });
+  }
+
   matrix(summary) {
     const step = this.stepOf(summary);
     const shownGrids = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
     // an activation grid's cell is a whole row of channels: under its probe image's row, full width, not a column
-    const isWide = (g) => g.method === 'activations' || g.method.endsWith('/activations');
     const columns = shownGrids.filter((g) => !isWide(g));
     const wide = shownGrids.filter(isWide);
     const out = [this.methodFilter(summary)];
     if (!summary.grids.length) {
-      out.push(
-        h('p', {
-          class: 'message',
-          text: summary.pictures.length
-            ? 'No picture of this run records which box shows which probe image (probelens before 0.2 did not ' +
-              'write that layout), so there is no matrix; the pictures are shown whole below. Train again with ' +
-              'probelens 0.2 or later for per-image cells.'
-            : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).',
-        }),
-      );
+      out.push(this.noGrid(summary));
     } else if (!columns.length && !wide.length) {
       out.push(h('p', {class: 'message', text: 'Every method is switched off above.'}));
     } else {
@@ -668,84 +938,16 @@ export class Dashboard {
         ),
       );
       const rows = this.rows(summary).filter((row) => this.rowShown(summary, columns, row));
-      const body = rows.flatMap(({fingerprint, index}) => {
-        const key = `${fingerprint}:${index}`;
-        const set = probeLabel(summary, fingerprint);
+      const body = rows.flatMap((row) => {
         // the caption of this row at this step: what the first grid that recorded it says
-        let said = null;
-        for (const c of columns) {
-          const entry = entryAt(c.entries, step);
-          if (entry && entry.probe === fingerprint && entry.predictions && entry.predictions[String(index)]) {
-            said = caption(entry, index);
-            break;
-          }
-        }
-        const cells = columns.map((c) => {
-          const entry = entryAt(c.entries, step);
-          if (!entry) return h('td', {class: 'empty', text: `not logged by step ${step}`});
-          if (entry.probe !== fingerprint || !entry.boxes || !entry.boxes[String(index)]) {
-            return h('td', {class: 'empty', text: '-'});
-          }
-          return h(
-            'td',
-            {},
-            h(
-              'div',
-              {
-                class: 'cell',
-                dataset: {tag: c.tag, step: String(entry.step), probe: fingerprint, index: String(index)},
-                title: 'click to enlarge',
-                onclick: () => {
-                  this.enlarged = {run: summary.run, item: c, entry, index};
-                  this.draw();
-                },
-              },
-              crop(summary.run, c, entry, index, CELL_W, mapBox(entry, index)),
-              entry.step !== step ? h('div', {class: 'stale', text: `from step ${entry.step}`}) : null,
-            ),
-          );
-        });
-        const wideCells = wide.map((g) => {
-          const entry = entryAt(g.entries, step);
-          if (!entry || entry.probe !== fingerprint || !entry.boxes || !entry.boxes[String(index)]) return null;
-          const [x0, , x1] = entry.boxes[String(index)];
-          const full = Math.max(CELL_W, columns.length * (CELL_W + 8));
-          return h(
-            'figure',
-            {class: 'wide-cell', dataset: {tag: g.tag, step: String(entry.step)}},
-            h('figcaption', {class: 'small'}, h('code', {text: `${g.method} ${g.layer}`})),
-            crop(summary.run, g, entry, index, Math.min(full, Math.max(CELL_W, 2 * (x1 - x0)))),
-          );
-        });
-        const wideRow = wideCells.some(Boolean)
-          ? h(
-              'tr',
-              {class: 'wide-row', dataset: {wide: key}},
-              h('th', {class: 'rowhead'}),
-              h('td', {class: 'wide', colspan: String(Math.max(1, columns.length))}, wideCells),
-            )
-          : null;
+        const said = this.predictionAt(columns, step, row);
         const main = h(
           'tr',
-          {dataset: {probe: key}},
-          h(
-            'th',
-            {class: 'rowhead'},
-            h('button', {
-              class: 'link',
-              text: `#${index}`,
-              title: 'this image over time',
-              onclick: () => {
-                this.state.probes[summary.run] = key;
-                this.state.view = 'image';
-                this.draw();
-              },
-            }),
-            set ? h('div', {class: 'small', text: set}) : null,
-            said,
-          ),
-          cells,
+          {dataset: {probe: `${row.fingerprint}:${row.index}`}},
+          this.rowHead(summary, row, said ? caption(said, row.index) : null),
+          columns.map((c) => this.cellAt(summary, c, step, row)),
         );
+        const wideRow = this.wideRow(summary, wide, [step], row, columns.length);
         return wideRow ? [main, wideRow] : [main];
       });
       out.push(this.rowFilter(summary, columns));
@@ -753,6 +955,130 @@ export class Dashboard {
       out.push(h('div', {class: 'scroll'}, h('table', {class: 'matrix'}, h('thead', {}, head), h('tbody', {}, body))));
     }
     if (summary.pictures.length) out.push(this.pictures(summary));
+    return out;
+  }
+
+  // ------------------------------------------------------------------ two steps
+  /**
+   * The matrix at two steps side by side: per probe image (a row, keyed by its probe set and index) and per
+   * (method, layer), the map at the earlier step beside the map at the later one. One step is the slider's, the
+   * other the toolbar's "compare with" (the first logged step, the step before the slider's, or a chosen step); with
+   * a run beside, aligned, each run shows its matching steps. The column header says whether the two maps share a
+   * colour scale, i.e. whether their brightness can be compared.
+   */
+  twoSteps(summary) {
+    const step = this.stepOf(summary);
+    const other = this.stepAOf(summary);
+    const shownGrids = summary.grids.filter((g) => !this.hiddenMethods.has(g.method));
+    const columns = shownGrids.filter((g) => !isWide(g));
+    const wide = shownGrids.filter(isWide);
+    const out = [this.methodFilter(summary)];
+    if (!summary.grids.length) {
+      out.push(this.noGrid(summary));
+      if (summary.pictures.length) out.push(this.pictures(summary));
+      return out;
+    }
+    if (step === null || step === undefined || !runSteps(summary).length) {
+      out.push(h('p', {class: 'message', text: 'No step of this run is indexed yet.'}));
+      return out;
+    }
+    if (other === null) {
+      out.push(
+        h('p', {
+          class: 'message',
+          text:
+            `Step ${step} is the first logged step: there is no step before it. Move the slider, or choose ` +
+            'another step to compare with.',
+        }),
+      );
+      return out;
+    }
+    if (!columns.length && !wide.length) {
+      out.push(h('p', {class: 'message', text: 'Every method is switched off above.'}));
+      return out;
+    }
+    const [early, late] = other <= step ? [other, step] : [step, other];
+    const pair = [early, late];
+    const sideOf = (s, i) => (i ? 'later' : 'earlier');
+    out.push(
+      h(
+        'p',
+        {class: 'small two-steps-intro'},
+        early === late
+          ? `Both sides show step ${step}: choose another step to compare with.`
+          : `Left: step ${early}, right: step ${late}, for every probe image. The slider moves step ${step}` +
+              ` (outlined); "compare with" picks step ${other}.`,
+      ),
+    );
+    const head = h(
+      'tr',
+      {},
+      h('th', {text: 'probe image'}),
+      columns.map((c) => {
+        const [a, b] = pair.map((s) => entryAt(c.entries, s));
+        return h(
+          'th',
+          {colspan: '2', dataset: {tag: c.tag}},
+          h('div', {text: (c.stage ? `${c.stage} ` : '') + c.method}),
+          h('code', {text: c.layer}),
+          scalePair(a, b, early, late),
+          h(
+            'div',
+            {class: 'pair-steps'},
+            pair.map((s) => h('span', {class: s === step ? 'slider-step' : null, text: `step ${s}`})),
+          ),
+        );
+      }),
+    );
+    const rows = this.rows(summary).filter((row) => this.rowShown(summary, columns, row));
+    const body = rows.flatMap((row) => {
+      const said = pair.map((s) => this.predictionAt(columns, s, row));
+      const preds = said.map((entry) => (entry ? entry.predictions[String(row.index)] : null));
+      const truth = (preds[0] || preds[1] || [null])[0];
+      const changed = preds[0] && preds[1] && preds[0][1] !== preds[1][1];
+      const captions = h(
+        'div',
+        {class: 'cap-steps'},
+        truth !== null ? h('div', {class: 'label', text: `true: ${truth}`}) : null,
+        pair.map((s, i) => {
+          const p = preds[i];
+          return h(
+            'div',
+            {
+              class: `cap ${p ? (p[0] === p[1] ? 'right' : 'wrong') : ''} ${i && changed ? 'changed' : ''}`,
+              dataset: {step: String(s)},
+            },
+            h('span', {class: 'small', text: `step ${s}: `}),
+            h('span', {
+              class: 'pred',
+              text: p ? `${i && changed ? '\u25B2 ' : ''}${p[1]} ${p[2].toFixed(2)}` : 'not recorded',
+            }),
+          );
+        }),
+      );
+      const shots = (c) => () => {
+        const entries = pair.map((s) => entryAt(c.entries, s));
+        const shows = (e) => e && e.probe === row.fingerprint && e.boxes && e.boxes[String(row.index)];
+        return entries.filter((e, i) => shows(e) && entries.indexOf(e) === i);
+      };
+      const main = h(
+        'tr',
+        {dataset: {probe: `${row.fingerprint}:${row.index}`}},
+        this.rowHead(summary, row, captions),
+        columns.flatMap((c) =>
+          pair.map((s, i) =>
+            this.cellAt(summary, c, s, row, {side: sideOf(s, i), current: s === step, shots: shots(c)}),
+          ),
+        ),
+      );
+      const wideRow = this.wideRow(summary, wide, early === late ? [late] : pair, row, 2 * columns.length);
+      return wideRow ? [main, wideRow] : [main];
+    });
+    out.push(this.rowFilter(summary, columns));
+    if (!body.length) out.push(h('p', {class: 'message', text: 'No probe image matches this filter.'}));
+    out.push(
+      h('div', {class: 'scroll'}, h('table', {class: 'matrix two-steps'}, h('thead', {}, head), h('tbody', {}, body))),
+    );
     return out;
   }
 
