@@ -801,7 +801,7 @@ def bench_render(
     label: str, model: nn.Module, probe: Any, repeats: int, log: Callable[[str], None], root: str
 ) -> dict[str, Any]:
     """Fire GradCAMMonitor(all convs), SaliencyMonitor(vanilla, gradient x input) and ActivationMonitor(auto) as the
-    demo configures them: the shared pass (compute) is timed apart from each monitor's ``_log`` on the cached pass
+    demo configures them: the shared pass (compute) is timed apart from each monitor's ``explain`` on the cached pass
     (render + write: Grad-CAM maps from the cached pass, colormaps, overlays, captioned grids, PNG, TensorBoard)."""
     from probelens import ActivationMonitor, GradCAMMonitor, SaliencyMonitor
 
@@ -833,7 +833,7 @@ def bench_render(
             if profile is not None:
                 profile.enable()
             start = time.perf_counter()
-            m._log(step, model, trainer)
+            m.explain(step, model, trainer)
             took = time.perf_counter() - start
             if profile is not None:
                 profile.disable()
@@ -1249,7 +1249,7 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
     add("")
     add("Monitors as in the demo: GradCAMMonitor(layers='all'), SaliencyMonitor(vanilla, gradient_x_input),")
     add("ActivationMonitor(layers='auto'), TensorBoardLogger. Compute = the one shared pass; render+write = each")
-    add("monitor's `_log` on the cached pass (maps, colormaps, overlays, captioned grids, PNG, event write).")
+    add("monitor's `explain` on the cached pass (maps, colormaps, overlays, captioned grids, PNG, event write).")
     add("")
     add(
         "| config | compute ms | render+write ms | GradCAM / Saliency / Activation ms | ratio | profile of render+write"
@@ -1554,7 +1554,7 @@ def capture_demo_images(demo: Any, root: str) -> list[tuple[str, Tensor]]:
             m._ensure_configured(trainer, model)
             m.writer.sink.add_image = lambda tag, img, step, facts=None: images.append((tag, img.clone()))
             m.writer.sink.add_text = lambda *a, **k: None
-            m._log(1, model, trainer)
+            m.explain(1, model, trainer)
     return images
 
 

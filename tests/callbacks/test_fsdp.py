@@ -117,8 +117,8 @@ def _callbacks(record: dict):
             record.setdefault("grads_present", []).append(any(g is not None and g.numel() for g in after))
 
     class RecordingGradCAM(GradCAMMonitor):
-        def _log(self, step, pl_module, trainer):
-            super()._log(step, pl_module, trainer)
+        def explain(self, step, pl_module, trainer):
+            super().explain(step, pl_module, trainer)
             result = self._pass(pl_module, step)  # cached: no second pass
             record["maps"] = {
                 layer: grad_cam_map(result.activations[layer], result.gradients["pred"][layer], self.probe.image_size)
@@ -127,8 +127,8 @@ def _callbacks(record: dict):
             record["logits"] = result.logits
 
     class FailingOnRank1(GradCAMMonitor):
-        def _log(self, step, pl_module, trainer):
-            super()._log(step, pl_module, trainer)
+        def explain(self, step, pl_module, trainer):
+            super().explain(step, pl_module, trainer)
             if trainer.global_rank == 1 and step == STEPS_PER_EPOCH - 1:  # the first firing's log step
                 raise RuntimeError("injected failure on rank 1")
 

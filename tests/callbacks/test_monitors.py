@@ -167,7 +167,7 @@ def test_every_n_steps_schedule(tmp_path):
 
 def test_failing_explanation_warns_once_and_training_goes_on(tmp_path):
     class Broken(GradCAMMonitor):
-        def _log(self, step, pl_module, trainer):
+        def explain(self, step, pl_module, trainer):
             raise RuntimeError("explanation exploded")
 
     train, val = loaders(n=32, batch_size=16)

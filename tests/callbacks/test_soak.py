@@ -24,8 +24,8 @@ def test_thousand_log_steps_keep_memory_and_tensors_flat(tmp_path):
     samples: dict[int, tuple[int, int]] = {}
 
     class Sampler(GradCAMMonitor):
-        def _log(self, step, pl_module, trainer):
-            super()._log(step, pl_module, trainer)
+        def explain(self, step, pl_module, trainer):
+            super().explain(step, pl_module, trainer)
             if step in (199, 999):  # Lightning's log steps 0..999
                 gc.collect()
                 samples[step] = (rss_bytes(), live_tensors())

@@ -87,8 +87,8 @@ class FailsAtStep(GradCAMMonitor):
 
     fail_at = 3
 
-    def _log(self, step, pl_module, trainer):
-        super()._log(step, pl_module, trainer)
+    def explain(self, step, pl_module, trainer):
+        super().explain(step, pl_module, trainer)
         if step == self.fail_at:
             raise RuntimeError("the explanation broke after drawing")
 

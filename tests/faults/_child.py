@@ -38,8 +38,8 @@ class SleepsInItsSecondFiring(GradCAMMonitor):
 
     marker = ""
 
-    def _log(self, step, pl_module, trainer):
-        super()._log(step, pl_module, trainer)
+    def explain(self, step, pl_module, trainer):
+        super().explain(step, pl_module, trainer)
         if step == 3 and self.marker:  # the second firing (log steps 1, 3, 5, 7: the loss curves' steps)
             Path(self.marker).touch()
             time.sleep(600)

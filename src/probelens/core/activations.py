@@ -85,7 +85,7 @@ class ActivationCore(MonitorCore):
         return self._generate_state_key(name=self.name, layers=repr(self.layers_spec))
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         self._layers, self._layouts = self._map_layers(pl_module, self.layers_spec, reshape=self.reshape)
         self._require(self._layers, gradients=False, input_gradient=False, target_sets=set())
 
@@ -105,7 +105,7 @@ class ActivationCore(MonitorCore):
         return (max(1, int(h * scale)), max(1, int(w * scale)))
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -99,12 +99,13 @@ class MonitorCore(_CallbackBase):
     fires. A monitor passed to another Trainer attaches to it: its sink, log dir, probe built from the trainer's data,
     step bookkeeping and history (filmstrip, drift, verdict) start afresh for that run.
 
-    Extending: a subclass implements :meth:`_configure` (resolve the layers, register what the shared pass must
-    compute; raise on misconfiguration), :meth:`_log` (compute one step and write it through :attr:`writer`) and,
-    where it keeps history across firings, :meth:`_reset_history`; :meth:`_after_fire` runs on every rank after each
-    firing, and :meth:`_at_fit_end` on rank 0 when training ends. Those are the only hooks: the firing path
-    (``_fire``, the Lightning hooks that call it, ``setup``, ``_ensure_configured``) cannot be overridden (checked
-    when the subclass is defined).
+    Extending (public hooks, documented in the README's "Your own monitor"): a subclass implements
+    :meth:`configure` (resolve the layers, register what the shared pass must compute; raise on misconfiguration),
+    :meth:`explain` (compute one step and hand the pictures, texts and scalars to :attr:`writer` as values) and, where
+    it keeps history across firings, :meth:`reset_history`; :meth:`after_firing` runs on every rank after each
+    firing, and :meth:`at_fit_end` on rank 0 when training ends. The firing path (``_fire``, the Lightning hooks that
+    call it, ``setup``, ``_ensure_configured``) cannot be overridden, and the hooks' names before 0.3 (``_log``,
+    ``_configure``, ...) are refused with their new name: both checked when the subclass is defined.
     """
 
     _SEALED: ClassVar[tuple[str, ...]] = (
@@ -122,13 +123,28 @@ class MonitorCore(_CallbackBase):
         "teardown",
     )
 
+    _RENAMED: ClassVar[dict[str, str]] = {
+        "_configure": "configure",
+        "_log": "explain",
+        "_reset_history": "reset_history",
+        "_after_fire": "after_firing",
+        "_at_fit_end": "at_fit_end",
+    }
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         overridden = [name for name in MonitorCore._SEALED if name in cls.__dict__]
         if overridden:
             raise TypeError(
                 f"{cls.__qualname__} overrides {overridden}, which belong to the one firing path of every monitor; "
-                "extend it through _configure, _log, _reset_history, _after_fire and _at_fit_end instead"
+                "extend it through configure, explain, reset_history, after_firing and at_fit_end instead"
+            )
+        old = {name: new for name, new in MonitorCore._RENAMED.items() if name in cls.__dict__}
+        if old:  # a hook under its old name would never be called: say so where the class is defined
+            renames = ", ".join(f"{name} -> {new}" for name, new in old.items())
+            raise TypeError(
+                f"{cls.__qualname__} defines {sorted(old)}, the extension hooks' names before probelens 0.3, which "
+                f"are no longer called; rename them ({renames}), same arguments"
             )
 
     needs_probe: ClassVar[bool] = True  # FilterMonitor shows weights only
@@ -178,7 +194,7 @@ class MonitorCore(_CallbackBase):
         self._probe_given = probe is not None
         self.max_bytes_per_firing = max_bytes_per_firing
         self.writer = MonitorWriter(self.name, name is not None, max_image_side, max_bytes_per_firing)
-        """Where :meth:`_log` writes its pictures, text and scalars."""
+        """Where :meth:`explain` writes its pictures, text and scalars."""
         self.state = MonitorState()
         self.layer_tags: dict[str, str] = {}
         """The tag segment of each monitored layer (its name, or its depth and name where names do not sort)."""
@@ -188,7 +204,7 @@ class MonitorCore(_CallbackBase):
         self._session: ProbeSession | None = None
         self._needs = _Needs()
         self._png_root: str | None = None
-        self._reset_run()  # subclasses set up their history in their own __init__ (with _reset_history)
+        self._reset_run()  # subclasses set up their history in their own __init__ (with reset_history)
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``pickle``/``copy.deepcopy`` keep: the options, the probe, the checkpointed counters and the history;
@@ -209,7 +225,7 @@ class MonitorCore(_CallbackBase):
         checkpointed part."""
         self._trainer = weakref.ref(trainer)
         self._reset_run()
-        self._reset_history()
+        self.reset_history()
 
     def _reset_run(self) -> None:
         self._configured_for: int | None = None
@@ -263,21 +279,26 @@ class MonitorCore(_CallbackBase):
                 "with the same dataset, num_samples and seed."
             )
 
-    # ------------------------------------------------------------------ the subclass hooks
-    def _configure(self, pl_module: nn.Module) -> None:
-        """Resolve and validate the configuration against the model; register needs. Raise on misconfiguration."""
+    # ------------------------------------------------------------------ the subclass hooks (public)
+    def configure(self, pl_module: nn.Module) -> None:
+        """Resolve and validate the configuration against the model (``self._map_layers``), register what the
+        shared pass must compute (``self._require``); raise on misconfiguration. Called once per model and stage,
+        before the first firing."""
 
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
-        """Compute and write everything for one step, through :attr:`writer`."""
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        """Compute one step and hand the results to :attr:`writer` as values: ``writer.picture(Picture(...))`` (or
+        ``captioned_grid(...)``), ``writer.text(...)``, ``writer.scalars(...)``. ``self._pass(pl_module, step)`` is
+        the shared pass; ``trainer`` is the run (a Trainer, or a :class:`~probelens.loop.LoopRun`). Whatever is
+        handed over is written only if this returns without an exception."""
         raise NotImplementedError
 
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         """Forget what earlier firings of this run left (filmstrip frames, first maps, verdict): a new run starts."""
 
-    def _after_fire(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: pl.Trainer) -> None:
         """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
 
-    def _at_fit_end(self, trainer: pl.Trainer) -> None:
+    def at_fit_end(self, trainer: pl.Trainer) -> None:
         """Runs on rank 0 when training ends, after the last firing: write what sums up the run and was held back
         (the Grad-CAM filmstrip). Writes through :attr:`writer` under the ``fit`` stage; never calls a collective."""
 
@@ -416,7 +437,7 @@ class MonitorCore(_CallbackBase):
         self._session = run.session_for(net)
         if self.probe is not None:
             check_probe_fits(self.name, pl_module, self.probe, self.output_transform)
-        self._configure(pl_module)
+        self.configure(pl_module)
         if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
             self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
         png_root = self._png_root or os.path.join(trainer.default_root_dir, "probelens_images")
@@ -491,7 +512,7 @@ class MonitorCore(_CallbackBase):
         self.writer.begin("fit")
         self.writer.open()
         try:
-            self._at_fit_end(trainer)
+            self.at_fit_end(trainer)
             self.writer.commit()
         except Exception as err:  # like a failed firing: warn once, count, let the run end normally
             self.writer.discard()
@@ -517,7 +538,7 @@ class MonitorCore(_CallbackBase):
     # ------------------------------------------------------------------ the firing path
     @final
     def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool = False) -> None:
-        """The one firing path: every hook that fires calls this, on every rank, and then :meth:`_after_fire`."""
+        """The one firing path: every hook that fires calls this, on every rank, and then :meth:`after_firing`."""
         stage, step = stage_of(trainer), log_step(trainer, epoch_end=epoch_end)
         if self.state.claim(stage, step):
             self.writer.begin(stage, step)
@@ -534,14 +555,14 @@ class MonitorCore(_CallbackBase):
                 "none (never two images at one tag and step). To keep both, give this call its own logger (e.g. "
                 "TensorBoardLogger(..., version='ckpt-b')) on a new Trainer."
             )
-        self._after_fire(trainer)
+        self.after_firing(trainer)
 
     def _fire_rank_zero(self, trainer: pl.Trainer, pl_module: nn.Module, step: int) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
         self.writer.open()
         try:
-            self._log(step, pl_module, trainer)
+            self.explain(step, pl_module, trainer)
             self.writer.commit()
         except Exception as err:  # an explanation must never take the training run down
             self.writer.discard()
@@ -561,7 +582,7 @@ class MonitorCore(_CallbackBase):
         try:
             with full_weights(model, rank0_only=True) if weights_only else contextlib.nullcontext():
                 if rank_zero or not weights_only:  # with rank0_only, ranks != 0 hold shards: nothing to draw
-                    self._log(step, model, trainer)
+                    self.explain(step, model, trainer)
         except Exception as err:  # reported below, once the ranks agree
             error = err
         failed = failed_ranks(error is None)

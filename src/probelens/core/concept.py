@@ -280,7 +280,7 @@ class ConceptCore(MonitorCore):
         self._warned_few = False
         if probe is not None:
             self._load_pictures(probe)
-        self._reset_history()
+        self.reset_history()
 
     # ------------------------------------------------------------------ pictures
     def _load_pictures(self, probe: ProbeSet) -> None:
@@ -317,7 +317,7 @@ class ConceptCore(MonitorCore):
 
     # ------------------------------------------------------------------ history and state
     @override
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         self.verdicts: dict[tuple[str, int, str], ShortcutVerdict] = {}
         self.alerts: list[tuple[int, str, str, str]] = []
         """``(step, concept, class name, layer)`` of every alert this run."""
@@ -349,7 +349,7 @@ class ConceptCore(MonitorCore):
 
     # ------------------------------------------------------------------ configure and log
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         if not self._probe_given or not self.concepts:  # a probe built from this trainer's data: check against it
             self._load_pictures(self.probe)
@@ -401,7 +401,7 @@ class ConceptCore(MonitorCore):
         return tag if len(self._layers) == 1 else f"{tag}/{self.layer_tags[layer]}"
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         model = unwrap_compiled(pl_module)
@@ -481,7 +481,7 @@ class ConceptCore(MonitorCore):
         rank_zero_info(f"{self.name}: {text}")
 
     @override
-    def _after_fire(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: pl.Trainer) -> None:
         if self.on_concept == "stop" and trainer.world_size > 1:
             # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
             trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

@@ -89,7 +89,7 @@ class DeconvCore(MonitorCore):
         return self._generate_state_key(name=self.name, layer=repr(self.layer_spec))
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         layers = self._resolve_layers(pl_module, self.layer_spec)
         name = list(layers)[-1]
         if len(layers) != 1 and not (isinstance(self.layer_spec, str) and self.layer_spec == "auto"):
@@ -105,7 +105,7 @@ class DeconvCore(MonitorCore):
         self._require({}, gradients=False, input_gradient=False, target_sets={"pred"})
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -134,10 +134,10 @@ class StrategyCore(MonitorCore):
         self._layer: dict[str, nn.Module] = {}
         self._layouts: dict[str, Layout] = {}
         self._told = False
-        self._reset_history()
+        self.reset_history()
 
     @override
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         self.last_report: DiscoveryReport | None = None
         """The report of the last firing (for scripts and tests)."""
 
@@ -147,7 +147,7 @@ class StrategyCore(MonitorCore):
         return self._generate_state_key(name=self.name, layer=repr(self.layer_spec), source=self.source)
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         layers = self._resolve_layers(pl_module, self.layer_spec)
         if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
@@ -173,7 +173,7 @@ class StrategyCore(MonitorCore):
             rank_zero_info(f"{self.name}: {EXPLORATORY_NOTE}{extra}")
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         layer = next(iter(self._layer))

@@ -102,7 +102,7 @@ class FeatureVisCore(MonitorCore):
         return self._generate_state_key(name=self.name, layer=repr(self.layer_spec))
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         net = unwrap_compiled(pl_module)
         if self.layer_spec is None:
@@ -149,7 +149,7 @@ class FeatureVisCore(MonitorCore):
         return (self.probe.num_channels, *self.probe.image_size)
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         images = feature_visualization(
             unwrap_compiled(pl_module),

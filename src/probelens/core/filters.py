@@ -63,12 +63,12 @@ class FilterCore(MonitorCore):
         self.layers_spec = layers
         self.max_images = max_images
         self._layers: dict[str, nn.Module] = {}
-        self._reset_history()
+        self.reset_history()
 
     needs_probe = False
 
     @override
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         self._drawn: dict[str, tuple[int, int]] = {}  # layer -> (version, storage) of the weight last drawn
 
     @property
@@ -77,7 +77,7 @@ class FilterCore(MonitorCore):
         return self._generate_state_key(name=self.name, layers=repr(self.layers_spec))
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         layers = resolve_layers(pl_module, self.layers_spec)
         bad = [name for name, m in layers.items() if not is_conv2d(m)]
         if bad:
@@ -88,7 +88,7 @@ class FilterCore(MonitorCore):
         self._layers = layers
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         if is_sharded(pl_module):  # gathered weights: no version counter to trust, draw them all
             layers = self._layers
         else:

@@ -121,10 +121,10 @@ class GradCAMCore(MonitorCore):
         self.filmstrip_images = filmstrip_images
         self._layers: dict[str, nn.Module] = {}
         self._layouts: dict[str, Layout] = {}
-        self._reset_history()
+        self.reset_history()
 
     @override
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         self.scale: dict[str, float] = {}
         self._frames: list[tuple[int, Tensor]] = []  # (step, uint8 [k,3,h,w]) of the deepest layer
         self._strip_of: tuple[str, Tensor] | None = None  # the strip's layer and probe images
@@ -157,7 +157,7 @@ class GradCAMCore(MonitorCore):
         self._frames = [(int(step), frame) for step, frame in state_dict.get("filmstrip_frames", [])]
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         gradients = any(m in GRADIENT_CAMS for m in self.methods)
         self._layers, self._layouts = self._map_layers(
             pl_module, self.layers_spec, needs_grad=gradients, reshape=self.reshape
@@ -198,7 +198,7 @@ class GradCAMCore(MonitorCore):
         return maps
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)
@@ -252,7 +252,7 @@ class GradCAMCore(MonitorCore):
         """Add this step's frame (the first ``filmstrip_images`` of the deepest layer's first-method overlays
         ``tiles``, the ones its grid shows, of the probe images ``shown``) to the strip. The strip is written at
         most once per epoch, at its first firing, and only once it would show a new frame slot; what came after the
-        last one is written when training ends (:meth:`_at_fit_end`)."""
+        last one is written when training ends (:meth:`at_fit_end`)."""
         k = min(self.filmstrip_images, len(shown))
         self._strip_of = (list(self._layers)[-1], shown[:k])
         self._strip_frames += 1
@@ -291,7 +291,7 @@ class GradCAMCore(MonitorCore):
         return filmstrip(frames, steps, self.filmstrip_frames, row_captions=names, min_tile=64)
 
     @override
-    def _at_fit_end(self, trainer: pl.Trainer) -> None:
+    def at_fit_end(self, trainer: pl.Trainer) -> None:
         if self._strip_pending is not None:
             self.writer.picture(Picture(self._strip_tag(), self._strip_pending, self._strip_picture()))
             self._strip_pending = None

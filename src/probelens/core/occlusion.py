@@ -133,14 +133,14 @@ class OcclusionCore(MonitorCore):
         return self._generate_state_key(name=self.name, window=self._window_spec, target=self.target)
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         self._set_window(self.probe)
         # the shared pass supplies predictions and targets (no gradients needed)
         self._require({}, gradients=False, input_gradient=False, target_sets=set(self.target_sets))
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -156,7 +156,7 @@ class SaliencyCore(MonitorCore):
             )
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         assert self.probe is not None
         self._check_method_options(self.probe.images[:1])  # now with the real image shape (baseline tensors)
         layer = self.method_options.get("expected_gradients", {}).get("layer")
@@ -180,7 +180,7 @@ class SaliencyCore(MonitorCore):
         return MULTI_PASS_METHODS[method](model, images, targets, **options)
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -4,7 +4,7 @@ Under DDP the monitors explain the unwrapped module on rank 0 while the other ra
 ``docs/distributed.md``). With sharded parameters that cannot work: no rank holds the whole model, and each forward
 pass all-gathers parameters, so it has to run on every rank, through the sharded root module. Here, therefore:
 
-1. every rank enters the monitor's ``_log`` together, with the sharded root (``trainer.model``) as the module; the
+1. every rank enters the monitor's ``explain`` together, with the sharded root (``trainer.model``) as the module; the
    shared probe pass is split across the ranks and gathered (:mod:`probelens.methods.sharded`), other methods run
    the whole probe on every rank, so every rank holds the same results and takes the same code path;
 2. images go into a buffer instead of the logger; weight images are read inside ``full_weights`` (FSDP's

@@ -205,10 +205,10 @@ class ShortcutCore(MonitorCore):
         self._layouts: dict[str, Layout] = {}
         self._warned_small_probe = False
         self._warned_small_cells = False
-        self._reset_history()
+        self.reset_history()
 
     @override
-    def _reset_history(self) -> None:
+    def reset_history(self) -> None:
         self.verdicts = {e: ShortcutVerdict(threshold=self.threshold, patience=self.patience) for e in EVIDENCE}
         """One verdict per evidence (``"masks"``, ``"groups"``), each with its own streak, gate and alert state."""
         self.alerts: list[int] = []
@@ -263,7 +263,7 @@ class ShortcutCore(MonitorCore):
         self._previous_cam = state_dict.get("previous_cam")
 
     @override
-    def _configure(self, pl_module: nn.Module) -> None:
+    def configure(self, pl_module: nn.Module) -> None:
         self._check_probe_size()  # before the layers: a probe the verdict cannot use is refused whatever the model
         layers = self._resolve_layers(pl_module, self.layer_spec)
         if isinstance(self.layer_spec, str) and self.layer_spec == "auto":
@@ -337,7 +337,7 @@ class ShortcutCore(MonitorCore):
         return float(counts.max() / counts.sum())
 
     @override
-    def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
@@ -765,7 +765,7 @@ class ShortcutCore(MonitorCore):
             trainer.should_stop = True
 
     @override
-    def _after_fire(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: pl.Trainer) -> None:
         if self.on_shortcut == "stop" and trainer.world_size > 1:
             # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
             trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

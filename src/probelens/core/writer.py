@@ -1,6 +1,6 @@
 """What a monitor writes, as values, and the one stage that writes them: tags, downscaling, the byte budget, sinks.
 
-A monitor's :meth:`~probelens.core.base.MonitorCore._log` computes its pictures and hands them over as records:
+A monitor's :meth:`~probelens.core.base.MonitorCore.explain` computes its pictures and hands them over as records:
 :class:`Picture` (the tag, the uint8 pixels, which probe image each grid cell shows and what its caption says, the
 map boxes and colour scale), :class:`Text` and :class:`Scalars`. A :class:`MonitorWriter` belongs to one monitor and
 is the only thing that writes: during a firing it keeps the firing's records (:meth:`~MonitorWriter.open`) until the
