@@ -62,7 +62,7 @@ WRITER = textwrap.dedent(
     import sys, time
     import numpy as np
     import torch
-    from probelens.logformat import ProbeCells, cells_to_text
+    from probelens.logformat import GridFacts
     from probelens.render import apply_colormap, encode_png
     from probelens.writing.event_file import EventFileWriter
 
@@ -81,7 +81,7 @@ WRITER = textwrap.dedent(
             image[:, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = tiles[k]
             cells.append((k, c * TILE, r * TILE, (c + 1) * TILE, (r + 1) * TILE))
         preds = [(k, "snow", "desert", 0.75) for k in range(N)]
-        return encode_png(image, text=cells_to_text(ProbeCells(cells, "fp", preds)))
+        return encode_png(image, text=GridFacts(tuple(cells), "fp", tuple(preds)).text())
 
     def write_steps(run, steps, interval=0.0, start=0):
         rng = np.random.default_rng(start)

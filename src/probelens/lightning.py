@@ -18,51 +18,51 @@ from lightning.pytorch import Callback
 
 from probelens import core
 
-# The cores are type-checked against pytorch_lightning.Callback (their hooks take its Trainer); lightning.pytorch's
-# Callback has the same hooks over its own Trainer class, which mypy reports as an incompatible second base.
+# The cores' hooks take a probelens.core.run.Run, which the Trainers of both namespaces satisfy: each flavour is
+# type-checked against its own Callback with no ignore.
 
 
-class ProbeMonitor(core.MonitorCore, Callback):  # type: ignore[misc]
+class ProbeMonitor(core.MonitorCore, Callback):
     __doc__ = core.MonitorCore.__doc__
 
 
-class ActivationMonitor(core.ActivationCore, Callback):  # type: ignore[misc]
+class ActivationMonitor(core.ActivationCore, Callback):
     __doc__ = core.ActivationCore.__doc__
 
 
-class ConceptMonitor(core.ConceptCore, Callback):  # type: ignore[misc]
+class ConceptMonitor(core.ConceptCore, Callback):
     __doc__ = core.ConceptCore.__doc__
 
 
-class DeconvMonitor(core.DeconvCore, Callback):  # type: ignore[misc]
+class DeconvMonitor(core.DeconvCore, Callback):
     __doc__ = core.DeconvCore.__doc__
 
 
-class FeatureVisMonitor(core.FeatureVisCore, Callback):  # type: ignore[misc]
+class FeatureVisMonitor(core.FeatureVisCore, Callback):
     __doc__ = core.FeatureVisCore.__doc__
 
 
-class FilterMonitor(core.FilterCore, Callback):  # type: ignore[misc]
+class FilterMonitor(core.FilterCore, Callback):
     __doc__ = core.FilterCore.__doc__
 
 
-class GradCAMMonitor(core.GradCAMCore, Callback):  # type: ignore[misc]
+class GradCAMMonitor(core.GradCAMCore, Callback):
     __doc__ = core.GradCAMCore.__doc__
 
 
-class OcclusionMonitor(core.OcclusionCore, Callback):  # type: ignore[misc]
+class OcclusionMonitor(core.OcclusionCore, Callback):
     __doc__ = core.OcclusionCore.__doc__
 
 
-class SaliencyMonitor(core.SaliencyCore, Callback):  # type: ignore[misc]
+class SaliencyMonitor(core.SaliencyCore, Callback):
     __doc__ = core.SaliencyCore.__doc__
 
 
-class ShortcutMonitor(core.ShortcutCore, Callback):  # type: ignore[misc]
+class ShortcutMonitor(core.ShortcutCore, Callback):
     __doc__ = core.ShortcutCore.__doc__
 
 
-class StrategyMonitor(core.StrategyCore, Callback):  # type: ignore[misc]
+class StrategyMonitor(core.StrategyCore, Callback):
     __doc__ = core.StrategyCore.__doc__
 
 

@@ -167,15 +167,15 @@ class Lens:
         module = _module(model)
         if self._started_for != id(module):
             for monitor in self.monitors:
-                monitor.setup(self.run, module, "fit")  # type: ignore[arg-type]  # a LoopRun, not a Trainer
+                monitor.setup(self.run, module, "fit")
             if self._pending_state is not None:  # Lightning's order: setup, then the checkpoint, then fit start
                 for monitor in self.monitors:
                     if monitor.state_key in self._pending_state:
                         monitor.load_state_dict(self._pending_state[monitor.state_key])
                 self._pending_state = None
             for monitor in self.monitors:
-                monitor.on_fit_start(self.run, module)  # type: ignore[arg-type]
-                monitor.on_train_start(self.run, module)  # type: ignore[arg-type]
+                monitor.on_fit_start(self.run, module)
+                monitor.on_train_start(self.run, module)
             self._started_for = id(module)
         return module
 
@@ -186,8 +186,8 @@ class Lens:
         module = self._start(model)
         self.run.global_step = global_step
         for monitor in self.monitors:
-            monitor.on_train_batch_start(self.run, module, None, 0)  # type: ignore[arg-type]
-            monitor.on_train_batch_end(self.run, module, None, None, 0)  # type: ignore[arg-type]
+            monitor.on_train_batch_start(self.run, module, None, 0)
+            monitor.on_train_batch_end(self.run, module, None, None, 0)
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Call after each epoch (``epoch`` counts from 0): the monitors due (``every_n_epochs``) fire."""
@@ -196,7 +196,7 @@ class Lens:
         module = self._start(model)
         self.run.current_epoch = epoch
         for monitor in self.monitors:
-            monitor.on_train_epoch_end(self.run, module)  # type: ignore[arg-type]
+            monitor.on_train_epoch_end(self.run, module)
 
     def close(self, model: nn.Module) -> None:
         """Call once training ends: what is written once at the end is written, and every file is closed."""
@@ -204,9 +204,9 @@ class Lens:
             return
         module = _module(model)
         for monitor in self.monitors:
-            monitor.on_train_end(self.run, module)  # type: ignore[arg-type]
+            monitor.on_train_end(self.run, module)
         for monitor in self.monitors:
-            monitor.teardown(self.run, module, "fit")  # type: ignore[arg-type]
+            monitor.teardown(self.run, module, "fit")
         for logger in self.run.loggers:
             finalize = getattr(logger, "finalize", None)
             if callable(finalize):

@@ -22,7 +22,7 @@ from test_browser import _FRAME, chromium  # noqa: F401 - the fixture
 
 from probelens.dashboard.index import LogIndex
 from probelens.dashboard.plugin import READ_RATE_ENV, read_rate_from_env
-from probelens.logformat import ProbeCells, cells_to_text
+from probelens.logformat import GridFacts
 from probelens.render.image import encode_png
 from probelens.writing.event_file import EventFileWriter
 
@@ -77,7 +77,7 @@ def large_run(tmp_path_factory):
             for tag in TAGS:
                 pixels = torch.from_numpy(rng.integers(0, 256, (3, SIDE, SIDE), dtype=np.uint8))
                 preds = [(k, "snow", "desert" if (k + step) % 3 else "snow", 0.6) for k in range(16)]
-                png = encode_png(pixels, text=cells_to_text(ProbeCells(cells, "fp", preds)))
+                png = encode_png(pixels, text=GridFacts(tuple(cells), "fp", tuple(preds)).text())
                 writer.add_image(tag, png, SIDE, SIDE, step)
             writer.add_scalar("shortcut/score", step / STEPS, step)
     return logdir

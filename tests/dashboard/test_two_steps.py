@@ -13,7 +13,7 @@ import torch
 from tb_client import get_json, wait_indexed
 from test_browser import _FRAME, _wait, chromium  # noqa: F401 - the fixture
 
-from probelens.logformat import ProbeCells, cells_to_text
+from probelens.logformat import GridFacts
 from probelens.render.image import encode_png
 from probelens.writing.event_file import EventFileWriter
 
@@ -38,13 +38,13 @@ def _grid(step: int, fingerprint: str, scale: dict | None, swapped: bool = False
     image = torch.zeros(3, TILE + BAND, 2 * TILE, dtype=torch.uint8)
     image[0, :TILE] = 30 * (step + 1)  # each step its own shade
     left, right = (TILE, 0) if swapped else (0, TILE)
-    cells = ProbeCells(
-        [(0, left, 0, left + TILE, TILE + BAND), (1, right, 0, right + TILE, TILE + BAND)],
+    cells = GridFacts(
+        ((0, left, 0, left + TILE, TILE + BAND), (1, right, 0, right + TILE, TILE + BAND)),
         fingerprint,
-        [(0, "snow", "desert", 0.7), (1, "desert", "desert" if step < 2 else "snow", 0.9)],
+        ((0, "snow", "desert", 0.7), (1, "desert", "desert" if step < 2 else "snow", 0.9)),
         scale=scale,
     )
-    return encode_png(image, text=cells_to_text(cells))
+    return encode_png(image, text=cells.text())
 
 
 @pytest.fixture(scope="module")

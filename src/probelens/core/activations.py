@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +9,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_cmap, check_int, check_layer_spec
+from probelens.core.run import Run
 from probelens.core.writer import Box, Picture
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import LayerSpec
@@ -18,9 +17,6 @@ from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import apply_colormap, rows_grid
 from probelens.render.text import CARD_WIDTH
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 class ActivationCore(MonitorCore):
@@ -105,7 +101,7 @@ class ActivationCore(MonitorCore):
         return (max(1, int(h * scale)), max(1, int(w * scale)))
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

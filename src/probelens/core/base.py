@@ -16,17 +16,16 @@ import os
 import time
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, final, get_args
+from typing import Any, ClassVar, Literal, final, get_args
 
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from typing_extensions import override
 
 from probelens.core.architecture import log_architecture
 from probelens.core.checks import check_probe_fits, check_spatial, model_trace, probe_example
 from probelens.core.options import check_callable, check_choice, check_int, check_key, check_name
 from probelens.core.probe_source import probe_from_trainer
-from probelens.core.run import RunSession, shared_run
+from probelens.core.run import Run, RunSession, shared_run
 from probelens.core.schedule import Schedule, log_step, stage_of
 from probelens.core.session import ProbeSession, _Needs
 from probelens.core.sharded import sharded_root
@@ -44,14 +43,8 @@ TargetMode = Literal["pred", "label", "both"]
 """Which class a map explains: the prediction, the true label, or both (two maps per image)."""
 TARGET_MODES: tuple[str, ...] = get_args(TargetMode)
 
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
-    from pytorch_lightning import Callback as _CallbackBase  # what the flavours mix in (probelens.pl, .lightning)
-else:
-    _CallbackBase = object
 
-
-class MonitorCore(_CallbackBase):
+class MonitorCore:
     """Base class of the probelens monitors (framework-free core).
 
     This class and its subclasses in :mod:`probelens.core` import neither ``pytorch_lightning`` nor ``lightning``;
@@ -257,15 +250,12 @@ class MonitorCore(_CallbackBase):
         return f"{type(self).__qualname__}{kwargs!r}"
 
     @property
-    @override
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name)
 
-    @override
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict(self.probe)
 
-    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.state.load(state_dict)
         self._check_fingerprint()
@@ -285,7 +275,7 @@ class MonitorCore(_CallbackBase):
         shared pass must compute (``self._require``); raise on misconfiguration. Called once per model and stage,
         before the first firing."""
 
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         """Compute one step and hand the results to :attr:`writer` as values: ``writer.picture(Picture(...))`` (or
         ``captioned_grid(...)``), ``writer.text(...)``, ``writer.scalars(...)``. ``self._pass(pl_module, step)`` is
         the shared pass; ``trainer`` is the run (a Trainer, or a :class:`~probelens.loop.LoopRun`). Whatever is
@@ -295,10 +285,10 @@ class MonitorCore(_CallbackBase):
     def reset_history(self) -> None:
         """Forget what earlier firings of this run left (filmstrip frames, first maps, verdict): a new run starts."""
 
-    def after_firing(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: Run) -> None:
         """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
 
-    def at_fit_end(self, trainer: pl.Trainer) -> None:
+    def at_fit_end(self, trainer: Run) -> None:
         """Runs on rank 0 when training ends, after the last firing: write what sums up the run and was held back
         (the Grad-CAM filmstrip). Writes through :attr:`writer` under the ``fit`` stage; never calls a collective."""
 
@@ -381,8 +371,7 @@ class MonitorCore(_CallbackBase):
         return clean
 
     # ------------------------------------------------------------------ setup
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: Run, pl_module: nn.Module, stage: str) -> None:
         if self._trainer is None or self._trainer() is not trainer:
             self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
         if self._run is None or not self._run.is_for(trainer):
@@ -392,7 +381,7 @@ class MonitorCore(_CallbackBase):
         self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
         self._configured_for = None  # configured again for this stage's module, sink resolved for this trainer
 
-    def _check_unique_name(self, trainer: pl.Trainer) -> None:
+    def _check_unique_name(self, trainer: Run) -> None:
         clash = [
             cb
             for cb in getattr(trainer, "callbacks", [])
@@ -407,7 +396,7 @@ class MonitorCore(_CallbackBase):
                 f"{type(self).__name__}(..., name='{self.name.lower()}_1') and name='{self.name.lower()}_2'"
             )
 
-    def _ensure_configured(self, trainer: pl.Trainer, pl_module: nn.Module, required: bool = False) -> bool:
+    def _ensure_configured(self, trainer: Run, pl_module: nn.Module, required: bool = False) -> bool:
         """Configure once per module and stage; returns False while a probe set cannot be built yet (no data)."""
         pl_module = sharded_root(trainer) or pl_module  # sharded parameters: run through the FSDP root, on all ranks
         if self._configured_for == id(pl_module):
@@ -447,66 +436,52 @@ class MonitorCore(_CallbackBase):
             log_architecture(run, trainer, pl_module, self.probe, self.writer, self._session.layer_traces)
         return True
 
-    def _runs(self, trainer: pl.Trainer) -> RunSession:
+    def _runs(self, trainer: Run) -> RunSession:
         """The run of ``trainer`` (attached at :meth:`setup`; a hook called without it attaches now)."""
         if self._run is None or not self._run.is_for(trainer):
             self._run = shared_run(trainer)
         return self._run
 
     # ------------------------------------------------------------------ Lightning hooks
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: Run, pl_module: nn.Module) -> None:
         self._ensure_configured(trainer, pl_module)
 
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_start(self, trainer: Run, pl_module: nn.Module) -> None:
         self._ensure_configured(trainer, pl_module)
 
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_start(self, trainer: Run, pl_module: nn.Module) -> None:
         self._ensure_configured(trainer, pl_module)
 
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: Run, pl_module: nn.Module) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
         self.schedule.warn_if_never(trainer, self.name)
         if self.log_at_start and trainer.global_step == 0:
             self._fire(trainer, pl_module)
 
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: Run, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
         if self._session is not None:
             self._session.release()  # the model is about to change: a cached pass could only be stale memory
 
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: Run, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.schedule.after_batch(trainer):
             self._fire(trainer, pl_module)
 
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: Run, pl_module: nn.Module) -> None:
         if trainer.sanity_checking:
             return
         stage = stage_of(trainer)
         if stage == "validate" or (stage == "fit" and self.schedule.after_fit_validation(trainer)):
             self._fire(trainer, pl_module)
 
-    @override
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: Run, pl_module: nn.Module) -> None:
         self._fire(trainer, pl_module)
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Run, pl_module: nn.Module) -> None:
         # validation at epoch end runs before this hook: fire here only if it did not this epoch
         if self.schedule.after_train_epoch(trainer):
             self._fire(trainer, pl_module, epoch_end=True)
 
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: Run, pl_module: nn.Module) -> None:
         if not trainer.is_global_zero or self._configured_for is None or self.writer.sink is None:
             return
         self.writer.begin("fit")
@@ -521,23 +496,21 @@ class MonitorCore(_CallbackBase):
             )
         self._runs(trainer).flush()  # every picture of the run on disk when fit returns
 
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, trainer: Run, pl_module: nn.Module, exception: BaseException) -> None:
         self.writer.discard()  # a firing the exception interrupted writes nothing
         try:  # Lightning does not call teardown after an exception: what was written reaches the disk, files close
             self._runs(trainer).close()
         except Exception as err:  # never mask the run's own exception
             rank_zero_warn(f"probelens: could not close its event files ({type(err).__name__}: {err})")
 
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def teardown(self, trainer: Run, pl_module: nn.Module, stage: str) -> None:
         if self._session is not None:
             self._session.release()  # no pass tensor outlives the run
         self._runs(trainer).close()  # the event files close (a later stage opens them again)
 
     # ------------------------------------------------------------------ the firing path
     @final
-    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool = False) -> None:
+    def _fire(self, trainer: Run, pl_module: nn.Module, epoch_end: bool = False) -> None:
         """The one firing path: every hook that fires calls this, on every rank, and then :meth:`after_firing`."""
         stage, step = stage_of(trainer), log_step(trainer, epoch_end=epoch_end)
         if self.state.claim(stage, step):
@@ -557,7 +530,7 @@ class MonitorCore(_CallbackBase):
             )
         self.after_firing(trainer)
 
-    def _fire_rank_zero(self, trainer: pl.Trainer, pl_module: nn.Module, step: int) -> None:
+    def _fire_rank_zero(self, trainer: Run, pl_module: nn.Module, step: int) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
         start = time.perf_counter()
         self.writer.open()
@@ -570,7 +543,7 @@ class MonitorCore(_CallbackBase):
         else:
             self._record_success(trainer, step, start)
 
-    def _fire_sharded(self, trainer: pl.Trainer, model: nn.Module, step: int) -> None:
+    def _fire_sharded(self, trainer: Run, model: nn.Module, step: int) -> None:
         """One firing on the sharded ``model`` (see :mod:`probelens.core.sharded`): collective, entered by every
         rank at the same hook. Writes are held until the ranks agree that every one of them succeeded."""
         self._ensure_configured(trainer, model, required=True)
@@ -600,7 +573,7 @@ class MonitorCore(_CallbackBase):
                 return
         self._record_success(trainer, step, start)
 
-    def _record_failure(self, trainer: pl.Trainer, step: int, what: str) -> None:
+    def _record_failure(self, trainer: Run, step: int, what: str) -> None:
         """Count a failed firing, warn about the first one, and log the count as ``probelens/failures/<name>``."""
         self.state.failure_count += 1
         tag = f"probelens/failures/{self.name}"
@@ -612,7 +585,7 @@ class MonitorCore(_CallbackBase):
             )
         self.writer.scalars({tag: float(self.state.failure_count)}, step, named=False)
 
-    def _record_success(self, trainer: pl.Trainer, step: int, start: float) -> None:
+    def _record_success(self, trainer: Run, step: int, start: float) -> None:
         """Count a firing begun at ``time.perf_counter()`` ``start``; log its cost as ``probelens/cost_ms/<name>``."""
         self.state.fire_count += 1
         cost_ms = (time.perf_counter() - start) * 1000.0

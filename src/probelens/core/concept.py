@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args
+from typing import Any, Literal, Union, get_args
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
+from probelens.core.run import Run
 from probelens.core.session import ProbeSession
 from probelens.core.writer import tag_segment
 from probelens.methods.batching import chunk_ranges
@@ -23,9 +24,6 @@ from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.tcav import TCAVResult, tcav
 from probelens.metrics import ShortcutVerdict
 from probelens.probe import ProbeSet
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 OnConcept = Literal["warn", "stop", "ignore"]
 ON_CONCEPT: tuple[str, ...] = get_args(OnConcept)
@@ -401,7 +399,7 @@ class ConceptCore(MonitorCore):
         return tag if len(self._layers) == 1 else f"{tag}/{self.layer_tags[layer]}"
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         model = unwrap_compiled(pl_module)
@@ -455,7 +453,7 @@ class ConceptCore(MonitorCore):
         )
 
     def _alert(
-        self, trainer: pl.Trainer, step: int, concept: str, k: int, layer: str, metrics: dict[str, float], prefix: str
+        self, trainer: Run, step: int, concept: str, k: int, layer: str, metrics: dict[str, float], prefix: str
     ) -> None:
         assert self.probe is not None
         self.alerts.append((step, concept, self.probe.class_name(k), layer))
@@ -481,7 +479,7 @@ class ConceptCore(MonitorCore):
         rank_zero_info(f"{self.name}: {text}")
 
     @override
-    def after_firing(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: Run) -> None:
         if self.on_concept == "stop" and trainer.world_size > 1:
             # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
             trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_int, check_single_layer, take_renamed
+from probelens.core.run import Run
 from probelens.core.writer import Box, Picture
 from probelens.methods.engine import OutputTransform
 from probelens.methods.guided import Rule, deconv_projections
@@ -17,9 +18,6 @@ from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import normalize_maps, rows_grid, to_rgb_uint8
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 class DeconvCore(MonitorCore):
@@ -105,7 +103,7 @@ class DeconvCore(MonitorCore):
         self._require({}, gradients=False, input_gradient=False, target_sets={"pred"})
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -6,7 +6,7 @@ An exploratory signal, never a verdict: see :mod:`probelens.metrics.discovery` a
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
+from probelens.core.run import Run
 from probelens.core.writer import Box, Picture, colour_scale
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
@@ -24,9 +25,6 @@ from probelens.methods.layout import Layout
 from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies, map_features
 from probelens.probe import ProbeSet
 from probelens.render import Cell, apply_colormap, labelled_grid, normalize_maps, overlay_heatmap
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 EXPLORATORY_NOTE = (
     "strategy discovery is an exploratory signal, not a verdict: it clusters each class's predicted-class Grad-CAM "
@@ -173,7 +171,7 @@ class StrategyCore(MonitorCore):
             rank_zero_info(f"{self.name}: {EXPLORATORY_NOTE}{extra}")
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         layer = next(iter(self._layer))

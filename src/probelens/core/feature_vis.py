@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_float, check_int, check_single_layer, take_renamed
+from probelens.core.run import Run
 from probelens.core.writer import Picture
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.feature_vis import feature_visualization
@@ -18,9 +19,6 @@ from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, to_rgb_uint8
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 class FeatureVisCore(MonitorCore):
@@ -149,7 +147,7 @@ class FeatureVisCore(MonitorCore):
         return (self.probe.num_channels, *self.probe.image_size)
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         images = feature_visualization(
             unwrap_compiled(pl_module),

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_int, check_layer_spec, take_renamed
+from probelens.core.run import Run
 from probelens.core.writer import Picture
 from probelens.methods.filters import conv_filters
 from probelens.methods.layers import LayerSpec, is_conv2d, resolve_layers
 from probelens.methods.sharded import is_sharded
 from probelens.render import filter_grid
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 def _weight_version(module: nn.Module) -> tuple[int, int]:
@@ -88,7 +86,7 @@ class FilterCore(MonitorCore):
         self._layers = layers
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         if is_sharded(pl_module):  # gathered weights: no version counter to trust, draw them all
             layers = self._layers
         else:

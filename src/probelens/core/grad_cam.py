@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import check_bool, check_cmap, check_float, check_int, check_layer_spec
+from probelens.core.run import Run
 from probelens.core.writer import Picture, captioned_grid, colour_scale, probe_captions
 from probelens.methods.cam import CAM_METHODS, FORWARD_CAMS, GRADIENT_CAMS, cam_map, score_cam_map
 from probelens.methods.engine import OutputTransform
@@ -19,9 +20,6 @@ from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout, ReshapeSpec, check_reshape
 from probelens.probe import ProbeSet
 from probelens.render import filmstrip, normalize_maps, overlay_heatmap, select_frames
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 class GradCAMCore(MonitorCore):
@@ -198,7 +196,7 @@ class GradCAMCore(MonitorCore):
         return maps
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)
@@ -291,7 +289,7 @@ class GradCAMCore(MonitorCore):
         return filmstrip(frames, steps, self.filmstrip_frames, row_captions=names, min_tile=64)
 
     @override
-    def at_fit_end(self, trainer: pl.Trainer) -> None:
+    def at_fit_end(self, trainer: Run) -> None:
         if self._strip_pending is not None:
             self.writer.picture(Picture(self._strip_tag(), self._strip_pending, self._strip_picture()))
             self._strip_pending = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +10,7 @@ from typing_extensions import override
 
 from probelens.core.base import MonitorCore, TargetMode, base_options, target_sets_for
 from probelens.core.options import check_cmap, check_float, check_int, dry_run
+from probelens.core.run import Run
 from probelens.core.writer import captioned_grid, colour_scale, probe_captions
 from probelens.methods.engine import OutputTransform
 from probelens.methods.layers import unwrap_compiled
@@ -18,9 +18,6 @@ from probelens.methods.occlusion import BASELINES, occlusion
 from probelens.methods.occlusion import _pair as occlusion_pair
 from probelens.probe import ProbeSet
 from probelens.render import normalize_maps, overlay_heatmap
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 def _pair(owner: str, option: str, value: object) -> tuple[int, int] | None:
@@ -140,7 +137,7 @@ class OcclusionCore(MonitorCore):
         self._require({}, gradients=False, input_gradient=False, target_sets=set(self.target_sets))
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

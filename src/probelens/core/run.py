@@ -15,14 +15,53 @@ process gets its own.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from probelens.core.session import ProbeSession
 from probelens.probe import ProbeSet
 from probelens.writing.event_file import EventFileWriter
+
+
+class Run(Protocol):
+    """What a monitor reads of the run it watches, and all it reads: a Lightning ``Trainer`` of either namespace has
+    it, and so has :class:`probelens.loop.LoopRun` (a Fabric or plain PyTorch loop). The monitors in
+    :mod:`probelens.core` are typed against this, never against a Trainer class. (The monitors of a run are found
+    through its ``callbacks``, read with ``getattr``: Lightning declares that attribute on no class.)"""
+
+    @property
+    def global_step(self) -> int: ...
+    @property
+    def current_epoch(self) -> int: ...
+    @property
+    def is_global_zero(self) -> bool: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def loggers(self) -> Sequence[Any]: ...
+    @property
+    def log_dir(self) -> str | None: ...
+    @property
+    def default_root_dir(self) -> str: ...
+    @property
+    def sanity_checking(self) -> bool: ...
+    @property
+    def max_epochs(self) -> int | None: ...
+    @property
+    def estimated_stepping_batches(self) -> int | float: ...
+    @property
+    def fit_loop(self) -> Any: ...
+    @property
+    def state(self) -> Any: ...
+    @property
+    def strategy(self) -> Any: ...
+    @property
+    def model(self) -> Any: ...
+
+    should_stop: bool
 
 
 @dataclass(eq=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from torch import Tensor, nn
 from typing_extensions import override
@@ -19,6 +19,7 @@ from probelens.core.options import (
     check_names,
     dry_run,
 )
+from probelens.core.run import Run
 from probelens.core.writer import captioned_grid, colour_scale, probe_captions
 from probelens.methods.engine import OutputTransform
 from probelens.methods.expected_gradients import expected_gradients
@@ -49,9 +50,6 @@ MULTI_PASS_METHODS: dict[str, Callable[..., Any]] = {
 MONITOR_METHODS = (*ONE_PASS_METHODS, *MULTI_PASS_METHODS)
 """What `SaliencyMonitor(methods=...)` takes: the functional `saliency` methods and the multi-pass ones."""
 _FIXED_ARGS = {"model", "images", "targets", "output_transform", "method", "return_convergence_delta"}
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 def _check_options(method: str, options: Mapping[str, Any]) -> None:
@@ -180,7 +178,7 @@ class SaliencyCore(MonitorCore):
         return MULTI_PASS_METHODS[method](model, images, targets, **options)
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         shown = self._shown(self.max_images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
@@ -21,6 +21,7 @@ from probelens.core.options import (
     check_single_layer,
     take_renamed,
 )
+from probelens.core.run import Run
 from probelens.core.session import ProbeSession
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import Picture, tag_segment
@@ -79,9 +80,6 @@ GROUP_SCALAR_TAGS = (
 )
 """Scalars logged at every log step of a probe with groups (besides ``shortcut/group_accuracy/<class>/<group>`` and
 ``shortcut/group_gap/<class>``)."""
-
-if TYPE_CHECKING:  # Lightning is only needed for annotations: the core works with either namespace
-    import pytorch_lightning as pl
 
 
 class ShortcutCore(MonitorCore):
@@ -337,7 +335,7 @@ class ShortcutCore(MonitorCore):
         return float(counts.max() / counts.sum())
 
     @override
-    def explain(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+    def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
@@ -493,7 +491,7 @@ class ShortcutCore(MonitorCore):
 
     def _update_verdicts(
         self,
-        trainer: pl.Trainer,
+        trainer: Run,
         step: int,
         scores: dict[str, float],
         gate: float,
@@ -559,7 +557,7 @@ class ShortcutCore(MonitorCore):
                 "(check the loss and the learning rate)."
             )
 
-    def _nonfinite_step(self, trainer: pl.Trainer, step: int, evidence: list[str], where: str) -> None:
+    def _nonfinite_step(self, trainer: Run, step: int, evidence: list[str], where: str) -> None:
         """The model's outputs are not finite: every headline number of this step is NaN; the verdicts see NaN."""
         self._warn_nonfinite(step, f"the model's outputs on {where}")
         nan = math.nan
@@ -666,7 +664,7 @@ class ShortcutCore(MonitorCore):
         grid = labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
         self.writer.picture(Picture.grid("shortcut/counterfactuals", step, grid, boxes, per_probe=4, shown=shown))
 
-    def _write_layout(self, trainer: pl.Trainer) -> None:
+    def _write_layout(self, trainer: Run) -> None:
         if self._layout_written or self.writer.stage != "fit" or getattr(trainer, "ckpt_path", None):
             return  # written once per run, not again on resume
         self._layout_written = True
@@ -720,7 +718,7 @@ class ShortcutCore(MonitorCore):
             if is_tensorboard_logger(logger):
                 cast(Any, logger).experiment.add_custom_scalars(layout)  # a TensorBoardLogger (checked above)
 
-    def _alert(self, trainer: pl.Trainer, step: int, metrics: dict[str, float], fired: list[str]) -> None:
+    def _alert(self, trainer: Run, step: int, metrics: dict[str, float], fired: list[str]) -> None:
         self.alerts.append(step)
         self.alert_evidence.append(tuple(fired))
         if self.on_shortcut == "ignore":
@@ -765,7 +763,7 @@ class ShortcutCore(MonitorCore):
             trainer.should_stop = True
 
     @override
-    def after_firing(self, trainer: pl.Trainer) -> None:
+    def after_firing(self, trainer: Run) -> None:
         if self.on_shortcut == "stop" and trainer.world_size > 1:
             # the verdict is computed on rank 0 only; every rank reaches this hook, so the broadcast is collective
             trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))

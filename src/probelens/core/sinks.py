@@ -284,11 +284,11 @@ class FanOutSink:
             except Exception as err:
                 errors.append((sink, err))
         if len(errors) < len(self.sinks):  # the others got it: each failing logger is named once, with its error
-            for sink, err in errors:
-                _report_once(sink, err, self._reported)
+            for failed, error in errors:
+                _report_once(failed, error, self._reported)
             return
         # every logger failed: the firing fails, naming each logger's own exception (none hidden behind the first)
-        detail = "; ".join(f"{_logger_name(sink)}: {type(err).__name__}: {err}" for sink, err in errors)
+        detail = "; ".join(f"{_logger_name(failed)}: {type(error).__name__}: {error}" for failed, error in errors)
         raise OSError(f"every image logger failed to write ({detail})") from errors[0][1]
 
     def add_image(self, tag: str, image: Tensor, step: int, facts: GridFacts = NO_FACTS) -> int | None:
