@@ -817,7 +817,7 @@ def bench_render(
         for m in monitors:
             m.setup(trainer, model, "fit")
             m._ensure_configured(trainer, model)
-    session = monitors[0]._session
+    session = monitors[0]._shared
     compute: list[float] = []
     render: dict[str, list[float]] = {type(m).__name__: [] for m in monitors}
     pieces = dict.fromkeys(RENDER_PIECES, 0.0)

@@ -103,8 +103,8 @@ def probe_cells(image_event) -> list[int]:
         return [k for k, *_ in cells_from_text(im.text)]
 
 
-def shared_session(tr: pl.Trainer, module: torch.nn.Module):
+def shared_pass_of(tr: pl.Trainer, module: torch.nn.Module):
     """The shared pass session of ``module`` in ``tr``'s run (held by the run its monitors share)."""
     runs = {id(cb._run): cb._run for cb in tr.callbacks if getattr(cb, "_run", None) is not None}
     assert len(runs) == 1, f"the monitors of one Trainer share one run, found {len(runs)}"
-    return next(iter(runs.values())).sessions[module]
+    return next(iter(runs.values())).passes[module]

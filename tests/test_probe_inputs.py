@@ -263,18 +263,18 @@ def test_the_lazy_probe_reads_named_keys_and_says_where_a_failure_came_from():
     from torch.utils.data import DataLoader
 
     from probelens.core.probe_source import probe_from_trainer
-    from probelens.core.run import RunSession
+    from probelens.core.run import SharedRun
 
     class Loaders:  # the attributes probe_from_trainer reads; weak-referenceable like a Trainer
         def __init__(self, data):
             self.val_dataloaders = DataLoader(data, batch_size=4)
 
-    hf = probe_from_trainer(Loaders(DictData()), 8, 0, "ShortcutMonitor", run=RunSession())
+    hf = probe_from_trainer(Loaders(DictData()), 8, 0, "ShortcutMonitor", run=SharedRun())
     assert hf is not None and len(hf) == 8
     odd = Loaders(DictData(image_key="photo", label_key="cls"))
-    named = probe_from_trainer(odd, 8, 0, "ShortcutMonitor", run=RunSession(), input_key="photo", target_key="cls")
+    named = probe_from_trainer(odd, 8, 0, "ShortcutMonitor", run=SharedRun(), input_key="photo", target_key="cls")
     assert named is not None and torch.equal(named.images, hf.images)
     with pytest.raises(ValueError, match=r"ShortcutMonitor was built without probe= .* val dataset \(DictData\)"):
-        probe_from_trainer(odd, 8, 0, "ShortcutMonitor", run=RunSession())
+        probe_from_trainer(odd, 8, 0, "ShortcutMonitor", run=SharedRun())
     with pytest.raises(ValueError, match=r"val dataset \(DictData\), which failed: ValueError: the dataset yields"):
-        probe_from_trainer(Loaders(DictData(uint8=True)), 8, 0, "ShortcutMonitor", run=RunSession())
+        probe_from_trainer(Loaders(DictData(uint8=True)), 8, 0, "ShortcutMonitor", run=SharedRun())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from lit import LitClassifier, loaders, random_data, read_events, shared_session, trainer
+from lit import LitClassifier, loaders, random_data, read_events, shared_pass_of, trainer
 from probelens import (
     ActivationMonitor,
     DeconvMonitor,
@@ -26,7 +26,7 @@ from probelens import (
     SaliencyMonitor,
     ShortcutMonitor,
 )
-from probelens.core.session import ProbeSession
+from probelens.core.session import SharedPass
 from probelens.methods import grad_cam
 
 
@@ -519,7 +519,7 @@ def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n)
     monkeypatch.setattr(batching, "CPU_DEFAULT_BUDGET_BYTES", budget)
     model = BatchRecorder()
     probe = ProbeSet(torch.randn(n, 3, 32, 32), torch.zeros(n, dtype=torch.long))
-    session = ProbeSession()
+    session = SharedPass()
     layers = {"net.0": model.net[0]}
     session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
     per_image, _ = batching.activation_bytes(model, probe.images)  # measured once (one image), then cached
@@ -538,15 +538,15 @@ def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n)
 
 
 def test_no_pass_tensor_is_kept_between_firings_and_a_large_pass_is_warned_about(tmp_path, monkeypatch):
-    from probelens.core import session as _session
+    from probelens.core import session as _shared
 
-    monkeypatch.setattr(_session, "PASS_WARN_BYTES", 1000)
+    monkeypatch.setattr(_shared, "PASS_WARN_BYTES", 1000)
     train, val = loaders(n=32)
     module = LitClassifier()
     tr = trainer(tmp_path, [GradCAMMonitor(PROBE), SaliencyMonitor(PROBE)], max_epochs=2)
     with pytest.warns(UserWarning, match="one explanation pass over the 6-image probe set takes about"):
         tr.fit(module, train, val)
-    assert shared_session(tr, module)._cache == {}  # released after the run
+    assert shared_pass_of(tr, module)._cache == {}  # released after the run
 
 
 def test_monitors_reading_the_output_differently_never_share_a_pass(tmp_path):
@@ -606,7 +606,7 @@ _PEAK_SCRIPT = """
 import resource, sys, torch
 from torch import nn
 from probelens import ProbeSet
-from probelens.core.session import ProbeSession, _Needs
+from probelens.core.session import SharedPass, _Needs
 torch.set_num_threads(1)
 n = int(sys.argv[1])
 torch.manual_seed(0)
@@ -615,7 +615,7 @@ model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 6
                       nn.MaxPool2d(8), nn.Conv2d(64, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
 probe = ProbeSet(torch.randn(n, 3, 64, 64), torch.zeros(n, dtype=torch.long))
 layers = {"5": model[5]}
-session = ProbeSession()
+session = SharedPass()
 session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 session.get(model, probe, 0, _Needs(layers, True, True, {"pred"}))

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, shared_session, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, shared_pass_of, trainer
 from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
 
 
@@ -98,7 +98,7 @@ def test_monitors_firing_together_share_one_forward(tmp_path):
     tr.fit(module, train, val)
     # 6 monitors x 2 log steps share 2 probe passes
     assert probe_passes == [len(probe)] * 2
-    assert shared_session(tr, module).forward_count == 2
+    assert shared_pass_of(tr, module).forward_count == 2
     assert all(m.fire_count == 2 for m in monitors)
 
 

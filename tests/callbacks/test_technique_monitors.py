@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, shared_session, trainer
+from lit import LitClassifier, decode, loaders, probe_cells, random_data, read_events, shared_pass_of, trainer
 from probelens import DeconvMonitor, FeatureVisMonitor, GradCAMMonitor, OcclusionMonitor, ProbeSet, SaliencyMonitor
 from probelens.methods import deconv_projections, feature_visualization, integrated_gradients, saliency, smoothgrad
 
@@ -35,7 +35,7 @@ def test_saliency_monitor_logs_multi_pass_methods_equal_to_the_functional_api(tm
     pred = module(x).argmax(1)
     sg = smoothgrad(module, x, pred, samples=4, noise=0.1)
     ig = integrated_gradients(module, x, pred, steps=8)
-    result = monitor._session.get(module, probe, tr.global_step, monitor._needs)
+    result = monitor._shared.get(module, probe, tr.global_step, monitor._needs)
     torch.testing.assert_close(monitor._attribution(module, result, "pred", "smoothgrad", torch.arange(4)), sg)
     torch.testing.assert_close(
         monitor._attribution(module, result, "pred", "integrated_gradients", torch.arange(4)), ig
@@ -146,7 +146,7 @@ def test_grad_cam_monitor_logs_the_whole_cam_family_from_one_shared_pass(tmp_pat
     tr.fit(module, train, val)
     assert [(m.fire_count, m.failure_count) for m in (family, gradient_only, saliency)] == [(2, 0)] * 3
     # the three monitors, all variants at every layer and both target sets: one shared pass per firing
-    assert shared_session(tr, module).forward_count == 2
+    assert shared_pass_of(tr, module).forward_count == 2
     acc = read_events(tr.logger.log_dir)
     images = set(acc.Tags()["images"])
     for method in CAM_METHODS:

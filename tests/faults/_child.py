@@ -115,13 +115,13 @@ def memory(root: str, n: int) -> None:
     import probelens.core.session as session
 
     estimates: list[int] = []
-    check = session.ProbeSession.check_memory
+    check = session.SharedPass.check_memory
 
     def spy(self, *args, **kwargs):
         estimates.append(check(self, *args, **kwargs))
         return estimates[-1]
 
-    session.ProbeSession.check_memory = spy
+    session.SharedPass.check_memory = spy
     monitors = [
         GradCAMMonitor(probe(n, 64), layers="all", every_n_steps=1),
         SaliencyMonitor(probe(n, 64), every_n_steps=1),

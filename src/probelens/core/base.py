@@ -25,9 +25,9 @@ from probelens.core.architecture import log_architecture
 from probelens.core.checks import check_probe_fits, check_spatial, model_trace, probe_example
 from probelens.core.options import check_callable, check_choice, check_int, check_key, check_name
 from probelens.core.probe_source import probe_from_trainer
-from probelens.core.run import Run, RunSession, shared_run
+from probelens.core.run import Run, SharedRun, shared_run
 from probelens.core.schedule import Schedule, log_step, stage_of
-from probelens.core.session import ProbeSession, _Needs
+from probelens.core.session import SharedPass, _Needs
 from probelens.core.sharded import sharded_root
 from probelens.core.sinks import sink_for_trainer
 from probelens.core.state import MonitorState
@@ -192,9 +192,9 @@ class MonitorCore:
         self.layer_tags: dict[str, str] = {}
         """The tag segment of each monitored layer (its name, or its depth and name where names do not sort)."""
         self._trainer: weakref.ref[Any] | None = None
-        self._run: RunSession | None = None
+        self._run: SharedRun | None = None
         """The run this monitor is attached to, shared with the other monitors of its Trainer (:func:`shared_run`)."""
-        self._session: ProbeSession | None = None
+        self._shared: SharedPass | None = None
         self._needs = _Needs()
         self._png_root: str | None = None
         self._reset_run()  # subclasses set up their history in their own __init__ (with reset_history)
@@ -206,7 +206,7 @@ class MonitorCore:
         state = self.__dict__.copy()
         state["_trainer"] = None
         state["_run"] = None
-        state["_session"] = None
+        state["_shared"] = None
         state["_configured_for"] = None
         state["writer"] = MonitorWriter(self.name, self.writer.named, self.max_image_side, self.max_bytes_per_firing)
         return state
@@ -299,8 +299,8 @@ class MonitorCore:
 
     def _resolve_layers(self, model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
         net = unwrap_compiled(model)
-        assert self._session is not None, "layers are resolved once the monitor is configured"
-        traces = self._session.layer_traces
+        assert self._shared is not None, "layers are resolved once the monitor is configured"
+        traces = self._shared.layer_traces
         records = model_trace(traces, net, self.probe) if self.probe is not None else None  # one trace per model
         return resolve_layers(model, layers, example_input=self._example(net), records=records)
 
@@ -310,8 +310,8 @@ class MonitorCore:
         """See :func:`probelens.core.checks.check_spatial` (``{}`` without a probe)."""
         if self.probe is None:
             return {}
-        assert self._session is not None, "layers are checked once the monitor is configured"
-        traces = self._session.layer_traces
+        assert self._shared is not None, "layers are checked once the monitor is configured"
+        traces = self._shared.layer_traces
         return check_spatial(self.name, model, self.probe, layers, needs_grad, reshape, traces=traces)
 
     def _map_layers(
@@ -335,10 +335,10 @@ class MonitorCore:
         self, layers: dict[str, nn.Module], *, gradients: bool, input_gradient: bool, target_sets: set[str]
     ) -> None:
         """Register what the shared pass must compute for this monitor (at configure time)."""
-        assert self.probe is not None and self._session is not None
+        assert self.probe is not None and self._shared is not None
         transform = self.output_transform
         self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), transform)
-        self._session.register(
+        self._shared.register(
             self.probe,
             layers,
             gradients=gradients,
@@ -349,8 +349,8 @@ class MonitorCore:
 
     def _pass(self, pl_module: nn.Module, step: int) -> ProbePass:
         """The shared pass at this step (computed by the first monitor that asks, read by the others)."""
-        assert self.probe is not None and self._session is not None
-        return self._session.get(unwrap_compiled(pl_module), self.probe, step, self._needs)
+        assert self.probe is not None and self._shared is not None
+        return self._shared.get(unwrap_compiled(pl_module), self.probe, step, self._needs)
 
     def _shown(self, limit: int | None) -> Tensor:
         """The probe indices a picture of at most ``limit`` images shows: interleaved by class
@@ -423,20 +423,20 @@ class MonitorCore:
             self._check_fingerprint()
         net = unwrap_compiled(pl_module)
         run = self._runs(trainer)
-        self._session = run.session_for(net)
+        self._shared = run.shared_pass(net)
         if self.probe is not None:
             check_probe_fits(self.name, pl_module, self.probe, self.output_transform)
         self.configure(pl_module)
         if self.probe is not None and self.needs_probe and not is_sharded(pl_module):
-            self._session.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
+            self._shared.check_memory(net, self.probe, self.output_transform, probe_example(net, self.probe))
         png_root = self._png_root or os.path.join(trainer.default_root_dir, "probelens_images")
         self.writer.attach(sink_for_trainer(trainer, png_root, run), self.probe, trainer.loggers)
         self._configured_for = id(pl_module)
         if self.probe is not None:
-            log_architecture(run, trainer, pl_module, self.probe, self.writer, self._session.layer_traces)
+            log_architecture(run, trainer, pl_module, self.probe, self.writer, self._shared.layer_traces)
         return True
 
-    def _runs(self, trainer: Run) -> RunSession:
+    def _runs(self, trainer: Run) -> SharedRun:
         """The run of ``trainer`` (attached at :meth:`setup`; a hook called without it attaches now)."""
         if self._run is None or not self._run.is_for(trainer):
             self._run = shared_run(trainer)
@@ -459,8 +459,8 @@ class MonitorCore:
             self._fire(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: Run, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
-        if self._session is not None:
-            self._session.release()  # the model is about to change: a cached pass could only be stale memory
+        if self._shared is not None:
+            self._shared.release()  # the model is about to change: a cached pass could only be stale memory
 
     def on_train_batch_end(self, trainer: Run, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.schedule.after_batch(trainer):
@@ -504,8 +504,8 @@ class MonitorCore:
             rank_zero_warn(f"probelens: could not close its event files ({type(err).__name__}: {err})")
 
     def teardown(self, trainer: Run, pl_module: nn.Module, stage: str) -> None:
-        if self._session is not None:
-            self._session.release()  # no pass tensor outlives the run
+        if self._shared is not None:
+            self._shared.release()  # no pass tensor outlives the run
         self._runs(trainer).close()  # the event files close (a later stage opens them again)
 
     # ------------------------------------------------------------------ the firing path

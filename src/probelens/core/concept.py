@@ -16,7 +16,7 @@ from typing_extensions import override
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.core.run import Run
-from probelens.core.session import ProbeSession
+from probelens.core.session import SharedPass
 from probelens.core.writer import tag_segment
 from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
@@ -371,7 +371,7 @@ class ConceptCore(MonitorCore):
         if self.negatives is not None:
             sets["negatives"] = self.negatives
         batch = torch.cat(list(sets.values()))
-        chunk = ProbeSession.pass_chunk(model, like, backward=False)
+        chunk = SharedPass.pass_chunk(model, like, backward=False)
         parts: dict[str, list[Tensor]] = {name: [] for name in self._layers}
         for start, stop in chunk_ranges(batch.shape[0], chunk):
             out = forward_backward(

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
-from probelens.core.run import RunSession
+from probelens.core.run import SharedRun
 from probelens.probe import ProbeSet
 
 _SOURCES = ("val_dataloaders", "test_dataloaders", "train_dataloader")
@@ -31,7 +31,7 @@ def probe_from_trainer(
     seed: int,
     owner: str = "probelens",
     *,
-    run: RunSession,
+    run: SharedRun,
     input_key: str | None = None,
     target_key: str | None = None,
 ) -> ProbeSet | None:

@@ -1,9 +1,9 @@
 """What belongs to one Trainer's run, shared by the monitors attached to it.
 
-A :class:`RunSession` holds the run's once-only facts: which notices were given (TensorBoard's image sampling, the
+A :class:`SharedRun` holds the run's once-only facts: which notices were given (TensorBoard's image sampling, the
 PNG fallback), whether the layer table was written, the probe sets built from the trainer's data (monitors with the
 same size and seed share one), which loggers already reported a failure; and what the run's monitors share: the
-shared pass of each model (:class:`~probelens.core.session.ProbeSession`) and probelens' own event file in each
+shared pass of each model (:class:`~probelens.core.session.SharedPass`) and probelens' own event file in each
 TensorBoard run directory.
 
 It lives on the monitors, not in a module global: each monitor holds the run it is attached to, and
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from probelens.core.session import ProbeSession
+from probelens.core.session import SharedPass
 from probelens.probe import ProbeSet
 from probelens.writing.event_file import EventFileWriter
 
@@ -65,7 +65,7 @@ class Run(Protocol):
 
 
 @dataclass(eq=False)
-class RunSession:
+class SharedRun:
     """The once-per-run state of one Trainer (see the module docstring)."""
 
     notices: set[str] = field(default_factory=set)
@@ -79,18 +79,18 @@ class RunSession:
     """probelens' own event file per TensorBoard run directory (one for all the run's monitors)."""
     trainer: Any = None
     """A weak reference to the Trainer (or :class:`~probelens.loop.LoopRun`) of this run."""
-    sessions: weakref.WeakKeyDictionary[nn.Module, ProbeSession] = field(default_factory=weakref.WeakKeyDictionary)
+    passes: weakref.WeakKeyDictionary[nn.Module, SharedPass] = field(default_factory=weakref.WeakKeyDictionary)
     """The shared pass of each model this run's monitors explain (freed with the model)."""
 
     def is_for(self, trainer: Any) -> bool:
         """Whether this is the run of ``trainer``."""
         return self.trainer is not None and self.trainer() is trainer
 
-    def session_for(self, model: nn.Module) -> ProbeSession:
-        """The shared session of ``model`` in this run (created on first use)."""
-        session = self.sessions.get(model)
+    def shared_pass(self, model: nn.Module) -> SharedPass:
+        """The shared pass of ``model`` in this run (created on first use)."""
+        session = self.passes.get(model)
         if session is None:
-            session = self.sessions[model] = ProbeSession()
+            session = self.passes[model] = SharedPass()
         return session
 
     def event_file(self, log_dir: str) -> EventFileWriter:
@@ -118,10 +118,10 @@ class RunSession:
         return True
 
 
-def shared_run(trainer: Any) -> RunSession:
+def shared_run(trainer: Any) -> SharedRun:
     """The run of ``trainer``: the one a monitor among its callbacks already holds (``_run``), else a new one."""
     for callback in getattr(trainer, "callbacks", None) or ():
         run = getattr(callback, "_run", None)
-        if isinstance(run, RunSession) and run.is_for(trainer):
+        if isinstance(run, SharedRun) and run.is_for(trainer):
             return run
-    return RunSession(trainer=weakref.ref(trainer))
+    return SharedRun(trainer=weakref.ref(trainer))

@@ -9,7 +9,7 @@ Memory: the pass runs in chunks of the probe whose autograd graph fits the memor
 (:func:`probelens.methods.batching.default_budget_bytes`: 256 MiB on CPU, a quarter of the free memory on CUDA), so
 the peak of one firing grows with the captured layer outputs only, not with the whole graph of the probe. The
 monitors release the cached pass when the next training batch starts and at teardown, so no pass tensor is kept
-between firings. At setup, :meth:`ProbeSession.check_memory` warns once when what a pass keeps (the captured layer
+between firings. At setup, :meth:`SharedPass.check_memory` warns once when what a pass keeps (the captured layer
 outputs, their gradients and the input gradients) exceeds :data:`PASS_WARN_BYTES`.
 """
 
@@ -64,7 +64,7 @@ def model_version(model: nn.Module) -> int:
     return total
 
 
-class ProbeSession:
+class SharedPass:
     """Shared pass cache of one model (kept in a weak map keyed by the module)."""
 
     def __init__(self) -> None:

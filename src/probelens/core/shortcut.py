@@ -22,7 +22,7 @@ from probelens.core.options import (
     take_renamed,
 )
 from probelens.core.run import Run
-from probelens.core.session import ProbeSession
+from probelens.core.session import SharedPass
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import Picture, tag_segment
 from probelens.methods.batching import chunk_ranges
@@ -448,7 +448,7 @@ class ShortcutCore(MonitorCore):
         n = len(self.probe)
         batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped])
         model = unwrap_compiled(pl_module)
-        chunk = ProbeSession.pass_chunk(model, result.images, backward=False)
+        chunk = SharedPass.pass_chunk(model, result.images, backward=False)
         logits = [
             forward_backward(
                 model,
