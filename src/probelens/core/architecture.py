@@ -7,13 +7,11 @@ pass of a probe-sized batch)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import nn
 
 from probelens.core.checks import model_trace, probe_example
-from probelens.core.run import SharedRun
+from probelens.core.run import Run, SharedRun
 from probelens.core.schedule import log_step
 from probelens.core.sharded import sharded_layer_summary
 from probelens.core.writer import MonitorWriter
@@ -26,7 +24,7 @@ TAG = "probelens/architecture"
 
 
 def log_architecture(
-    run: SharedRun, trainer: Any, model: nn.Module, probe: ProbeSet, writer: MonitorWriter, traces: LayerTraces
+    run: SharedRun, trainer: Run, model: nn.Module, probe: ProbeSet, writer: MonitorWriter, traces: LayerTraces
 ) -> None:
     """Writes the table once per run, on rank 0 (under sharded parameters every rank runs the summary's forward
     pass, which is collective). A resumed run (``ckpt_path``) has it already. Never raises: a failure warns.

@@ -212,7 +212,7 @@ class MonitorCore:
         return state
 
     # ------------------------------------------------------------------ one run
-    def _attach(self, trainer: Any) -> None:
+    def _attach(self, trainer: Run) -> None:
         """Start afresh for ``trainer``: everything that belongs to one run (its sink, step bookkeeping, warn-once
         flags, a probe built from its data, the subclass's history). A checkpoint loaded after this restores the
         checkpointed part."""

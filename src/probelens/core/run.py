@@ -82,7 +82,7 @@ class SharedRun:
     passes: weakref.WeakKeyDictionary[nn.Module, SharedPass] = field(default_factory=weakref.WeakKeyDictionary)
     """The shared pass of each model this run's monitors explain (freed with the model)."""
 
-    def is_for(self, trainer: Any) -> bool:
+    def is_for(self, trainer: Run) -> bool:
         """Whether this is the run of ``trainer``."""
         return self.trainer is not None and self.trainer() is trainer
 
@@ -118,7 +118,7 @@ class SharedRun:
         return True
 
 
-def shared_run(trainer: Any) -> SharedRun:
+def shared_run(trainer: Run) -> SharedRun:
     """The run of ``trainer``: the one a monitor among its callbacks already holds (``_run``), else a new one."""
     for callback in getattr(trainer, "callbacks", None) or ():
         run = getattr(callback, "_run", None)

@@ -8,16 +8,16 @@ per optimizer step or epoch. :func:`log_step` is the step Lightning's own logger
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
 from probelens.core.options import check_bool, check_int
+from probelens.core.run import Run
 
 STAGES = ("fit", "validate", "test")
 
 
-def log_step(trainer: Any, epoch_end: bool = False) -> int:
+def log_step(trainer: Run, epoch_end: bool = False) -> int:
     """The step Lightning's own loggers write at this moment, so images land on the loss curves' step axis.
 
     Lightning logs with ``fit_loop.epoch_loop._batches_that_stepped``, which runs one behind ``trainer.global_step``
@@ -33,7 +33,7 @@ def log_step(trainer: Any, epoch_end: bool = False) -> int:
     return max(0, counter - 1) if epoch_end else counter
 
 
-def stage_of(trainer: Any) -> str:
+def stage_of(trainer: Run) -> str:
     """``"validate"`` or ``"test"`` inside ``trainer.validate``/``trainer.test``, else ``"fit"``."""
     fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))  # TrainerFn is a str enum in both namespaces
     return fn if fn in ("validate", "test") else "fit"
@@ -70,7 +70,7 @@ class Schedule:
         self._batch_fired_step = -1
         self._val_fired_epoch = -1
 
-    def after_batch(self, trainer: Any) -> bool:
+    def after_batch(self, trainer: Run) -> bool:
         """Due after this training batch: a multiple of ``every_n_steps``, once per optimizer step (with
         ``accumulate_grad_batches > 1`` the batches after an optimizer step see the same ``global_step``)."""
         n, step = self.every_n_steps, trainer.global_step
@@ -79,11 +79,11 @@ class Schedule:
         self._batch_fired_step = step
         return True
 
-    def _epoch_due(self, trainer: Any) -> bool:
+    def _epoch_due(self, trainer: Run) -> bool:
         n = self.every_n_epochs
         return self.every_n_steps is None and n is not None and (trainer.current_epoch + 1) % n == 0
 
-    def after_fit_validation(self, trainer: Any) -> bool:
+    def after_fit_validation(self, trainer: Run) -> bool:
         """Due at the end of a validation inside ``fit``: a due epoch, at the validation after its last batch (one
         inside the epoch, ``val_check_interval < 1``, is not the epoch's end)."""
         progress = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_progress", None)
@@ -92,11 +92,11 @@ class Schedule:
         self._val_fired_epoch = trainer.current_epoch
         return True
 
-    def after_train_epoch(self, trainer: Any) -> bool:
+    def after_train_epoch(self, trainer: Run) -> bool:
         """Due at the end of a training epoch that was due and had no validation firing (no validation loop)."""
         return self._epoch_due(trainer) and self._val_fired_epoch != trainer.current_epoch
 
-    def warn_if_never(self, trainer: Any, name: str) -> None:
+    def warn_if_never(self, trainer: Run, name: str) -> None:
         """Warn when the schedule cannot fire within the run (``every_n_steps`` beyond its optimizer steps,
         ``every_n_epochs`` beyond ``max_epochs``): otherwise the user learns it from an empty dashboard."""
         every: int | None

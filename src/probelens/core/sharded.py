@@ -17,16 +17,15 @@ No collective is called by one rank alone: a failure skips the step on all ranks
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
+from probelens.core.run import Run
 from probelens.methods.layers import named_modules
 from probelens.methods.sharded import full_weights, is_sharded
 from probelens.methods.summary import LayerInfo, layer_summary
 
 
-def sharded_root(trainer: Any) -> nn.Module | None:
+def sharded_root(trainer: Run) -> nn.Module | None:
     """The module a forward pass must go through when the trainer's strategy shards parameters (``trainer.model``:
     the FSDP wrapper, or the module with ``fully_shard`` submodules), else ``None``."""
     model = getattr(trainer, "model", None)

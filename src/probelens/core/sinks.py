@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from probelens.core.run import SharedRun
+from probelens.core.run import Run, SharedRun
 from probelens.logformat import NO_FACTS, GridFacts
 from probelens.render import encode_png, save_png
 from probelens.writing.event_file import EventFileWriter
@@ -389,7 +389,7 @@ def sinks_for(loggers: Iterable[Any]) -> list[ImageSink]:
     return sinks
 
 
-def sink_for_trainer(trainer: Any, png_root: str, run: SharedRun) -> ImageSink:
+def sink_for_trainer(trainer: Run, png_root: str, run: SharedRun) -> ImageSink:
     """The sink of a monitor on ``trainer``: each attached logger that takes images gets them (TensorBoard, W&B,
     MLflow, registered ones); loggers that take only scalars, such as ``CSVLogger``, are skipped; with none left,
     PNG files under ``png_root``, and one warning per run. Notices are given once per ``run``."""
