@@ -14,15 +14,42 @@ from a seeded tiny CNN on the snow-vs-desert data:
 Each encoder's time is the best of ``--repeats`` runs per picture (the pictures are small enough that the best run is
 the steady state). Pillow is called as probelens would call it: ``Image.save(format="PNG", compress_level=k,
 optimize=False, pnginfo=...)`` with the grid's text chunks.
+
+``--layout-against REV`` measures what a firing costs with the grids of ``REV`` (``src/probelens/render/grid.py`` of
+that revision, loaded beside the current one and handed to the monitors in place of the current functions) against
+the current grids, in one process:
+
+- per firing of the stress benchmark's core monitors (``FilterMonitor``, ``ActivationMonitor(layers="auto")``,
+  ``GradCAMMonitor(layers="all")``, ``SaliencyMonitor(vanilla, gradient x input)``, a 16-image 64 px probe of the
+  demo, pictures drawn on the calling thread and written to a real TensorBoard event file): milliseconds (median of
+  ``--firings`` firings per layout, the layouts alternating firing by firing), pixels, PNG bytes and pictures, each
+  picture's size, and a cProfile of where a firing's time goes (the shared pass, map math, grids, caption text, PNG
+  encoding, the event-file write);
+- with ``--fit-rounds K``, the stress benchmark itself: the demo CNN trained for 2 epochs on 4000 images without
+  monitors and with the core monitors every 6 steps drawn with each layout, in ``K`` rounds (ABBA order), the
+  median of each round's fit-time ratio (as ``benchmarks/bench.py`` reports it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import functools
+import importlib.util
 import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -44,6 +71,8 @@ from probelens.render import (
 )
 from probelens.render.image import encode_png
 from probelens.render.text import card_font_size, fit_text, line_height, stamp_lines
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model() -> nn.Module:
@@ -99,14 +128,8 @@ def probelens_png(image: Tensor, text: dict[str, str]) -> bytes:
 
 def encoder_at(rev: str) -> Callable[[Tensor, dict[str, str]], bytes]:
     """``probelens.render.image.encode_png`` as it was at git revision ``rev`` (loaded beside the current one)."""
-    import importlib.util
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     source = subprocess.run(
-        ["git", "show", f"{rev}:src/probelens/render/image.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{rev}:src/probelens/render/image.py"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     path = Path(tempfile.mkdtemp()) / "image_at_rev.py"
     path.write_text(source)
@@ -161,6 +184,214 @@ def caption_drawing(repeats: int) -> None:
         print(f"| {name} | {row[0]:.1f} | {row[1]:.1f} / {row[2]:.1f} |")
 
 
+GRID_FUNCTIONS = ("labelled_grid", "rows_grid", "filmstrip", "filter_grid", "activation_grid")
+
+
+def grid_at(rev: str) -> ModuleType:
+    """``probelens.render.grid`` as it was at git revision ``rev``, loaded beside the current one (it draws with the
+    current text, colormap and image modules)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/probelens/render/grid.py"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "grid.py"  # its own name, so the profile counts its time as the grids'
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("probelens.render._grid_at_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def drawn_with(grid: ModuleType | None) -> Iterator[None]:
+    """The monitors draw with ``grid``'s functions (None: the current ones) inside the block: each core module's
+    imported name is pointed at them and put back afterwards."""
+    from probelens.render import grid as current
+
+    swapped: list[tuple[ModuleType, str, object]] = []
+    if grid is not None:
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("probelens.core."):
+                continue
+            for fn in GRID_FUNCTIONS:
+                if getattr(module, fn, None) is getattr(current, fn):
+                    swapped.append((module, fn, getattr(current, fn)))
+                    setattr(module, fn, getattr(grid, fn))
+    try:
+        yield
+    finally:
+        for module, fn, original in swapped:
+            setattr(module, fn, original)
+
+
+@dataclass
+class Firings:
+    """What the firings of one layout cost and wrote."""
+
+    label: str
+    times: list[float] = field(default_factory=list)
+    pictures: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # tag -> (height, width, PNG bytes)
+    bytes: int = 0
+    pixels: int = 0
+    counting: bool = False
+    pieces: dict[str, float] = field(default_factory=dict)
+
+
+def _core_monitors(demo: Any, root: str, label: str) -> tuple[list[Any], Any, nn.Module]:
+    """The stress benchmark's core monitors, set up on a real Trainer with a TensorBoardLogger of their own."""
+    import bench
+
+    _train, val, probe, _shortcut = bench.demo_data(256)
+    monitors = bench.core_monitors(probe, bench.ProbeSet_from(val, 16))
+    trainer = bench._quiet_trainer(os.path.join(root, label), max_epochs=1)
+    torch.manual_seed(0)
+    model = demo.LeopardClassifier()
+    for m in monitors:
+        m.setup(trainer, model, "fit")
+        m._ensure_configured(trainer, model, required=True)
+    return monitors, trainer, model
+
+
+def _observe_writes(monitor: Any, record: Firings) -> None:
+    """Count what ``monitor``'s sink writes (the sink still writes it: the TensorBoard event file)."""
+    sink = monitor.writer.sink
+    add_image = sink.add_image
+
+    def counted(tag: str, image: Tensor, step: int, cells: Any = ()) -> Any:
+        written = add_image(tag, image, step, cells=cells)
+        if record.counting:  # the timed firings only
+            nbytes = int(written or 0)
+            record.pictures[tag] = (int(image.shape[-2]), int(image.shape[-1]), nbytes)
+            record.bytes += nbytes
+            record.pixels += int(image.shape[-2]) * int(image.shape[-1])
+        return written
+
+    sink.add_image = counted
+
+
+def firing_cost(layouts: dict[str, ModuleType | None], firings: int, root: str) -> dict[str, Firings]:
+    """Fire the core monitors ``firings`` times per layout, the layouts alternating firing by firing (one untimed
+    warm-up firing each first); then profile ``firings`` more of each."""
+    import bench
+
+    demo = bench.load_demo()
+    os.environ["PROBELENS_SYNC_IMAGES"] = "1"  # drawn on the calling thread, as on the CPU by default
+    records = {label: Firings(label) for label in layouts}
+    setups = {label: _core_monitors(demo, root, label.replace(" ", "_")) for label in layouts}
+    for label, (monitors, _trainer, _model) in setups.items():
+        for m in monitors:
+            _observe_writes(m, records[label])
+    step = 0
+
+    def fire(label: str) -> float:
+        nonlocal step
+        step += 6
+        monitors, trainer, model = setups[label]
+        with torch.no_grad():  # new weight versions, same values: FilterMonitor draws at every firing, as in training
+            for p in model.parameters():
+                p.mul_(1.0)
+        with drawn_with(layouts[label]):
+            start = time.perf_counter()
+            for m in monitors:
+                m.writer.begin("fit", step)
+                m._log(step, model, trainer)
+                m.writer.flush()
+            return time.perf_counter() - start
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label in layouts:
+            fire(label)
+        for k in range(firings):
+            for label in layouts if k % 2 == 0 else list(layouts)[::-1]:
+                records[label].counting = True
+                records[label].times.append(fire(label))
+                records[label].counting = False
+        for label in layouts:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(firings):
+                fire(label)
+            profile.disable()
+            pieces = bench._piece_times(pstats.Stats(profile), bench.FIRING_PIECES)
+            records[label].pieces = {k: v / firings for k, v in pieces.items()}
+    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    for record in records.values():  # bytes and pixels were added up over the timed firings
+        timed = len(record.times)
+        record.bytes //= max(1, timed)
+        record.pixels //= max(1, timed)
+    return records
+
+
+def fit_cost(layouts: dict[str, ModuleType | None], rounds: int, root: str) -> dict[str, list[float]]:
+    """The stress benchmark: fit seconds without monitors and with the core monitors every 6 steps drawn with each
+    layout (on the training thread), ``rounds`` rounds in ABBA order in this process."""
+    import bench
+
+    demo = bench.load_demo()
+    variants: list[tuple[str, ModuleType | None, bool]] = [("without monitors", None, False)]
+    variants += [(f"core monitors, {label}", grid, True) for label, grid in layouts.items()]
+    fits: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    for k in range(rounds):
+        for label, grid, with_monitors in variants if k % 2 == 0 else variants[::-1]:
+            with drawn_with(grid):
+                run = bench.train_once(
+                    demo,
+                    4000,
+                    2,
+                    with_monitors,
+                    os.path.join(root, f"fit{k}"),
+                    monitors_fn=bench.core_monitors,
+                    sync_images=True,
+                )
+            fits[label].append(run["fit"])
+            print(f"    round {k + 1}: {label:40s} fit {run['fit']:6.2f} s, {run['fires']} firings", flush=True)
+    return fits
+
+
+def layout_report(layouts: dict[str, ModuleType | None], firings: int, fit_rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="probelens-render-bench-") as root:
+        records = firing_cost(layouts, firings, root)
+        fits = fit_cost(layouts, fit_rounds, root) if fit_rounds else {}
+    labels = list(layouts)
+    print("\n| core monitors, one firing | " + " | ".join(labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    rows = {
+        "ms per firing (median)": lambda r: f"{statistics.median(r.times) * 1e3:.1f}",
+        "pictures": lambda r: f"{len(r.pictures)}",
+        "pixels (M)": lambda r: f"{r.pixels / 1e6:.2f}",
+        "KiB of PNG": lambda r: f"{r.bytes / 1024:.0f}",
+    }
+    for piece in bench_pieces():
+        rows[f"profile: {piece} (ms)"] = lambda r, piece=piece: f"{r.pieces.get(piece, 0.0) * 1e3:.1f}"
+    for name, cell in rows.items():
+        print(f"| {name} | " + " | ".join(cell(records[label]) for label in labels) + " |")
+    print("\n| picture | " + " | ".join(f"{label}: W x H, KiB" for label in labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    tags = sorted({tag for r in records.values() for tag in r.pictures})
+    for tag in tags:
+        cells = []
+        for label in labels:
+            h, w, nbytes = records[label].pictures.get(tag, (0, 0, 0))
+            cells.append(f"{w} x {h}, {nbytes / 1024:.0f}" if h else "-")
+        print(f"| `{tag}` | " + " | ".join(cells) + " |")
+    if fits:
+        base = fits["without monitors"]
+        print("\n| fit, demo CNN, 2 epochs, n=4000 | seconds per round | overhead (median of round ratios) |")
+        print("| --- | --- | --- |")
+        for label, seconds in fits.items():
+            ratios = [a / b - 1.0 for a, b in zip(seconds, base, strict=True)]
+            overhead = f"{statistics.median(ratios) * 100:+.1f}%" if label != "without monitors" else ""
+            print(f"| {label} | " + ", ".join(f"{s:.2f}" for s in seconds) + f" | {overhead} |")
+
+
+def bench_pieces() -> list[str]:
+    import bench
+
+    return list(bench.FIRING_PIECES)
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     runs = []
     for _ in range(repeats):
@@ -174,8 +405,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--against", default=None, help="git revision whose encode_png is measured too")
+    parser.add_argument("--layout-against", default=None, help="git revision whose grids a firing is drawn with too")
+    parser.add_argument("--firings", type=int, default=12, help="timed firings per layout (--layout-against)")
+    parser.add_argument("--fit-rounds", type=int, default=0, help="rounds of the stress benchmark (--layout-against)")
+    parser.add_argument("--layout-only", action="store_true", help="only the --layout-against section")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.layout_against:
+        rev = args.layout_against
+        layout_report({f"grids at {rev}": grid_at(rev), "current grids": None}, args.firings, args.fit_rounds)
+        if args.layout_only:
+            return
     pics = pictures()
     encoders: dict[str, Callable[[Tensor, dict[str, str]], bytes]] = {}
     if args.against:
