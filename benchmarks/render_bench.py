@@ -27,7 +27,11 @@ the current grids, in one process:
   encoding, the event-file write);
 - with ``--fit-rounds K``, the stress benchmark itself: the demo CNN trained for 2 epochs on 4000 images without
   monitors and with the core monitors every 6 steps drawn with each layout, in ``K`` rounds (ABBA order), the
-  median of each round's fit-time ratio (as ``benchmarks/bench.py`` reports it).
+  median of each round's fit-time ratio (as ``benchmarks/bench.py`` reports it);
+- with ``--recommended``, a third variant: the current grids with the monitor defaults proposed in ``RECOMMENDED``
+  given as options (what the firing would cost were they the defaults).
+
+    python benchmarks/render_bench.py --layout-against 78adcf8 --layout-only --recommended --fit-rounds 3
 """
 
 from __future__ import annotations
@@ -184,6 +188,9 @@ def caption_drawing(repeats: int) -> None:
         print(f"| {name} | {row[0]:.1f} | {row[1]:.1f} / {row[2]:.1f} |")
 
 
+RECOMMENDED: dict[str, dict[str, Any]] = {"ActivationMonitor": {"max_images": 4}}
+"""Monitor defaults this benchmark measures a change of (``--recommended``): the option each would take by default."""
+
 GRID_FUNCTIONS = ("labelled_grid", "rows_grid", "filmstrip", "filter_grid", "activation_grid")
 
 
@@ -236,15 +243,55 @@ class Firings:
     pixels: int = 0
     counting: bool = False
     pieces: dict[str, float] = field(default_factory=dict)
+    per_monitor: dict[str, list[float]] = field(default_factory=dict)  # monitor class -> seconds per timed firing
 
 
-def _core_monitors(demo: Any, root: str, label: str) -> tuple[list[Any], Any, nn.Module]:
+@dataclass
+class Variant:
+    """How a firing is drawn: the grids (a module of another revision, or None for the current ones) and options
+    given to the core monitors on top of the stress benchmark's (``{"ActivationMonitor": {"max_images": 4}}``)."""
+
+    label: str
+    grid: ModuleType | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def monitors(self, probe: Any, shortcut_probe: Any) -> list[Any]:
+        """The stress benchmark's core monitors (``bench.core_monitors``), each with its options of this variant."""
+        import bench
+
+        monitors = bench.core_monitors(probe, shortcut_probe)
+        if not self.options:
+            return monitors
+        probes = {"FilterMonitor": None}
+        out = []
+        for m in monitors:
+            name = type(m).__name__
+            extra = self.options.get(name)
+            if not extra:
+                out.append(m)
+                continue
+            kwargs = {**_stress_options(name), "every_n_steps": bench.CORE_EVERY, **extra}
+            probe_arg = probes.get(name, shortcut_probe)
+            out.append(type(m)(**kwargs) if probe_arg is None else type(m)(probe_arg, **kwargs))
+        return out
+
+
+def _stress_options(name: str) -> dict[str, Any]:
+    """The options ``bench.core_monitors`` gives monitor ``name`` (besides the probe and the schedule)."""
+    return {
+        "ActivationMonitor": {"layers": "auto"},
+        "GradCAMMonitor": {"layers": "all"},
+        "SaliencyMonitor": {"methods": ("vanilla", "gradient_x_input")},
+    }.get(name, {})
+
+
+def _core_monitors(demo: Any, root: str, variant: Variant) -> tuple[list[Any], Any, nn.Module]:
     """The stress benchmark's core monitors, set up on a real Trainer with a TensorBoardLogger of their own."""
     import bench
 
     _train, val, probe, _shortcut = bench.demo_data(256)
-    monitors = bench.core_monitors(probe, bench.ProbeSet_from(val, 16))
-    trainer = bench._quiet_trainer(os.path.join(root, label), max_epochs=1)
+    monitors = variant.monitors(probe, bench.ProbeSet_from(val, 16))
+    trainer = bench._quiet_trainer(os.path.join(root, variant.label.replace(" ", "_")), max_epochs=1)
     torch.manual_seed(0)
     model = demo.LeopardClassifier()
     for m in monitors:
@@ -270,15 +317,16 @@ def _observe_writes(monitor: Any, record: Firings) -> None:
     sink.add_image = counted
 
 
-def firing_cost(layouts: dict[str, ModuleType | None], firings: int, root: str) -> dict[str, Firings]:
-    """Fire the core monitors ``firings`` times per layout, the layouts alternating firing by firing (one untimed
+def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, Firings]:
+    """Fire the core monitors ``firings`` times per variant, the variants alternating firing by firing (one untimed
     warm-up firing each first); then profile ``firings`` more of each."""
     import bench
 
     demo = bench.load_demo()
     os.environ["PROBELENS_SYNC_IMAGES"] = "1"  # drawn on the calling thread, as on the CPU by default
+    layouts = {v.label: v.grid for v in variants}
     records = {label: Firings(label) for label in layouts}
-    setups = {label: _core_monitors(demo, root, label.replace(" ", "_")) for label in layouts}
+    setups = {v.label: _core_monitors(demo, root, v) for v in variants}
     for label, (monitors, _trainer, _model) in setups.items():
         for m in monitors:
             _observe_writes(m, records[label])
@@ -291,12 +339,16 @@ def firing_cost(layouts: dict[str, ModuleType | None], firings: int, root: str) 
         with torch.no_grad():  # new weight versions, same values: FilterMonitor draws at every firing, as in training
             for p in model.parameters():
                 p.mul_(1.0)
+        record = records[label]
         with drawn_with(layouts[label]):
             start = time.perf_counter()
             for m in monitors:
+                began = time.perf_counter()
                 m.writer.begin("fit", step)
                 m._log(step, model, trainer)
                 m.writer.flush()
+                if record.counting:
+                    record.per_monitor.setdefault(type(m).__name__, []).append(time.perf_counter() - began)
             return time.perf_counter() - start
 
     with warnings.catch_warnings():
@@ -324,25 +376,25 @@ def firing_cost(layouts: dict[str, ModuleType | None], firings: int, root: str) 
     return records
 
 
-def fit_cost(layouts: dict[str, ModuleType | None], rounds: int, root: str) -> dict[str, list[float]]:
-    """The stress benchmark: fit seconds without monitors and with the core monitors every 6 steps drawn with each
-    layout (on the training thread), ``rounds`` rounds in ABBA order in this process."""
+def fit_cost(variants: list[Variant], rounds: int, root: str) -> dict[str, list[float]]:
+    """The stress benchmark: fit seconds without monitors and with the core monitors every 6 steps drawn as each
+    variant draws them (on the training thread), ``rounds`` rounds in ABBA order in this process."""
     import bench
 
     demo = bench.load_demo()
-    variants: list[tuple[str, ModuleType | None, bool]] = [("without monitors", None, False)]
-    variants += [(f"core monitors, {label}", grid, True) for label, grid in layouts.items()]
-    fits: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    runs: list[tuple[str, Variant | None]] = [("without monitors", None)]
+    runs += [(f"core monitors, {v.label}", v) for v in variants]
+    fits: dict[str, list[float]] = {label: [] for label, _ in runs}
     for k in range(rounds):
-        for label, grid, with_monitors in variants if k % 2 == 0 else variants[::-1]:
-            with drawn_with(grid):
+        for label, variant in runs if k % 2 == 0 else runs[::-1]:
+            with drawn_with(None if variant is None else variant.grid):
                 run = bench.train_once(
                     demo,
                     4000,
                     2,
-                    with_monitors,
+                    variant is not None,
                     os.path.join(root, f"fit{k}"),
-                    monitors_fn=bench.core_monitors,
+                    monitors_fn=bench.core_monitors if variant is None else variant.monitors,
                     sync_images=True,
                 )
             fits[label].append(run["fit"])
@@ -350,11 +402,11 @@ def fit_cost(layouts: dict[str, ModuleType | None], rounds: int, root: str) -> d
     return fits
 
 
-def layout_report(layouts: dict[str, ModuleType | None], firings: int, fit_rounds: int) -> None:
+def layout_report(variants: list[Variant], firings: int, fit_rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="probelens-render-bench-") as root:
-        records = firing_cost(layouts, firings, root)
-        fits = fit_cost(layouts, fit_rounds, root) if fit_rounds else {}
-    labels = list(layouts)
+        records = firing_cost(variants, firings, root)
+        fits = fit_cost(variants, fit_rounds, root) if fit_rounds else {}
+    labels = [v.label for v in variants]
     print("\n| core monitors, one firing | " + " | ".join(labels) + " |")
     print("| --- | " + " | ".join("---" for _ in labels) + " |")
     rows = {
@@ -363,6 +415,10 @@ def layout_report(layouts: dict[str, ModuleType | None], firings: int, fit_round
         "pixels (M)": lambda r: f"{r.pixels / 1e6:.2f}",
         "KiB of PNG": lambda r: f"{r.bytes / 1024:.0f}",
     }
+    for monitor in records[labels[0]].per_monitor:
+        rows[f"{monitor} (ms, median)"] = lambda r, monitor=monitor: (
+            f"{statistics.median(r.per_monitor[monitor]) * 1e3:.1f}" if monitor in r.per_monitor else "-"
+        )
     for piece in bench_pieces():
         rows[f"profile: {piece} (ms)"] = lambda r, piece=piece: f"{r.pieces.get(piece, 0.0) * 1e3:.1f}"
     for name, cell in rows.items():
@@ -409,11 +465,20 @@ def main() -> None:
     parser.add_argument("--firings", type=int, default=12, help="timed firings per layout (--layout-against)")
     parser.add_argument("--fit-rounds", type=int, default=0, help="rounds of the stress benchmark (--layout-against)")
     parser.add_argument("--layout-only", action="store_true", help="only the --layout-against section")
+    parser.add_argument(
+        "--recommended", action="store_true", help="also the current grids with the RECOMMENDED monitor defaults"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 keeps a shared, loaded machine from oversubscribing)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.layout_against:
         rev = args.layout_against
-        layout_report({f"grids at {rev}": grid_at(rev), "current grids": None}, args.firings, args.fit_rounds)
+        variants = [Variant(f"grids at {rev}", grid_at(rev)), Variant("current grids")]
+        if args.recommended:
+            variants.append(Variant("current grids, recommended defaults", options=RECOMMENDED))
+        layout_report(variants, args.firings, args.fit_rounds)
         if args.layout_only:
             return
     pics = pictures()
