@@ -191,6 +191,14 @@ def caption_drawing(repeats: int) -> None:
 RECOMMENDED: dict[str, dict[str, Any]] = {"ActivationMonitor": {"max_images": 4}}
 """Monitor defaults this benchmark measures a change of (``--recommended``): the option each would take by default."""
 
+FEWER_PICTURES: dict[str, dict[str, Any]] = {
+    **RECOMMENDED,
+    "FilterMonitor": {"layers": ["net.0.0"]},
+    "SaliencyMonitor": {"methods": ("vanilla",)},
+}
+"""``--fewer-pictures``: on top of ``RECOMMENDED``, the first conv's filters alone and one saliency method: the cost of
+the pictures a firing would no longer draw (the stress benchmark names these two options itself)."""
+
 GRID_FUNCTIONS = ("labelled_grid", "rows_grid", "filmstrip", "filter_grid", "activation_grid")
 
 
@@ -376,6 +384,42 @@ def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, F
     return records
 
 
+def drawing_cost(variants: list[Variant], repeats: int, root: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per variant and picture of one firing: ``(draw seconds, encode seconds, PNG bytes)``, each time the best of
+    ``repeats`` (the deterministic part of a firing that the layout changes, steady on a loaded machine, where a
+    firing's wall time is not). The map math runs once before (a picture's render computes it once, however often
+    it is called); filmstrips, whose render adds a frame to the history, are left out."""
+    import bench
+
+    demo = bench.load_demo()
+    os.environ["PROBELENS_SYNC_IMAGES"] = "1"
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for variant in variants:
+            monitors, trainer, model = _core_monitors(demo, root, variant)
+            renders: list[tuple[str, Callable[[], Any]]] = []
+            for m in monitors:
+                m.writer.draw = lambda tag, step, render, _into=renders, **kw: _into.append((tag, render))
+                m.writer.begin("fit", 6)
+                m._log(6, model, trainer)
+            costs: dict[str, tuple[float, float, int]] = {}
+            for tag, render in renders:
+                if "_filmstrip" in tag:
+                    continue
+                with drawn_with(variant.grid):
+                    picture = render()
+                    image = picture if isinstance(picture, Tensor) else picture[0]
+                    boxes = [] if isinstance(picture, Tensor) else picture[1]
+                    text = cells_to_text([(i, *box) for i, box in enumerate(boxes)])
+                    draw = best_of(render, repeats)
+                encode = best_of(functools.partial(encode_png, image, text=text), repeats)
+                costs[tag] = (draw, encode, len(encode_png(image, text=text)))
+            out[variant.label] = costs
+    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    return out
+
+
 def fit_cost(variants: list[Variant], rounds: int, root: str) -> dict[str, list[float]]:
     """The stress benchmark: fit seconds without monitors and with the core monitors every 6 steps drawn as each
     variant draws them (on the training thread), ``rounds`` rounds in ABBA order in this process."""
@@ -402,11 +446,27 @@ def fit_cost(variants: list[Variant], rounds: int, root: str) -> dict[str, list[
     return fits
 
 
-def layout_report(variants: list[Variant], firings: int, fit_rounds: int) -> None:
+def layout_report(variants: list[Variant], firings: int, fit_rounds: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="probelens-render-bench-") as root:
-        records = firing_cost(variants, firings, root)
+        drawing = drawing_cost(variants, repeats, root)
+        records = firing_cost(variants, firings, root) if firings else {}
         fits = fit_cost(variants, fit_rounds, root) if fit_rounds else {}
     labels = [v.label for v in variants]
+    print(f"\n| one firing's pictures, best of {repeats} | " + " | ".join(labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    sums = {label: [sum(c[k] for c in drawing[label].values()) for k in range(3)] for label in labels}
+    print("| draw (ms) | " + " | ".join(f"{sums[label][0] * 1e3:.1f}" for label in labels) + " |")
+    print("| PNG encode (ms) | " + " | ".join(f"{sums[label][1] * 1e3:.1f}" for label in labels) + " |")
+    print("| draw + encode (ms) | " + " | ".join(f"{(sums[lb][0] + sums[lb][1]) * 1e3:.1f}" for lb in labels) + " |")
+    print("| KiB of PNG | " + " | ".join(f"{sums[label][2] / 1024:.0f}" for label in labels) + " |")
+    for tag in sorted({t for costs in drawing.values() for t in costs}):
+        cells = []
+        for label in labels:
+            draw, encode, nbytes = drawing[label].get(tag, (0.0, 0.0, 0))
+            cells.append(f"{draw * 1e3:.1f} + {encode * 1e3:.1f}" if nbytes else "-")
+        print(f"| `{tag}`: draw + encode (ms) | " + " | ".join(cells) + " |")
+    if not records:
+        return
     print("\n| core monitors, one firing | " + " | ".join(labels) + " |")
     print("| --- | " + " | ".join("---" for _ in labels) + " |")
     rows = {
@@ -468,6 +528,7 @@ def main() -> None:
     parser.add_argument(
         "--recommended", action="store_true", help="also the current grids with the RECOMMENDED monitor defaults"
     )
+    parser.add_argument("--fewer-pictures", action="store_true", help="also the current grids with FEWER_PICTURES")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (1 keeps a shared, loaded machine from oversubscribing)"
     )
@@ -478,7 +539,9 @@ def main() -> None:
         variants = [Variant(f"grids at {rev}", grid_at(rev)), Variant("current grids")]
         if args.recommended:
             variants.append(Variant("current grids, recommended defaults", options=RECOMMENDED))
-        layout_report(variants, args.firings, args.fit_rounds)
+        if args.fewer_pictures:
+            variants.append(Variant("current grids, fewer pictures", options=FEWER_PICTURES))
+        layout_report(variants, args.firings, args.fit_rounds, args.repeats)
         if args.layout_only:
             return
     pics = pictures()
