@@ -14,15 +14,46 @@ from a seeded tiny CNN on the snow-vs-desert data:
 Each encoder's time is the best of ``--repeats`` runs per picture (the pictures are small enough that the best run is
 the steady state). Pillow is called as probelens would call it: ``Image.save(format="PNG", compress_level=k,
 optimize=False, pnginfo=...)`` with the grid's text chunks.
+
+``--layout-against REV`` measures what a firing costs with the grids of ``REV`` (``src/probelens/render/grid.py`` of
+that revision, loaded beside the current one and handed to the monitors in place of the current functions) against
+the current grids, in one process:
+
+- per firing of the stress benchmark's core monitors (``FilterMonitor``, ``ActivationMonitor(layers="auto")``,
+  ``GradCAMMonitor(layers="all")``, ``SaliencyMonitor(vanilla, gradient x input)``, a 16-image 64 px probe of the
+  demo, pictures drawn on the calling thread and written to a real TensorBoard event file): milliseconds (median of
+  ``--firings`` firings per layout, the layouts alternating firing by firing), pixels, PNG bytes and pictures, each
+  picture's size, and a cProfile of where a firing's time goes (the shared pass, map math, grids, caption text, PNG
+  encoding, the event-file write);
+- with ``--fit-rounds K``, the stress benchmark itself: the demo CNN trained for 2 epochs on 4000 images without
+  monitors and with the core monitors every 6 steps drawn with each layout, in ``K`` rounds (ABBA order), the
+  median of each round's fit-time ratio (as ``benchmarks/bench.py`` reports it);
+- with ``--recommended``, a third variant: the current grids with the monitor defaults proposed in ``RECOMMENDED``
+  given as options (what the firing would cost were they the defaults).
+
+    python benchmarks/render_bench.py --layout-against 78adcf8 --layout-only --recommended --fit-rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import functools
+import importlib.util
 import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -44,6 +75,8 @@ from probelens.render import (
 )
 from probelens.render.image import encode_png
 from probelens.render.text import card_font_size, fit_text, line_height, stamp_lines
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model() -> nn.Module:
@@ -99,14 +132,8 @@ def probelens_png(image: Tensor, text: dict[str, str]) -> bytes:
 
 def encoder_at(rev: str) -> Callable[[Tensor, dict[str, str]], bytes]:
     """``probelens.render.image.encode_png`` as it was at git revision ``rev`` (loaded beside the current one)."""
-    import importlib.util
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     source = subprocess.run(
-        ["git", "show", f"{rev}:src/probelens/render/image.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{rev}:src/probelens/render/image.py"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     path = Path(tempfile.mkdtemp()) / "image_at_rev.py"
     path.write_text(source)
@@ -161,6 +188,326 @@ def caption_drawing(repeats: int) -> None:
         print(f"| {name} | {row[0]:.1f} | {row[1]:.1f} / {row[2]:.1f} |")
 
 
+RECOMMENDED: dict[str, dict[str, Any]] = {"ActivationMonitor": {"max_images": 4}}
+"""Monitor defaults this benchmark measures a change of (``--recommended``): the option each would take by default."""
+
+FEWER_PICTURES: dict[str, dict[str, Any]] = {
+    **RECOMMENDED,
+    "FilterMonitor": {"layers": ["net.0.0"]},
+    "SaliencyMonitor": {"methods": ("vanilla",)},
+}
+"""``--fewer-pictures``: on top of ``RECOMMENDED``, the first conv's filters alone and one saliency method: the cost of
+the pictures a firing would no longer draw (the stress benchmark names these two options itself)."""
+
+GRID_FUNCTIONS = ("labelled_grid", "rows_grid", "filmstrip", "filter_grid", "activation_grid")
+
+
+def grid_at(rev: str) -> ModuleType:
+    """``probelens.render.grid`` as it was at git revision ``rev``, loaded beside the current one (it draws with the
+    current text, colormap and image modules)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/probelens/render/grid.py"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "grid.py"  # its own name, so the profile counts its time as the grids'
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("probelens.render._grid_at_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def drawn_with(grid: ModuleType | None) -> Iterator[None]:
+    """The monitors draw with ``grid``'s functions (None: the current ones) inside the block: each core module's
+    imported name is pointed at them and put back afterwards."""
+    from probelens.render import grid as current
+
+    swapped: list[tuple[ModuleType, str, object]] = []
+    if grid is not None:
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("probelens.core."):
+                continue
+            for fn in GRID_FUNCTIONS:
+                if getattr(module, fn, None) is getattr(current, fn):
+                    swapped.append((module, fn, getattr(current, fn)))
+                    setattr(module, fn, getattr(grid, fn))
+    try:
+        yield
+    finally:
+        for module, fn, original in swapped:
+            setattr(module, fn, original)
+
+
+@dataclass
+class Firings:
+    """What the firings of one layout cost and wrote."""
+
+    label: str
+    times: list[float] = field(default_factory=list)
+    pictures: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # tag -> (height, width, PNG bytes)
+    bytes: int = 0
+    pixels: int = 0
+    counting: bool = False
+    pieces: dict[str, float] = field(default_factory=dict)
+    per_monitor: dict[str, list[float]] = field(default_factory=dict)  # monitor class -> seconds per timed firing
+
+
+@dataclass
+class Variant:
+    """How a firing is drawn: the grids (a module of another revision, or None for the current ones) and options
+    given to the core monitors on top of the stress benchmark's (``{"ActivationMonitor": {"max_images": 4}}``)."""
+
+    label: str
+    grid: ModuleType | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def monitors(self, probe: Any, shortcut_probe: Any) -> list[Any]:
+        """The stress benchmark's core monitors (``bench.core_monitors``), each with its options of this variant."""
+        import bench
+
+        monitors = bench.core_monitors(probe, shortcut_probe)
+        if not self.options:
+            return monitors
+        probes = {"FilterMonitor": None}
+        out = []
+        for m in monitors:
+            name = type(m).__name__
+            extra = self.options.get(name)
+            if not extra:
+                out.append(m)
+                continue
+            kwargs = {**_stress_options(name), "every_n_steps": bench.CORE_EVERY, **extra}
+            probe_arg = probes.get(name, shortcut_probe)
+            out.append(type(m)(**kwargs) if probe_arg is None else type(m)(probe_arg, **kwargs))
+        return out
+
+
+def _stress_options(name: str) -> dict[str, Any]:
+    """The options ``bench.core_monitors`` gives monitor ``name`` (besides the probe and the schedule)."""
+    return {
+        "ActivationMonitor": {"layers": "auto"},
+        "GradCAMMonitor": {"layers": "all"},
+        "SaliencyMonitor": {"methods": ("vanilla", "gradient_x_input")},
+    }.get(name, {})
+
+
+def _core_monitors(demo: Any, root: str, variant: Variant) -> tuple[list[Any], Any, nn.Module]:
+    """The stress benchmark's core monitors, set up on a real Trainer with a TensorBoardLogger of their own."""
+    import bench
+
+    _train, val, probe, _shortcut = bench.demo_data(256)
+    monitors = variant.monitors(probe, bench.ProbeSet_from(val, 16))
+    trainer = bench._quiet_trainer(os.path.join(root, variant.label.replace(" ", "_")), max_epochs=1)
+    torch.manual_seed(0)
+    model = demo.LeopardClassifier()
+    for m in monitors:
+        m.setup(trainer, model, "fit")
+        m._ensure_configured(trainer, model, required=True)
+    return monitors, trainer, model
+
+
+def _observe_writes(monitor: Any, record: Firings) -> None:
+    """Count what ``monitor``'s sink writes (the sink still writes it: the TensorBoard event file)."""
+    sink = monitor.writer.sink
+    add_image = sink.add_image
+
+    def counted(tag: str, image: Tensor, step: int, cells: Any = ()) -> Any:
+        written = add_image(tag, image, step, cells=cells)
+        if record.counting:  # the timed firings only
+            nbytes = int(written or 0)
+            record.pictures[tag] = (int(image.shape[-2]), int(image.shape[-1]), nbytes)
+            record.bytes += nbytes
+            record.pixels += int(image.shape[-2]) * int(image.shape[-1])
+        return written
+
+    sink.add_image = counted
+
+
+def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, Firings]:
+    """Fire the core monitors ``firings`` times per variant, the variants alternating firing by firing (one untimed
+    warm-up firing each first); then profile ``firings`` more of each."""
+    import bench
+
+    demo = bench.load_demo()
+    os.environ["PROBELENS_SYNC_IMAGES"] = "1"  # drawn on the calling thread, as on the CPU by default
+    layouts = {v.label: v.grid for v in variants}
+    records = {label: Firings(label) for label in layouts}
+    setups = {v.label: _core_monitors(demo, root, v) for v in variants}
+    for label, (monitors, _trainer, _model) in setups.items():
+        for m in monitors:
+            _observe_writes(m, records[label])
+    step = 0
+
+    def fire(label: str) -> float:
+        nonlocal step
+        step += 6
+        monitors, trainer, model = setups[label]
+        with torch.no_grad():  # new weight versions, same values: FilterMonitor draws at every firing, as in training
+            for p in model.parameters():
+                p.mul_(1.0)
+        record = records[label]
+        with drawn_with(layouts[label]):
+            start = time.perf_counter()
+            for m in monitors:
+                began = time.perf_counter()
+                m.writer.begin("fit", step)
+                m._log(step, model, trainer)
+                m.writer.flush()
+                if record.counting:
+                    record.per_monitor.setdefault(type(m).__name__, []).append(time.perf_counter() - began)
+            return time.perf_counter() - start
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label in layouts:
+            fire(label)
+        for k in range(firings):
+            for label in layouts if k % 2 == 0 else list(layouts)[::-1]:
+                records[label].counting = True
+                records[label].times.append(fire(label))
+                records[label].counting = False
+        for label in layouts:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(firings):
+                fire(label)
+            profile.disable()
+            pieces = bench._piece_times(pstats.Stats(profile), bench.FIRING_PIECES)
+            records[label].pieces = {k: v / firings for k, v in pieces.items()}
+    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    for record in records.values():  # bytes and pixels were added up over the timed firings
+        timed = len(record.times)
+        record.bytes //= max(1, timed)
+        record.pixels //= max(1, timed)
+    return records
+
+
+def drawing_cost(variants: list[Variant], repeats: int, root: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per variant and picture of one firing: ``(draw seconds, encode seconds, PNG bytes)``, each time the best of
+    ``repeats`` (the deterministic part of a firing that the layout changes, steady on a loaded machine, where a
+    firing's wall time is not). The map math runs once before (a picture's render computes it once, however often
+    it is called); filmstrips, whose render adds a frame to the history, are left out."""
+    import bench
+
+    demo = bench.load_demo()
+    os.environ["PROBELENS_SYNC_IMAGES"] = "1"
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for variant in variants:
+            monitors, trainer, model = _core_monitors(demo, root, variant)
+            renders: list[tuple[str, Callable[[], Any]]] = []
+            for m in monitors:
+                m.writer.draw = lambda tag, step, render, _into=renders, **kw: _into.append((tag, render))
+                m.writer.begin("fit", 6)
+                m._log(6, model, trainer)
+            costs: dict[str, tuple[float, float, int]] = {}
+            for tag, render in renders:
+                if "_filmstrip" in tag:
+                    continue
+                with drawn_with(variant.grid):
+                    picture = render()
+                    image = picture if isinstance(picture, Tensor) else picture[0]
+                    boxes = [] if isinstance(picture, Tensor) else picture[1]
+                    text = cells_to_text([(i, *box) for i, box in enumerate(boxes)])
+                    draw = best_of(render, repeats)
+                encode = best_of(functools.partial(encode_png, image, text=text), repeats)
+                costs[tag] = (draw, encode, len(encode_png(image, text=text)))
+            out[variant.label] = costs
+    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
+    return out
+
+
+def fit_cost(variants: list[Variant], rounds: int, root: str) -> dict[str, list[float]]:
+    """The stress benchmark: fit seconds without monitors and with the core monitors every 6 steps drawn as each
+    variant draws them (on the training thread), ``rounds`` rounds in ABBA order in this process."""
+    import bench
+
+    demo = bench.load_demo()
+    runs: list[tuple[str, Variant | None]] = [("without monitors", None)]
+    runs += [(f"core monitors, {v.label}", v) for v in variants]
+    fits: dict[str, list[float]] = {label: [] for label, _ in runs}
+    for k in range(rounds):
+        for label, variant in runs if k % 2 == 0 else runs[::-1]:
+            with drawn_with(None if variant is None else variant.grid):
+                run = bench.train_once(
+                    demo,
+                    4000,
+                    2,
+                    variant is not None,
+                    os.path.join(root, f"fit{k}"),
+                    monitors_fn=bench.core_monitors if variant is None else variant.monitors,
+                    sync_images=True,
+                )
+            fits[label].append(run["fit"])
+            print(f"    round {k + 1}: {label:40s} fit {run['fit']:6.2f} s, {run['fires']} firings", flush=True)
+    return fits
+
+
+def layout_report(variants: list[Variant], firings: int, fit_rounds: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="probelens-render-bench-") as root:
+        drawing = drawing_cost(variants, repeats, root)
+        records = firing_cost(variants, firings, root) if firings else {}
+        fits = fit_cost(variants, fit_rounds, root) if fit_rounds else {}
+    labels = [v.label for v in variants]
+    print(f"\n| one firing's pictures, best of {repeats} | " + " | ".join(labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    sums = {label: [sum(c[k] for c in drawing[label].values()) for k in range(3)] for label in labels}
+    print("| draw (ms) | " + " | ".join(f"{sums[label][0] * 1e3:.1f}" for label in labels) + " |")
+    print("| PNG encode (ms) | " + " | ".join(f"{sums[label][1] * 1e3:.1f}" for label in labels) + " |")
+    print("| draw + encode (ms) | " + " | ".join(f"{(sums[lb][0] + sums[lb][1]) * 1e3:.1f}" for lb in labels) + " |")
+    print("| KiB of PNG | " + " | ".join(f"{sums[label][2] / 1024:.0f}" for label in labels) + " |")
+    for tag in sorted({t for costs in drawing.values() for t in costs}):
+        cells = []
+        for label in labels:
+            draw, encode, nbytes = drawing[label].get(tag, (0.0, 0.0, 0))
+            cells.append(f"{draw * 1e3:.1f} + {encode * 1e3:.1f}" if nbytes else "-")
+        print(f"| `{tag}`: draw + encode (ms) | " + " | ".join(cells) + " |")
+    if not records:
+        return
+    print("\n| core monitors, one firing | " + " | ".join(labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    rows = {
+        "ms per firing (median)": lambda r: f"{statistics.median(r.times) * 1e3:.1f}",
+        "pictures": lambda r: f"{len(r.pictures)}",
+        "pixels (M)": lambda r: f"{r.pixels / 1e6:.2f}",
+        "KiB of PNG": lambda r: f"{r.bytes / 1024:.0f}",
+    }
+    for monitor in records[labels[0]].per_monitor:
+        rows[f"{monitor} (ms, median)"] = lambda r, monitor=monitor: (
+            f"{statistics.median(r.per_monitor[monitor]) * 1e3:.1f}" if monitor in r.per_monitor else "-"
+        )
+    for piece in bench_pieces():
+        rows[f"profile: {piece} (ms)"] = lambda r, piece=piece: f"{r.pieces.get(piece, 0.0) * 1e3:.1f}"
+    for name, cell in rows.items():
+        print(f"| {name} | " + " | ".join(cell(records[label]) for label in labels) + " |")
+    print("\n| picture | " + " | ".join(f"{label}: W x H, KiB" for label in labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    tags = sorted({tag for r in records.values() for tag in r.pictures})
+    for tag in tags:
+        cells = []
+        for label in labels:
+            h, w, nbytes = records[label].pictures.get(tag, (0, 0, 0))
+            cells.append(f"{w} x {h}, {nbytes / 1024:.0f}" if h else "-")
+        print(f"| `{tag}` | " + " | ".join(cells) + " |")
+    if fits:
+        base = fits["without monitors"]
+        print("\n| fit, demo CNN, 2 epochs, n=4000 | seconds per round | overhead (median of round ratios) |")
+        print("| --- | --- | --- |")
+        for label, seconds in fits.items():
+            ratios = [a / b - 1.0 for a, b in zip(seconds, base, strict=True)]
+            overhead = f"{statistics.median(ratios) * 100:+.1f}%" if label != "without monitors" else ""
+            print(f"| {label} | " + ", ".join(f"{s:.2f}" for s in seconds) + f" | {overhead} |")
+
+
+def bench_pieces() -> list[str]:
+    import bench
+
+    return list(bench.FIRING_PIECES)
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     runs = []
     for _ in range(repeats):
@@ -174,8 +521,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--against", default=None, help="git revision whose encode_png is measured too")
+    parser.add_argument("--layout-against", default=None, help="git revision whose grids a firing is drawn with too")
+    parser.add_argument("--firings", type=int, default=12, help="timed firings per layout (--layout-against)")
+    parser.add_argument("--fit-rounds", type=int, default=0, help="rounds of the stress benchmark (--layout-against)")
+    parser.add_argument("--layout-only", action="store_true", help="only the --layout-against section")
+    parser.add_argument(
+        "--recommended", action="store_true", help="also the current grids with the RECOMMENDED monitor defaults"
+    )
+    parser.add_argument("--fewer-pictures", action="store_true", help="also the current grids with FEWER_PICTURES")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 keeps a shared, loaded machine from oversubscribing)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.layout_against:
+        rev = args.layout_against
+        variants = [Variant(f"grids at {rev}", grid_at(rev)), Variant("current grids")]
+        if args.recommended:
+            variants.append(Variant("current grids, recommended defaults", options=RECOMMENDED))
+        if args.fewer_pictures:
+            variants.append(Variant("current grids, fewer pictures", options=FEWER_PICTURES))
+        layout_report(variants, args.firings, args.fit_rounds, args.repeats)
+        if args.layout_only:
+            return
     pics = pictures()
     encoders: dict[str, Callable[[Tensor, dict[str, str]], bytes]] = {}
     if args.against:

@@ -67,11 +67,12 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
         assert monitor.last_report is not None
         assert monitor.last_report.classes[c].sizes == found.sizes
 
-        # one picture per class and step: a row per cluster (mean map, prototype), each tile at least 128 px
+        # one picture per class and step: a row per cluster (mean map, prototype), each tile at least 64 px in a
+        # captioned cell at least 128 px wide
         pictures = events.Images(f"probelens/discovery/{name}")
         assert [e.step for e in pictures] == steps
         pixels = decode(pictures[-1])
-        assert pixels.shape[0] >= found.num_clusters * 128 and pixels.shape[1] >= 2 * 128
+        assert pixels.shape[0] >= found.num_clusters * 64 and pixels.shape[1] >= 2 * 128
         assert pixels.std() > 10  # not a blank canvas
     assert f"probelens/cost_ms/{monitor.name}" in scalars
 

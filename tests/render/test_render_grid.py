@@ -40,7 +40,7 @@ def _dark_mask(image: torch.Tensor) -> torch.Tensor:
         (5, 32, 32, None, 2, 128, 128, 128, 2, 3),  # default ncol = ceil(sqrt(5)) = 3
         (4, 32, 48, 4, 3, 128, 96, 144, 1, 4),  # non-square: x3 (longer side 48 -> 144)
         (3, 64, 64, 1, 0, 128, 128, 128, 3, 1),
-        (2, 200, 100, 2, 2, 128, 200, 128, 1, 2),  # no upscaling; narrow tile centred in a min_tile-wide cell
+        (2, 200, 100, 2, 2, 128, 200, 100, 1, 2),  # no upscaling; without captions a cell is as wide as its tile
         (3, 8, 8, 10, 1, 64, 64, 64, 1, 3),  # ncol clipped to N
     ],
 )
@@ -75,13 +75,14 @@ def test_labelled_grid_upscales_nearest() -> None:
 
 
 def test_labelled_grid_captions_draw_dark_pixels_in_caption_bands() -> None:
-    n, pad, tile = 4, 2, 128
+    n, pad, tile, cell = 4, 2, 64, 128  # 64 px tiles drawn as they are, centred in 128 px wide captioned cells
     tiles = _white(n, 64, 64)
     plain = labelled_grid(tiles, ncol=2, pad=pad)
     assert not _dark_mask(plain).any()
     captions = ["true: snow | pred: arabian 0.87", "cat", "", "line one\nline two"]
     out = labelled_grid(tiles, captions, ncol=2, pad=pad)
-    assert out.shape[2] == plain.shape[2]
+    assert plain.shape[2] == 2 * tile + 3 * pad  # without captions a cell is as wide as its tile
+    assert out.shape[2] == 2 * cell + 3 * pad
     extra = out.shape[1] - plain.shape[1]
     assert extra > 0
     assert extra % 2 == 0
@@ -90,9 +91,9 @@ def test_labelled_grid_captions_draw_dark_pixels_in_caption_bands() -> None:
     for i, caption in enumerate(captions):
         r, c = divmod(i, 2)
         y0 = pad + r * (tile + band + pad)
-        x0 = pad + c * (tile + pad)
-        assert not dark[y0 : y0 + tile, x0 : x0 + tile].any(), "text drawn over a tile"
-        in_band = dark[y0 + tile : y0 + tile + band, x0 : x0 + tile]
+        x0 = pad + c * (cell + pad)
+        assert not dark[y0 : y0 + tile, x0 : x0 + cell].any(), "text drawn over a tile"
+        in_band = dark[y0 + tile : y0 + tile + band, x0 : x0 + cell]
         assert bool(in_band.any()) == bool(caption), caption
     # Everything dark lies inside some caption band.
     band_rows = torch.zeros(out.shape[1], dtype=torch.bool)
@@ -125,7 +126,7 @@ def test_labelled_grid_title_on_top() -> None:
 def test_labelled_grid_dark_background_uses_light_text() -> None:
     tiles = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     out = labelled_grid(tiles, ["hello"], background=0, pad=0)
-    assert (out[:, 128:] > 200).all(dim=0).any()
+    assert (out[:, 64:] > 200).all(dim=0).any()
 
 
 def test_labelled_grid_validates_inputs() -> None:
@@ -149,7 +150,7 @@ def test_labelled_grid_with_legacy_bitmap_font(monkeypatch: pytest.MonkeyPatch) 
         cache.cache_clear()
     try:
         out = labelled_grid(_white(2, 64, 64), ["true: snow → pred: arabian 0.87", "ok"], ncol=2)
-        assert _dark_mask(out)[128:].any()
+        assert _dark_mask(out)[64:].any()
     finally:
         for cache in caches:
             cache.cache_clear()
@@ -235,12 +236,12 @@ def test_activation_grid_ordering(order: str, first_channel: int) -> None:
         fmaps[c, 4 * c] = value  # channel c: one bright row at y = 4c; means ordered 1 > 2 > 0
     out = activation_grid(fmaps, max_channels=3, order=order)
     lut = colormap_lut("viridis")
-    # 3 tiles -> 2 columns, tiles 16 -> 128 (x8), pad 2; first tile at (2, 2).
-    assert out.shape[2] == 2 * 128 + 3 * 2
+    # 3 tiles -> 2 columns, tiles 16 -> 64 (x4) in cells as wide as the tiles, pad 2; first tile at (2, 2).
+    assert out.shape[2] == 2 * 64 + 3 * 2
     for c in range(3):
-        y = 2 + 4 * c * 8 + 4
+        y = 2 + 4 * c * 4 + 2
         expected = lut[255] if c == first_channel else lut[0]
-        assert torch.equal(out[:, y, 2 + 64], expected), c
+        assert torch.equal(out[:, y, 2 + 32], expected), c
 
 
 def test_activation_grid_captions_and_limits() -> None:
@@ -276,9 +277,9 @@ def test_filmstrip_selection_and_layout() -> None:
 def test_filmstrip_captions_and_mismatched_sizes() -> None:
     frames = [_white(1, 64, 64)[0], _white(1, 32, 32)[0], _white(1, 64, 64)[0]]
     out = filmstrip(frames, ["step 0", "step 100", "step 200"])
-    assert out.shape[2] == 3 * 128 + 4 * 2
-    assert out.shape[1] > 128 + 4
-    assert _dark_mask(out)[130:].any()
+    assert out.shape[2] == 3 * 64 + 4 * 2  # 64 px frames drawn as they are, cells as wide as the frames
+    assert out.shape[1] > 64 + 4
+    assert _dark_mask(out)[66:].any()
     with pytest.raises(ValueError):
         filmstrip(frames, ["too few"])
 

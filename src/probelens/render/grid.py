@@ -3,8 +3,10 @@
 All functions take uint8 (or float, for weights/feature maps) torch tensors and return one uint8 ``[3, H, W]`` image
 on CPU. Images are composed with torch; only the text is drawn, with Pillow (:mod:`probelens.render.text`).
 
-To keep captions readable on small inputs, tiles are upscaled by an integer factor (nearest neighbour) until their
-longer side reaches ``min_tile`` pixels, and each grid cell is at least ``min_tile`` pixels wide. Captions are sized to
+Tiles are drawn at the size that carries their information: upscaled by an integer factor (nearest neighbour) only
+until their longer side reaches ``min_tile`` pixels (64 by default: a 32 px probe image is doubled, a 64 px one is
+drawn as it is), never beyond. A captioned grid's cells are at least ``min_cell`` pixels wide (128 by default), so a
+caption has room next to a small tile, which is centred in its cell. Captions are sized to
 stay readable at the width the picture is shown at (``card_width``: TensorBoard's card by default for
 :func:`labelled_grid`, opted into for :func:`rows_grid`); captions that do not fit the cell width are first drawn
 with a slightly smaller font (never below that), then word-wrapped (at most ``max_caption_lines`` lines, the last one
@@ -130,10 +132,11 @@ def labelled_grid(
     captions: Sequence[str] | None = None,
     ncol: int | None = None,
     pad: int = 2,
-    min_tile: int = 128,
+    min_tile: int = 64,
     background: int = 255,
     title: str | None = None,
     *,
+    min_cell: int = 128,
     max_caption_lines: int = 4,
     cell_boxes: list[tuple[int, int, int, int]] | None = None,
     card_width: int | None = CARD_WIDTH,
@@ -143,8 +146,10 @@ def labelled_grid(
     """Lays tiles out in a grid with a caption under each tile and an optional title on top.
 
     Layout (all sizes in pixels): every tile is upscaled (nearest) by ``s = max(1, ceil(min_tile / max(h, w)))``;
-    each cell is ``cell_w = max(s * w, min_tile)`` wide (the tile is centred in it) and ``s * h + band`` high, where
-    ``band`` is the caption band height (0 when there are no captions or all are empty). Cells are separated from
+    each cell is ``cell_w = max(s * w, min_cell)`` wide when the grid has captions (``s * w`` when it has none; the
+    tile is centred in its cell) and ``s * h + band`` high, where ``band`` is the caption band height (0 when there
+    are no captions or all are empty). The tile's own box in cell ``(x, y)`` is therefore
+    ``(x + (cell_w - s * w) // 2, y, x + (cell_w - s * w) // 2 + s * w, y + s * h)``. Cells are separated from
     each other by ``pad`` and from the border by ``margin`` (default ``pad``). Hence
     ``W = ncol * cell_w + (ncol - 1) * pad + 2 * margin`` and
     ``H = title_band + nrow * (s * h + band) + (nrow - 1) * pad + 2 * margin`` with ``nrow = ceil(N / ncol)``.
@@ -156,9 +161,11 @@ def labelled_grid(
         captions: ``N`` strings (``""`` for none) or None.
         ncol: Number of columns; default ``ceil(sqrt(N))``; clipped to ``[1, N]``.
         pad: Gap between cells and around the border.
-        min_tile: Minimum displayed size of a tile's longer side and minimum cell width.
+        min_tile: The size a tile's longer side is brought up to by an integer nearest-neighbour factor (a tile
+            already this large is drawn as it is, never scaled down).
         background: Gray level of the background; text is black on light and white on dark backgrounds.
         title: Optional title drawn centred above the grid.
+        min_cell: Minimum cell width of a captioned grid: the room a caption needs next to a small tile.
         max_caption_lines: Maximum number of lines per caption after wrapping.
         cell_boxes: If given, a list that receives each tile's cell (tile and caption) as
             ``(left, top, right, bottom)``, right/bottom exclusive, in tile order.
@@ -186,14 +193,16 @@ def labelled_grid(
     s = _tile_scale(h, w, min_tile)
     t = upscale_nearest(t, s)
     th, tw = h * s, w * s
-    cell_w = max(tw, min_tile)
+    captioned = captions is not None and any(captions)
+    cell_w = max(tw, int(min_cell)) if captioned else tw
     width = ncol * cell_w + (ncol - 1) * pad + 2 * margin
 
     size, smallest = _caption_size(cell_w, width, card_width)
     cap_lines: list[list[str]] = []
     band_h = 0
     cap_font: Font | None = None
-    if captions is not None and any(captions):
+    if captioned:
+        assert captions is not None
         cap_font, cap_lines, cap_lh = fit_text(
             list(captions), cell_w - 2 * _TEXT_MARGIN, size, max_caption_lines, smallest
         )
@@ -406,7 +415,7 @@ def activation_grid(
     *,
     cmap: str = "viridis",
     ncol: int | None = None,
-    min_tile: int = 128,
+    min_tile: int = 64,
     pad: int = 2,
 ) -> Tensor:
     """Renders the top feature-map channels of one image as a captioned grid.
@@ -422,7 +431,8 @@ def activation_grid(
         order: ``"mean"``, ``"max"``, ``"std"`` or ``"index"`` (see :func:`select_channels`).
         cmap: Colormap name.
         ncol: Grid columns; default ``ceil(sqrt(K))``.
-        min_tile: Minimum displayed tile size (see :func:`labelled_grid`).
+        min_tile: The size a tile's longer side is upscaled to (see :func:`labelled_grid`); cells are as wide as the
+            tiles (the ``"ch <index>"`` captions are short).
         pad: Gap between tiles.
 
     Returns:
@@ -437,7 +447,8 @@ def activation_grid(
         raise ValueError(f"activation_grid expects [C,h,w] feature maps, got {tuple(fmaps.shape)}")
     idx = select_channels(f, max_channels, order)
     tiles = apply_colormap(normalize_maps(f[idx].unsqueeze(1)), cmap)
-    return labelled_grid(tiles, [f"ch {i}" for i in idx.tolist()], ncol=ncol, pad=pad, min_tile=min_tile)
+    captions = [f"ch {i}" for i in idx.tolist()]
+    return labelled_grid(tiles, captions, ncol=ncol, pad=pad, min_tile=min_tile, min_cell=min_tile)
 
 
 def select_frames(n: int, max_frames: int = 16) -> list[int]:
@@ -505,7 +516,7 @@ def filmstrip(
     pad: int = 2,
     *,
     row_captions: Sequence[str] | None = None,
-    min_tile: int = 128,
+    min_tile: int = 64,
     background: int = 255,
     card_width: int | None = None,
     margin: int | None = None,
@@ -527,7 +538,8 @@ def filmstrip(
         max_frames: Maximum number of frames shown.
         pad: Gap between frames and around the border.
         row_captions: ``K`` captions, one per row (per image of a frame), or None.
-        min_tile: Minimum displayed frame size (see :func:`labelled_grid`).
+        min_tile: The size a frame's longer side is upscaled to (see :func:`labelled_grid`); in the one-row strip
+            each cell is at least this wide (the step captions are short).
         background: Gray level of the background and of the padding.
         card_width: See :func:`labelled_grid`; None (the default) sizes the text by the frames, as a strip of many
             frames is read enlarged rather than at card size.
@@ -556,6 +568,7 @@ def filmstrip(
             ncol=len(keep),
             pad=pad,
             min_tile=min_tile,
+            min_cell=min_tile,
             background=background,
             card_width=card_width,
             margin=margin,
