@@ -46,7 +46,7 @@ class ActivationCore(MonitorCore):
         layers: LayerSpec = "auto",
         *,
         max_channels: int = 8,
-        max_images: int = 8,
+        max_images: int = 4,
         cmap: str = "viridis",
         reshape: ReshapeSpec = None,
         every_n_epochs: int | None = 1,
