@@ -21,34 +21,29 @@ from probelens.core.options import (
     check_single_layer,
     take_renamed,
 )
-from probelens.core.session import ProbeSession
+from probelens.core.session import _Needs
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import tag_segment
-from probelens.methods.batching import chunk_ranges
-from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
+    MASK_SENSITIVITY_LIMIT,
+    CounterfactualBatch,
+    CounterfactualProbes,
+    ShortcutReport,
     ShortcutVerdict,
-    agreeing_group_accuracy,
-    class_flip_rates,
-    counterfactual_probes,
-    direction_flip_rates,
-    foreground_only_drop,
-    group_accuracies,
+    counterfactual_batch,
+    default_mask_margin,
     group_gaps,
-    group_reliance_score,
-    map_drift,
-    mask_area,
-    relevance_mass,
-    relevance_rank_accuracy,
-    shortcut_score,
+    shortcut_report,
 )
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, saliency_to_heat, to_display_images
 
+Box = tuple[int, int, int, int]
 OnShortcut = Literal["warn", "stop", "ignore"]
 ON_SHORTCUT: tuple[str, ...] = get_args(OnShortcut)
 MIN_PROBE_IMAGES = 16
@@ -162,6 +157,7 @@ class ShortcutCore(MonitorCore):
         threshold: float = 0.5,
         patience: int = 2,
         min_accuracy: float | None = None,
+        mask_margin: int | None = None,
         panels: bool = True,
         max_images: int = 8,
         every_n_epochs: int | None = 1,
@@ -191,12 +187,16 @@ class ShortcutCore(MonitorCore):
         check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
+        check_int(
+            owner, "mask_margin", mask_margin, 0, none_ok=True, fix="pixels; None picks 1 per 32 of the image side"
+        )
         check_bool(owner, "panels", panels)
         check_int(owner, "max_images", max_images)
         self.layer_spec = layers
         self.saliency_methods = methods
         self.on_shortcut = on_shortcut
         self.min_accuracy = min_accuracy
+        self.mask_margin = mask_margin
         self.panels = panels
         self.max_images = max_images
         self.threshold = threshold
@@ -217,7 +217,9 @@ class ShortcutCore(MonitorCore):
         """Per alert in :attr:`alerts`, the evidence whose verdict fired."""
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
-        self._counterfactuals: Any = None
+        self._counterfactuals: CounterfactualBatch | None = None
+        self._cf_probe: ProbeSet | None = None
+        self._said_mask_sensitivity = False
         self._worst_class: int | None = None
         self._layout_written = False
         self._said_no_masks = False
@@ -275,6 +277,8 @@ class ShortcutCore(MonitorCore):
         self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
+        # the counterfactual copies go through the same session: forward only, no layer, no gradient
+        self._cf_needs = _Needs({}, False, False, set(), self.output_transform)
 
     def _evidence(self) -> list[str]:
         """The evidence the probe gives: ``"masks"`` and/or ``"groups"``."""
@@ -338,7 +342,16 @@ class ShortcutCore(MonitorCore):
 
     @override
     def _log(self, step: int, pl_module: nn.Module, trainer: pl.Trainer) -> None:
+        """Evaluate (:func:`probelens.metrics.shortcut_report`, a pure function over the shared pass's outputs),
+        then log the report, draw the panel and feed the verdicts."""
         assert self.probe is not None
+        report = self._evaluate(pl_module, step)
+        self._report(trainer, step, report)
+
+    def _evaluate(self, pl_module: nn.Module, step: int) -> ShortcutReport:
+        """The step's :class:`~probelens.metrics.ShortcutReport`: the probe through the shared pass, and with masks
+        the counterfactual batch through the same session (forward only, its images kept on the model's device)."""
+        assert self.probe is not None and self._session is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
         layout = self._layouts[name]  # channels-last and token layers viewed as [N, C, h, w]
@@ -346,27 +359,59 @@ class ShortcutCore(MonitorCore):
             layout.to_nchw(result.activations[name]),
             layout.to_nchw(result.gradients["pred"][name]),
             self.probe.image_size,
-        ).cpu()
+        )
+        masks = self.probe.masks
+        cf: CounterfactualBatch | None = None
+        cf_logits: Tensor | None = None
+        saliency: dict[str, Tensor] = {}
+        if masks is not None and bool(torch.isfinite(result.logits).all()):
+            cf = self._counterfactual_batch()
+            model = unwrap_compiled(pl_module)
+            assert self._cf_probe is not None
+            cf_logits = self._session.get(model, self._cf_probe, step, self._cf_needs).logits
+            saliency = {
+                m: saliency_to_heat(saliency_from_pass(result, "pred", m).float(), "abs_sum")
+                for m in self.saliency_methods
+            }
+        p = self.probe
+        return shortcut_report(
+            result.logits,
+            p.targets,
+            class_tags=[self._class_tag(c) for c in range(int(result.logits.shape[1]))],
+            group_tags=[self._group_tag(g) for g in range(p.num_groups)] if p.groups is not None else (),
+            cam=cam,
+            saliency=saliency,
+            masks=masks,
+            groups=p.groups,
+            counterfactuals=cf,
+            counterfactual_logits=cf_logits,
+            previous_cam=self._previous_cam,
+            first_cam=self._first_cam,
+        )
+
+    def _report(self, trainer: pl.Trainer, step: int, report: ShortcutReport) -> None:
+        """Log a report: its scalars, the drift references, the layout, the panel, the mask check and the verdicts."""
+        assert self.probe is not None
         evidence = self._evidence()
-        bad_outputs = ~torch.isfinite(result.logits.detach()).flatten(1).all(1).cpu()
-        if bool(bad_outputs.any()):
-            self._nonfinite_step(trainer, step, evidence, f"{int(bad_outputs.sum())} of {len(self.probe)} probe images")
+        if report.cam is not None:
+            if not report.cam_finite:  # finite outputs, non-finite gradients (an overflow): no map number, no reference
+                self._warn_nonfinite(step, "the Grad-CAM maps (finite outputs, non-finite gradients)")
+            else:
+                cam = report.cam.detach().cpu()  # the references travel in checkpoints: kept on the CPU
+                if self._first_cam is None:
+                    self._first_cam = cam
+                self._previous_cam = cam
+        if report.nonfinite is not None:
+            self._warn_nonfinite(step, report.nonfinite)
+            scalars = dict(report.scalars)
+            if evidence:
+                scalars["shortcut/verdict"] = math.nan
+                for e in evidence:
+                    self.verdicts[e].update(math.nan, math.nan)  # recorded in the history, nothing else changes
+            self.writer.scalars(trainer.loggers, scalars, step)
             return
-        labels = self.probe.targets.cpu()
-        preds = result.predictions.cpu()
-        metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
-        cam_ok = bool(torch.isfinite(cam).all())
-        if not cam_ok:  # finite outputs, non-finite gradients (an overflow): no map number from them, no reference
-            self._warn_nonfinite(step, "the Grad-CAM maps (finite outputs, non-finite gradients)")
-        if self._previous_cam is not None and self._first_cam is not None:
-            metrics["shortcut/drift_previous"] = (
-                float(map_drift(self._previous_cam, cam).mean()) if cam_ok else math.nan
-            )
-            metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean()) if cam_ok else math.nan
-        if cam_ok:
-            if self._first_cam is None:
-                self._first_cam = cam
-            self._previous_cam = cam
+        self._worst_class = report.worst_class
+        self._cells = report.cells
         if not evidence:
             if not self._said_no_masks:
                 self._said_no_masks = True
@@ -375,121 +420,38 @@ class ShortcutCore(MonitorCore):
                     "ProbeSet(masks=...) (from the dataset, boxes or a function) or group labels "
                     "(ProbeSet(groups=..., group_names=...)) to enable the shortcut verdict."
                 )
-            self.writer.scalars(trainer.loggers, metrics, step)
+            self.writer.scalars(trainer.loggers, report.scalars, step)
             return
-        chance = self._chance_accuracy()
-        gate = metrics["shortcut/probe_accuracy"]
-        scores: dict[str, float] = {}
-        panel: tuple[Tensor, Tensor, Tensor, Any] | None = None
-        if self.probe.groups is not None:
-            scores["groups"] = self._group_metrics(preds, labels, metrics)
-            # on a probe balanced over (class, group) cells a pure shortcut model scores chance overall: both
-            # verdicts are armed by the accuracy of each class's best group instead
-            gate = metrics["shortcut/agreeing_group_accuracy"]
-        if self.probe.masks is not None:
-            mask_result = self._mask_metrics(result, cam, cam_ok, preds, labels, chance, pl_module, metrics)
-            if mask_result is None:
-                self._nonfinite_step(
-                    trainer, step, evidence, "the counterfactual images (object only, background only, swapped)"
-                )
-                return
-            scores["masks"], panel = mask_result
-        metrics["shortcut/score"] = max(scores.values())
-        if len(scores) > 1:
-            for e, score in scores.items():
-                metrics[f"shortcut/score/{e}"] = score
-        self.writer.scalars(trainer.loggers, metrics, step)
+        self.writer.scalars(trainer.loggers, report.scalars, step)
         self._write_layout(trainer)
-        if self.panels and panel is not None:
-            self._panel(step, preds, *panel)
-        self._update_verdicts(trainer, step, scores, gate, chance, metrics)
+        if self.panels and report.counterfactual_predictions is not None and report.predictions is not None:
+            assert self._counterfactuals is not None
+            self._panel(step, report.predictions, *report.counterfactual_predictions, self._counterfactuals.probes)
+        self._check_masks(step, report)
+        self._update_verdicts(trainer, step, report.scores, report.gate, report.chance, report.scalars)
 
-    def _group_metrics(self, preds: Tensor, labels: Tensor, metrics: dict[str, float]) -> float:
-        """Accuracy per (class, group), worst-group and agreeing-group accuracy, the gap per class, into
-        ``metrics``; returns the group score (:func:`probelens.metrics.group_reliance_score`)."""
-        assert self.probe is not None and self.probe.groups is not None
-        cells = group_accuracies(preds, labels, self.probe.groups)
-        for (c, g), acc in cells.items():
-            metrics[f"shortcut/group_accuracy/{self._class_tag(c)}/{self._group_tag(g)}"] = acc
-        for c, gap in group_gaps(cells).items():
-            metrics[f"shortcut/group_gap/{self._class_tag(c)}"] = gap
-        metrics["shortcut/worst_group_accuracy"] = min(cells.values())
-        metrics["shortcut/agreeing_group_accuracy"] = agreeing_group_accuracy(cells)
-        self._cells = cells
-        return group_reliance_score(cells)
-
-    def _mask_metrics(
-        self,
-        result: Any,
-        cam: Tensor,
-        cam_ok: bool,
-        preds: Tensor,
-        labels: Tensor,
-        chance: float,
-        pl_module: nn.Module,
-        metrics: dict[str, float],
-    ) -> tuple[float, tuple[Tensor, Tensor, Tensor, Any]] | None:
-        """The mask evidence into ``metrics``; returns the mask score and what the panel shows, or ``None`` when the
-        model's outputs on the counterfactual images are not finite."""
-        assert self.probe is not None and self.probe.masks is not None
-        masks = self.probe.masks
-        nan = math.nan
-        metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean()) if cam_ok else nan
-        metrics["shortcut/mask_attribution_chance"] = float(mask_area(masks).mean())
-        metrics["shortcut/relevance_rank_accuracy"] = (
-            float(relevance_rank_accuracy(cam, masks).mean()) if cam_ok else nan
+    def _check_masks(self, step: int, report: ShortcutReport) -> None:
+        """Once per run: the mask score moves by :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more when the
+        mask margins double, at a step where the model is armed, so the mask verdict rests on the mask boundary."""
+        sensitivity = report.mask_sensitivity
+        if sensitivity is None or self._said_mask_sensitivity or math.isnan(sensitivity):
+            return
+        min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + report.chance) / 2
+        if sensitivity < MASK_SENSITIVITY_LIMIT or not report.gate >= min_accuracy:
+            return
+        self._said_mask_sensitivity = True
+        margin = self._counterfactuals.margin if self._counterfactuals is not None else 0
+        score = report.scores["masks"]
+        rank_zero_warn(
+            f"{self.name}: the mask verdict is unreliable at step {step}: its score is {score:.2f} with the masks "
+            f"grown by {margin} px to remove the object and shrunk by {margin} px to keep it, but moves by "
+            f"{sensitivity:.2f} when those margins double ({max(1, 2 * margin)} px). The verdict then depends on "
+            "where the mask boundary lies, not on the model: a loose mask (a box, a low threshold on a soft edge) "
+            "carries background along with the object, a tight one leaves part of the object in the background. "
+            "shortcut/mask_sensitivity logs this per step. Use masks that follow the object's outline (for soft "
+            "masks a threshold near 0.5), raise mask_margin=, or give group labels (ProbeSet(groups=...)), "
+            "which need no masks."
         )
-        for method in self.saliency_methods:
-            heat = saliency_to_heat(saliency_from_pass(result, "pred", method).float().cpu(), "abs_sum")
-            finite = bool(torch.isfinite(heat).all())
-            metrics[f"shortcut/mask_attribution/{method}"] = (
-                float(relevance_mass(heat, masks).mean()) if finite else nan
-            )
-
-        cf = self._counterfactual_batch(result.images)
-        n = len(self.probe)
-        batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped])
-        model = unwrap_compiled(pl_module)
-        chunk = ProbeSession.pass_chunk(model, result.images, backward=False)
-        logits = [
-            forward_backward(
-                model,
-                batch[start:stop].to(result.images),
-                None,
-                {},
-                gradients=False,
-                input_gradient=False,
-                output_transform=self.output_transform,
-            ).logits.detach()
-            for start, stop in chunk_ranges(batch.shape[0], chunk)
-        ]
-        if not all(bool(torch.isfinite(x).all()) for x in logits):
-            return None
-        cf_preds = torch.cat([x.argmax(1).cpu() for x in logits])
-        bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
-        valid = cf.swap_valid.cpu()
-        bg_acc = float((bg_pred == labels).float().mean())
-        fg_acc = float((fg_pred == labels).float().mean())
-        flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
-        per_class = class_flip_rates(preds, swap_pred, labels, valid)
-        score = shortcut_score(per_class)
-        metrics.update(
-            {
-                "shortcut/background_only_accuracy": bg_acc,
-                "shortcut/foreground_only_accuracy": fg_acc,
-                "shortcut/foreground_only_drop": foreground_only_drop(
-                    metrics["shortcut/probe_accuracy"], fg_acc, chance
-                ),
-                "shortcut/background_swap_flip_rate": flip,
-            }
-        )
-        for c, rate in per_class.items():
-            metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}"] = rate
-        if len(per_class) > 2:  # with two classes a class's objects only ever land on the other's backgrounds
-            for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.partners).items():
-                metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}_on_{self._class_tag(b)}"] = rate
-        self._worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
-        return score, (bg_pred, fg_pred, swap_pred, cf)
 
     def _update_verdicts(
         self,
@@ -560,23 +522,6 @@ class ShortcutCore(MonitorCore):
                 "(check the loss and the learning rate)."
             )
 
-    def _nonfinite_step(self, trainer: pl.Trainer, step: int, evidence: list[str], where: str) -> None:
-        """The model's outputs are not finite: every headline number of this step is NaN; the verdicts see NaN."""
-        self._warn_nonfinite(step, f"the model's outputs on {where}")
-        nan = math.nan
-        tags = ["shortcut/probe_accuracy"]
-        if self._previous_cam is not None:
-            tags += ["shortcut/drift_previous", "shortcut/drift_first"]
-        if "masks" in evidence:
-            tags += [t for t in SCALAR_TAGS if t != "shortcut/verdict"]
-        if "groups" in evidence:
-            tags += [t for t in GROUP_SCALAR_TAGS if t != "shortcut/verdict"]
-        if evidence:
-            tags += ["shortcut/score", "shortcut/armed", "shortcut/verdict"]
-            for e in evidence:
-                self.verdicts[e].update(nan, nan)  # recorded in the history, nothing else changes
-        self.writer.scalars(trainer.loggers, dict.fromkeys(tags, nan), step)
-
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
         return tag_segment(self.probe.class_name(c), str(c))
@@ -637,13 +582,20 @@ class ShortcutCore(MonitorCore):
             self.writer.text("shortcut/alert", text, step)
             rank_zero_info(f"{self.name}: {text}")
 
-    def _counterfactual_batch(self, images: Tensor) -> Any:
+    def _counterfactual_batch(self) -> CounterfactualBatch:
+        """The probe's counterfactual copies, built once per run with the mask margin, and a probe set of them that
+        the shared session runs (its images are cached on the model's device, so a firing moves no image)."""
         if self._counterfactuals is None:
             assert self.probe is not None and self.probe.masks is not None
-            self._counterfactuals = counterfactual_probes(images.float().cpu(), self.probe.masks, self.probe.targets)
+            margin = self.mask_margin if self.mask_margin is not None else default_mask_margin(self.probe.image_size)
+            cf = counterfactual_batch(
+                self.probe.images.float(), self.probe.masks, self.probe.targets, margin=margin, check=True
+            )
+            self._counterfactuals = cf
+            self._cf_probe = ProbeSet(images=cf.images, targets=cf.targets)
         return self._counterfactuals
 
-    def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: Any) -> None:
+    def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: CounterfactualProbes) -> None:
         assert self.probe is not None
         shown = self._shown(self.max_images)
         show = self.probe.display_images()[shown]
@@ -662,10 +614,13 @@ class ShortcutCore(MonitorCore):
                 f"bg swapped\npred: {p.class_name(int(swap[i]))}",
             ]
 
-        def render() -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+        def render() -> tuple[Tensor, list[Box], list[Box]]:
             columns = [show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)]
-            boxes: list[tuple[int, int, int, int]] = []
-            return labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes), boxes
+            boxes: list[Box] = []
+            map_boxes: list[Box] = []  # each picture's own box, without its caption: the dashboard crops exactly
+            tiles = torch.stack(columns, 1).flatten(0, 1)
+            grid = labelled_grid(tiles, captions, ncol=4, cell_boxes=boxes, map_boxes=map_boxes)
+            return grid, boxes, map_boxes
 
         self.writer.draw("shortcut/counterfactuals", step, render, per_probe=4, shown=shown)
 

@@ -7,8 +7,10 @@ from probelens.metrics.counterfactual import (
     counterfactual_probes,
     fill_from_background,
     foreground_only,
+    grow_masks,
     inpaint_harmonic,
     neutral_background,
+    shrink_masks,
     swap_partners,
 )
 from probelens.metrics.discovery import (
@@ -30,18 +32,31 @@ from probelens.metrics.shortcut import (
     group_reliance_score,
     shortcut_score,
 )
+from probelens.metrics.shortcut_report import (
+    MASK_SENSITIVITY_LIMIT,
+    CounterfactualBatch,
+    ShortcutReport,
+    counterfactual_batch,
+    default_mask_margin,
+    shortcut_report,
+)
 
 __all__ = [
+    "MASK_SENSITIVITY_LIMIT",
     "ClassStrategies",
+    "CounterfactualBatch",
     "CounterfactualProbes",
     "DiscoveryReport",
+    "ShortcutReport",
     "ShortcutVerdict",
     "adjusted_rand_index",
     "agreeing_group_accuracy",
     "background_only",
     "background_swap",
     "class_flip_rates",
+    "counterfactual_batch",
     "counterfactual_probes",
+    "default_mask_margin",
     "direction_flip_rates",
     "discover_strategies",
     "fill_from_background",
@@ -50,6 +65,7 @@ __all__ = [
     "group_accuracies",
     "group_gaps",
     "group_reliance_score",
+    "grow_masks",
     "inpaint_harmonic",
     "map_drift",
     "mask_area",
@@ -57,6 +73,8 @@ __all__ = [
     "pointing_game",
     "relevance_mass",
     "relevance_rank_accuracy",
+    "shortcut_report",
     "shortcut_score",
+    "shrink_masks",
     "swap_partners",
 ]

@@ -244,28 +244,95 @@ def background_swap(
     return torch.where(masks, images, src), valid
 
 
+def grow_masks(masks: Tensor, pixels: int) -> Tensor:
+    """Masks dilated by ``pixels`` (a ``(2 pixels + 1)``-square structuring element) ``[N,1,H,W]`` bool.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 2, 2] = True
+        >>> int(grow_masks(m, 1).sum()), int(grow_masks(m, 2).sum())
+        (9, 25)
+    """
+    if pixels < 0:
+        raise ValueError(f"pixels must be >= 0, got {pixels}")
+    m = masks.bool()
+    if pixels == 0:
+        return m
+    return F.max_pool2d(m.float(), 2 * pixels + 1, stride=1, padding=pixels) > 0.5
+
+
+def shrink_masks(masks: Tensor, pixels: int) -> Tensor:
+    """Masks eroded by ``pixels`` (the complement dilated, so a pixel stays only if its ``(2 pixels + 1)``-square
+    neighbourhood inside the image is all mask) ``[N,1,H,W]`` bool. An image whose mask would vanish keeps its
+    pixels farthest from the background instead (the largest erosion that leaves any pixel), so the object is never
+    lost entirely.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 1:4, 1:4] = True
+        >>> int(shrink_masks(m, 1).sum()), int(shrink_masks(m, 2).sum())
+        (1, 1)
+    """
+    if pixels < 0:
+        raise ValueError(f"pixels must be >= 0, got {pixels}")
+    m = masks.bool()
+    out = m
+    for _ in range(pixels):  # one pixel at a time: an image stops at its last non-empty erosion
+        step = ~grow_masks(~out, 1)
+        keep = step.flatten(1).any(1).view(-1, *([1] * (m.dim() - 1)))
+        out = torch.where(keep, step, out)
+    return out
+
+
 @dataclass
 class CounterfactualProbes:
-    """The three edited copies of a probe batch, which swaps are valid and whose background each image got."""
+    """The three edited copies of a probe batch, which swaps are valid and whose background each image got.
+
+    ``removal_masks`` are the regions filled in :attr:`background_only` (and in the partner's background of a swap),
+    ``object_masks`` the regions kept in :attr:`foreground_only` and pasted in :attr:`swapped` (see
+    :func:`counterfactual_probes`'s margins).
+    """
 
     background_only: Tensor
     foreground_only: Tensor
     swapped: Tensor
     swap_valid: Tensor
     partners: Tensor
+    removal_masks: Tensor | None = None
+    object_masks: Tensor | None = None
 
 
-def counterfactual_probes(images: Tensor, masks: Tensor, targets: Tensor, seed: int = 0) -> CounterfactualProbes:
+def counterfactual_probes(
+    images: Tensor,
+    masks: Tensor,
+    targets: Tensor,
+    seed: int = 0,
+    removal_margin: int = 0,
+    object_margin: int = 0,
+) -> CounterfactualProbes:
     """Build all counterfactual copies of a probe batch (the object region is filled once per image).
+
+    Masks as users have them are loose (a box, a threshold low on a soft edge: background inside the mask) or tight (a
+    threshold high on a soft edge: object outside it). The margins make the edits robust to both: the object is
+    *removed* with the mask grown by ``removal_margin`` pixels (:func:`grow_masks`), so no ghost of a tight mask's
+    outline stays in the background, and only the mask shrunk by ``object_margin`` pixels (:func:`shrink_masks`) is
+    *kept* as the object, so a loose mask carries less of its own background into "object only" and onto a swapped
+    background. Between the two, a swapped image shows the partner's background.
 
     Args:
         images: ``[N,C,H,W]``.
         masks: ``[N,1,H,W]`` bool.
         targets: ``[N]`` labels.
         seed: seed of the swap partners (:func:`swap_partners`).
+        removal_margin: pixels the mask grows by before the object is removed (0: the mask as given).
+        object_margin: pixels the mask shrinks by for the object that is kept or pasted (0: the mask as given).
     """
-    bg = background_only(images, masks)
+    masks = _check(images, masks)
+    removal = grow_masks(masks, removal_margin)
+    kept = shrink_masks(masks, object_margin)
+    bg = background_only(images, removal)
     partners = swap_partners(targets, seed=seed)
     valid = partners >= 0
-    swapped = torch.where(_check(images, masks), images, bg[partners.clamp_min(0)])
-    return CounterfactualProbes(bg, foreground_only(images, masks), swapped, valid, partners)
+    swapped = torch.where(kept, images, bg[partners.clamp_min(0)])
+    neutral = neutral_background(images, removal)
+    return CounterfactualProbes(
+        bg, foreground_only(images, kept, fill=neutral), swapped, valid, partners, removal, kept
+    )
