@@ -35,6 +35,7 @@ from probelens.metrics import (
     CounterfactualProbes,
     ShortcutReport,
     ShortcutVerdict,
+    check_growth,
     counterfactual_batch,
     default_mask_margin,
     group_gaps,
@@ -431,8 +432,9 @@ class ShortcutCore(MonitorCore):
         self._update_verdicts(trainer, step, report.scores, report.gate, report.chance, report.scalars)
 
     def _check_masks(self, step: int, report: ShortcutReport) -> None:
-        """Once per run: the mask score moves by :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more when the
-        mask margins double, at a step where the model is armed, so the mask verdict rests on the mask boundary."""
+        """Once per run: at a step where the model is armed, the mask score moves by
+        :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more under the leakage checks (a wider removal, a
+        smaller pasted object), so the mask verdict rests on the mask boundary: a warning that names the direction."""
         sensitivity = report.mask_sensitivity
         if sensitivity is None or self._said_mask_sensitivity or math.isnan(sensitivity):
             return
@@ -440,17 +442,28 @@ class ShortcutCore(MonitorCore):
         if sensitivity < MASK_SENSITIVITY_LIMIT or not report.gate >= min_accuracy:
             return
         self._said_mask_sensitivity = True
-        margin = self._counterfactuals.margin if self._counterfactuals is not None else 0
+        cf = self._counterfactuals
+        margin = cf.margin if cf is not None else 0
         score = report.scores["masks"]
+        tight = (report.mask_sensitivity_grown or 0.0) >= (report.mask_sensitivity_shrunk or 0.0)
+        if tight:
+            cause = (
+                f"removing the object with the masks grown by {check_growth(margin)} px instead of {margin} px moves "
+                f"it by {report.mask_sensitivity_grown:.2f}: the masks look tight (part of the object, e.g. a soft "
+                "edge, lies outside them and stays in the 'background'); grow them or raise mask_margin="
+            )
+        else:
+            cause = (
+                f"pasting the object shrunk by {max(1, margin)} px moves it by {report.mask_sensitivity_shrunk:.2f}: "
+                "the masks look loose (they carry background along with the object, e.g. a box or a low threshold "
+                "on a soft edge, so the swaps and 'object only' keep some of the image's own background); tighten "
+                "them (for soft masks a threshold near 0.5)"
+            )
         rank_zero_warn(
-            f"{self.name}: the mask verdict is unreliable at step {step}: its score is {score:.2f} with the masks "
-            f"grown by {margin} px to remove the object and shrunk by {margin} px to keep it, but moves by "
-            f"{sensitivity:.2f} when those margins double ({max(1, 2 * margin)} px). The verdict then depends on "
-            "where the mask boundary lies, not on the model: a loose mask (a box, a low threshold on a soft edge) "
-            "carries background along with the object, a tight one leaves part of the object in the background. "
-            "shortcut/mask_sensitivity logs this per step. Use masks that follow the object's outline (for soft "
-            "masks a threshold near 0.5), raise mask_margin=, or give group labels (ProbeSet(groups=...)), "
-            "which need no masks."
+            f"{self.name}: the mask verdict is unreliable at step {step}: its score {score:.2f} depends on where the "
+            f"mask boundary lies, not only on the model: {cause}. shortcut/mask_sensitivity logs this per step "
+            f"(>= {MASK_SENSITIVITY_LIMIT} is unreliable; said once). Group labels (ProbeSet(groups=...)) give a "
+            "verdict that needs no masks."
         )
 
     def _update_verdicts(
@@ -588,9 +601,7 @@ class ShortcutCore(MonitorCore):
         if self._counterfactuals is None:
             assert self.probe is not None and self.probe.masks is not None
             margin = self.mask_margin if self.mask_margin is not None else default_mask_margin(self.probe.image_size)
-            cf = counterfactual_batch(
-                self.probe.images.float(), self.probe.masks, self.probe.targets, margin=margin, check=True
-            )
+            cf = counterfactual_batch(self.probe.images.float(), self.probe.masks, self.probe.targets, margin=margin)
             self._counterfactuals = cf
             self._cf_probe = ProbeSet(images=cf.images, targets=cf.targets)
         return self._counterfactuals

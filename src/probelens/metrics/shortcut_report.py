@@ -5,11 +5,13 @@ probe and :attr:`CounterfactualBatch.images` through the model (``ShortcutMonito
 pass, on the model's device) and hands the logits in.
 
 Masks as users have them: the counterfactual copies are built with margins (:func:`counterfactual_batch`): the object
-is removed with the mask grown by ``margin`` pixels and kept (pasted) with the mask shrunk by ``margin`` pixels, so a
-tight mask leaves no ghost of the object in the background and a loose one carries less of its own background along.
-A second set of swaps at twice the margin is the leakage check: ``shortcut/mask_sensitivity`` is how far the mask
-score moves when the margins double. A verdict that moves by :data:`MASK_SENSITIVITY_LIMIT` or more rests on where
-the mask boundary lies, not on the model (``ShortcutMonitor`` says so once).
+is removed with the mask grown by ``margin`` pixels, so a tight mask leaves no ghost of the object in the background
+(``object_margin`` shrinks the pasted object too; off by default: it costs object models their edges). Two more sets
+of swaps are the leakage check, computed from the counterfactual images themselves: the object removed with a wider
+mask (does object left outside the mask decide?) and a smaller object pasted (does background inside the mask
+decide?). ``shortcut/mask_sensitivity`` is how far the mask score moves under them; a verdict that moves by
+:data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary lies, not on the model (``ShortcutMonitor``
+says so once, naming the direction).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ MASK_SCALARS = (
 GROUP_SCALARS = ("shortcut/worst_group_accuracy", "shortcut/agreeing_group_accuracy")
 
 
+def check_growth(margin: int) -> int:
+    """Pixels the leakage check grows the masks by to remove the object: ``4 * max(1, margin)`` (a soft edge
+    upsampled 4x spans 4 pixels)."""
+    return 4 * max(1, margin)
+
+
 def default_mask_margin(image_size: Sequence[int]) -> int:
     """The default mask margin in pixels for images of ``image_size`` ``(H, W)``: one pixel per 32 of the shorter
     side, at least 1 (a soft edge spans about one pixel of a 32-pixel image per pixel of its source)."""
@@ -66,51 +74,65 @@ class CounterfactualBatch:
     """The counterfactual copies of a probe batch, in one tensor for one forward pass.
 
     Attributes:
-        probes: the copies at the verdict's margin (:func:`~probelens.metrics.counterfactual_probes`).
-        check_swapped: the swaps at twice the margin ``[N,C,H,W]`` (the leakage check), or ``None``.
-        margin: the margin of :attr:`probes` in pixels.
-        images: ``[background_only; foreground_only; swapped; check_swapped]`` stacked ``[3N or 4N, C, H, W]``.
+        probes: the copies the verdict uses (:func:`~probelens.metrics.counterfactual_probes`).
+        margin: pixels the masks grow by before the object is removed.
+        object_margin: pixels the masks shrink by for the object that is kept or pasted.
+        check_grown: the swaps with the object removed by a mask grown by ``4 * max(1, margin)`` pixels
+            ``[N,C,H,W]`` (does object left outside a tight mask decide?), or ``None``.
+        check_shrunk: the swaps with the pasted object shrunk by ``object_margin + max(1, margin)`` pixels (does
+            background inside a loose mask decide?), or ``None``.
+        images: ``[background_only; foreground_only; swapped; check_grown; check_shrunk]`` stacked ``[3N or 5N, ...]``.
         targets: the probe's labels repeated per copy (the class of each copy's object).
     """
 
     probes: CounterfactualProbes
-    check_swapped: Tensor | None
     margin: int
+    object_margin: int
+    check_grown: Tensor | None
+    check_shrunk: Tensor | None
     images: Tensor
     targets: Tensor
 
 
 def counterfactual_batch(
-    images: Tensor, masks: Tensor, targets: Tensor, margin: int = 0, check: bool = True, seed: int = 0
+    images: Tensor,
+    masks: Tensor,
+    targets: Tensor,
+    margin: int = 0,
+    object_margin: int = 0,
+    check: bool = True,
+    seed: int = 0,
 ) -> CounterfactualBatch:
-    """Build the counterfactual copies of a probe batch with ``margin`` pixels for the masks, and (with ``check``) the
-    swaps at twice the margin. The copies are built where ``images`` are (the probe's device is fine: the fill loops
-    per image once per run, the forward passes read the stacked :attr:`CounterfactualBatch.images`).
+    """Build the counterfactual copies of a probe batch, and (with ``check``) the two leakage checks: the swaps with
+    the removal mask grown further and with the pasted object shrunk. The copies are built where ``images`` are (once
+    per run; the forward passes read the stacked :attr:`CounterfactualBatch.images`).
 
     Args:
         images: ``[N,C,H,W]`` probe images (model inputs).
         masks: ``[N,1,H,W]`` bool foreground masks.
         targets: ``[N]`` labels.
-        margin: pixels the mask grows by to remove the object and shrinks by to keep it (0: masks as given).
-        check: also build the swaps at twice the margin (at margin 0: at 1 pixel).
+        margin: pixels the mask grows by to remove the object (0: masks as given).
+        object_margin: pixels the mask shrinks by to keep (paste) the object (0: masks as given).
+        check: also build the two leakage checks.
         seed: seed of the swap partners.
     """
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
-    probes = counterfactual_probes(images, masks, targets, seed=seed, removal_margin=margin, object_margin=margin)
-    check_swapped = None
+    if margin < 0 or object_margin < 0:
+        raise ValueError(f"margin and object_margin must be >= 0 pixels, got {margin} and {object_margin}")
+    probes = counterfactual_probes(
+        images, masks, targets, seed=seed, removal_margin=margin, object_margin=object_margin
+    )
     parts = [probes.background_only, probes.foreground_only, probes.swapped]
+    grown = shrunk = None
     if check:
-        wide = max(1, 2 * margin)
-        # the same partners and the same fill as the verdict's copies: only the boundary differs
-        removal = grow_masks(masks.to(images.device).bool(), wide)
-        kept = shrink_masks(masks.to(images.device).bool(), wide)
+        m = masks.to(images.device).bool()
         partners = probes.partners.clamp_min(0)
-        bg = background_only(images, removal)
-        check_swapped = torch.where(kept, images, bg[partners])
-        parts.append(check_swapped)
+        # the same partners as the verdict's copies: only the boundary differs
+        wide = background_only(images, grow_masks(m, check_growth(margin)))
+        grown = torch.where(shrink_masks(m, object_margin), images, wide[partners])
+        shrunk = torch.where(shrink_masks(m, object_margin + max(1, margin)), images, probes.background_only[partners])
+        parts += [grown, shrunk]
     stacked = torch.cat(parts)
-    return CounterfactualBatch(probes, check_swapped, margin, stacked, targets.repeat(len(parts)))
+    return CounterfactualBatch(probes, margin, object_margin, grown, shrunk, stacked, targets.repeat(len(parts)))
 
 
 @dataclass
@@ -131,7 +153,10 @@ class ShortcutReport:
         cam_finite: whether :attr:`cam` is finite.
         cells: accuracy per (class, group) (with groups).
         worst_class: the class with the largest background-swap flip rate (with masks).
-        mask_sensitivity: how far the mask score moves when the margins double (with masks and the check).
+        mask_sensitivity: how far the mask score moves under the leakage checks, the larger of
+            :attr:`mask_sensitivity_grown` and :attr:`mask_sensitivity_shrunk` (with masks and the checks).
+        mask_sensitivity_grown: the score's move when the object is removed with a wider mask (tight masks).
+        mask_sensitivity_shrunk: the score's move when a smaller object is pasted (loose masks).
         predictions: per probe image the predicted class ``[N]``.
         counterfactual_predictions: ``(background_only, foreground_only, swapped)`` predictions ``[N]`` each.
     """
@@ -147,6 +172,8 @@ class ShortcutReport:
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
     worst_class: int | None = None
     mask_sensitivity: float | None = None
+    mask_sensitivity_grown: float | None = None
+    mask_sensitivity_shrunk: float | None = None
     predictions: Tensor | None = None
     counterfactual_predictions: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -321,9 +348,12 @@ def _mask_evidence(
     if len(per_class) > 2:  # with two classes a class's objects only ever land on the other's backgrounds
         for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.probes.partners).items():
             scalars[f"shortcut/background_swap_flip_rate/{class_tags[c]}_on_{class_tags[b]}"] = rate
-    if cf.check_swapped is not None and cf_preds.shape[0] >= 4 * n:
-        check = shortcut_score(class_flip_rates(preds, cf_preds[3 * n : 4 * n], labels, valid))
-        report.mask_sensitivity = abs(check - score)
+    if cf.check_grown is not None and cf_preds.shape[0] >= 5 * n:
+        grown = shortcut_score(class_flip_rates(preds, cf_preds[3 * n : 4 * n], labels, valid))
+        shrunk = shortcut_score(class_flip_rates(preds, cf_preds[4 * n : 5 * n], labels, valid))
+        report.mask_sensitivity_grown = abs(grown - score)
+        report.mask_sensitivity_shrunk = abs(shrunk - score)
+        report.mask_sensitivity = max(report.mask_sensitivity_grown, report.mask_sensitivity_shrunk)
         scalars["shortcut/mask_sensitivity"] = report.mask_sensitivity
     report.worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
     report.scores["masks"] = score
