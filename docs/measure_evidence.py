@@ -222,9 +222,9 @@ class Snapshots(pl.Callback):
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 """Mask thresholds on the digits' soft alpha: 0.1-0.3 loose (background inside), 0.7-0.9 tight (edge left out)."""
-MARGINS = ((0, 0), (1, 0), (4, 0))
-"""(removal margin, object margin) in pixels at 32 px: (0, 0) is probelens before the margins (masks as given),
-(1, 0) the default (the object removed with the mask grown by 1 px, pasted as given)."""
+MARGINS = (0, None)
+"""``mask_margin``: 0 keeps the masks as given (probelens before the mask fit), ``None`` (the default) fits each mask
+to its object (:func:`probelens.metrics.fit_mask_margins`)."""
 
 
 def mask_quality_run(p: float, seed: int, epochs: int, root: str) -> dict:
@@ -266,7 +266,7 @@ def mask_quality_run(p: float, seed: int, epochs: int, root: str) -> dict:
     )
     images, targets = like_train.images[idx], like_train.labels[idx]
     batches = {
-        (t, m): counterfactual_batch(images, like_train.masks(t)[idx], targets, margin=m[0], object_margin=m[1])
+        (t, m): counterfactual_batch(images, like_train.masks(t)[idx], targets, margin=m)
         for t in THRESHOLDS
         for m in MARGINS
     }
@@ -320,9 +320,8 @@ def mask_quality(epochs: int, seeds: int, out: Path) -> None:
         "class-balanced probe from validation data distributed like the training data; masks `alpha > t` from the",
         "digits' soft edges (t = 0.1, 0.3 loose: background inside; 0.7, 0.9 tight: the soft edge left out). The mask",
         "verdict (threshold 0.5, patience 2, min_accuracy 0.75) is evaluated offline per epoch with",
-        "`probelens.metrics.shortcut_report` at each (removal, object) margin ((0, 0): the masks as given, probelens",
-        "before the margins; (1, 0): the default at 32 px). Ground truth per epoch: the worst class's accuracy on",
-        "450 held-out",
+        "`probelens.metrics.shortcut_report`, with the masks as given (`mask_margin=0`, probelens before the fit) and",
+        "fitted to the objects (the default). Ground truth per epoch: the worst class's accuracy on 450 held-out",
         "digits whose colour disagrees with the class, `w`. False alarm: the alert stands while `w >= 0.7`; miss: no",
         "alert while `w < 0.3` in this and the previous epoch. Summed over seeds and epochs.",
         "",
@@ -345,8 +344,12 @@ def mask_quality(epochs: int, seeds: int, out: Path) -> None:
                     )
     header = "| p | ground truth: epochs with w < 0.3 / w >= 0.7 | " + " | ".join(f"t={t}" for t in THRESHOLDS)
     for m in MARGINS:
-        label = " (default)" if m == (1, 0) else " (masks as given)" if m == (0, 0) else ""
-        lines += [f"### removal margin {m[0]} px, object margin {m[1]} px{label}", ""]
+        label = (
+            "masks fitted to the objects (default, `mask_margin=None`)"
+            if m is None
+            else "masks as given (`mask_margin=0`)"
+        )
+        lines += [f"### {label}", ""]
         lines += [header + " |", "|---" * (len(THRESHOLDS) + 2) + "|"]
         for p in (0.5, 0.8, 0.95):
             runs = [results[(p, s)] for s in range(seeds)]
@@ -361,13 +364,13 @@ def mask_quality(epochs: int, seeds: int, out: Path) -> None:
             lines += [f"| {p} | {low} / {high} | " + " | ".join(cells) + " |"]
         lines.append("")
     lines += ["Foreground-only accuracy of the p=0.95 runs (a colour model: ~0.5 if the masks hold no background):", ""]
-    lines += ["| margins | " + " | ".join(f"t={t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+    lines += ["| masks | " + " | ".join(f"t={t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
     for m in MARGINS:
         vals = []
         for t in THRESHOLDS:
             fg = [x for s in range(seeds) for x in results[(0.95, s)]["fg"][(t, m)][1:]]
             vals.append(f"{min(fg):.2f}-{max(fg):.2f}")
-        lines += [f"| {m[0]}, {m[1]} | " + " | ".join(vals) + " |"]
+        lines += [f"| {'fitted' if m is None else 'as given'} | " + " | ".join(vals) + " |"]
     lines += ["", "<!-- mask-quality: end -->"]
     section = "\n".join(lines) + "\n"
     text = out.read_text() if out.exists() else ""

@@ -35,10 +35,10 @@ from probelens.metrics import (
     CounterfactualProbes,
     ShortcutReport,
     ShortcutVerdict,
-    check_growth,
+    check_margins,
     counterfactual_batch,
-    default_mask_margin,
     group_gaps,
+    mask_margin_caps,
     shortcut_report,
 )
 from probelens.probe import ProbeSet
@@ -131,6 +131,14 @@ class ShortcutCore(MonitorCore):
 
     The detection uses only the model, the probe images, their labels and masks. It assumes masks that cover the object
     and little background; masks that include background context leak it into "object only" and weaken the verdict.
+    Masks as users have them: each mask is fitted to its object from the image (grown until what lies just outside
+    it looks like the background, shrunk for pasting while what lies just inside it does;
+    :func:`probelens.metrics.fit_mask_margins`), and two leakage
+    checks computed from the counterfactual images (the object removed with a wider mask, a smaller object pasted)
+    give ``shortcut/mask_sensitivity``, how far the mask score moves with the mask boundary; at
+    :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more (at an armed step) one warning says the mask verdict is
+    unreliable and whether the masks look tight or loose. The evaluation itself is the pure function
+    :func:`probelens.metrics.shortcut_report`; the counterfactual copies run through the shared probe session.
 
     Args:
         probe: the probe set, ideally with ``masks`` and/or ``groups``.
@@ -141,6 +149,9 @@ class ShortcutCore(MonitorCore):
         patience: consecutive counting log steps before the verdict fires.
         min_accuracy: accuracy a model needs before its score counts (default: halfway between chance and 1): the
             probe accuracy, or with groups the accuracy of each class's best group (worst class).
+        mask_margin: ``None`` (default): fit each mask to its object (see above), so a tight mask leaves no ghost
+            of the object behind when it is removed and a loose one carries less background when pasted; an int:
+            grow every mask by that many pixels to remove the object and paste it as given (0: masks as given).
         panels: log the counterfactual image panel.
         max_images: probe images in the panel.
         every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
@@ -188,9 +199,7 @@ class ShortcutCore(MonitorCore):
         check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
-        check_int(
-            owner, "mask_margin", mask_margin, 0, none_ok=True, fix="pixels; None picks 1 per 32 of the image side"
-        )
+        check_int(owner, "mask_margin", mask_margin, 0, none_ok=True, fix="pixels; None fits each mask to its object")
         check_bool(owner, "panels", panels)
         check_int(owner, "max_images", max_images)
         self.layer_spec = layers
@@ -442,22 +451,22 @@ class ShortcutCore(MonitorCore):
         if sensitivity < MASK_SENSITIVITY_LIMIT or not report.gate >= min_accuracy:
             return
         self._said_mask_sensitivity = True
-        cf = self._counterfactuals
-        margin = cf.margin if cf is not None else 0
+        assert self.probe is not None
+        grow, shrink = check_margins(self.probe.image_size)
         score = report.scores["masks"]
         tight = (report.mask_sensitivity_grown or 0.0) >= (report.mask_sensitivity_shrunk or 0.0)
         if tight:
             cause = (
-                f"removing the object with the masks grown by {check_growth(margin)} px instead of {margin} px moves "
-                f"it by {report.mask_sensitivity_grown:.2f}: the masks look tight (part of the object, e.g. a soft "
-                "edge, lies outside them and stays in the 'background'); grow them or raise mask_margin="
+                f"removing the object with a region {grow} px wider moves it by "
+                f"{report.mask_sensitivity_grown:.2f}: the masks look tight (part of the object, e.g. a soft edge, "
+                "lies outside them and stays in the 'background'); grow them (mask_margin=<pixels>)"
             )
         else:
             cause = (
-                f"pasting the object shrunk by {max(1, margin)} px moves it by {report.mask_sensitivity_shrunk:.2f}: "
-                "the masks look loose (they carry background along with the object, e.g. a box or a low threshold "
-                "on a soft edge, so the swaps and 'object only' keep some of the image's own background); tighten "
-                "them (for soft masks a threshold near 0.5)"
+                f"pasting the object shrunk by {shrink} px moves it by {report.mask_sensitivity_shrunk:.2f}: the "
+                "masks look loose (they carry background along with the object, e.g. a box or a low threshold on a "
+                "soft edge, so the swaps and 'object only' keep some of the image's own background); tighten them "
+                "(for soft masks a threshold near 0.5)"
             )
         rank_zero_warn(
             f"{self.name}: the mask verdict is unreliable at step {step}: its score {score:.2f} depends on where the "
@@ -520,6 +529,12 @@ class ShortcutCore(MonitorCore):
             "towards clearing one (an untrained or collapsed model has no shortcut to report). shortcut/armed logs "
             "this per step (1 armed, 0 not); lower min_accuracy= to arm it earlier."
         )
+        if evidence == "masks" and self.probe is not None and self.probe.groups is None:
+            text += (
+                " If the probe is balanced over the attribute you suspect (as many images agree with the class as "
+                "conflict), a model that follows that attribute scores chance on it: give the attribute as "
+                "ProbeSet(groups=...) and the verdict is armed by each class's best group instead."
+            )
         if counted:
             rank_zero_warn(f"{text} This step's score {score:.2f} >= threshold {self.threshold} was not counted.")
         else:
@@ -600,11 +615,48 @@ class ShortcutCore(MonitorCore):
         the shared session runs (its images are cached on the model's device, so a firing moves no image)."""
         if self._counterfactuals is None:
             assert self.probe is not None and self.probe.masks is not None
-            margin = self.mask_margin if self.mask_margin is not None else default_mask_margin(self.probe.image_size)
-            cf = counterfactual_batch(self.probe.images.float(), self.probe.masks, self.probe.targets, margin=margin)
+            cf = counterfactual_batch(
+                self.probe.images.float(), self.probe.masks, self.probe.targets, margin=self.mask_margin
+            )
+            self._say_mask_fit(cf)
             self._counterfactuals = cf
             self._cf_probe = ProbeSet(images=cf.images, targets=cf.targets)
         return self._counterfactuals
+
+    def _say_mask_fit(self, cf: CounterfactualBatch) -> None:
+        """Once per run, when the masks were fitted: an info line when the fit moved them, a warning when a quarter of
+        the masks or more still looked wrong at the largest margin (the mask verdict cannot be trusted then)."""
+        fit = cf.fit
+        if fit is None:
+            return
+        n = len(fit.grown)
+        grown, shrunk = int((fit.grown > 0).sum()), int((fit.shrunk > 0).sum())
+        if grown or shrunk:
+            rank_zero_info(
+                f"{self.name}: fitted the probe's masks to their objects: {grown} of {n} grown (median "
+                f"{float(fit.grown.float().median()):.0f} px) to remove the object, {shrunk} of {n} shrunk (median "
+                f"{float(fit.shrunk.float().median()):.0f} px) to paste it. shortcut/mask_outside_object and "
+                "shortcut/mask_inside_background log how the given masks looked (about 0.05 and 0 on the object's "
+                "outline); mask_margin=0 keeps the masks as given."
+            )
+        tight, loose = int(fit.grow_capped.sum()), int(fit.shrink_capped.sum())
+        if 4 * max(tight, loose) >= n:
+            assert self.probe is not None
+            caps = mask_margin_caps(self.probe.image_size)
+            what = (
+                f"{tight} of {n} masks still had object just outside them after growing by {caps[0]} px (masks "
+                "much tighter than the object)"
+                if tight >= loose
+                else f"{loose} of {n} masks still had background just inside them after shrinking by {caps[1]} px "
+                "(masks much looser than the object, e.g. boxes)"
+            )
+            rank_zero_warn(
+                f"{self.name}: the probe's masks do not follow the objects: {what}. The mask verdict rests on edited "
+                "images that keep part of the object in the background or carry background with the object, so it "
+                "may miss a shortcut or raise a false alarm; shortcut/mask_outside_object and "
+                "shortcut/mask_inside_background log it. Give masks on the object's outline, or group labels "
+                "(ProbeSet(groups=...)), which need no masks."
+            )
 
     def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: CounterfactualProbes) -> None:
         assert self.probe is not None

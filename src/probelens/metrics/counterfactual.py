@@ -19,6 +19,7 @@ the image, so a copy of its silhouette fits into the background; the seam around
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -283,6 +284,102 @@ def shrink_masks(masks: Tensor, pixels: int) -> Tensor:
 
 
 @dataclass
+class MaskFit:
+    """Per image, how the masks were fitted to the object (:func:`fit_mask_margins`).
+
+    Attributes:
+        removal_masks: the masks grown until what lies just outside them looks like the background ``[N,1,H,W]``.
+        object_masks: the masks shrunk until what lies just inside them looks unlike the background ``[N,1,H,W]``.
+        grown: pixels each mask grew by ``[N]``; shrunk: pixels each shrank by ``[N]``.
+        outside_object: per image, the share of the one-pixel ring just outside the given mask that looks unlike the
+            image's background ``[N]`` (about 0.05 for a mask on the object's outline; high for a tight mask).
+        inside_background: per image, the share of the ring just inside the given mask that looks like the
+            background ``[N]`` (about 0 on the outline; high for a loose mask or a box).
+        grow_capped, shrink_capped: images whose ring still looked wrong at the largest margin ``[N]`` bool.
+    """
+
+    removal_masks: Tensor
+    object_masks: Tensor
+    grown: Tensor
+    shrunk: Tensor
+    outside_object: Tensor
+    inside_background: Tensor
+    grow_capped: Tensor
+    shrink_capped: Tensor
+
+
+def _unlike_background(image: Tensor, far: Tensor) -> Tensor:
+    """``[H,W]`` bool: pixels farther (L2 over channels) from the mean of the ``far`` pixels than 95% of those are."""
+    mu = image[:, far].mean(1)
+    z = (image - mu[:, None, None]).norm(dim=0)
+    return z > torch.quantile(z[far].float(), 0.95)
+
+
+def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: int) -> MaskFit:
+    """Fit masks as users have them (loose, tight, boxes) to the object, per image, from the image itself.
+
+    A pixel *looks like the background* when its colour is within the 95th percentile of the distances of the
+    image's far background (the pixels more than ``max_grow + 1`` pixels away from the mask) to their mean colour.
+    The removal mask grows one pixel at a time while more than a quarter of the ring just outside it looks unlike
+    the background (the object's soft edge or a part the mask missed), up to ``max_grow`` pixels; the object mask
+    shrinks one pixel at a time while more than three quarters of the ring just inside it look like the background (the
+    margin of a loose mask or a box), up to ``max_shrink`` pixels and never to nothing. A mask on the object's outline
+    changes by 0 pixels.
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool.
+        max_grow: largest growth in pixels.
+        max_shrink: largest shrinkage in pixels.
+    """
+    masks = _check(images, masks)
+    removal, kept = masks.clone(), masks.clone()
+    n = images.shape[0]
+    grown, shrunk = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    outside, inside = torch.full((n,), math.nan), torch.full((n,), math.nan)
+    grow_capped, shrink_capped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    for i in range(n):
+        m = masks[i : i + 1]
+        x = images[i].float()
+        far = ~grow_masks(m, max_grow + 1)[0, 0]
+        if int(far.sum()) < 16:
+            far = ~m[0, 0]
+        if int(far.sum()) < 16:
+            continue  # no background to compare with: the mask is kept as given
+        unlike = _unlike_background(x, far)
+        k = 0
+        while True:
+            ring = grow_masks(m, k + 1)[0, 0] & ~grow_masks(m, k)[0, 0]
+            share = float(unlike[ring].float().mean()) if bool(ring.any()) else 0.0
+            if k == 0:
+                outside[i] = share
+            if share <= 0.25:
+                break
+            if k == max_grow:
+                grow_capped[i] = True
+                break
+            k += 1
+        s = 0
+        while True:
+            inner = shrink_masks(m, s + 1)[0, 0]
+            core = shrink_masks(m, s)[0, 0]
+            ring = core & ~inner
+            share = float((~unlike[ring]).float().mean()) if bool(ring.any()) else 0.0
+            if s == 0:
+                inside[i] = share
+            if share <= 0.75 or torch.equal(inner, core):  # not background-like, or nothing left to shrink
+                break
+            if s == max_shrink:
+                shrink_capped[i] = True
+                break
+            s += 1
+        removal[i] = grow_masks(m, k)[0]
+        kept[i] = shrink_masks(m, s)[0]
+        grown[i], shrunk[i] = k, s
+    return MaskFit(removal, kept, grown, shrunk, outside, inside, grow_capped, shrink_capped)
+
+
+@dataclass
 class CounterfactualProbes:
     """The three edited copies of a probe batch, which swaps are valid and whose background each image got.
 
@@ -307,6 +404,8 @@ def counterfactual_probes(
     seed: int = 0,
     removal_margin: int = 0,
     object_margin: int = 0,
+    removal_masks: Tensor | None = None,
+    object_masks: Tensor | None = None,
 ) -> CounterfactualProbes:
     """Build all counterfactual copies of a probe batch (the object region is filled once per image).
 
@@ -324,10 +423,12 @@ def counterfactual_probes(
         seed: seed of the swap partners (:func:`swap_partners`).
         removal_margin: pixels the mask grows by before the object is removed (0: the mask as given).
         object_margin: pixels the mask shrinks by for the object that is kept or pasted (0: the mask as given).
+        removal_masks, object_masks: the two regions given directly (e.g. :func:`fit_mask_margins`'s), in place of
+            the margins.
     """
     masks = _check(images, masks)
-    removal = grow_masks(masks, removal_margin)
-    kept = shrink_masks(masks, object_margin)
+    removal = _check(images, removal_masks) if removal_masks is not None else grow_masks(masks, removal_margin)
+    kept = _check(images, object_masks) if object_masks is not None else shrink_masks(masks, object_margin)
     bg = background_only(images, removal)
     partners = swap_partners(targets, seed=seed)
     valid = partners >= 0

@@ -4,14 +4,15 @@ the verdict, and what the counterfactual panel shows). No Lightning, no writer, 
 probe and :attr:`CounterfactualBatch.images` through the model (``ShortcutMonitor`` does it through the shared probe
 pass, on the model's device) and hands the logits in.
 
-Masks as users have them: the counterfactual copies are built with margins (:func:`counterfactual_batch`): the object
-is removed with the mask grown by ``margin`` pixels, so a tight mask leaves no ghost of the object in the background
-(``object_margin`` shrinks the pasted object too; off by default: it costs object models their edges). Two more sets
-of swaps are the leakage check, computed from the counterfactual images themselves: the object removed with a wider
-mask (does object left outside the mask decide?) and a smaller object pasted (does background inside the mask
-decide?). ``shortcut/mask_sensitivity`` is how far the mask score moves under them; a verdict that moves by
-:data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary lies, not on the model (``ShortcutMonitor``
-says so once, naming the direction).
+Masks as users have them (:func:`counterfactual_batch`): each mask is first fitted to its object from the image
+itself (:func:`~probelens.metrics.fit_mask_margins`): grown until what lies just outside it looks like the
+background (a tight mask leaves no ghost of the object behind when it is removed), and for the pasted object shrunk
+while what lies just inside it looks like the background (a loose mask or a box carries less of its own background
+along). A mask on the object's outline is left as it is. Two more sets of swaps are the leakage check, computed from
+the counterfactual images themselves: the object removed with a wider region (does object left outside decide?) and
+a smaller object pasted (does background inside decide?). ``shortcut/mask_sensitivity`` is how far the mask score
+moves under them; a verdict that moves by :data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary
+lies, not on the model (``ShortcutMonitor`` says so once, naming the direction).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from torch import Tensor
 
 from probelens.metrics.counterfactual import (
     CounterfactualProbes,
+    MaskFit,
     background_only,
     counterfactual_probes,
+    fit_mask_margins,
     grow_masks,
     shrink_masks,
 )
@@ -57,16 +60,18 @@ MASK_SCALARS = (
 GROUP_SCALARS = ("shortcut/worst_group_accuracy", "shortcut/agreeing_group_accuracy")
 
 
-def check_growth(margin: int) -> int:
-    """Pixels the leakage check grows the masks by to remove the object: ``4 * max(1, margin)`` (a soft edge
-    upsampled 4x spans 4 pixels)."""
-    return 4 * max(1, margin)
+def mask_margin_caps(image_size: Sequence[int]) -> tuple[int, int]:
+    """The largest growth and shrinkage (pixels) the fitted masks may take for images of ``image_size`` ``(H, W)``:
+    an eighth and a sixteenth of the shorter side (4 and 2 pixels at 32 px)."""
+    side = min(int(image_size[0]), int(image_size[1]))
+    return max(1, side // 8), max(1, side // 16)
 
 
-def default_mask_margin(image_size: Sequence[int]) -> int:
-    """The default mask margin in pixels for images of ``image_size`` ``(H, W)``: one pixel per 32 of the shorter
-    side, at least 1 (a soft edge spans about one pixel of a 32-pixel image per pixel of its source)."""
-    return max(1, round(min(int(image_size[0]), int(image_size[1])) / 32))
+def check_margins(image_size: Sequence[int]) -> tuple[int, int]:
+    """The leakage checks' extra growth and shrinkage (pixels) for images of ``image_size``: a sixteenth and a
+    thirty-second of the shorter side, at least 1 (2 and 1 pixels at 32 px)."""
+    side = min(int(image_size[0]), int(image_size[1]))
+    return max(1, side // 16), max(1, side // 32)
 
 
 @dataclass
@@ -74,20 +79,22 @@ class CounterfactualBatch:
     """The counterfactual copies of a probe batch, in one tensor for one forward pass.
 
     Attributes:
-        probes: the copies the verdict uses (:func:`~probelens.metrics.counterfactual_probes`).
-        margin: pixels the masks grow by before the object is removed.
-        object_margin: pixels the masks shrink by for the object that is kept or pasted.
-        check_grown: the swaps with the object removed by a mask grown by ``4 * max(1, margin)`` pixels
-            ``[N,C,H,W]`` (does object left outside a tight mask decide?), or ``None``.
-        check_shrunk: the swaps with the pasted object shrunk by ``object_margin + max(1, margin)`` pixels (does
-            background inside a loose mask decide?), or ``None``.
+        probes: the copies the verdict uses (:func:`~probelens.metrics.counterfactual_probes`); its
+            ``removal_masks`` / ``object_masks`` are the regions removed and kept.
+        fit: how the masks were fitted to the objects (:func:`~probelens.metrics.fit_mask_margins`), or ``None`` with
+            a fixed margin.
+        margin: the fixed removal margin in pixels, or ``None`` (fitted per image).
+        check_grown: the swaps with the object removed by a region grown by the first of :func:`check_margins`
+            (does object left outside a tight mask decide?), or ``None``.
+        check_shrunk: the swaps with the pasted object shrunk by the second (does background inside a loose mask
+            decide?), or ``None``.
         images: ``[background_only; foreground_only; swapped; check_grown; check_shrunk]`` stacked ``[3N or 5N, ...]``.
         targets: the probe's labels repeated per copy (the class of each copy's object).
     """
 
     probes: CounterfactualProbes
-    margin: int
-    object_margin: int
+    fit: MaskFit | None
+    margin: int | None
     check_grown: Tensor | None
     check_shrunk: Tensor | None
     images: Tensor
@@ -98,41 +105,46 @@ def counterfactual_batch(
     images: Tensor,
     masks: Tensor,
     targets: Tensor,
-    margin: int = 0,
-    object_margin: int = 0,
+    margin: int | None = None,
     check: bool = True,
     seed: int = 0,
 ) -> CounterfactualBatch:
     """Build the counterfactual copies of a probe batch, and (with ``check``) the two leakage checks: the swaps with
-    the removal mask grown further and with the pasted object shrunk. The copies are built where ``images`` are (once
-    per run; the forward passes read the stacked :attr:`CounterfactualBatch.images`).
+    the removal region grown further and with the pasted object shrunk. Built once per run where ``images`` are; the
+    forward passes read the stacked :attr:`CounterfactualBatch.images`.
 
     Args:
         images: ``[N,C,H,W]`` probe images (model inputs).
         masks: ``[N,1,H,W]`` bool foreground masks.
         targets: ``[N]`` labels.
-        margin: pixels the mask grows by to remove the object (0: masks as given).
-        object_margin: pixels the mask shrinks by to keep (paste) the object (0: masks as given).
+        margin: ``None`` (default): fit each mask to its object (:func:`~probelens.metrics.fit_mask_margins`, within
+            :func:`mask_margin_caps`); an int: grow every mask by that many pixels to remove the object and paste it
+            as given (0: the masks as given).
         check: also build the two leakage checks.
         seed: seed of the swap partners.
     """
-    if margin < 0 or object_margin < 0:
-        raise ValueError(f"margin and object_margin must be >= 0 pixels, got {margin} and {object_margin}")
-    probes = counterfactual_probes(
-        images, masks, targets, seed=seed, removal_margin=margin, object_margin=object_margin
-    )
+    if margin is not None and margin < 0:
+        raise ValueError(f"margin must be None (fitted) or >= 0 pixels, got {margin}")
+    m = masks.to(images.device).bool()
+    fit = None
+    if margin is None:
+        fit = fit_mask_margins(images, m, *mask_margin_caps(images.shape[-2:]))
+        removal, kept = fit.removal_masks, fit.object_masks
+    else:
+        removal, kept = grow_masks(m, margin), m
+    probes = counterfactual_probes(images, m, targets, seed=seed, removal_masks=removal, object_masks=kept)
     parts = [probes.background_only, probes.foreground_only, probes.swapped]
     grown = shrunk = None
     if check:
-        m = masks.to(images.device).bool()
+        extra_grow, extra_shrink = check_margins(images.shape[-2:])
         partners = probes.partners.clamp_min(0)
         # the same partners as the verdict's copies: only the boundary differs
-        wide = background_only(images, grow_masks(m, check_growth(margin)))
-        grown = torch.where(shrink_masks(m, object_margin), images, wide[partners])
-        shrunk = torch.where(shrink_masks(m, object_margin + max(1, margin)), images, probes.background_only[partners])
+        wide = background_only(images, grow_masks(removal, extra_grow))
+        grown = torch.where(kept, images, wide[partners])
+        shrunk = torch.where(shrink_masks(kept, extra_shrink), images, probes.background_only[partners])
         parts += [grown, shrunk]
     stacked = torch.cat(parts)
-    return CounterfactualBatch(probes, margin, object_margin, grown, shrunk, stacked, targets.repeat(len(parts)))
+    return CounterfactualBatch(probes, fit, margin, grown, shrunk, stacked, targets.repeat(len(parts)))
 
 
 @dataclass
@@ -355,6 +367,9 @@ def _mask_evidence(
         report.mask_sensitivity_shrunk = abs(shrunk - score)
         report.mask_sensitivity = max(report.mask_sensitivity_grown, report.mask_sensitivity_shrunk)
         scalars["shortcut/mask_sensitivity"] = report.mask_sensitivity
+    if cf.fit is not None:  # how the given masks looked (constant over a run)
+        scalars["shortcut/mask_outside_object"] = float(cf.fit.outside_object.nanmean())
+        scalars["shortcut/mask_inside_background"] = float(cf.fit.inside_background.nanmean())
     report.worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
     report.scores["masks"] = score
     report.counterfactual_predictions = (bg_pred.cpu(), fg_pred.cpu(), swap_pred.cpu())
