@@ -8,11 +8,14 @@ import pytest
 import torch
 from scipy import ndimage
 
+from probelens.data import SnowDesertDataset
 from probelens.data.colored_digits import ColoredDigitsDataset
 from probelens.metrics import (
     counterfactual_batch,
     counterfactual_probes,
+    fit_mask_margins,
     grow_masks,
+    mask_margin_caps,
     shortcut_report,
     shrink_masks,
 )
@@ -45,7 +48,7 @@ def test_shrinking_never_loses_the_object_and_negative_margins_are_refused():
     assert int(out[1, 0].sum()) == 9  # 7x7 -> 3x3
     with pytest.raises(ValueError, match="pixels must be >= 0, got -1"):
         grow_masks(masks, -1)
-    with pytest.raises(ValueError, match="margin and object_margin must be >= 0 pixels, got -1 and 0"):
+    with pytest.raises(ValueError, match=r"margin must be None \(fitted\) or >= 0 pixels, got -1"):
         counterfactual_batch(torch.zeros(2, 3, 9, 9), masks, torch.tensor([0, 1]), margin=-1)
 
 
@@ -57,16 +60,50 @@ def test_margin_zero_is_the_masks_as_given_and_the_margins_edit_only_the_boundar
     cf = counterfactual_batch(images, masks, targets, margin=0, check=False)
     for name in ("background_only", "foreground_only", "swapped"):
         assert torch.equal(getattr(cf.probes, name), getattr(old, name))
-    assert cf.images.shape[0] == 3 * 8 and torch.equal(cf.targets, targets.repeat(3))
-    cf = counterfactual_batch(images, masks, targets, margin=1, object_margin=1)
-    assert cf.images.shape[0] == 5 * 8
-    removed, kept = grow_masks(masks, 1), shrink_masks(masks, 1)
+    assert cf.images.shape[0] == 3 * 8 and torch.equal(cf.targets, targets.repeat(3)) and cf.fit is None
+    cf = counterfactual_batch(images, masks, targets)  # fitted, with the two leakage checks
+    assert cf.images.shape[0] == 5 * 8 and cf.fit is not None
+    removed, kept = cf.probes.removal_masks, cf.probes.object_masks
+    assert torch.equal(removed, cf.fit.removal_masks) and bool((removed >= masks).all())  # grown, never shrunk
     outside = ~removed.expand_as(images)
     assert torch.equal(cf.probes.background_only[outside], images[outside])  # the background is untouched
     inside = kept.expand_as(images)
     assert torch.equal(cf.probes.swapped[inside], images[inside])  # the kept object is pasted as it is
     partner_bg = cf.probes.background_only[cf.probes.partners]
     assert torch.equal(cf.probes.swapped[~inside], partner_bg[~inside])
+
+
+def test_the_mask_fit_follows_the_generators_ground_truth():
+    """Coloured digits: the strokes' alpha is the truth. Masks thresholded at 0.1-0.7 are grown until at most 5% of
+    the ink is left outside the removed region (0.24-0.48 left as given at 0.5-0.7); at 0.9 the object extends beyond
+    the largest growth on a quarter of the images or more (the monitor warns). Snow/desert: exact masks are left as
+    they are; a box (the mask grown by 4 px) is shrunk towards the object for pasting."""
+    data = ColoredDigitsDataset("val", p=0.5, seed=1)
+    images, alpha = data.images[:32], data.alpha[:32]
+    caps = mask_margin_caps(images.shape[-2:])
+    assert caps == (4, 2)
+    for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+        fit = fit_mask_margins(images, alpha > t, *caps)
+        ink_left = float((alpha * ~fit.removal_masks).sum() / alpha.sum())
+        given = float((alpha * ~(alpha > t)).sum() / alpha.sum())
+        if t <= 0.7:
+            assert ink_left <= 0.05 < given or t == 0.1, (t, ink_left, given)
+            assert 4 * int(fit.grow_capped.sum()) < 32
+        else:
+            assert 4 * int(fit.grow_capped.sum()) >= 32 and ink_left < given
+        assert float(fit.outside_object.nanmean()) > (0.2 if t == 0.1 else 0.9)  # object just outside the mask
+    scenes = SnowDesertDataset(n=32, size=64, p=0.5, seed=1)
+    exact = fit_mask_margins(scenes.images, scenes.masks, *mask_margin_caps((64, 64)))
+    assert int(exact.grown.sum()) == 0 and int(exact.shrunk.sum()) == 0
+    assert float(exact.outside_object.nanmean()) < 0.1 and float(exact.inside_background.nanmean()) < 0.25
+    box = grow_masks(scenes.masks, 4)
+    fitted = fit_mask_margins(scenes.images, box, *mask_margin_caps((64, 64)))
+    assert float(fitted.inside_background.nanmean()) > 0.8 and float(fitted.shrunk.float().mean()) >= 3
+
+    def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a & b).sum() / (a | b).sum())
+
+    assert iou(fitted.object_masks, scenes.masks) > iou(box, scenes.masks) + 0.15
 
 
 def test_the_removal_margin_removes_the_ink_a_tight_mask_leaves_behind():
