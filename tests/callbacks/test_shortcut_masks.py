@@ -116,7 +116,7 @@ def test_a_colour_blind_model_never_fires_whatever_the_mask(tmp_path):
     """Ground truth by construction: the model cannot see the colour, so it has no colour shortcut to report. A tight
     mask as given leaves a ghost of the digit in the swapped background (what issue 23 saw); the fitted masks remove
     it (docs/evidence_figures.md)."""
-    tr, truth, monitors = run(tmp_path, p=0.95, epochs=4, colour_blind=True)
+    _, truth, monitors = run(tmp_path, p=0.95, epochs=4, colour_blind=True)
     assert min(truth.epochs()[1:]) > 0.7, truth.by_step  # it learned the digits, colour or not
     for name in THRESHOLDS:
         assert monitors[name].alerts == [], (name, monitors[name].verdicts["masks"].history)
