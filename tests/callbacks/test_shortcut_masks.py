@@ -31,13 +31,10 @@ class Digits(pl.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.lr = lr
-        channels = 3
-        self.project: torch.Tensor | None = None
-        if colour_blind:
-            d = _BACKGROUNDS[0] - _BACKGROUNDS[1]  # red - green in [0, 1]; normalising scales every channel alike
-            v = torch.tensor([float(d[1]), -float(d[0]), 0.0])  # v . d = 0: red and green project to one value
-            self.register_buffer("project", (v / v.norm()).view(1, 3, 1, 1))
-            channels = 1
+        d = _BACKGROUNDS[0] - _BACKGROUNDS[1]  # red - green in [0, 1]; normalising scales every channel alike
+        v = torch.tensor([float(d[1]), -float(d[0]), 0.0])  # v . d = 0: red and green project to one value
+        self.register_buffer("project", (v / v.norm()).view(1, 3, 1, 1) if colour_blind else None)
+        channels = 1 if colour_blind else 3
         self.net = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
