@@ -35,7 +35,7 @@ from probelens.metrics import (
     CounterfactualProbes,
     ShortcutReport,
     ShortcutVerdict,
-    check_margins,
+    check_growth,
     counterfactual_batch,
     group_gaps,
     mask_margin_caps,
@@ -133,11 +133,12 @@ class ShortcutCore(MonitorCore):
     and little background; masks that include background context leak it into "object only" and weaken the verdict.
     Masks as users have them: each mask is fitted to its object from the image (grown until what lies just outside
     it looks like the background, shrunk for pasting while what lies just inside it does;
-    :func:`probelens.metrics.fit_mask_margins`), and two leakage
-    checks computed from the counterfactual images (the object removed with a wider mask, a smaller object pasted)
-    give ``shortcut/mask_sensitivity``, how far the mask score moves with the mask boundary; at
+    :func:`probelens.metrics.fit_mask_margins`), and a leakage
+    check computed from the counterfactual images (the object removed with a wider region) gives
+    ``shortcut/mask_sensitivity``, how far the mask score moves with the mask boundary; at
     :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more (at an armed step) one warning says the mask verdict is
-    unreliable and whether the masks look tight or loose. The evaluation itself is the pure function
+    unreliable (the masks look tight); masks much tighter or looser than the objects (boxes) are also said once, with
+    ``shortcut/mask_outside_object`` and ``shortcut/mask_inside_background``. The evaluation itself is the pure function
     :func:`probelens.metrics.shortcut_report`; the counterfactual copies run through the shared probe session.
 
     Args:
@@ -442,8 +443,8 @@ class ShortcutCore(MonitorCore):
 
     def _check_masks(self, step: int, report: ShortcutReport) -> None:
         """Once per run: at a step where the model is armed, the mask score moves by
-        :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more under the leakage checks (a wider removal, a
-        smaller pasted object), so the mask verdict rests on the mask boundary: a warning that names the direction."""
+        :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more under the leakage check (the object removed with
+        a wider region), so the mask verdict rests on the mask boundary: a warning that says so."""
         sensitivity = report.mask_sensitivity
         if sensitivity is None or self._said_mask_sensitivity or math.isnan(sensitivity):
             return
@@ -452,22 +453,12 @@ class ShortcutCore(MonitorCore):
             return
         self._said_mask_sensitivity = True
         assert self.probe is not None
-        grow, shrink = check_margins(self.probe.image_size)
         score = report.scores["masks"]
-        tight = (report.mask_sensitivity_grown or 0.0) >= (report.mask_sensitivity_shrunk or 0.0)
-        if tight:
-            cause = (
-                f"removing the object with a region {grow} px wider moves it by "
-                f"{report.mask_sensitivity_grown:.2f}: the masks look tight (part of the object, e.g. a soft edge, "
-                "lies outside them and stays in the 'background'); grow them (mask_margin=<pixels>)"
-            )
-        else:
-            cause = (
-                f"pasting the object shrunk by {shrink} px moves it by {report.mask_sensitivity_shrunk:.2f}: the "
-                "masks look loose (they carry background along with the object, e.g. a box or a low threshold on a "
-                "soft edge, so the swaps and 'object only' keep some of the image's own background); tighten them "
-                "(for soft masks a threshold near 0.5)"
-            )
+        cause = (
+            f"removing the object with a region {check_growth(self.probe.image_size)} px wider moves it by "
+            f"{sensitivity:.2f}: the masks look tight (part of the object, e.g. a soft edge, lies outside them and "
+            "stays in the 'background'); grow them (mask_margin=<pixels>)"
+        )
         rank_zero_warn(
             f"{self.name}: the mask verdict is unreliable at step {step}: its score {score:.2f} depends on where the "
             f"mask boundary lies, not only on the model: {cause}. shortcut/mask_sensitivity logs this per step "

@@ -8,11 +8,13 @@ Masks as users have them (:func:`counterfactual_batch`): each mask is first fitt
 itself (:func:`~probelens.metrics.fit_mask_margins`): grown until what lies just outside it looks like the
 background (a tight mask leaves no ghost of the object behind when it is removed), and for the pasted object shrunk
 while what lies just inside it looks like the background (a loose mask or a box carries less of its own background
-along). A mask on the object's outline is left as it is. Two more sets of swaps are the leakage check, computed from
-the counterfactual images themselves: the object removed with a wider region (does object left outside decide?) and
-a smaller object pasted (does background inside decide?). ``shortcut/mask_sensitivity`` is how far the mask score
-moves under them; a verdict that moves by :data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary
-lies, not on the model (``ShortcutMonitor`` says so once, naming the direction).
+along). A mask on the object's outline is left as it is. One more set of swaps is the leakage check, computed from the
+counterfactual images themselves: the object removed with a wider region (does object left outside the mask
+decide?). ``shortcut/mask_sensitivity`` is how far the mask score moves under it; a verdict that moves by
+:data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary lies, not on the model (``ShortcutMonitor``
+says so once). A check that pastes a smaller object was tried and dropped: it moves object models' scores by
+0.25-0.50 on exact masks (a smaller object is weaker evidence), so it cannot tell a loose mask from a good one;
+loose masks and boxes are found from the images instead (:attr:`~probelens.metrics.MaskFit.inside_background`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from probelens.metrics.counterfactual import (
     counterfactual_probes,
     fit_mask_margins,
     grow_masks,
-    shrink_masks,
 )
 from probelens.metrics.drift import map_drift
 from probelens.metrics.localisation import mask_area, relevance_mass, relevance_rank_accuracy
@@ -67,11 +68,10 @@ def mask_margin_caps(image_size: Sequence[int]) -> tuple[int, int]:
     return max(1, side // 8), max(1, side // 16)
 
 
-def check_margins(image_size: Sequence[int]) -> tuple[int, int]:
-    """The leakage checks' extra growth and shrinkage (pixels) for images of ``image_size``: a sixteenth and a
-    thirty-second of the shorter side, at least 1 (2 and 1 pixels at 32 px)."""
-    side = min(int(image_size[0]), int(image_size[1]))
-    return max(1, side // 16), max(1, side // 32)
+def check_growth(image_size: Sequence[int]) -> int:
+    """The leakage check's extra growth (pixels) for images of ``image_size``: a sixteenth of the shorter side, at
+    least 1 (2 pixels at 32 px)."""
+    return max(1, min(int(image_size[0]), int(image_size[1])) // 16)
 
 
 @dataclass
@@ -84,11 +84,9 @@ class CounterfactualBatch:
         fit: how the masks were fitted to the objects (:func:`~probelens.metrics.fit_mask_margins`), or ``None`` with
             a fixed margin.
         margin: the fixed removal margin in pixels, or ``None`` (fitted per image).
-        check_grown: the swaps with the object removed by a region grown by the first of :func:`check_margins`
-            (does object left outside a tight mask decide?), or ``None``.
-        check_shrunk: the swaps with the pasted object shrunk by the second (does background inside a loose mask
-            decide?), or ``None``.
-        images: ``[background_only; foreground_only; swapped; check_grown; check_shrunk]`` stacked ``[3N or 5N, ...]``.
+        check_grown: the swaps with the object removed by a region grown by :func:`check_growth` more pixels (does
+            object left outside a tight mask decide?), or ``None``.
+        images: ``[background_only; foreground_only; swapped; check_grown]`` stacked ``[3N or 4N, C, H, W]``.
         targets: the probe's labels repeated per copy (the class of each copy's object).
     """
 
@@ -96,7 +94,6 @@ class CounterfactualBatch:
     fit: MaskFit | None
     margin: int | None
     check_grown: Tensor | None
-    check_shrunk: Tensor | None
     images: Tensor
     targets: Tensor
 
@@ -109,9 +106,9 @@ def counterfactual_batch(
     check: bool = True,
     seed: int = 0,
 ) -> CounterfactualBatch:
-    """Build the counterfactual copies of a probe batch, and (with ``check``) the two leakage checks: the swaps with
-    the removal region grown further and with the pasted object shrunk. Built once per run where ``images`` are; the
-    forward passes read the stacked :attr:`CounterfactualBatch.images`.
+    """Build the counterfactual copies of a probe batch, and (with ``check``) the leakage check: the swaps with the
+    removal region grown further. Built once per run where ``images`` are; the forward passes read the stacked
+    :attr:`CounterfactualBatch.images`.
 
     Args:
         images: ``[N,C,H,W]`` probe images (model inputs).
@@ -120,7 +117,7 @@ def counterfactual_batch(
         margin: ``None`` (default): fit each mask to its object (:func:`~probelens.metrics.fit_mask_margins`, within
             :func:`mask_margin_caps`); an int: grow every mask by that many pixels to remove the object and paste it
             as given (0: the masks as given).
-        check: also build the two leakage checks.
+        check: also build the leakage check.
         seed: seed of the swap partners.
     """
     if margin is not None and margin < 0:
@@ -134,17 +131,14 @@ def counterfactual_batch(
         removal, kept = grow_masks(m, margin), m
     probes = counterfactual_probes(images, m, targets, seed=seed, removal_masks=removal, object_masks=kept)
     parts = [probes.background_only, probes.foreground_only, probes.swapped]
-    grown = shrunk = None
+    grown = None
     if check:
-        extra_grow, extra_shrink = check_margins(images.shape[-2:])
-        partners = probes.partners.clamp_min(0)
-        # the same partners as the verdict's copies: only the boundary differs
-        wide = background_only(images, grow_masks(removal, extra_grow))
-        grown = torch.where(kept, images, wide[partners])
-        shrunk = torch.where(shrink_masks(kept, extra_shrink), images, probes.background_only[partners])
-        parts += [grown, shrunk]
+        # the same partners and pasted objects as the verdict's swaps: only the removed region is wider
+        wide = background_only(images, grow_masks(removal, check_growth(images.shape[-2:])))
+        grown = torch.where(kept, images, wide[probes.partners.clamp_min(0)])
+        parts.append(grown)
     stacked = torch.cat(parts)
-    return CounterfactualBatch(probes, fit, margin, grown, shrunk, stacked, targets.repeat(len(parts)))
+    return CounterfactualBatch(probes, fit, margin, grown, stacked, targets.repeat(len(parts)))
 
 
 @dataclass
@@ -165,10 +159,8 @@ class ShortcutReport:
         cam_finite: whether :attr:`cam` is finite.
         cells: accuracy per (class, group) (with groups).
         worst_class: the class with the largest background-swap flip rate (with masks).
-        mask_sensitivity: how far the mask score moves under the leakage checks, the larger of
-            :attr:`mask_sensitivity_grown` and :attr:`mask_sensitivity_shrunk` (with masks and the checks).
-        mask_sensitivity_grown: the score's move when the object is removed with a wider mask (tight masks).
-        mask_sensitivity_shrunk: the score's move when a smaller object is pasted (loose masks).
+        mask_sensitivity: how far the mask score moves when the object is removed with a wider region (the leakage
+            check; with masks).
         predictions: per probe image the predicted class ``[N]``.
         counterfactual_predictions: ``(background_only, foreground_only, swapped)`` predictions ``[N]`` each.
     """
@@ -184,8 +176,6 @@ class ShortcutReport:
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
     worst_class: int | None = None
     mask_sensitivity: float | None = None
-    mask_sensitivity_grown: float | None = None
-    mask_sensitivity_shrunk: float | None = None
     predictions: Tensor | None = None
     counterfactual_predictions: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -360,12 +350,9 @@ def _mask_evidence(
     if len(per_class) > 2:  # with two classes a class's objects only ever land on the other's backgrounds
         for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.probes.partners).items():
             scalars[f"shortcut/background_swap_flip_rate/{class_tags[c]}_on_{class_tags[b]}"] = rate
-    if cf.check_grown is not None and cf_preds.shape[0] >= 5 * n:
+    if cf.check_grown is not None and cf_preds.shape[0] >= 4 * n:
         grown = shortcut_score(class_flip_rates(preds, cf_preds[3 * n : 4 * n], labels, valid))
-        shrunk = shortcut_score(class_flip_rates(preds, cf_preds[4 * n : 5 * n], labels, valid))
-        report.mask_sensitivity_grown = abs(grown - score)
-        report.mask_sensitivity_shrunk = abs(shrunk - score)
-        report.mask_sensitivity = max(report.mask_sensitivity_grown, report.mask_sensitivity_shrunk)
+        report.mask_sensitivity = abs(grown - score)
         scalars["shortcut/mask_sensitivity"] = report.mask_sensitivity
     if cf.fit is not None:  # how the given masks looked (constant over a run)
         scalars["shortcut/mask_outside_object"] = float(cf.fit.outside_object.nanmean())
