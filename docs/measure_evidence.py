@@ -369,7 +369,11 @@ def mask_quality(epochs: int, seeds: int, out: Path) -> None:
     for m in MARGINS:
         vals = []
         for t in THRESHOLDS:
-            fg = [x for s in range(seeds) for x in results[(0.95, s)]["fg"][(t, m)][1:]]
+            fg = [
+                x
+                for s in range(seeds)
+                for x in results[(0.95, s)]["fg"][(t, m)][1:] or results[(0.95, s)]["fg"][(t, m)]
+            ]
             vals.append(f"{min(fg):.2f}-{max(fg):.2f}")
         lines += [f"| {'fitted' if m is None else 'as given'} | " + " | ".join(vals) + " |"]
     lines += ["", "<!-- mask-quality: end -->"]
