@@ -21,7 +21,7 @@ from probelens.core.options import (
     check_single_layer,
     take_renamed,
 )
-from probelens.core.session import _Needs
+from probelens.core.session import ProbeSession, _Needs
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import tag_segment
 from probelens.methods.engine import OutputTransform
@@ -216,6 +216,8 @@ class ShortcutCore(MonitorCore):
         self._layouts: dict[str, Layout] = {}
         self._warned_small_probe = False
         self._warned_small_cells = False
+        self._cf_session: ProbeSession | None = None
+        self._cf_needs = _Needs(output_transform=output_transform)
         self._reset_history()
 
     @override
@@ -237,6 +239,12 @@ class ShortcutCore(MonitorCore):
         self._said_nonfinite = False
         self._said_unarmed: set[str] = set()
         self._cells: dict[tuple[int, int], float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # like the shared pass, the counterfactuals' session (device tensors) is the run's, not the copy's
+        state = super().__getstate__()
+        state["_cf_session"] = None
+        return state
 
     @property
     def verdict(self) -> ShortcutVerdict:
@@ -288,8 +296,11 @@ class ShortcutCore(MonitorCore):
         self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
-        # the counterfactual copies go through the same session: forward only, no layer, no gradient
+        # the counterfactual copies go through the session machinery (chunking to the memory budget, the sharded
+        # path, inputs cached on the model's device): forward only, no layer, no gradient. A session of their own:
+        # no other monitor reads them, and the shared session's forward_count keeps counting probe passes only
         self._cf_needs = _Needs({}, False, False, set(), self.output_transform)
+        self._cf_session = None  # created at the first firing of this configuration
 
     def _evidence(self) -> list[str]:
         """The evidence the probe gives: ``"masks"`` and/or ``"groups"``."""
@@ -361,7 +372,8 @@ class ShortcutCore(MonitorCore):
 
     def _evaluate(self, pl_module: nn.Module, step: int) -> ShortcutReport:
         """The step's :class:`~probelens.metrics.ShortcutReport`: the probe through the shared pass, and with masks
-        the counterfactual batch through the same session (forward only, its images kept on the model's device)."""
+        the counterfactual batch through a probe session of its own (forward only, its images kept on the model's
+        device)."""
         assert self.probe is not None and self._session is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
@@ -379,7 +391,10 @@ class ShortcutCore(MonitorCore):
             cf = self._counterfactual_batch()
             model = unwrap_compiled(pl_module)
             assert self._cf_probe is not None
-            cf_logits = self._session.get(model, self._cf_probe, step, self._cf_needs).logits
+            if self._cf_session is None:
+                self._cf_session = ProbeSession()
+            cf_logits = self._cf_session.get(model, self._cf_probe, step, self._cf_needs).logits
+            self._cf_session.release()  # nothing shares this pass: keep only its images (cached on the device)
             saliency = {
                 m: saliency_to_heat(saliency_from_pass(result, "pred", m).float(), "abs_sum")
                 for m in self.saliency_methods
