@@ -62,6 +62,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor, nn
 
 from probelens.data import generate_snow_desert
+from probelens.logformat import NO_FACTS, GridFacts
 from probelens.methods import grad_cam, saliency
 from probelens.render import (
     apply_colormap,
@@ -313,8 +314,8 @@ def _observe_writes(monitor: Any, record: Firings) -> None:
     sink = monitor.writer.sink
     add_image = sink.add_image
 
-    def counted(tag: str, image: Tensor, step: int, cells: Any = ()) -> Any:
-        written = add_image(tag, image, step, cells=cells)
+    def counted(tag: str, image: Tensor, step: int, facts: Any = NO_FACTS) -> Any:
+        written = add_image(tag, image, step, facts)
         if record.counting:  # the timed firings only
             nbytes = int(written or 0)
             record.pictures[tag] = (int(image.shape[-2]), int(image.shape[-1]), nbytes)
@@ -331,7 +332,6 @@ def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, F
     import bench
 
     demo = bench.load_demo()
-    os.environ["PROBELENS_SYNC_IMAGES"] = "1"  # drawn on the calling thread, as on the CPU by default
     layouts = {v.label: v.grid for v in variants}
     records = {label: Firings(label) for label in layouts}
     setups = {v.label: _core_monitors(demo, root, v) for v in variants}
@@ -353,8 +353,9 @@ def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, F
             for m in monitors:
                 began = time.perf_counter()
                 m.writer.begin("fit", step)
-                m._log(step, model, trainer)
-                m.writer.flush()
+                m.writer.open()
+                m.explain(step, model, trainer)
+                m.writer.commit()
                 if record.counting:
                     record.per_monitor.setdefault(type(m).__name__, []).append(time.perf_counter() - began)
             return time.perf_counter() - start
@@ -376,7 +377,6 @@ def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, F
             profile.disable()
             pieces = bench._piece_times(pstats.Stats(profile), bench.FIRING_PIECES)
             records[label].pieces = {k: v / firings for k, v in pieces.items()}
-    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
     for record in records.values():  # bytes and pixels were added up over the timed firings
         timed = len(record.times)
         record.bytes //= max(1, timed)
@@ -387,36 +387,36 @@ def firing_cost(variants: list[Variant], firings: int, root: str) -> dict[str, F
 def drawing_cost(variants: list[Variant], repeats: int, root: str) -> dict[str, dict[str, tuple[float, float, int]]]:
     """Per variant and picture of one firing: ``(draw seconds, encode seconds, PNG bytes)``, each time the best of
     ``repeats`` (the deterministic part of a firing that the layout changes, steady on a loaded machine, where a
-    firing's wall time is not). The map math runs once before (a picture's render computes it once, however often
-    it is called); filmstrips, whose render adds a frame to the history, are left out."""
+    firing's wall time is not). Draw: the monitor's ``explain`` on the step's cached shared pass (its map math and
+    its grids), split evenly over the pictures it hands over; encode: each picture's PNG with its grid facts.
+    Filmstrips are left out."""
     import bench
 
     demo = bench.load_demo()
-    os.environ["PROBELENS_SYNC_IMAGES"] = "1"
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for variant in variants:
             monitors, trainer, model = _core_monitors(demo, root, variant)
-            renders: list[tuple[str, Callable[[], Any]]] = []
-            for m in monitors:
-                m.writer.draw = lambda tag, step, render, _into=renders, **kw: _into.append((tag, render))
-                m.writer.begin("fit", 6)
-                m._log(6, model, trainer)
             costs: dict[str, tuple[float, float, int]] = {}
-            for tag, render in renders:
-                if "_filmstrip" in tag:
-                    continue
+            for m in monitors:
+                pictures: list[Any] = []
+                m.writer.picture = pictures.append  # the records, not written
+
+                def explain(m: Any = m, pictures: list[Any] = pictures) -> None:
+                    pictures.clear()
+                    m.writer.begin("fit", 6)
+                    m.explain(6, model, trainer)
+
                 with drawn_with(variant.grid):
-                    picture = render()
-                    image = picture if isinstance(picture, Tensor) else picture[0]
-                    boxes = [] if isinstance(picture, Tensor) else picture[1]
-                    text = cells_to_text([(i, *box) for i, box in enumerate(boxes)])
-                    draw = best_of(render, repeats)
-                encode = best_of(functools.partial(encode_png, image, text=text), repeats)
-                costs[tag] = (draw, encode, len(encode_png(image, text=text)))
+                    draw = best_of(explain, repeats)
+                shown = [p for p in pictures if "_filmstrip" not in p.tag]
+                for picture in shown:
+                    text = GridFacts(picture.cells).text()
+                    encode = best_of(functools.partial(encode_png, picture.image, text=text), repeats)
+                    nbytes = len(encode_png(picture.image, text=text))
+                    costs[picture.tag] = (draw / max(1, len(shown)), encode, nbytes)
             out[variant.label] = costs
-    os.environ.pop("PROBELENS_SYNC_IMAGES", None)
     return out
 
 

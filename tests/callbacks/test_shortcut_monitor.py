@@ -241,7 +241,7 @@ def test_per_class_and_per_direction_flip_rates_with_three_classes(tmp_path):
     names = ["red_fox", "cat", "dog_puppy"]
     per_class = [scalars[f"shortcut/background_swap_flip_rate/{n}"] for n in names]
     assert scalars["shortcut/score"] == pytest.approx(max(per_class))
-    partners = monitor._counterfactual_batch(probe.images).partners
+    partners = monitor._counterfactual_batch().probes.partners
     for c, name in enumerate(names):
         weighted, count = 0.0, 0
         for b, other in enumerate(names):

@@ -22,34 +22,30 @@ from probelens.core.options import (
     take_renamed,
 )
 from probelens.core.run import Run
-from probelens.core.session import SharedPass
+from probelens.core.session import SharedPass, _Needs
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import Picture, tag_segment
-from probelens.methods.batching import chunk_ranges
-from probelens.methods.engine import OutputTransform, forward_backward
+from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout
 from probelens.methods.saliency import ONE_PASS_METHODS, saliency_from_pass
 from probelens.metrics import (
+    MASK_SENSITIVITY_LIMIT,
+    CounterfactualBatch,
+    CounterfactualProbes,
+    ShortcutReport,
     ShortcutVerdict,
-    agreeing_group_accuracy,
-    class_flip_rates,
-    counterfactual_probes,
-    direction_flip_rates,
-    foreground_only_drop,
-    group_accuracies,
+    check_growth,
+    counterfactual_batch,
     group_gaps,
-    group_reliance_score,
-    map_drift,
-    mask_area,
-    relevance_mass,
-    relevance_rank_accuracy,
-    shortcut_score,
+    mask_margin_caps,
+    shortcut_report,
 )
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, saliency_to_heat, to_display_images
 
+Box = tuple[int, int, int, int]
 OnShortcut = Literal["warn", "stop", "ignore"]
 ON_SHORTCUT: tuple[str, ...] = get_args(OnShortcut)
 MIN_PROBE_IMAGES = 16
@@ -133,6 +129,15 @@ class ShortcutCore(MonitorCore):
 
     The detection uses only the model, the probe images, their labels and masks. It assumes masks that cover the object
     and little background; masks that include background context leak it into "object only" and weaken the verdict.
+    Masks as users have them: each mask is fitted to its object from the image (grown until what lies just outside
+    it looks like the background, shrunk for pasting while what lies just inside it does;
+    :func:`probelens.metrics.fit_mask_margins`), and a leakage
+    check computed from the counterfactual images (the object removed with a wider region) gives
+    ``shortcut/mask_sensitivity``, how far the mask score moves with the mask boundary; at
+    :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more (at an armed step) one warning says the mask verdict is
+    unreliable (the masks look tight); masks much tighter or looser than the objects (boxes) are also said once, with
+    ``shortcut/mask_outside_object`` and ``shortcut/mask_inside_background``. The evaluation itself is the pure function
+    :func:`probelens.metrics.shortcut_report`; the counterfactual copies run through the shared probe session.
 
     Args:
         probe: the probe set, ideally with ``masks`` and/or ``groups``.
@@ -143,6 +148,9 @@ class ShortcutCore(MonitorCore):
         patience: consecutive counting log steps before the verdict fires.
         min_accuracy: accuracy a model needs before its score counts (default: halfway between chance and 1): the
             probe accuracy, or with groups the accuracy of each class's best group (worst class).
+        mask_margin: ``None`` (default): fit each mask to its object (see above), so a tight mask leaves no ghost
+            of the object behind when it is removed and a loose one carries less background when pasted; an int:
+            grow every mask by that many pixels to remove the object and paste it as given (0: masks as given).
         panels: log the counterfactual image panel.
         max_images: probe images in the panel.
         every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
@@ -160,6 +168,7 @@ class ShortcutCore(MonitorCore):
         threshold: float = 0.5,
         patience: int = 2,
         min_accuracy: float | None = None,
+        mask_margin: int | None = None,
         panels: bool = True,
         max_images: int = 8,
         every_n_epochs: int | None = 1,
@@ -189,12 +198,14 @@ class ShortcutCore(MonitorCore):
         check_float(owner, "threshold", threshold, 0.0, 1.0, low_open=True)
         check_int(owner, "patience", patience)
         check_float(owner, "min_accuracy", min_accuracy, 0.0, 1.0, none_ok=True)
+        check_int(owner, "mask_margin", mask_margin, 0, none_ok=True, fix="pixels; None fits each mask to its object")
         check_bool(owner, "panels", panels)
         check_int(owner, "max_images", max_images)
         self.layer_spec = layers
         self.saliency_methods = methods
         self.on_shortcut = on_shortcut
         self.min_accuracy = min_accuracy
+        self.mask_margin = mask_margin
         self.panels = panels
         self.max_images = max_images
         self.threshold = threshold
@@ -203,6 +214,8 @@ class ShortcutCore(MonitorCore):
         self._layouts: dict[str, Layout] = {}
         self._warned_small_probe = False
         self._warned_small_cells = False
+        self._cf_session: SharedPass | None = None
+        self._cf_needs = _Needs(output_transform=output_transform)
         self.reset_history()
 
     @override
@@ -215,13 +228,21 @@ class ShortcutCore(MonitorCore):
         """Per alert in :attr:`alerts`, the evidence whose verdict fired."""
         self._first_cam: Tensor | None = None
         self._previous_cam: Tensor | None = None
-        self._counterfactuals: Any = None
+        self._counterfactuals: CounterfactualBatch | None = None
+        self._cf_probe: ProbeSet | None = None
+        self._said_mask_sensitivity = False
         self._worst_class: int | None = None
         self._layout_written = False
         self._said_no_masks = False
         self._said_nonfinite = False
         self._said_unarmed: set[str] = set()
         self._cells: dict[tuple[int, int], float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # like the shared pass, the counterfactuals' session (device tensors) is the run's, not the copy's
+        state = super().__getstate__()
+        state["_cf_session"] = None
+        return state
 
     @property
     def verdict(self) -> ShortcutVerdict:
@@ -273,6 +294,11 @@ class ShortcutCore(MonitorCore):
         self._layouts = {name: layout for name, (layout, _) in spatial.items()}
         self._layer = layers
         self._require(layers, gradients=True, input_gradient=bool(self.saliency_methods), target_sets={"pred"})
+        # the counterfactual copies go through the session machinery (chunking to the memory budget, the sharded
+        # path, inputs cached on the model's device): forward only, no layer, no gradient. A session of their own:
+        # no other monitor reads them, and the shared session's forward_count keeps counting probe passes only
+        self._cf_needs = _Needs({}, False, False, set(), self.output_transform)
+        self._cf_session = None  # created at the first firing of this configuration
 
     def _evidence(self) -> list[str]:
         """The evidence the probe gives: ``"masks"`` and/or ``"groups"``."""
@@ -336,7 +362,17 @@ class ShortcutCore(MonitorCore):
 
     @override
     def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
+        """Evaluate (:func:`probelens.metrics.shortcut_report`, a pure function over the shared pass's outputs),
+        then log the report, draw the panel and feed the verdicts."""
         assert self.probe is not None
+        report = self._evaluate(pl_module, step)
+        self._report(trainer, step, report)
+
+    def _evaluate(self, pl_module: nn.Module, step: int) -> ShortcutReport:
+        """The step's :class:`~probelens.metrics.ShortcutReport`: the probe through the shared pass, and with masks
+        the counterfactual batch through a probe session of its own (forward only, its images kept on the model's
+        device)."""
+        assert self.probe is not None and self._shared is not None
         result = self._pass(pl_module, step)
         name = next(iter(self._layer))
         layout = self._layouts[name]  # channels-last and token layers viewed as [N, C, h, w]
@@ -344,27 +380,62 @@ class ShortcutCore(MonitorCore):
             layout.to_nchw(result.activations[name]),
             layout.to_nchw(result.gradients["pred"][name]),
             self.probe.image_size,
-        ).cpu()
+        )
+        masks = self.probe.masks
+        cf: CounterfactualBatch | None = None
+        cf_logits: Tensor | None = None
+        saliency: dict[str, Tensor] = {}
+        if masks is not None and bool(torch.isfinite(result.logits).all()):
+            cf = self._counterfactual_batch()
+            model = unwrap_compiled(pl_module)
+            assert self._cf_probe is not None
+            if self._cf_session is None:
+                self._cf_session = SharedPass()
+            cf_logits = self._cf_session.get(model, self._cf_probe, step, self._cf_needs).logits
+            self._cf_session.release()  # nothing shares this pass: keep only its images (cached on the device)
+            saliency = {
+                m: saliency_to_heat(saliency_from_pass(result, "pred", m).float(), "abs_sum")
+                for m in self.saliency_methods
+            }
+        p = self.probe
+        return shortcut_report(
+            result.logits,
+            p.targets,
+            class_tags=[self._class_tag(c) for c in range(int(result.logits.shape[1]))],
+            group_tags=[self._group_tag(g) for g in range(p.num_groups)] if p.groups is not None else (),
+            cam=cam,
+            saliency=saliency,
+            masks=masks,
+            groups=p.groups,
+            counterfactuals=cf,
+            counterfactual_logits=cf_logits,
+            previous_cam=self._previous_cam,
+            first_cam=self._first_cam,
+        )
+
+    def _report(self, trainer: Run, step: int, report: ShortcutReport) -> None:
+        """Log a report: its scalars, the drift references, the layout, the panel, the mask check and the verdicts."""
+        assert self.probe is not None
         evidence = self._evidence()
-        bad_outputs = ~torch.isfinite(result.logits.detach()).flatten(1).all(1).cpu()
-        if bool(bad_outputs.any()):
-            self._nonfinite_step(trainer, step, evidence, f"{int(bad_outputs.sum())} of {len(self.probe)} probe images")
+        if report.cam is not None:
+            if not report.cam_finite:  # finite outputs, non-finite gradients (an overflow): no map number, no reference
+                self._warn_nonfinite(step, "the Grad-CAM maps (finite outputs, non-finite gradients)")
+            else:
+                cam = report.cam.detach().cpu()  # the references travel in checkpoints: kept on the CPU
+                if self._first_cam is None:
+                    self._first_cam = cam
+                self._previous_cam = cam
+        if report.nonfinite is not None:
+            self._warn_nonfinite(step, report.nonfinite)
+            scalars = dict(report.scalars)
+            if evidence:
+                scalars["shortcut/verdict"] = math.nan
+                for e in evidence:
+                    self.verdicts[e].update(math.nan, math.nan)  # recorded in the history, nothing else changes
+            self.writer.scalars(scalars, step)
             return
-        labels = self.probe.targets.cpu()
-        preds = result.predictions.cpu()
-        metrics: dict[str, float] = {"shortcut/probe_accuracy": float((preds == labels).float().mean())}
-        cam_ok = bool(torch.isfinite(cam).all())
-        if not cam_ok:  # finite outputs, non-finite gradients (an overflow): no map number from them, no reference
-            self._warn_nonfinite(step, "the Grad-CAM maps (finite outputs, non-finite gradients)")
-        if self._previous_cam is not None and self._first_cam is not None:
-            metrics["shortcut/drift_previous"] = (
-                float(map_drift(self._previous_cam, cam).mean()) if cam_ok else math.nan
-            )
-            metrics["shortcut/drift_first"] = float(map_drift(self._first_cam, cam).mean()) if cam_ok else math.nan
-        if cam_ok:
-            if self._first_cam is None:
-                self._first_cam = cam
-            self._previous_cam = cam
+        self._worst_class = report.worst_class
+        self._cells = report.cells
         if not evidence:
             if not self._said_no_masks:
                 self._said_no_masks = True
@@ -373,121 +444,40 @@ class ShortcutCore(MonitorCore):
                     "ProbeSet(masks=...) (from the dataset, boxes or a function) or group labels "
                     "(ProbeSet(groups=..., group_names=...)) to enable the shortcut verdict."
                 )
-            self.writer.scalars(metrics, step)
+            self.writer.scalars(report.scalars, step)
             return
-        chance = self._chance_accuracy()
-        gate = metrics["shortcut/probe_accuracy"]
-        scores: dict[str, float] = {}
-        panel: tuple[Tensor, Tensor, Tensor, Any] | None = None
-        if self.probe.groups is not None:
-            scores["groups"] = self._group_metrics(preds, labels, metrics)
-            # on a probe balanced over (class, group) cells a pure shortcut model scores chance overall: both
-            # verdicts are armed by the accuracy of each class's best group instead
-            gate = metrics["shortcut/agreeing_group_accuracy"]
-        if self.probe.masks is not None:
-            mask_result = self._mask_metrics(result, cam, cam_ok, preds, labels, chance, pl_module, metrics)
-            if mask_result is None:
-                self._nonfinite_step(
-                    trainer, step, evidence, "the counterfactual images (object only, background only, swapped)"
-                )
-                return
-            scores["masks"], panel = mask_result
-        metrics["shortcut/score"] = max(scores.values())
-        if len(scores) > 1:
-            for e, score in scores.items():
-                metrics[f"shortcut/score/{e}"] = score
-        self.writer.scalars(metrics, step)
+        self.writer.scalars(report.scalars, step)
         self._write_layout(trainer)
-        if self.panels and panel is not None:
-            self._panel(step, preds, *panel)
-        self._update_verdicts(trainer, step, scores, gate, chance, metrics)
+        if self.panels and report.counterfactual_predictions is not None and report.predictions is not None:
+            assert self._counterfactuals is not None
+            self._panel(step, report.predictions, *report.counterfactual_predictions, self._counterfactuals.probes)
+        self._check_masks(step, report)
+        self._update_verdicts(trainer, step, report.scores, report.gate, report.chance, report.scalars)
 
-    def _group_metrics(self, preds: Tensor, labels: Tensor, metrics: dict[str, float]) -> float:
-        """Accuracy per (class, group), worst-group and agreeing-group accuracy, the gap per class, into
-        ``metrics``; returns the group score (:func:`probelens.metrics.group_reliance_score`)."""
-        assert self.probe is not None and self.probe.groups is not None
-        cells = group_accuracies(preds, labels, self.probe.groups)
-        for (c, g), acc in cells.items():
-            metrics[f"shortcut/group_accuracy/{self._class_tag(c)}/{self._group_tag(g)}"] = acc
-        for c, gap in group_gaps(cells).items():
-            metrics[f"shortcut/group_gap/{self._class_tag(c)}"] = gap
-        metrics["shortcut/worst_group_accuracy"] = min(cells.values())
-        metrics["shortcut/agreeing_group_accuracy"] = agreeing_group_accuracy(cells)
-        self._cells = cells
-        return group_reliance_score(cells)
-
-    def _mask_metrics(
-        self,
-        result: Any,
-        cam: Tensor,
-        cam_ok: bool,
-        preds: Tensor,
-        labels: Tensor,
-        chance: float,
-        pl_module: nn.Module,
-        metrics: dict[str, float],
-    ) -> tuple[float, tuple[Tensor, Tensor, Tensor, Any]] | None:
-        """The mask evidence into ``metrics``; returns the mask score and what the panel shows, or ``None`` when the
-        model's outputs on the counterfactual images are not finite."""
-        assert self.probe is not None and self.probe.masks is not None
-        masks = self.probe.masks
-        nan = math.nan
-        metrics["shortcut/mask_attribution"] = float(relevance_mass(cam, masks).mean()) if cam_ok else nan
-        metrics["shortcut/mask_attribution_chance"] = float(mask_area(masks).mean())
-        metrics["shortcut/relevance_rank_accuracy"] = (
-            float(relevance_rank_accuracy(cam, masks).mean()) if cam_ok else nan
+    def _check_masks(self, step: int, report: ShortcutReport) -> None:
+        """Once per run: at a step where the model is armed, the mask score moves by
+        :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more under the leakage check (the object removed with
+        a wider region), so the mask verdict rests on the mask boundary: a warning that says so."""
+        sensitivity = report.mask_sensitivity
+        if sensitivity is None or self._said_mask_sensitivity or math.isnan(sensitivity):
+            return
+        min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + report.chance) / 2
+        if sensitivity < MASK_SENSITIVITY_LIMIT or not report.gate >= min_accuracy:
+            return
+        self._said_mask_sensitivity = True
+        assert self.probe is not None
+        score = report.scores["masks"]
+        cause = (
+            f"removing the object with a region {check_growth(self.probe.image_size)} px wider moves it by "
+            f"{sensitivity:.2f}: the masks look tight (part of the object, e.g. a soft edge, lies outside them and "
+            "stays in the 'background'); grow them (mask_margin=<pixels>)"
         )
-        for method in self.saliency_methods:
-            heat = saliency_to_heat(saliency_from_pass(result, "pred", method).float().cpu(), "abs_sum")
-            finite = bool(torch.isfinite(heat).all())
-            metrics[f"shortcut/mask_attribution/{method}"] = (
-                float(relevance_mass(heat, masks).mean()) if finite else nan
-            )
-
-        cf = self._counterfactual_batch(result.images)
-        n = len(self.probe)
-        batch = torch.cat([cf.background_only, cf.foreground_only, cf.swapped])
-        model = unwrap_compiled(pl_module)
-        chunk = SharedPass.pass_chunk(model, result.images, backward=False)
-        logits = [
-            forward_backward(
-                model,
-                batch[start:stop].to(result.images),
-                None,
-                {},
-                gradients=False,
-                input_gradient=False,
-                output_transform=self.output_transform,
-            ).logits.detach()
-            for start, stop in chunk_ranges(batch.shape[0], chunk)
-        ]
-        if not all(bool(torch.isfinite(x).all()) for x in logits):
-            return None
-        cf_preds = torch.cat([x.argmax(1).cpu() for x in logits])
-        bg_pred, fg_pred, swap_pred = cf_preds[:n], cf_preds[n : 2 * n], cf_preds[2 * n :]
-        valid = cf.swap_valid.cpu()
-        bg_acc = float((bg_pred == labels).float().mean())
-        fg_acc = float((fg_pred == labels).float().mean())
-        flip = float((swap_pred[valid] != preds[valid]).float().mean()) if valid.any() else 0.0
-        per_class = class_flip_rates(preds, swap_pred, labels, valid)
-        score = shortcut_score(per_class)
-        metrics.update(
-            {
-                "shortcut/background_only_accuracy": bg_acc,
-                "shortcut/foreground_only_accuracy": fg_acc,
-                "shortcut/foreground_only_drop": foreground_only_drop(
-                    metrics["shortcut/probe_accuracy"], fg_acc, chance
-                ),
-                "shortcut/background_swap_flip_rate": flip,
-            }
+        rank_zero_warn(
+            f"{self.name}: the mask verdict is unreliable at step {step}: its score {score:.2f} depends on where the "
+            f"mask boundary lies, not only on the model: {cause}. shortcut/mask_sensitivity logs this per step "
+            f"(>= {MASK_SENSITIVITY_LIMIT} is unreliable; said once). Group labels (ProbeSet(groups=...)) give a "
+            "verdict that needs no masks."
         )
-        for c, rate in per_class.items():
-            metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}"] = rate
-        if len(per_class) > 2:  # with two classes a class's objects only ever land on the other's backgrounds
-            for (c, b), rate in direction_flip_rates(preds, swap_pred, labels, cf.partners).items():
-                metrics[f"shortcut/background_swap_flip_rate/{self._class_tag(c)}_on_{self._class_tag(b)}"] = rate
-        self._worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
-        return score, (bg_pred, fg_pred, swap_pred, cf)
 
     def _update_verdicts(
         self,
@@ -542,6 +532,12 @@ class ShortcutCore(MonitorCore):
             "towards clearing one (an untrained or collapsed model has no shortcut to report). shortcut/armed logs "
             "this per step (1 armed, 0 not); lower min_accuracy= to arm it earlier."
         )
+        if evidence == "masks" and self.probe is not None and self.probe.groups is None:
+            text += (
+                " If the probe is balanced over the attribute you suspect (as many images agree with the class as "
+                "conflict), a model that follows that attribute scores chance on it: give the attribute as "
+                "ProbeSet(groups=...) and the verdict is armed by each class's best group instead."
+            )
         if counted:
             rank_zero_warn(f"{text} This step's score {score:.2f} >= threshold {self.threshold} was not counted.")
         else:
@@ -556,23 +552,6 @@ class ShortcutCore(MonitorCore):
                 "(said once; later such steps are NaN too). The model's weights or outputs are probably diverging "
                 "(check the loss and the learning rate)."
             )
-
-    def _nonfinite_step(self, trainer: Run, step: int, evidence: list[str], where: str) -> None:
-        """The model's outputs are not finite: every headline number of this step is NaN; the verdicts see NaN."""
-        self._warn_nonfinite(step, f"the model's outputs on {where}")
-        nan = math.nan
-        tags = ["shortcut/probe_accuracy"]
-        if self._previous_cam is not None:
-            tags += ["shortcut/drift_previous", "shortcut/drift_first"]
-        if "masks" in evidence:
-            tags += [t for t in SCALAR_TAGS if t != "shortcut/verdict"]
-        if "groups" in evidence:
-            tags += [t for t in GROUP_SCALAR_TAGS if t != "shortcut/verdict"]
-        if evidence:
-            tags += ["shortcut/score", "shortcut/armed", "shortcut/verdict"]
-            for e in evidence:
-                self.verdicts[e].update(nan, nan)  # recorded in the history, nothing else changes
-        self.writer.scalars(dict.fromkeys(tags, nan), step)
 
     def _class_tag(self, c: int) -> str:
         assert self.probe is not None
@@ -634,13 +613,55 @@ class ShortcutCore(MonitorCore):
             self.writer.text("shortcut/alert", text, step)
             rank_zero_info(f"{self.name}: {text}")
 
-    def _counterfactual_batch(self, images: Tensor) -> Any:
+    def _counterfactual_batch(self) -> CounterfactualBatch:
+        """The probe's counterfactual copies, built once per run with the mask margin, and a probe set of them that
+        the shared session runs (its images are cached on the model's device, so a firing moves no image)."""
         if self._counterfactuals is None:
             assert self.probe is not None and self.probe.masks is not None
-            self._counterfactuals = counterfactual_probes(images.float().cpu(), self.probe.masks, self.probe.targets)
+            cf = counterfactual_batch(
+                self.probe.images.float(), self.probe.masks, self.probe.targets, margin=self.mask_margin
+            )
+            self._say_mask_fit(cf)
+            self._counterfactuals = cf
+            self._cf_probe = ProbeSet(images=cf.images, targets=cf.targets)
         return self._counterfactuals
 
-    def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: Any) -> None:
+    def _say_mask_fit(self, cf: CounterfactualBatch) -> None:
+        """Once per run, when the masks were fitted: an info line when the fit moved them, a warning when a quarter of
+        the masks or more still looked wrong at the largest margin (the mask verdict cannot be trusted then)."""
+        fit = cf.fit
+        if fit is None:
+            return
+        n = len(fit.grown)
+        grown, shrunk = int((fit.grown > 0).sum()), int((fit.shrunk > 0).sum())
+        if grown or shrunk:
+            rank_zero_info(
+                f"{self.name}: fitted the probe's masks to their objects: {grown} of {n} grown (median "
+                f"{float(fit.grown.float().median()):.0f} px) to remove the object, {shrunk} of {n} shrunk (median "
+                f"{float(fit.shrunk.float().median()):.0f} px) to paste it. shortcut/mask_outside_object and "
+                "shortcut/mask_inside_background log how the given masks looked (about 0.05 and 0 on the object's "
+                "outline); mask_margin=0 keeps the masks as given."
+            )
+        tight, loose = int(fit.grow_capped.sum()), int(fit.shrink_capped.sum())
+        if 4 * max(tight, loose) >= n:
+            assert self.probe is not None
+            caps = mask_margin_caps(self.probe.image_size)
+            what = (
+                f"{tight} of {n} masks still had object just outside them after growing by {caps[0]} px (masks "
+                "much tighter than the object)"
+                if tight >= loose
+                else f"{loose} of {n} masks still had background just inside them after shrinking by {caps[1]} px "
+                "(masks much looser than the object, e.g. boxes)"
+            )
+            rank_zero_warn(
+                f"{self.name}: the probe's masks do not follow the objects: {what}. The mask verdict rests on edited "
+                "images that keep part of the object in the background or carry background with the object, so it "
+                "may miss a shortcut or raise a false alarm; shortcut/mask_outside_object and "
+                "shortcut/mask_inside_background log it. Give masks on the object's outline, or group labels "
+                "(ProbeSet(groups=...)), which need no masks."
+            )
+
+    def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: CounterfactualProbes) -> None:
         assert self.probe is not None
         shown = self._shown(self.max_images)
         show = self.probe.display_images()[shown]
@@ -660,9 +681,12 @@ class ShortcutCore(MonitorCore):
             ]
 
         columns = [show, display(cf.foreground_only), display(cf.background_only), display(cf.swapped)]
-        boxes: list[tuple[int, int, int, int]] = []
-        grid = labelled_grid(torch.stack(columns, 1).flatten(0, 1), captions, ncol=4, cell_boxes=boxes)
-        self.writer.picture(Picture.grid("shortcut/counterfactuals", step, grid, boxes, per_probe=4, shown=shown))
+        boxes: list[Box] = []
+        map_boxes: list[Box] = []  # each picture's own box, without its caption: the dashboard crops exactly
+        tiles = torch.stack(columns, 1).flatten(0, 1)
+        grid = labelled_grid(tiles, captions, ncol=4, cell_boxes=boxes, map_boxes=map_boxes)
+        tag = "shortcut/counterfactuals"
+        self.writer.picture(Picture.grid(tag, step, grid, boxes, shown=shown, per_probe=4, map_boxes=map_boxes))
 
     def _write_layout(self, trainer: Run) -> None:
         if self._layout_written or self.writer.stage != "fit" or getattr(trainer, "ckpt_path", None):

@@ -19,6 +19,7 @@ the image, so a copy of its silhouette fits into the background; the seam around
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -244,28 +245,195 @@ def background_swap(
     return torch.where(masks, images, src), valid
 
 
+def grow_masks(masks: Tensor, pixels: int) -> Tensor:
+    """Masks dilated by ``pixels`` (a ``(2 pixels + 1)``-square structuring element) ``[N,1,H,W]`` bool.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 2, 2] = True
+        >>> int(grow_masks(m, 1).sum()), int(grow_masks(m, 2).sum())
+        (9, 25)
+    """
+    if pixels < 0:
+        raise ValueError(f"pixels must be >= 0, got {pixels}")
+    m = masks.bool()
+    if pixels == 0:
+        return m
+    return F.max_pool2d(m.float(), 2 * pixels + 1, stride=1, padding=pixels) > 0.5
+
+
+def shrink_masks(masks: Tensor, pixels: int) -> Tensor:
+    """Masks eroded by ``pixels`` (the complement dilated, so a pixel stays only if its ``(2 pixels + 1)``-square
+    neighbourhood inside the image is all mask) ``[N,1,H,W]`` bool. An image whose mask would vanish keeps its
+    pixels farthest from the background instead (the largest erosion that leaves any pixel), so the object is never
+    lost entirely.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 1:4, 1:4] = True
+        >>> int(shrink_masks(m, 1).sum()), int(shrink_masks(m, 2).sum())
+        (1, 1)
+    """
+    if pixels < 0:
+        raise ValueError(f"pixels must be >= 0, got {pixels}")
+    m = masks.bool()
+    out = m
+    for _ in range(pixels):  # one pixel at a time: an image stops at its last non-empty erosion
+        step = ~grow_masks(~out, 1)
+        keep = step.flatten(1).any(1).view(-1, *([1] * (m.dim() - 1)))
+        out = torch.where(keep, step, out)
+    return out
+
+
+@dataclass
+class MaskFit:
+    """Per image, how the masks were fitted to the object (:func:`fit_mask_margins`).
+
+    Attributes:
+        removal_masks: the masks grown until what lies just outside them looks like the background ``[N,1,H,W]``.
+        object_masks: the masks shrunk until what lies just inside them looks unlike the background ``[N,1,H,W]``.
+        grown: pixels each mask grew by ``[N]``; shrunk: pixels each shrank by ``[N]``.
+        outside_object: per image, the share of the one-pixel ring just outside the given mask that looks unlike the
+            image's background ``[N]`` (about 0.05 for a mask on the object's outline; high for a tight mask).
+        inside_background: per image, the share of the ring just inside the given mask that looks like the
+            background ``[N]`` (about 0 on the outline; high for a loose mask or a box).
+        grow_capped, shrink_capped: images whose ring still looked wrong at the largest margin ``[N]`` bool.
+    """
+
+    removal_masks: Tensor
+    object_masks: Tensor
+    grown: Tensor
+    shrunk: Tensor
+    outside_object: Tensor
+    inside_background: Tensor
+    grow_capped: Tensor
+    shrink_capped: Tensor
+
+
+def _unlike_background(image: Tensor, far: Tensor) -> Tensor:
+    """``[H,W]`` bool: pixels farther (L2 over channels) from the mean of the ``far`` pixels than 95% of those are."""
+    mu = image[:, far].mean(1)
+    z = (image - mu[:, None, None]).norm(dim=0)
+    return z > torch.quantile(z[far].float(), 0.95)
+
+
+def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: int) -> MaskFit:
+    """Fit masks as users have them (loose, tight, boxes) to the object, per image, from the image itself.
+
+    A pixel *looks like the background* when its colour is within the 95th percentile of the distances of the
+    image's far background (the pixels more than ``max_grow + 1`` pixels away from the mask) to their mean colour.
+    The removal mask grows one pixel at a time while more than a quarter of the ring just outside it looks unlike
+    the background (the object's soft edge or a part the mask missed), up to ``max_grow`` pixels; the object mask
+    shrinks one pixel at a time while more than three quarters of the ring just inside it look like the background (the
+    margin of a loose mask or a box), up to ``max_shrink`` pixels and never to nothing. A mask on the object's outline
+    changes by 0 pixels.
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool.
+        max_grow: largest growth in pixels.
+        max_shrink: largest shrinkage in pixels.
+    """
+    masks = _check(images, masks)
+    removal, kept = masks.clone(), masks.clone()
+    n = images.shape[0]
+    grown, shrunk = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    outside, inside = torch.full((n,), math.nan), torch.full((n,), math.nan)
+    grow_capped, shrink_capped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    for i in range(n):
+        m = masks[i : i + 1]
+        x = images[i].float()
+        far = ~grow_masks(m, max_grow + 1)[0, 0]
+        if int(far.sum()) < 16:
+            far = ~m[0, 0]
+        if int(far.sum()) < 16:
+            continue  # no background to compare with: the mask is kept as given
+        unlike = _unlike_background(x, far)
+        k = 0
+        while True:
+            ring = grow_masks(m, k + 1)[0, 0] & ~grow_masks(m, k)[0, 0]
+            share = float(unlike[ring].float().mean()) if bool(ring.any()) else 0.0
+            if k == 0:
+                outside[i] = share
+            if share <= 0.25:
+                break
+            if k == max_grow:
+                grow_capped[i] = True
+                break
+            k += 1
+        s = 0
+        while True:
+            inner = shrink_masks(m, s + 1)[0, 0]
+            core = shrink_masks(m, s)[0, 0]
+            ring = core & ~inner
+            share = float((~unlike[ring]).float().mean()) if bool(ring.any()) else 0.0
+            if s == 0:
+                inside[i] = share
+            if share <= 0.75 or torch.equal(inner, core):  # not background-like, or nothing left to shrink
+                break
+            if s == max_shrink:
+                shrink_capped[i] = True
+                break
+            s += 1
+        removal[i] = grow_masks(m, k)[0]
+        kept[i] = shrink_masks(m, s)[0]
+        grown[i], shrunk[i] = k, s
+    return MaskFit(removal, kept, grown, shrunk, outside, inside, grow_capped, shrink_capped)
+
+
 @dataclass
 class CounterfactualProbes:
-    """The three edited copies of a probe batch, which swaps are valid and whose background each image got."""
+    """The three edited copies of a probe batch, which swaps are valid and whose background each image got.
+
+    ``removal_masks`` are the regions filled in :attr:`background_only` (and in the partner's background of a swap),
+    ``object_masks`` the regions kept in :attr:`foreground_only` and pasted in :attr:`swapped` (see
+    :func:`counterfactual_probes`'s margins).
+    """
 
     background_only: Tensor
     foreground_only: Tensor
     swapped: Tensor
     swap_valid: Tensor
     partners: Tensor
+    removal_masks: Tensor | None = None
+    object_masks: Tensor | None = None
 
 
-def counterfactual_probes(images: Tensor, masks: Tensor, targets: Tensor, seed: int = 0) -> CounterfactualProbes:
+def counterfactual_probes(
+    images: Tensor,
+    masks: Tensor,
+    targets: Tensor,
+    seed: int = 0,
+    removal_margin: int = 0,
+    object_margin: int = 0,
+    removal_masks: Tensor | None = None,
+    object_masks: Tensor | None = None,
+) -> CounterfactualProbes:
     """Build all counterfactual copies of a probe batch (the object region is filled once per image).
+
+    Masks as users have them are loose (a box, a threshold low on a soft edge: background inside the mask) or tight (a
+    threshold high on a soft edge: object outside it). The margins make the edits robust to both: the object is
+    *removed* with the mask grown by ``removal_margin`` pixels (:func:`grow_masks`), so no ghost of a tight mask's
+    outline stays in the background, and only the mask shrunk by ``object_margin`` pixels (:func:`shrink_masks`) is
+    *kept* as the object, so a loose mask carries less of its own background into "object only" and onto a swapped
+    background. Between the two, a swapped image shows the partner's background.
 
     Args:
         images: ``[N,C,H,W]``.
         masks: ``[N,1,H,W]`` bool.
         targets: ``[N]`` labels.
         seed: seed of the swap partners (:func:`swap_partners`).
+        removal_margin: pixels the mask grows by before the object is removed (0: the mask as given).
+        object_margin: pixels the mask shrinks by for the object that is kept or pasted (0: the mask as given).
+        removal_masks, object_masks: the two regions given directly (e.g. :func:`fit_mask_margins`'s), in place of
+            the margins.
     """
-    bg = background_only(images, masks)
+    masks = _check(images, masks)
+    removal = _check(images, removal_masks) if removal_masks is not None else grow_masks(masks, removal_margin)
+    kept = _check(images, object_masks) if object_masks is not None else shrink_masks(masks, object_margin)
+    bg = background_only(images, removal)
     partners = swap_partners(targets, seed=seed)
     valid = partners >= 0
-    swapped = torch.where(_check(images, masks), images, bg[partners.clamp_min(0)])
-    return CounterfactualProbes(bg, foreground_only(images, masks), swapped, valid, partners)
+    swapped = torch.where(kept, images, bg[partners.clamp_min(0)])
+    neutral = neutral_background(images, removal)
+    return CounterfactualProbes(
+        bg, foreground_only(images, kept, fill=neutral), swapped, valid, partners, removal, kept
+    )
