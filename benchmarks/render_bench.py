@@ -403,10 +403,10 @@ def drawing_cost(variants: list[Variant], repeats: int, root: str) -> dict[str, 
                 pictures: list[Any] = []
                 m.writer.picture = pictures.append  # the records, not written
 
-                def explain(m: Any = m, pictures: list[Any] = pictures) -> None:
+                def explain(m: Any = m, pictures: list[Any] = pictures, model: Any = model, run: Any = trainer) -> None:
                     pictures.clear()
                     m.writer.begin("fit", 6)
-                    m.explain(6, model, trainer)
+                    m.explain(6, model, run)
 
                 with drawn_with(variant.grid):
                     draw = best_of(explain, repeats)
