@@ -152,6 +152,7 @@ CONSTRUCTOR_CASES = [
     ),
     ("shortcut threshold > 1", lambda: ShortcutMonitor(PROBE, threshold=2.0), "threshold=2.0 is not allowed"),
     ("shortcut patience=0", lambda: ShortcutMonitor(PROBE, patience=0), "patience=0 is not allowed"),
+    ("shortcut mask_margin < 0", lambda: ShortcutMonitor(PROBE, mask_margin=-1), "mask_margin=-1 is not allowed"),
     ("shortcut min_accuracy > 1", lambda: ShortcutMonitor(PROBE, min_accuracy=1.5), "min_accuracy=1.5 is not allowed"),
     (
         "shortcut max_panel_images=0",
