@@ -18,6 +18,7 @@ from PIL import Image
 from tb_client import STEPS, get
 
 from lit import read_events
+from probelens.logformat import MAPS_KEY
 from probelens.render.image import cells_from_text
 
 P = "/data/plugin/probelens"
@@ -79,13 +80,15 @@ def _matrix_at(step: int, run: str = "a/version_0"):
 
 
 def _expected_cells(acc: Any, step: int) -> dict[tuple[str, int], tuple[int, int, int, int]]:
-    """(tag, probe index) -> box at ``step``, read from the stored PNGs (independently of the plugin)."""
+    """(tag, probe index) -> the box the view crops at ``step`` (the map box where the PNG records one, else the
+    cell), read from the stored PNGs (independently of the plugin)."""
     expected = {}
     for tag in GRIDS:
         (event,) = [e for e in acc.Images(tag) if e.step == step]
         with Image.open(io.BytesIO(event.encoded_image_string)) as image:
+            maps = {k: tuple(box) for k, *box in cells_from_text(image.text, MAPS_KEY)}
             for k, *box in cells_from_text(image.text):
-                expected[(tag, k)] = tuple(box)
+                expected[(tag, k)] = maps.get(k, tuple(box))
     return expected
 
 
