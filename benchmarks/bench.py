@@ -806,12 +806,12 @@ def bench_render(
     from probelens import ActivationMonitor, GradCAMMonitor, SaliencyMonitor
 
     log(f"  rendering + logging, {label}")
-    trainer = _quiet_trainer(root, max_epochs=1)
     monitors = [
         GradCAMMonitor(probe, layers="all"),
         SaliencyMonitor(probe, methods=("vanilla", "gradient_x_input")),
         ActivationMonitor(probe, layers="auto"),
     ]
+    trainer = _quiet_trainer(root, max_epochs=1, callbacks=monitors)  # the Trainer's monitors share one run and pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for m in monitors:
@@ -1544,12 +1544,13 @@ def main(argv: list[str] | None = None) -> int:
 def capture_demo_images(demo: Any, root: str) -> list[tuple[str, Tensor]]:
     """One firing of the demo's monitors with the sink replaced by a list: the images they log."""
     _train, _val, probe, shortcut_probe = demo_data(256)
-    trainer = _quiet_trainer(root, max_epochs=1)
+    monitors = demo_monitors(probe, shortcut_probe)
+    trainer = _quiet_trainer(root, max_epochs=1, callbacks=monitors)
     model = demo.LeopardClassifier()
     images: list[tuple[str, Tensor]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for m in demo_monitors(probe, shortcut_probe):
+        for m in monitors:
             m.setup(trainer, model, "fit")
             m._ensure_configured(trainer, model)
             m.writer.sink.add_image = lambda tag, img, step, facts=None: images.append((tag, img.clone()))

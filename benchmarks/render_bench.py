@@ -300,7 +300,8 @@ def _core_monitors(demo: Any, root: str, variant: Variant) -> tuple[list[Any], A
 
     _train, val, probe, _shortcut = bench.demo_data(256)
     monitors = variant.monitors(probe, bench.ProbeSet_from(val, 16))
-    trainer = bench._quiet_trainer(os.path.join(root, variant.label.replace(" ", "_")), max_epochs=1)
+    root = os.path.join(root, variant.label.replace(" ", "_"))
+    trainer = bench._quiet_trainer(root, max_epochs=1, callbacks=monitors)  # one run: the monitors share one pass
     torch.manual_seed(0)
     model = demo.LeopardClassifier()
     for m in monitors:
