@@ -42,6 +42,7 @@ from probelens.metrics import (
     mask_margin_caps,
     shortcut_report,
 )
+from probelens.metrics.shortcut_report import GROUP_SCALARS, MASK_SCALARS
 from probelens.probe import ProbeSet
 from probelens.render import labelled_grid, saliency_to_heat, to_display_images
 
@@ -56,24 +57,9 @@ MIN_PROBE_PER_CELL = 8
 EVIDENCE = ("masks", "groups")
 """The evidence a verdict can rest on: foreground masks (background swaps) and group labels (accuracy per group)."""
 
-SCALAR_TAGS = (
-    "shortcut/score",
-    "shortcut/mask_attribution",
-    "shortcut/mask_attribution_chance",
-    "shortcut/background_only_accuracy",
-    "shortcut/foreground_only_accuracy",
-    "shortcut/background_swap_flip_rate",
-    "shortcut/foreground_only_drop",
-    "shortcut/verdict",
-)
+SCALAR_TAGS = ("shortcut/score", *MASK_SCALARS, "shortcut/verdict")
 """Scalars logged at every log step of a probe with masks (besides per-class ones and the map metrics)."""
-GROUP_SCALAR_TAGS = (
-    "shortcut/score",
-    "shortcut/worst_group_accuracy",
-    "shortcut/agreeing_group_accuracy",
-    "shortcut/armed",
-    "shortcut/verdict",
-)
+GROUP_SCALAR_TAGS = ("shortcut/score", *GROUP_SCALARS, "shortcut/armed", "shortcut/verdict")
 """Scalars logged at every log step of a probe with groups (besides ``shortcut/group_accuracy/<class>/<group>`` and
 ``shortcut/group_gap/<class>``)."""
 
