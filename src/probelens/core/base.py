@@ -374,8 +374,7 @@ class MonitorCore:
     def setup(self, trainer: Run, pl_module: nn.Module, stage: str) -> None:
         if self._trainer is None or self._trainer() is not trainer:
             self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
-        if self._run is None or not self._run.is_for(trainer):
-            self._run = shared_run(trainer)  # the run its sibling monitors hold, or a new one
+        self._runs(trainer)  # the run its sibling monitors hold, or a new one
         self._check_unique_name(trainer)
         # trainer.log_dir broadcasts under DDP: resolve it here, on every rank
         self._png_root = os.path.join(trainer.log_dir or trainer.default_root_dir, "probelens_images")
