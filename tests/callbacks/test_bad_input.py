@@ -525,9 +525,9 @@ def test_the_shared_pass_runs_in_chunks_within_the_memory_budget(monkeypatch, n)
     session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
     per_image, _ = batching.activation_bytes(model, probe.images)  # measured once (one image), then cached
     model.seen.clear()
-    from probelens.core.session import _Needs
+    from probelens.core.session import PassNeeds
 
-    result = session.get(model, probe, 0, _Needs(layers, True, True, {"pred"}))
+    result = session.get(model, probe, 0, PassNeeds(layers, True, True, {"pred"}))
     assert max(model.seen) * per_image * 2 <= budget  # every chunk's graph within the budget
     assert sum(model.seen) == n
     reference = grad_cam(model, probe.images, result.targets["pred"], layers=["net.0"])["net.0"]
@@ -607,7 +607,7 @@ _PEAK_SCRIPT = """
 import resource, sys, torch
 from torch import nn
 from probelens import ProbeSet
-from probelens.core.session import SharedPass, _Needs
+from probelens.core.session import SharedPass, PassNeeds
 torch.set_num_threads(1)
 n = int(sys.argv[1])
 torch.manual_seed(0)
@@ -619,7 +619,7 @@ layers = {"5": model[5]}
 session = SharedPass()
 session.register(probe, layers, gradients=True, input_gradient=True, target_sets={"pred"})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-session.get(model, probe, 0, _Needs(layers, True, True, {"pred"}))
+session.get(model, probe, 0, PassNeeds(layers, True, True, {"pred"}))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 

@@ -27,7 +27,7 @@ from probelens.core.options import check_callable, check_choice, check_int, chec
 from probelens.core.probe_source import probe_from_trainer
 from probelens.core.run import Run, SharedRun, shared_run
 from probelens.core.schedule import Schedule, log_step, stage_of
-from probelens.core.session import SharedPass, _Needs
+from probelens.core.session import PassNeeds, SharedPass
 from probelens.core.sharded import sharded_root
 from probelens.core.sinks import sink_for_trainer
 from probelens.core.state import MonitorState
@@ -195,7 +195,7 @@ class MonitorCore:
         self._run: SharedRun | None = None
         """The run this monitor is attached to, shared with the other monitors of its Trainer (:func:`shared_run`)."""
         self._shared: SharedPass | None = None
-        self._needs = _Needs()
+        self._needs = PassNeeds()
         self._png_root: str | None = None
         self._reset_run()  # subclasses set up their history in their own __init__ (with reset_history)
 
@@ -337,7 +337,7 @@ class MonitorCore:
         """Register what the shared pass must compute for this monitor (at configure time)."""
         assert self.probe is not None and self._shared is not None
         transform = self.output_transform
-        self._needs = _Needs(dict(layers), gradients, input_gradient, set(target_sets), transform)
+        self._needs = PassNeeds(dict(layers), gradients, input_gradient, set(target_sets), transform)
         self._shared.register(
             self.probe,
             layers,

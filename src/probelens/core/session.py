@@ -38,14 +38,19 @@ MEMORY_SLACK = 1.4
 
 
 @dataclass
-class _Needs:
+class PassNeeds:
+    """What one shared pass must produce: the layers whose outputs it keeps, whether it back-propagates to them (and
+    to the input), for which target sets (``"pred"``, ``"label"``), and the model-output transform. Monitors state
+    theirs with :meth:`MonitorCore._require`; a monitor running a pass of its own (a derived batch, forward only)
+    builds one with ``PassNeeds(output_transform=...)``."""
+
     layers: dict[str, nn.Module] = field(default_factory=dict)
     gradients: bool = False
     input_gradient: bool = False
     target_sets: set[str] = field(default_factory=set)
     output_transform: OutputTransform | None = None
 
-    def covers(self, other: _Needs) -> bool:
+    def covers(self, other: PassNeeds) -> bool:
         return (
             set(other.layers) <= set(self.layers)
             and (self.gradients or not other.gradients)
@@ -69,10 +74,10 @@ class SharedPass:
 
     def __init__(self) -> None:
         # keyed by (probe, output transform): monitors that read the model's output differently never share a pass
-        self._needs: dict[_Slot, _Needs] = {}
+        self._needs: dict[_Slot, PassNeeds] = {}
         self.layer_traces = LayerTraces()
         """The model's layer traces, shared by its monitors (layer resolution, layout checks, the layer table)."""
-        self._cache: dict[_Slot, tuple[tuple, _Needs, ProbePass]] = {}
+        self._cache: dict[_Slot, tuple[tuple, PassNeeds, ProbePass]] = {}
         self._inputs: dict[ProbeSet, tuple[tuple, Tensor, Tensor]] = {}
         self._memory_checked: set[_Slot] = set()
         self.forward_count = 0
@@ -92,7 +97,7 @@ class SharedPass:
         target_sets: set[str],
         output_transform: OutputTransform | None = None,
     ) -> None:
-        needs = self._needs.setdefault(self._key(probe, output_transform), _Needs(output_transform=output_transform))
+        needs = self._needs.setdefault(self._key(probe, output_transform), PassNeeds(output_transform=output_transform))
         needs.layers.update(layers)
         needs.gradients |= gradients
         needs.input_gradient |= input_gradient
@@ -108,11 +113,11 @@ class SharedPass:
             self._inputs[probe] = hit
         return hit[1], hit[2]
 
-    def get(self, model: nn.Module, probe: ProbeSet, step: int, needs: _Needs) -> ProbePass:
+    def get(self, model: nn.Module, probe: ProbeSet, step: int, needs: PassNeeds) -> ProbePass:
         """The pass for ``probe`` on the model as it is now, computed at most once per model state."""
         key = (step, model_version(model))
         slot = self._key(probe, needs.output_transform)
-        all_needs = self._needs.setdefault(slot, _Needs(output_transform=needs.output_transform))
+        all_needs = self._needs.setdefault(slot, PassNeeds(output_transform=needs.output_transform))
         if not all_needs.covers(needs):  # a monitor that was not registered: widen and recompute
             self.register(
                 probe,
@@ -155,7 +160,7 @@ class SharedPass:
             assert assembled is not None
             result = assembled.result
         self.forward_count += 1
-        snapshot = _Needs(
+        snapshot = PassNeeds(
             dict(all_needs.layers), all_needs.gradients, all_needs.input_gradient, set(all_needs.target_sets)
         )
         self._cache[slot] = (key, snapshot, result)

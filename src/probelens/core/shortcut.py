@@ -22,7 +22,7 @@ from probelens.core.options import (
     take_renamed,
 )
 from probelens.core.run import Run
-from probelens.core.session import SharedPass, _Needs
+from probelens.core.session import PassNeeds, SharedPass
 from probelens.core.sinks import is_tensorboard_logger
 from probelens.core.writer import Picture, tag_segment
 from probelens.methods.engine import OutputTransform
@@ -201,7 +201,7 @@ class ShortcutCore(MonitorCore):
         self._warned_small_probe = False
         self._warned_small_cells = False
         self._cf_session: SharedPass | None = None
-        self._cf_needs = _Needs(output_transform=output_transform)
+        self._cf_needs = PassNeeds(output_transform=output_transform)
         self.reset_history()
 
     @override
@@ -283,7 +283,7 @@ class ShortcutCore(MonitorCore):
         # the counterfactual copies go through the session machinery (chunking to the memory budget, the sharded
         # path, inputs cached on the model's device): forward only, no layer, no gradient. A session of their own:
         # no other monitor reads them, and the shared session's forward_count keeps counting probe passes only
-        self._cf_needs = _Needs({}, False, False, set(), self.output_transform)
+        self._cf_needs = PassNeeds({}, False, False, set(), self.output_transform)
         self._cf_session = None  # created at the first firing of this configuration
 
     def _evidence(self) -> list[str]:
