@@ -8,6 +8,7 @@ shortcut is learned). The concept pictures are plain snow and plain desert backg
 from __future__ import annotations
 
 import importlib.util
+import math
 import warnings
 from pathlib import Path
 
@@ -174,3 +175,76 @@ def test_pictures_that_do_not_fit_a_built_probe_fail_at_fit_start(tmp_path):
         warnings.simplefilter("ignore")
         tr.fit(model, train, val)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no training step ran
+
+
+class NaNAfter(pl.Callback):
+    """Sets every weight to NaN at the start of the given epoch (a diverged run)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+@pytest.mark.integration
+def test_with_group_labels_the_alert_is_armed_by_each_class_best_group(tmp_path):
+    """A probe balanced over (class, background) from a biased validation set (p=0.95): a background model scores
+    about chance on it overall, so a probe-accuracy gate never arms the alert (the monitor without groups says so
+    and that the step was held back); with the groups the gate is each class's best group, and the alert fires within
+    two epochs of the shortcut being learned. Then the weights turn NaN: the step's numbers are NaN (warned once), the
+    standing alert is neither cleared nor counted."""
+    from probelens.data import BACKGROUND_NAMES
+
+    pl.seed_everything(0)
+    train = SnowDesertDataset(n=640, size=SIZE, p=0.95, seed=0)
+    val = SnowDesertDataset(n=512, size=SIZE, p=0.95, seed=1)
+    grouped = ProbeSet.from_dataset(
+        val, num_samples=32, seed=0, mean=MEAN, std=STD, class_names=CLASS_NAMES,
+        groups=val.backgrounds, group_names=BACKGROUND_NAMES,
+    )  # fmt: skip
+    plain = ProbeSet(grouped.images, grouped.targets, class_names=CLASS_NAMES, mean=MEAN, std=STD)
+    snow, sand = backgrounds()
+    kw = dict(concepts={"snow": snow, "sand": sand}, spurious=("snow", "sand"))
+    with_groups = ConceptMonitor(grouped, name="with_groups", **kw)
+    without = ConceptMonitor(plain, name="without", **kw)
+    conflict = SnowDesertDataset(n=128, size=SIZE, p=0.0, seed=7)
+    truth = ConflictAccuracy(conflict.images, conflict.labels)
+    tr = trainer(tmp_path, [with_groups, without, truth, NaNAfter(4)], max_epochs=5, log_every_n_steps=5)
+    with pytest.warns(UserWarning) as record:
+        tr.fit(leopard_module(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=128))
+    messages = [str(w.message) for w in record]
+    events = read_events(tr.logger.log_dir)
+    scalars = {tag: dict((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+    steps = sorted(truth.by_step)
+    healthy, broken = steps[:-1], steps[-1]
+    learned = [s for s in healthy if truth.by_step[s] < 0.3]
+    assert learned, truth.by_step  # ground truth: the shortcut is learned
+    assert with_groups.alerts, "no alert with the group gate on a shortcut run"
+    first_alert = with_groups.alerts[0][0]
+    assert first_alert in healthy[healthy.index(learned[0]) : healthy.index(learned[0]) + 2]
+    # the group gate, read back: each class's best group is mostly right at the alert, the probe overall is not
+    gate = scalars["concept/with_groups/agreeing_group_accuracy"]
+    assert gate[first_alert] >= 0.75
+    accuracy = scalars["concept/with_groups/probe_accuracy"]
+    assert scalars["concept/with_groups/armed"][first_alert] == 1.0
+    assert scalars["concept/without/armed"][first_alert] == 0.0
+    assert accuracy[first_alert] < 0.75  # the probe-accuracy gate (default 0.75 with two classes) would not arm
+    assert without.alerts == []
+    unarmed = [m for m in messages if "without: the concept alert is not armed" in m]
+    assert len(unarmed) == 1 and "probe accuracy" in unarmed[0] and "Held back" in unarmed[0]
+    # NaN weights at the last epoch: NaN numbers, warned once per monitor, the alert kept
+    assert sum("with_groups: the model's outputs on the probe hold NaN" in m for m in messages) == 1
+    assert broken in gate, (broken, gate, accuracy, truth.by_step)
+    assert math.isnan(gate[broken]) and math.isnan(accuracy[broken])
+    assert math.isnan(scalars["concept/with_groups/snow/snow/significant"][broken])
+    assert all(math.isfinite(scalars["concept/with_groups/snow/snow/significant"][s]) for s in healthy)
+    assert with_groups.clears == [] or all(step < broken for step, *_ in with_groups.clears)
+    assert any(v.active for v in with_groups.verdicts.values()) == bool(
+        len(with_groups.alerts) > len(with_groups.clears)
+    )
+    assert all(math.isnan(v.history[-1]) for v in with_groups.verdicts.values())
+    assert with_groups.failure_count == 0 and without.failure_count == 0

@@ -22,7 +22,7 @@ from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.tcav import TCAVResult, tcav
-from probelens.metrics import ShortcutVerdict
+from probelens.metrics import ShortcutVerdict, agreeing_group_accuracy, group_accuracies
 from probelens.probe import ProbeSet
 
 OnConcept = Literal["warn", "stop", "ignore"]
@@ -159,9 +159,17 @@ class ConceptCore(MonitorCore):
     gives ``p < alpha`` (Bonferroni-corrected over the classes and layers).
 
     The alert (for the concepts in ``spurious`` only): when a (concept, class, layer) counts for ``patience``
-    consecutive log steps while the model is better than chance on the probe (``min_accuracy``), a
+    consecutive armed log steps, a
     ``rank_zero_warn``, a TensorBoard text ``concept/alert`` that names the concept, class, layer and step, and with
     ``on_concept="stop"`` ``trainer.should_stop = True``. It clears at the first counting step below the criterion.
+
+    A step is *armed* (``concept/armed``) when the model is better than chance: the probe accuracy is at least
+    ``min_accuracy``, or, when the probe has group labels (``ProbeSet(groups=...)``), each class's best group's
+    accuracy is (``concept/agreeing_group_accuracy``, the worst class's; as for ``ShortcutMonitor``'s group verdict,
+    since on a probe balanced over the groups a model that follows the spurious cue scores chance overall). An
+    unarmed step neither counts nor clears; the first one is said once (a warning when it held back a criterion that
+    held). Outputs with NaN or Inf (diverged weights) log the step's numbers as NaN, warned once, and neither count
+    nor clear.
 
     Args:
         probe: the probe set (its labels choose the class whose score is differentiated).
@@ -178,7 +186,8 @@ class ConceptCore(MonitorCore):
         alpha: significance level of the cosine t-test (before the Bonferroni correction).
         patience: consecutive counting log steps before the alert fires.
         runs: CAVs per concept and per random split at each step (the t-test's sample size).
-        min_accuracy: probe accuracy a model needs before a step counts (default: halfway between chance and 1).
+        min_accuracy: the accuracy that arms a step (the probe's, or with group labels each class's best group's,
+            worst class; default: halfway between chance and 1).
         seed: seed of the subsamples and random splits (the same at every step, so steps are comparable).
         every_n_epochs: fire at the end of every n-th epoch (every epoch by default).
         every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
@@ -322,6 +331,8 @@ class ConceptCore(MonitorCore):
         self.clears: list[tuple[int, str, str, str]] = []
         self.last_results: dict[tuple[str, str], TCAVResult] = {}
         """The last step's :class:`~probelens.methods.tcav.TCAVResult` per (concept, layer)."""
+        self._told_unarmed = False
+        self._told_nonfinite = False
 
     def _verdict(self, key: tuple[str, int, str]) -> ShortcutVerdict:
         if key not in self.verdicts:
@@ -402,46 +413,99 @@ class ConceptCore(MonitorCore):
     def explain(self, step: int, pl_module: nn.Module, trainer: Run) -> None:
         assert self.probe is not None
         result = self._pass(pl_module, step)
-        model = unwrap_compiled(pl_module)
-        acts = self._activations(model, result.images)
+        finite = bool(torch.isfinite(result.logits).all())
+        acts = self._activations(unwrap_compiled(pl_module), result.images) if finite else {}
         labels = self.probe.targets
         classes = sorted(int(k) for k in labels.unique())
         num_classes = int(result.logits.shape[1])
-        accuracy = float((result.predictions.cpu() == labels).float().mean())
+        gate, gate_tag = self._gate(result.predictions.cpu(), labels)
+        gate = gate if finite else math.nan
         min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + self._chance()) / 2
         alpha = self.alpha / (len(classes) * len(self._layers))  # Bonferroni over the tests one concept makes
         metrics: dict[str, float] = {}
         counting: list[tuple[str, int, str]] = []
         for concept in self.concept_names:
             for layer in self._layers:
-                neg = torch.cat([acts[other][layer] for other in self._negatives_for(concept)])
-                grads = result.gradients["label"][layer].float().cpu()
-                res = tcav(acts[concept][layer], neg, grads, labels, num_classes, runs=self.runs, seed=self.seed)
-                self.last_results[(concept, layer)] = res
+                res = None
+                if finite:  # no CAV is fitted to NaN activations: every number of the step is NaN
+                    neg = torch.cat([acts[other][layer] for other in self._negatives_for(concept)])
+                    grads = result.gradients["label"][layer].float().cpu()
+                    res = tcav(acts[concept][layer], neg, grads, labels, num_classes, runs=self.runs, seed=self.seed)
+                    self.last_results[(concept, layer)] = res
                 suffix = "" if len(self._layers) == 1 else f"/{self.layer_tags[layer]}"
-                metrics[f"concept/{_tag(concept)}/cav_accuracy{suffix}"] = res.accuracy
+                metrics[f"concept/{_tag(concept)}/cav_accuracy{suffix}"] = res.accuracy if res else math.nan
                 for k in classes:
                     prefix = self._prefix(concept, k, layer)
-                    cosine, p_cos = res.cosine(k), res.cosine_p_values[k]
-                    significant = cosine >= self.threshold and p_cos < alpha
-                    metrics[prefix] = res.score(k)
-                    metrics[f"{prefix}/p_value"] = res.p_values[k]
+                    cosine, p_cos = (res.cosine(k), res.cosine_p_values[k]) if res else (math.nan, math.nan)
+                    metrics[prefix] = res.score(k) if res else math.nan
+                    metrics[f"{prefix}/p_value"] = res.p_values[k] if res else math.nan
                     metrics[f"{prefix}/cosine"] = cosine
                     metrics[f"{prefix}/cosine_p_value"] = p_cos
-                    metrics[f"{prefix}/significant"] = float(significant)
+                    # NaN, not 0, where the numbers are not finite (NaN weights): "not significant" would clear a
+                    # standing alert on no evidence
+                    known = finite and math.isfinite(cosine) and math.isfinite(p_cos)
+                    significant = float(cosine >= self.threshold and p_cos < alpha) if known else math.nan
+                    metrics[f"{prefix}/significant"] = significant
                     if concept in self.spurious:
                         counting.append((concept, k, layer))
-        metrics["concept/probe_accuracy"] = accuracy
-        self.writer.scalars({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+        if not finite:
+            self._say_nonfinite(step)
+        metrics["concept/probe_accuracy"] = (
+            float((result.predictions.cpu() == labels).float().mean()) if finite else math.nan
+        )
+        if gate_tag:
+            metrics[gate_tag] = gate
+        armed = not math.isnan(gate) and gate >= min_accuracy
+        metrics["concept/armed"] = float(armed)
+        self.writer.scalars(metrics, step)
+        held_back: list[str] = []
         for concept, k, layer in counting:
             prefix = self._prefix(concept, k, layer)
             verdict = self._verdict((concept, k, layer))
             verdict.min_accuracy = min_accuracy
             was_active = verdict.active
-            if verdict.update(metrics[f"{prefix}/significant"], accuracy):
+            if not armed and metrics[f"{prefix}/significant"] == 1.0:
+                held_back.append(f"{concept!r} for class {self.probe.class_name(k)!r} at {layer!r}")
+            if verdict.update(metrics[f"{prefix}/significant"], gate):
                 self._alert(trainer, step, concept, k, layer, metrics, prefix)
             elif was_active and not verdict.active:
                 self._cleared(step, concept, k, layer, metrics, prefix)
+        if finite and not armed and self.spurious:
+            self._say_unarmed(step, gate, gate_tag, min_accuracy, held_back)
+
+    def _gate(self, predictions: Tensor, labels: Tensor) -> tuple[float, str]:
+        """The accuracy that arms the alert, and its tag: with group labels each class's best group (worst class;
+        a model that follows a spurious cue scores chance on a probe balanced over the groups, so overall probe
+        accuracy would never arm it), else the probe accuracy."""
+        assert self.probe is not None
+        if self.probe.groups is None:
+            return float((predictions == labels).float().mean()), ""
+        cells = group_accuracies(predictions, labels, self.probe.groups.cpu())
+        return agreeing_group_accuracy(cells), "concept/agreeing_group_accuracy"
+
+    def _say_nonfinite(self, step: int) -> None:
+        if self._told_nonfinite:
+            return
+        self._told_nonfinite = True
+        rank_zero_warn(
+            f"{self.name}: the model's outputs on the probe hold NaN or Inf at step {step} (diverged weights?); this "
+            "step's concept numbers are logged as NaN and neither raise nor clear an alert. Said once."
+        )
+
+    def _say_unarmed(self, step: int, gate: float, gate_tag: str, min_accuracy: float, held_back: list[str]) -> None:
+        if self._told_unarmed:
+            return
+        self._told_unarmed = True
+        what = "the accuracy of each class's best group (worst class)" if gate_tag else "the probe accuracy"
+        text = (
+            f"{self.name}: the concept alert is not armed at step {step}: {what} {gate:.2f} < min_accuracy "
+            f"{min_accuracy:.2f}, so a model this close to chance neither raises nor clears an alert "
+            "(concept/armed logs it per step; pass min_accuracy= to change the gate)."
+        )
+        if held_back:
+            rank_zero_warn(f"{text} Held back at this step: {', '.join(held_back)}. Said once.")
+        else:
+            rank_zero_info(f"{text} Said once.")
 
     def _describe(self, concept: str, k: int, layer: str, metrics: dict[str, float], prefix: str) -> str:
         assert self.probe is not None
