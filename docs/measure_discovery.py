@@ -4,6 +4,7 @@ docs/discovery.md).
 
     python docs/measure_discovery.py            # 5-10 minutes per seed on 2 shared CPU cores
     python docs/measure_discovery.py --seeds 0  # one seed
+    python docs/measure_discovery.py --discovery  # also the forward-only discovery sets of 512 images
 
 The true spurious group of an image is its background (snow/desert, or the stripes' orientation cue). Each case
 trains the tests' tiny CNN (tests/models.py ``small_cnn``) with a plain torch loop (SGD, momentum 0.9, batch 32),
@@ -101,6 +102,7 @@ def evaluate(model, images, labels, backgrounds, seed: int) -> dict[str, list[fl
         "clusters": [],
         "eigengap": [],
         "flag": [],
+        "flag_features": [],
     }
     for c, found in report.classes.items():
         truth = backgrounds[found.indices]
@@ -114,6 +116,7 @@ def evaluate(model, images, labels, backgrounds, seed: int) -> dict[str, list[fl
         out["clusters"].append(float(found.num_clusters))
         out["eigengap"].append(found.eigengap)
         out["flag"].append(float(found.two_strategies))
+        out["flag_features"].append(float(spare.classes[c].two_strategies))
     return out
 
 
@@ -151,24 +154,33 @@ def _cell(values: list[float], digits: int = 2) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--discovery",
+        action="store_true",
+        help="also cluster two forward-only discovery sets of 512 validation images (StrategyMonitor(discovery_size="
+        "512, source='features')): one distributed like the training data, one with an uninformative background",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     for title, family, p, cue, lr in CASES:
         pool = scenes(family, 800, 0.5, 1.0, seed=3)
         probes = {"balanced": probe(pool, 20, 20), "imbalanced": probe(pool, 4, 36)}
+        if args.discovery:
+            probes[f"discovery 512, p={p}"] = scenes(family, 512, p, cue, seed=4)
+            probes["discovery 512, p=0.5"] = scenes(family, 512, 0.5, 1.0, seed=5)
         runs = [run(family, p, cue, lr, seed, probes) for seed in args.seeds]
         print(f"\n### {title}\n")
         print(f"training: p={p}, object cue {cue}, lr {lr}; seeds {args.seeds}; mean over seeds and both classes\n")
         print(
             "| epoch | conflict acc. | probe | ARI (eigengap k) | ARI (k=2 forced) | ARI (features, SPARE-style) "
-            "| ARI (prediction) | clusters | eigengap | flagged classes |"
+            "| ARI (prediction) | clusters | eigengap | flagged classes (maps / features) |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for e in range(EPOCHS):
             conflict = [r[e]["conflict"] for r in runs]
             for name in probes:
                 vals = {key: [v for r in runs for v in r[e][name][key]] for key in runs[0][e][name]}  # type: ignore[index]
-                flags = f"{int(sum(vals['flag']))}/{len(vals['flag'])}"
+                flags = f"{int(sum(vals['flag']))} / {int(sum(vals['flag_features']))} of {len(vals['flag'])}"
                 print(
                     f"| {e + 1} | {_cell(conflict)} | {name} | {_cell(vals['ari'])} | {_cell(vals['ari_k2'])} | "
                     f"{_cell(vals['ari_features'])} | {_cell(vals['ari_prediction'])} | "

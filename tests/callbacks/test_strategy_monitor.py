@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lit import LitClassifier, decode, read_events, trainer
+from lit import LitClassifier, decode, probe_cells, read_events, trainer
 from probelens import ProbeSet, StrategyMonitor
 from probelens.data import MEAN, STD, generate_snow_desert
 from probelens.methods import grad_cam
@@ -99,6 +99,8 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
         ({"min_images": 2}, "min_images"),
         ({"neighbours": 0}, "neighbours"),
         ({"source": "spray"}, r"source='spray'.*'gradcam', 'features'"),
+        ({"discovery_size": 100}, r"discovery_size=100 .*forward-only.*source='features'"),
+        ({"discovery_size": 5, "source": "features"}, r"discovery_size"),
     ],
 )
 def test_bad_options_fail_at_construction_naming_the_value(kwargs, match):
@@ -108,3 +110,70 @@ def test_bad_options_fail_at_construction_naming_the_value(kwargs, match):
 
 def test_the_docstring_claims_no_verdict():
     assert "claims no verdict" in (StrategyMonitor.__doc__ or "")
+
+
+@pytest.mark.integration
+def test_a_discovery_set_from_the_validation_data_is_clustered_forward_only(tmp_path, caplog):
+    """discovery_size=: the pooled features of that many validation images (drawn when training starts, keyed by
+    their dataset positions) are clustered at each firing, not the probe's. Recomputed from the trained model by
+    slicing it at the layer; the pictures show the prototypes (discovery images: no probe cell recorded)."""
+    caplog.set_level(logging.INFO, logger="lightning_utilities")
+    x, y = data(192, 0.95, seed=1)
+    vx, vy = data(160, 0.95, seed=2)
+    probe = ProbeSet(vx[:24], vy[:24], mean=MEAN, std=STD, class_names=NAMES)
+    monitor = StrategyMonitor(probe, source="features", discovery_size=96, seed=3)
+    tr = trainer(tmp_path, [monitor], max_epochs=2)
+    model = LitClassifier(lr=0.02)
+    tr.fit(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
+        DataLoader(TensorDataset(vx, vy), batch_size=80),
+    )
+    assert monitor.fire_count == 2 and monitor.failure_count == 0
+    found_set = monitor.discovery_set
+    assert found_set is not None and len(found_set.targets) == 96 and found_set.indices is not None
+    index = found_set.indices
+    assert torch.equal(found_set.images, vx[index]) and torch.equal(found_set.targets, vy[index])
+    assert [int((found_set.targets == c).sum()) for c in (0, 1)] == [48, 48]  # class-balanced
+    assert any("discovery set of 96 images from the val dataset" in r.getMessage() for r in caplog.records)
+
+    events = read_events(tr.logger.log_dir)
+    scalars = {tag: dict((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+    last = max(scalars["discovery/snow/clusters"])
+    layer = next(iter(monitor._layer))
+    net = model.eval()
+    with torch.no_grad():
+        features = net.model[: int(layer.split(".")[-1]) + 1](vx[index]).mean((2, 3))
+    expected = discover_strategies(features, vy[index], seed=3)
+    for c, name in enumerate(NAMES):
+        found = expected.classes[c]
+        assert len(found.indices) == 48  # the discovery set's class, not the probe's 12
+        assert monitor.last_report is not None and monitor.last_report.classes[c].sizes == found.sizes
+        assert scalars[f"discovery/{name}/clusters"][last] == found.num_clusters
+        assert scalars[f"discovery/{name}/largest_share"][last] == pytest.approx(found.largest_share)
+        pictures = events.Images(f"probelens/discovery/{name}")
+        assert len(pictures) == 2
+        pixels = decode(pictures[-1])
+        assert pixels.shape[0] >= found.num_clusters * 64 and pixels.std() > 10
+        assert probe_cells(pictures[-1]) == []  # the prototypes are not probe images
+
+
+class _Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+@pytest.mark.integration
+def test_a_discovery_set_without_map_style_data_is_refused_before_training(tmp_path):
+    x, y = data(64, 0.5, seed=1)
+    probe = ProbeSet(x[:16], y[:16], mean=MEAN, std=STD, class_names=NAMES)
+    monitor = StrategyMonitor(probe, source="features", discovery_size=32)
+    tr = trainer(tmp_path, [monitor], max_epochs=1)
+    model = LitClassifier(lr=0.02)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"discovery_size=32 .*no map-style validation or training dataset"):
+        tr.fit(model, DataLoader(_Stream(x, y), batch_size=16), DataLoader(_Stream(x, y), batch_size=16))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # not one training step

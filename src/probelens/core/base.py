@@ -95,7 +95,8 @@ class MonitorCore:
     Extending (public hooks, documented in the README's "Your own monitor"): a subclass implements
     :meth:`configure` (resolve the layers, register what the shared pass must compute; raise on misconfiguration),
     :meth:`explain` (compute one step and hand the pictures, texts and scalars to :attr:`writer` as values) and, where
-    it keeps history across firings, :meth:`reset_history`; :meth:`after_firing` runs on every rank after each
+    it keeps history across firings, :meth:`reset_history`; :meth:`at_train_start` runs when training starts (the data
+    loaders attached); :meth:`after_firing` runs on every rank after each
     firing, and :meth:`at_fit_end` on rank 0 when training ends. The firing path (``_fire``, the Lightning hooks that
     call it, ``setup``, ``_ensure_configured``) cannot be overridden, and the hooks' names before 0.3 (``_log``,
     ``_configure``, ...) are refused with their new name: both checked when the subclass is defined.
@@ -285,6 +286,11 @@ class MonitorCore:
     def reset_history(self) -> None:
         """Forget what earlier firings of this run left (filmstrip frames, first maps, verdict): a new run starts."""
 
+    def at_train_start(self, trainer: Run, pl_module: nn.Module) -> None:
+        """Runs on every rank when training starts, after :meth:`configure` and before a ``log_at_start`` firing:
+        the run's data loaders are attached by then, so this is where a monitor reads more of the trainer's data
+        (``StrategyMonitor``'s discovery set) and refuses what it cannot use, before the first training step."""
+
     def after_firing(self, trainer: Run) -> None:
         """Runs on every rank after each firing (also where rank 0 alone computed), e.g. to broadcast a decision."""
 
@@ -453,6 +459,7 @@ class MonitorCore:
 
     def on_train_start(self, trainer: Run, pl_module: nn.Module) -> None:
         self._ensure_configured(trainer, pl_module, required=True)
+        self.at_train_start(trainer, pl_module)
         self.schedule.warn_if_never(trainer, self.name)
         if self.log_at_start and trainer.global_step == 0:
             self._fire(trainer, pl_module)

@@ -10,17 +10,20 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning_utilities.core.rank_zero import rank_zero_info
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from probelens.core.base import MonitorCore, base_options
+from probelens.core.checks import check_probe_fits
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
+from probelens.core.probe_source import first_map_dataset
 from probelens.core.run import Run
+from probelens.core.session import PassNeeds, SharedPass
 from probelens.core.writer import Box, Picture, colour_scale
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
-from probelens.methods.layers import LayerSpec
+from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout
 from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies, map_features
 from probelens.probe import ProbeSet
@@ -93,6 +96,7 @@ class StrategyCore(MonitorCore):
         min_images: int = 6,
         seed: int = 0,
         source: Literal["gradcam", "features"] = "gradcam",
+        discovery_size: int | None = None,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_at_start: bool = False,
@@ -120,7 +124,17 @@ class StrategyCore(MonitorCore):
         check_int(owner, "min_images", min_images, minimum=3)
         check_int(owner, "seed", seed, minimum=0)
         check_choice(owner, "source", source, ("gradcam", "features"))
+        check_int(owner, "discovery_size", discovery_size, minimum=2 * min_images, none_ok=True,
+                  fix="None clusters the probe")  # fmt: skip
+        if discovery_size is not None and source != "features":
+            raise ValueError(
+                f"{owner}: discovery_size={discovery_size} clusters a forward-only set, which has no Grad-CAM maps "
+                f"(a map needs a backward pass per image), but source={source!r}; pass source='features' "
+                "(SPARE-style pooled features) with it, or a larger probe (probe_size=...) for clusters of Grad-CAM "
+                "maps"
+            )
         self.source = source
+        self.discovery_size = discovery_size
         self.layer_spec = layers
         self.grid = grid
         self.max_clusters = max_clusters
@@ -132,6 +146,10 @@ class StrategyCore(MonitorCore):
         self._layer: dict[str, nn.Module] = {}
         self._layouts: dict[str, Layout] = {}
         self._told = False
+        self.discovery_set: ProbeSet | None = None
+        """The forward-only discovery set (``discovery_size`` images of the trainer's validation data, drawn when
+        training starts), or ``None`` when the probe is clustered."""
+        self._discovery_pass: SharedPass | None = None
         self.reset_history()
 
     @override
@@ -143,6 +161,63 @@ class StrategyCore(MonitorCore):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, layer=repr(self.layer_spec), source=self.source)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # like the shared pass, the discovery set's pass (device tensors) is the run's, not the copy's
+        state = super().__getstate__()
+        state["_discovery_pass"] = None
+        return state
+
+    @override
+    def at_train_start(self, trainer: Run, pl_module: nn.Module) -> None:
+        """Draw the discovery set (``discovery_size``) from the trainer's validation dataset, once per run, and check
+        that the model takes its images: a dataset it cannot use is refused before the first training step."""
+        if self.discovery_size is None or self.discovery_set is not None:
+            return
+        assert self.probe is not None
+        dataset, source = first_map_dataset(trainer)
+        if dataset is None:
+            raise ValueError(
+                f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from the trainer's "
+                "validation dataset, but the trainer has no map-style validation or training dataset (one with "
+                "__len__ and __getitem__; an IterableDataset cannot be sampled); give the fit a map-style "
+                "val_dataloaders, or pass discovery_size=None to cluster the probe"
+            )
+        size = min(self.discovery_size, len(dataset))
+        where = f"the {source} dataset ({type(dataset).__name__}, {len(dataset)} items)"
+        if source != "val":
+            rank_zero_warn(
+                f"{self.name}: the trainer has no validation dataset, so the discovery set is drawn from {where}; "
+                "give the fit val_dataloaders to discover strategies on held-out data."
+            )
+        if size < self.discovery_size:
+            rank_zero_warn(
+                f"{self.name}: discovery_size={self.discovery_size} but {where} has only {size}; the discovery set "
+                f"holds all {size}. Pass discovery_size<={size} to silence this."
+            )
+        try:
+            found = ProbeSet.from_dataset(
+                dataset,
+                num_samples=size,
+                seed=self.seed,
+                mean=self.probe.mean,
+                std=self.probe.std,
+                class_names=self.probe.class_names,
+                input_key=self.probe_input_key,
+                target_key=self.probe_target_key,
+            )
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise ValueError(
+                f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from {where}, which "
+                f"failed: {type(err).__name__}: {err}. Pass probe_input_key=/probe_target_key= for dict items, or "
+                "discovery_size=None to cluster the probe"
+            ) from err
+        check_probe_fits(f"{self.name} (discovery set)", pl_module, found, self.output_transform)
+        self.discovery_set = found
+        rank_zero_info(
+            f"{self.name}: clusters the pooled features of a discovery set of {size} images from {where} at each "
+            "firing (forward only); the pictures' mean maps are those of the probe images nearest each cluster."
+        )
 
     @override
     def configure(self, pl_module: nn.Module) -> None:
@@ -184,14 +259,19 @@ class StrategyCore(MonitorCore):
             self.probe.image_size,
         ).cpu()
         cam = self._finite(cam, f"Grad-CAM maps of {layer}", step)
+        probe_features: Tensor | None = None
         if self.source == "features":
-            clustered = layout.to_nchw(result.activations[layer]).detach().float().mean((2, 3)).cpu()
-            clustered = self._finite(clustered, f"features of {layer}", step)
-        else:
-            clustered = cam
+            probe_features = layout.to_nchw(result.activations[layer]).detach().float().mean((2, 3)).cpu()
+            probe_features = self._finite(probe_features, f"features of {layer}", step)
+        clustered, labels, discovery_predictions = cam, self.probe.targets.cpu(), None
+        if self.discovery_set is not None:
+            clustered, discovery_predictions = self._discovery_features(pl_module, step, layer, layout)
+            labels = self.discovery_set.targets.cpu()
+        elif probe_features is not None:
+            clustered = probe_features
         report = discover_strategies(
             clustered,
-            self.probe.targets.cpu(),
+            labels,
             grid=self.grid,
             neighbours=self.neighbours,
             max_clusters=self.max_clusters,
@@ -214,10 +294,80 @@ class StrategyCore(MonitorCore):
         cam_grid = map_features(cam, self.grid)  # the pictures' mean maps, whatever was clustered
         for c, found in report.classes.items():
             name = self.probe.class_name(c)
-            members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
-            means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid).float()
             tag = f"probelens/discovery/{name}"
-            self.writer.picture(self._picture(tag, step, name, found, means, cam, images, predictions))
+            if self.discovery_set is None:
+                members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
+                means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid)
+                picture = self._picture(tag, step, name, found, means.float(), cam, images, predictions)
+            else:
+                assert probe_features is not None and discovery_predictions is not None
+                picture = self._discovery_picture(
+                    tag, step, name, found, clustered, probe_features, cam, cam_grid, discovery_predictions
+                )
+            self.writer.picture(picture)
+
+    def _discovery_features(self, pl_module: nn.Module, step: int, layer: str, layout: Layout) -> tuple[Tensor, Tensor]:
+        """The discovery set's pooled features at ``layer`` ``[M, C]`` and its predictions ``[M]``: one forward-only
+        pass through the pass machinery (chunked to the memory budget; the sharded path under FSDP; the images cached
+        on the model's device), in a pass of this monitor's own (no other monitor reads these images)."""
+        assert self.discovery_set is not None
+        if self._discovery_pass is None:
+            self._discovery_pass = SharedPass()
+        needs = PassNeeds(dict(self._layer), output_transform=self.output_transform)
+        found = self._discovery_pass.get(unwrap_compiled(pl_module), self.discovery_set, step, needs)
+        features = layout.to_nchw(found.activations[layer]).detach().float().mean((2, 3)).cpu()
+        predictions = found.predictions.cpu()
+        self._discovery_pass.release()  # keep only its images (cached on the device)
+        return self._finite(features, f"features of {layer} on the discovery set", step), predictions
+
+    def _discovery_picture(
+        self,
+        tag: str,
+        step: int,
+        name: str,
+        found: ClassStrategies,
+        features: Tensor,
+        probe_features: Tensor,
+        cam: Tensor,
+        cam_grid: Tensor,
+        predictions: Tensor,
+    ) -> Picture:
+        """One class's picture when a discovery set was clustered: per cluster the mean Grad-CAM map of the probe
+        images of that class whose nearest discovery image (pooled features, standardised as the clustering did) is
+        in the cluster, and the cluster's prototype (a discovery image, no map: its pass is forward only). No cell
+        belongs to a probe image, so none is recorded."""
+        assert self.probe is not None and self.discovery_set is not None
+        size = self.probe.image_size
+        mine = features[found.indices].double()
+        centre, spread = mine.mean(0), mine.std(0, unbiased=False).clamp_min(1e-12)
+        ours = torch.nonzero(self.probe.targets.cpu() == found.label).flatten()
+        nearest = torch.cdist(((probe_features[ours].double() - centre) / spread), ((mine - centre) / spread))
+        assigned = found.clusters[nearest.argmin(1)] if len(ours) else torch.zeros(0, dtype=torch.long)
+        means, counts = [], []
+        for j in range(found.num_clusters):
+            members = ours[assigned == j]
+            counts.append(len(members))
+            blank = torch.zeros(self.grid * self.grid, dtype=cam_grid.dtype)
+            means.append(cam_grid[members].mean(0) if len(members) else blank)
+        mean_maps = torch.stack(means).view(-1, 1, self.grid, self.grid).float()
+        protos = torch.tensor(found.prototypes, dtype=torch.long)
+        proto_images = self.discovery_set.display_images()[protos]
+        total = sum(found.sizes)
+        flag = "two strategies?" if found.two_strategies else "one strategy"
+        title = (
+            f"{name}: {found.num_clusters} cluster(s) of {total} discovery images, eigengap {found.eigengap:.2f}, "
+            f"{flag} (exploratory, not a verdict)"
+        )
+        captions = []
+        for j, (size_j, index) in enumerate(zip(found.sizes, found.prototypes)):
+            captions.append(
+                f"cluster {j}: {size_j}/{total} ({size_j / max(1, total):.0%})\nmap: {counts[j]} probe imgs"
+            )
+            captions.append(f"cluster {j}: prototype\npred {self.probe.class_name(int(predictions[index]))}")
+        heat = F.interpolate(normalize_maps(mean_maps, vmin=0.0), size=size, mode="nearest")
+        tiles = torch.stack([apply_colormap(heat[:, 0]), proto_images], dim=1).flatten(0, 1)  # both uint8
+        grid = labelled_grid(tiles, captions, ncol=2, title=title)
+        return Picture(tag, step, grid, (), (), scale=colour_scale("jet"))
 
     def _picture(
         self,

@@ -13,7 +13,7 @@ from probelens.probe import ProbeSet
 _SOURCES = ("val_dataloaders", "test_dataloaders", "train_dataloader")
 
 
-def _first_map_dataset(trainer: Any) -> tuple[Any, str]:
+def first_map_dataset(trainer: Any) -> tuple[Any, str]:
     for attr in _SOURCES:
         loaders = getattr(trainer, attr, None)
         if loaders is None:
@@ -41,7 +41,7 @@ def probe_from_trainer(
     ``target_key`` name the keys of dict items (default: ``ProbeSet.from_dataset``'s known keys, Hugging Face's
     ``pixel_values``/``labels`` among them). A dataset the probe cannot be built from raises a ``ValueError`` that
     says where the probe came from and how to pass one (raised before the first training step)."""
-    dataset, source = _first_map_dataset(trainer)
+    dataset, source = first_map_dataset(trainer)
     if dataset is None:
         return None
     available = len(dataset)
