@@ -677,7 +677,7 @@ class RunIndex:
                     "scalar_tags": {k: tags[k] for k in keys},
                 }
             )
-        return [{"stage": stage, "monitor": monitor, "classes": classes} for (stage, monitor), classes in groups.items()]
+        return [{"stage": st, "monitor": mon, "classes": classes} for (st, mon), classes in groups.items()]
 
     def _build(self) -> dict[str, Any]:
         grids, pictures, panels = [], [], []
