@@ -1,4 +1,5 @@
-"""What the dashboard knows about a log directory: its runs, and per run every probelens picture and shortcut scalar.
+"""What the dashboard knows about a log directory: its runs, and per run every probelens picture, shortcut scalar
+and strategy discovery scalar.
 
 Read from the event files alone, never sampled: every logged step of every tag is listed. The files are followed by
 byte offset (:class:`EventFileFollower`): each pass reads only what was appended since the last one, so a run that is
