@@ -665,14 +665,16 @@ class RunIndex:
         # fit first, then validate and test; monitors and classes in the order first written
         for key in sorted(self._discovery_order, key=lambda k: (k[0] != "", k[0], self._discovery_order[k])):
             stage, monitor, name = key
-            tag = pictures.get(key)
-            entries = [self._entry(step, p) for step, p in sorted(self._pictures[tag].items())] if tag else []
+            picture_tag = pictures.get(key)
+            entries = (
+                [self._entry(step, p) for step, p in sorted(self._pictures[picture_tag].items())] if picture_tag else []
+            )
             tags = scalars.get(key, {})
             keys = [k for k in DISCOVERY_KEYS if k in tags] + sorted(k for k in tags if k not in DISCOVERY_KEYS)
             groups.setdefault((stage, monitor), []).append(
                 {
                     "class": name,
-                    "tag": tag,
+                    "tag": picture_tag,
                     "entries": entries,
                     "scalars": {k: [[s, v] for s, v in sorted(self._discovery[tags[k]].items())] for k in keys},
                     "scalar_tags": {k: tags[k] for k in keys},
