@@ -205,3 +205,16 @@ def test_discovery_view_follows_a_run_while_it_trains(chromium, tmp_path, serve,
         assert _panel(state, "plain")["classes"] == []
         assert [c["cls"] for c in _panel(state, run)["classes"]] == classes
         assert browser.evaluate(f"{_FRAME}.querySelector('.message.error')") is None
+
+        # a prototype is a probe image: its number opens it in the probe-image view (the Grad-CAM grid shows it)
+        link = f"{_FRAME}.querySelector('.run-panel[data-run=disc] .discovery-picture figcaption button')"
+        index = browser.evaluate(f"{link}.textContent")
+        browser.evaluate(f"{link}.click()")
+        followed = _wait(
+            browser,
+            f"(() => {{ const d = {_FRAME}.defaultView.probelensDashboard;"
+            " return d.state.view === 'image' ? d.state.probes.disc : null; })()",
+            bool,
+            "the prototype in the probe-image view",
+        )
+        assert index.startswith("#") and followed.endswith(f":{index[1:]}")
