@@ -1,4 +1,5 @@
-"""What the dashboard knows about a log directory: its runs, and per run every probelens picture and shortcut scalar.
+"""What the dashboard knows about a log directory: its runs, and per run every probelens picture, shortcut scalar
+and strategy discovery scalar.
 
 Read from the event files alone, never sampled: every logged step of every tag is listed. The files are followed by
 byte offset (:class:`EventFileFollower`): each pass reads only what was appended since the last one, so a run that is
@@ -42,12 +43,27 @@ from probelens.logformat import (
 )
 from probelens.logs import find_runs, is_event_file, png_layout, run_name
 
-__all__ = ["EventFileFollower", "ImageCache", "LogIndex", "RunIndex", "classify_tag", "finite", "layer_order_key"]
+__all__ = [
+    "DISCOVERY_KEYS",
+    "EventFileFollower",
+    "ImageCache",
+    "LogIndex",
+    "RunIndex",
+    "classify_tag",
+    "discovery_picture",
+    "discovery_scalar",
+    "finite",
+    "layer_order_key",
+]
 
 _STAGES = ("validate/", "test/")
 _COUNTERFACTUALS = "shortcut/counterfactuals"
 _ALERT_TEXT = "shortcut/alert"
 _SCALAR_PREFIXES = ("shortcut/", "concept/")
+_DISCOVERY = "discovery"
+DISCOVERY_KEYS = ("clusters", "eigengap", "largest_share", "two_strategies")
+"""The scalars StrategyMonitor logs per class (``discovery/[<name>/]<class>/<key>``), in the order the view draws
+them; a key not among these (a later version's) is listed after them."""
 _READ_CHUNK = 8 << 20  # bytes read from a file at once; a record larger than this is read whole
 
 
@@ -71,6 +87,43 @@ def classify_tag(tag: str) -> tuple[str, str, str] | None:
     if len(parts) == 1:
         return stage, parts[0], ""
     return stage, "/".join(parts[:-1]), parts[-1]
+
+
+def discovery_picture(tag: str) -> tuple[str, str, str] | None:
+    """``(stage, monitor, class)`` of a StrategyMonitor picture tag, ``None`` for any other tag.
+
+    ``probelens/discovery/snow`` -> ``("", "", "snow")``; ``validate/probelens/spare/discovery/snow`` (a monitor
+    given ``name="spare"``) -> ``("validate", "spare", "snow")``.
+    """
+    parts = classify_tag(tag)
+    if parts is None:
+        return None
+    stage, method, layer = parts
+    if not layer:
+        return None
+    if method == _DISCOVERY:
+        return stage, "", layer
+    if method.endswith("/" + _DISCOVERY):
+        return stage, method[: -len(_DISCOVERY) - 1], layer
+    return None
+
+
+def discovery_scalar(tag: str) -> tuple[str, str, str, str] | None:
+    """``(stage, monitor, class, key)`` of a StrategyMonitor scalar tag, ``None`` for any other tag.
+
+    ``discovery/snow/eigengap`` -> ``("", "", "snow", "eigengap")``; ``test/discovery/spare/snow/clusters`` ->
+    ``("test", "spare", "snow", "clusters")``. The class is the segment before the key, the monitor's name what
+    lies between ``discovery/`` and the class (as :class:`probelens.core.writer.MonitorWriter` names tags).
+    """
+    stage = ""
+    for prefix in _STAGES:
+        if tag.startswith(prefix):
+            stage, tag = prefix[:-1], tag[len(prefix) :]
+            break
+    parts = tag.split("/")
+    if len(parts) < 3 or parts[0] != _DISCOVERY or not parts[-1] or not parts[-2]:
+        return None
+    return stage, "/".join(parts[1:-2]), parts[-2], parts[-1]
 
 
 def layer_order_key(layer: str) -> tuple[Any, ...]:
@@ -369,6 +422,9 @@ class RunIndex:
         self._pictures: dict[str, dict[int, _Picture]] = {}
         self._tag_order: dict[str, int] = {}
         self._scalars: dict[str, dict[int, float]] = {}
+        # StrategyMonitor's scalars by tag, and its (stage, monitor, class) triples in the order first written
+        self._discovery: dict[str, dict[int, float]] = {}
+        self._discovery_order: dict[tuple[str, str, str], int] = {}
         self._epochs: dict[int, float] = {}  # Lightning's "epoch" scalar: aligns two runs by epoch
         self._scalar_plugin: dict[str, str] = {}
         self._alerts: dict[tuple[str, int], str] = {}
@@ -516,6 +572,9 @@ class RunIndex:
         if classify_tag(tag) is None:
             return
         self._tag_order.setdefault(tag, len(self._tag_order))
+        found = discovery_picture(tag)
+        if found is not None:
+            self._discovery_order.setdefault(found, len(self._discovery_order))
         by_step = self._pictures.setdefault(tag, {})
         old = by_step.get(step)
         # a step logged twice (a resumed run) keeps the picture written last: later file, or later in the same file
@@ -532,6 +591,11 @@ class RunIndex:
         bare = tag.split("/", 1)[1] if tag.startswith(_STAGES) else tag
         if bare.startswith(_SCALAR_PREFIXES):
             self._scalars.setdefault(tag, {})[step] = value
+            return
+        found = discovery_scalar(tag)
+        if found is not None:
+            self._discovery_order.setdefault(found[:3], len(self._discovery_order))
+            self._discovery.setdefault(tag, {})[step] = value
 
     # ------------------------------------------------------------------ answering
     def summary(self) -> dict[str, Any]:
@@ -567,6 +631,57 @@ class RunIndex:
             self._cache.put(key, data)
         return data
 
+    def _entry(self, step: int, picture: _Picture) -> dict[str, Any]:
+        """A picture's line in a listing: its step, size and, where its PNG recorded them, its probe-image cells,
+        captions, map boxes and colour scale."""
+        layout = picture.layout
+        entry: dict[str, Any] = {"step": step, "wall_time": picture.wall_time, "w": layout.width, "h": layout.height}
+        if layout.boxes:
+            entry["probe"] = layout.probe or ""
+            entry["boxes"] = {str(k): list(box) for k, box in sorted(layout.boxes.items())}
+        predictions = predictions_from_text({PREDICTIONS_KEY: picture.captions}) if picture.captions else {}
+        if predictions:
+            entry["predictions"] = {str(k): list(v) for k, v in sorted(predictions.items())}
+        if layout.maps:
+            entry["maps"] = {str(k): list(box) for k, box in sorted(layout.maps.items())}
+        if picture.scale:
+            entry["scale"] = picture.scale
+        return entry
+
+    def _discovery_listing(self) -> list[dict[str, Any]]:
+        """StrategyMonitor's logs: per (stage, monitor) every class that has a picture or a scalar, in the order first
+        written, with its picture at every logged step and its scalars by key (``docs/dashboard.md``)."""
+        pictures: dict[tuple[str, str, str], str] = {}
+        for tag in self._pictures:
+            found = discovery_picture(tag)
+            if found is not None:
+                pictures[found] = tag
+        scalars: dict[tuple[str, str, str], dict[str, str]] = {}
+        for tag in self._discovery:
+            found_scalar = discovery_scalar(tag)
+            if found_scalar is not None:
+                scalars.setdefault(found_scalar[:3], {})[found_scalar[3]] = tag
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        # fit first, then validate and test; monitors and classes in the order first written
+        for key in sorted(self._discovery_order, key=lambda k: (k[0] != "", k[0], self._discovery_order[k])):
+            stage, monitor, name = key
+            picture_tag = pictures.get(key)
+            entries = (
+                [self._entry(step, p) for step, p in sorted(self._pictures[picture_tag].items())] if picture_tag else []
+            )
+            tags = scalars.get(key, {})
+            keys = [k for k in DISCOVERY_KEYS if k in tags] + sorted(k for k in tags if k not in DISCOVERY_KEYS)
+            groups.setdefault((stage, monitor), []).append(
+                {
+                    "class": name,
+                    "tag": picture_tag,
+                    "entries": entries,
+                    "scalars": {k: [[s, v] for s, v in sorted(self._discovery[tags[k]].items())] for k in keys},
+                    "scalar_tags": {k: tags[k] for k in keys},
+                }
+            )
+        return [{"stage": st, "monitor": mon, "classes": classes} for (st, mon), classes in groups.items()]
+
     def _build(self) -> dict[str, Any]:
         grids, pictures, panels = [], [], []
         # the matrix' rows per probe set, in the order the grids show them (interleaved by class), not by index
@@ -583,33 +698,16 @@ class RunIndex:
             return (stage != "", stage, method_order[(stage, method)], layer_order_key(layer), tag)
 
         for tag in sorted(self._pictures, key=order):
+            if discovery_picture(tag) is not None:
+                continue  # the Discovery view's: its cells are the prototypes, not a matrix column
             stage, method, layer = classify_tag(tag) or ("", "", "")
-            entries = []
-            has_cells = False
-            for step, picture in sorted(self._pictures[tag].items()):
-                layout = picture.layout
-                entry: dict[str, Any] = {
-                    "step": step,
-                    "wall_time": picture.wall_time,
-                    "w": layout.width,
-                    "h": layout.height,
-                }
-                if layout.boxes:
-                    has_cells = True
-                    fingerprint = layout.probe or ""
-                    entry["probe"] = fingerprint
-                    entry["boxes"] = {str(k): list(box) for k, box in sorted(layout.boxes.items())}
-                    if method != "counterfactuals":  # the matrix' rows: the grids' probe images
-                        rows = probes.setdefault(fingerprint, [])
-                        rows.extend(k for k in layout.boxes if k not in rows)
-                predictions = predictions_from_text({PREDICTIONS_KEY: picture.captions}) if picture.captions else {}
-                if predictions:
-                    entry["predictions"] = {str(k): list(v) for k, v in sorted(predictions.items())}
-                if layout.maps:
-                    entry["maps"] = {str(k): list(box) for k, box in sorted(layout.maps.items())}
-                if picture.scale:
-                    entry["scale"] = picture.scale
-                entries.append(entry)
+            entries = [self._entry(step, picture) for step, picture in sorted(self._pictures[tag].items())]
+            has_cells = any("boxes" in entry for entry in entries)
+            if method != "counterfactuals":  # the matrix' rows: the grids' probe images
+                for _, picture in sorted(self._pictures[tag].items()):
+                    if picture.layout.boxes:
+                        rows = probes.setdefault(picture.layout.probe or "", [])
+                        rows.extend(k for k in picture.layout.boxes if k not in rows)
             item: dict[str, Any] = {"tag": tag, "stage": stage, "method": method, "layer": layer, "entries": entries}
             if method == "counterfactuals":
                 panels.append(item)
@@ -617,10 +715,12 @@ class RunIndex:
                 grids.append(item)
             else:
                 pictures.append(item)
+        discovery = self._discovery_listing()
         scalars = {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(self._scalars.items())}
         alerts = [{"tag": tag, "step": step, "text": text} for (tag, step), text in self._alerts.items()]
-        steps = sorted({e["step"] for item in grids + panels + pictures for e in item["entries"]})
-        scalar_steps = sorted({s for points in self._scalars.values() for s in points})
+        found = [e["step"] for group in discovery for c in group["classes"] for e in c["entries"]]
+        steps = sorted({e["step"] for item in grids + panels + pictures for e in item["entries"]} | set(found))
+        scalar_steps = sorted({s for points in [*self._scalars.values(), *self._discovery.values()] for s in points})
         return {
             "run": self.name,
             "steps": steps,
@@ -631,6 +731,7 @@ class RunIndex:
             "pictures": pictures,
             "scalars": scalars,
             "alerts": sorted(alerts, key=lambda a: (a["step"], a["tag"])),
+            "discovery": discovery,
             "probes": dict(sorted(probes.items())),
             "other_tags": {kind: len(tags) for kind, tags in self._other_tags.items() if tags},
             "indexed": self.indexed,
@@ -642,16 +743,21 @@ class RunIndex:
     def status(self) -> dict[str, Any]:
         """The run's line in :meth:`LogIndex.listing` (no file read)."""
         with self._lock:
-            n_grids = sum(1 for tag, steps in self._pictures.items() if any(p.layout.boxes for p in steps.values()))
+            n_grids = sum(
+                1
+                for tag, steps in self._pictures.items()
+                if discovery_picture(tag) is None and any(p.layout.boxes for p in steps.values())
+            )
             steps = {s for by_step in self._pictures.values() for s in by_step}
             return {
                 "run": self.name,
-                "probelens": bool(self._pictures or self._scalars),
+                "probelens": bool(self._pictures or self._scalars or self._discovery),
                 "grids": n_grids,
                 "steps": len(steps),
                 "shortcut": any(
                     (t.split("/", 1)[1] if t.startswith(_STAGES) else t).startswith("shortcut/") for t in self._scalars
                 ),
+                "discovery": bool(self._discovery_order),
                 "indexed": self.indexed,
                 "progress": {"bytes_read": self.bytes_read, "bytes_total": self.bytes_total},
                 "notices": len(self._notices),
@@ -659,7 +765,7 @@ class RunIndex:
 
     def has_probelens(self) -> bool:
         with self._lock:
-            return bool(self._pictures or self._scalars)
+            return bool(self._pictures or self._scalars or self._discovery)
 
 
 def _tensor_scalar(tensor: Any) -> float:

@@ -7,7 +7,8 @@ Routes, under ``/data/plugin/probelens/``:
   has (public contract, ``docs/dashboard.md``);
 - ``run?run=<name>``: one run's listing: every grid tag with every logged step, each step's probe-image boxes,
   probe fingerprint and captions; the counterfactual panels; other pictures; the ``shortcut/*`` scalars and alerts;
-  notices about damaged files (public contract, ``docs/dashboard.md``); a run whose folder went away answers 410;
+  StrategyMonitor's scalars and pictures per class (``discovery``); notices about damaged files (public contract,
+  ``docs/dashboard.md``); a run whose folder went away answers 410;
 - ``image?run=<name>&tag=<tag>&step=<step>``: one logged picture, the bytes exactly as stored in the event file.
 
 The plugin reads the event files itself (:mod:`probelens.dashboard.index`), so TensorBoard's
@@ -75,7 +76,8 @@ def _static(name: str) -> bytes:
 
 
 class ProbelensPlugin(base_plugin.TBPlugin):
-    """Every probe image, method, layer and step of probelens' logs, and the shortcut curves, in one tab.
+    """Every probe image, method, layer and step of probelens' logs, the shortcut curves and the strategy discovery per
+    class, in one tab.
 
     Args:
         context: TensorBoard's ``TBContext``; only ``context.logdir`` is used.

@@ -23,10 +23,20 @@ function niceRange(values) {
 
 /**
  * Draws `series` ([{name, points: [[step, value], ...], dashed}]) into a new SVG element.
- * `alerts`: [[from, to], ...] step ranges to shade; `current`: the step to mark; `onPick(step)`: called with the
- * clicked step (the x position turned back into a step).
+ * `alerts`: [[from, to], ...] step ranges to shade (`bandTitle`: what a shaded range means, its tooltip);
+ * `current`: the step to mark; `onPick(step)`: called with the clicked step (the x position turned back into a step).
+ * Each point's dot carries its step and value as logged (`data-step`, `data-value`; `null` values are left out).
  */
-export function lineChart({title, series, alerts = [], current = null, onPick = null, width = 330, height = 150}) {
+export function lineChart({
+  title,
+  series,
+  alerts = [],
+  bandTitle = 'shortcut alert',
+  current = null,
+  onPick = null,
+  width = 330,
+  height = 150,
+}) {
   const m = {left: 38, right: 10, top: 20, bottom: 22};
   const svg = el('svg', {width, height, viewBox: `0 0 ${width} ${height}`, class: 'chart'});
   el('text', {x: m.left, y: 13, class: 'chart-title'}, svg).textContent = title;
@@ -50,7 +60,7 @@ export function lineChart({title, series, alerts = [], current = null, onPick = 
     const right = x(Math.min(to, x1));
     el('rect', {x: left, y: m.top, width: Math.max(3, right - left), height: h, class: 'alert-band'}, svg).appendChild(
       el('title'),
-    ).textContent = `shortcut alert: steps ${from} to ${to}`;
+    ).textContent = from === to ? `${bandTitle}: step ${from}` : `${bandTitle}: steps ${from} to ${to}`;
   }
   el('line', {x1: m.left, x2: m.left, y1: m.top, y2: m.top + h, class: 'axis'}, svg);
   el('line', {x1: m.left, x2: m.left + w, y1: m.top + h, y2: m.top + h, class: 'axis'}, svg);
@@ -65,6 +75,8 @@ export function lineChart({title, series, alerts = [], current = null, onPick = 
     el('path', {d, class: `line line-${i}${s.dashed ? ' dashed' : ''}`}, svg);
     for (const [step, value] of s.points) {
       const dot = el('circle', {cx: x(step), cy: y(value), r: 2.5, class: `dot line-${i}`}, svg);
+      dot.dataset.step = String(step);
+      dot.dataset.value = String(value);
       el('title', {}, dot).textContent = `${s.name}: ${value.toFixed(3)} at step ${step}`;
     }
   });

@@ -1,4 +1,5 @@
-// The probelens dashboard: matrix, probe-image and shortcut views of one run, or of two runs side by side.
+// The probelens dashboard: matrix, two-steps, probe-image, shortcut and discovery views of one run, or of two runs
+// side by side.
 //
 // Every picture is a logged PNG served as stored; a probe image's cell is cut out of its grid in the browser with the
 // box the grid recorded for that probe image (its probe set's fingerprint and index), never by position alone.
@@ -10,6 +11,7 @@ const VIEWS = [
   ['steps', 'Two steps'],
   ['image', 'Probe image'],
   ['shortcut', 'Shortcut'],
+  ['discovery', 'Discovery'],
 ];
 const PLAY_MS = 900;
 const POLL_MS = 2000; // a run that is still training: its new steps, and new runs, appear without a click
@@ -17,6 +19,22 @@ const CELL_W = 150; // a matrix cell's width in CSS pixels (the crop is scaled t
 const STRIP_W = 96; // a filmstrip frame's width
 const HIDDEN_BY_DEFAULT = new Set(['activations']); // one wide row per probe image: shown on request
 const TWO_STEP_FILTERS = new Set(['wrong-other', 'between']); // row filters that compare the two steps
+// StrategyMonitor's scalars per class (the listing's `discovery[].classes[].scalars`), as the view titles them
+const DISCOVERY_CHARTS = {
+  clusters: 'clusters (the eigengap\'s choice)',
+  eigengap: 'eigengap',
+  largest_share: 'largest cluster\'s share of the class',
+  two_strategies: 'two strategies? (1: flag raised)',
+};
+const FLAG_BAND = 'flag "two strategies?" raised';
+// what the monitor says once when it starts (probelens.core.discovery.EXPLORATORY_NOTE), shown in the view
+const DISCOVERY_CAVEAT =
+  'Strategy discovery is exploratory, not a verdict. Per class it clusters the probe images\' predicted-class ' +
+  'Grad-CAM maps (SpRAy) or features (SPARE-style) and shows each cluster\'s mean map and prototype: two clusters ' +
+  'may be two strategies, one of them a shortcut, or two harmless poses of the object. The "two strategies?" flag is ' +
+  'not calibrated: on the project\'s test families it was raised on clean models too. Judge from the pictures, on a ' +
+  'probe balanced over what you suspect; docs/discovery.md gives the measured recovery of true spurious groups (none ' +
+  'on imbalanced probes). Masks or group labels (ShortcutMonitor) or concept pictures (ConceptMonitor) give a verdict.';
 const SCALAR_ORDER = [
   'shortcut/score',
   'shortcut/background_only_accuracy',
@@ -62,7 +80,7 @@ function progressText(progress, what = 'the logs') {
 /** What a run shows before (or without) its listing. */
 function emptySummary(run) {
   return {run, steps: [], scalar_steps: [], grids: [], panels: [], pictures: [], scalars: {}, alerts: [], probes: {},
-    notices: [], indexed: true};
+    discovery: [], notices: [], indexed: true};
 }
 
 /** A run's logged steps: its pictures', else its scalars'. */
@@ -131,6 +149,46 @@ function entryAt(entries, step) {
     else break;
   }
   return found;
+}
+
+/** The steps at which a 0/1 flag was raised, as runs of consecutive logged points [[first, last], ...]: a band from
+ * the first raised step to the last, never over a step where it was down. */
+function raisedRuns(points) {
+  const runs = [];
+  let open = null;
+  for (const [step, value] of points) {
+    if (value !== null && value >= 0.5) {
+      if (open) open[1] = step;
+      else runs.push((open = [step, step]));
+    } else {
+      open = null;
+    }
+  }
+  return runs;
+}
+
+/** A StrategyMonitor's heading: its stage and name where it has them. */
+function discoveryTitle(group) {
+  const who = group.monitor ? `StrategyMonitor "${group.monitor}"` : 'StrategyMonitor';
+  return group.stage ? `${who} (${group.stage})` : who;
+}
+
+/** The value a class logged for `key` at exactly `step`: undefined when not logged then, null for NaN. */
+function loggedAt(item, key, step) {
+  const point = (item.scalars[key] || []).find((p) => p[0] === step);
+  return point ? point[1] : undefined;
+}
+
+/** Every step at which some class of a run's StrategyMonitors logged a picture or a scalar. */
+function discoverySteps(summary) {
+  const steps = new Set();
+  for (const group of summary.discovery || []) {
+    for (const item of group.classes) {
+      for (const e of item.entries) steps.add(e.step);
+      for (const points of Object.values(item.scalars)) for (const [s] of points) steps.add(s);
+    }
+  }
+  return [...steps].sort((a, b) => a - b);
 }
 
 /** Alert periods [[from, to], ...] from the shortcut/verdict scalar (1 while an alert stands). */
@@ -362,7 +420,18 @@ export class Dashboard {
   fingerprint() {
     return JSON.stringify([
       this.state.runs,
-      this.shown().map((s) => [s.run, s.steps, s.scalar_steps, s.notices, s.indexed, s.progress, s.grids.length]),
+      this.shown().map((s) => [
+        s.run,
+        s.steps,
+        s.scalar_steps,
+        s.notices,
+        s.indexed,
+        s.progress,
+        s.grids.length,
+        (s.discovery || []).map((g) =>
+          g.classes.map((c) => [c.class, c.entries.length, Object.values(c.scalars).map((p) => p.length)]),
+        ),
+      ]),
       [this.state.left, this.state.right].map((r) => (r ? this.errors.get(r) || null : null)),
     ]);
   }
@@ -565,6 +634,7 @@ export class Dashboard {
           )
         : null,
       this.state.view === 'steps' ? this.compareWith(steps) : null,
+      this.state.view === 'discovery' ? this.discoveryStep() : null,
       h(
         'span',
         {class: 'stepper'},
@@ -631,7 +701,9 @@ export class Dashboard {
             ? this.twoSteps(s)
             : this.state.view === 'image'
             ? this.probeView(s)
-            : this.shortcut(s),
+            : this.state.view === 'discovery'
+              ? this.discovery(s)
+              : this.shortcut(s),
       ),
     );
     return h('main', {class: `runs runs-${panels.length}`}, panels);
@@ -907,7 +979,8 @@ export class Dashboard {
         ? 'No picture of this run records which box shows which probe image (probelens before 0.2 did not ' +
           'write that layout), so there is no matrix; the pictures are shown whole below. Train again with ' +
           'probelens 0.2 or later for per-image cells.'
-        : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).',
+        : 'This run has no per-image grid (add GradCAMMonitor, SaliencyMonitor or ActivationMonitor).' +
+          ((summary.discovery || []).length ? ' Its strategy discovery is in the Discovery view.' : ''),
     });
   }
 
@@ -1383,6 +1456,224 @@ export class Dashboard {
           ),
         ),
       ),
+    );
+  }
+  // ------------------------------------------------------------------ discovery
+  /** The toolbar's "discovery step": the steps at which the first run's StrategyMonitor logged, with the classes it
+   * flagged there; picking one moves the slider (and every view) to it. */
+  discoveryStep() {
+    const first = this.shown()[0];
+    const steps = first ? discoverySteps(first) : [];
+    if (!steps.length) return null;
+    const flagged = new Map();
+    for (const group of first.discovery) {
+      for (const item of group.classes) {
+        for (const [s, v] of item.scalars.two_strategies || []) {
+          if (v !== null && v >= 0.5) flagged.set(s, [...(flagged.get(s) || []), item.class]);
+        }
+      }
+    }
+    const current = this.stepOf(first);
+    const options = steps.map((s) => [
+      String(s),
+      `step ${s}` + (flagged.has(s) ? ` (flag raised: ${[...new Set(flagged.get(s))].join(', ')})` : ''),
+    ]);
+    if (!steps.includes(current)) options.unshift(['', `step ${current}: no discovery logged`]);
+    return h(
+      'label',
+      {title: 'the steps at which strategy discovery was logged; the flagged classes in brackets'},
+      'discovery step ',
+      h(
+        'select',
+        {
+          id: 'discovery-step',
+          onchange: (e) => {
+            if (e.target.value !== '') this.setStep(Number(e.target.value));
+          },
+        },
+        options.map(([v, text]) =>
+          h('option', {value: v, text, selected: v === (steps.includes(current) ? String(current) : '')}),
+        ),
+      ),
+    );
+  }
+
+  /**
+   * StrategyMonitor's clusters per class: the cluster count, the eigengap, the largest cluster's share and the
+   * "two strategies?" flag over steps (shaded where the flag was raised), and the class's picture (per cluster its
+   * mean map, then its prototype with its map) at the panel's step. Every class that logged anything is shown; a
+   * class with nothing at this step says so (and which step its picture is from), never a picture of another step
+   * unannounced. The monitor's caveat stands above: exploratory, not a verdict.
+   */
+  discovery(summary) {
+    const groups = summary.discovery || [];
+    if (!groups.length) {
+      return h('p', {
+        class: 'message',
+        text:
+          'This run has no strategy discovery (discovery/<class>/* scalars or probelens/discovery/<class> pictures): ' +
+          "add StrategyMonitor(probe) to the Trainer's callbacks.",
+      });
+    }
+    const step = this.stepOf(summary);
+    return [
+      h('p', {class: 'caveat', role: 'note', text: DISCOVERY_CAVEAT}),
+      h('p', {
+        class: 'small',
+        text:
+          'Shaded: steps at which the class was flagged "two strategies?". Click a chart to move every view to ' +
+          'that step.',
+      }),
+      ...groups.map((group) =>
+        h(
+          'section',
+          {class: 'discovery-group', dataset: {stage: group.stage, monitor: group.monitor}},
+          groups.length > 1 || group.monitor || group.stage ? h('h3', {text: discoveryTitle(group)}) : null,
+          group.classes.map((item) => this.discoveryClass(summary, group, item, step)),
+        ),
+      ),
+    ];
+  }
+
+  /** One class of a StrategyMonitor: what it logged at `step` (or that it logged nothing), its charts, the steps
+   * that raised the flag, and its picture. */
+  discoveryClass(summary, group, item, step) {
+    const keys = Object.keys(item.scalars);
+    const flagPoints = item.scalars.two_strategies || [];
+    const bands = raisedRuns(flagPoints);
+    const raisedAt = flagPoints.filter(([, v]) => v !== null && v >= 0.5).map(([s]) => s);
+    const exact = item.entries.find((e) => e.step === step) || null;
+    const shown = exact || entryAt(item.entries, step);
+    const scalarsHere = keys.filter((k) => loggedAt(item, k, step) !== undefined);
+
+    // what was logged at this step, in words; what is missing is said
+    const facts = [];
+    const value = (k) => loggedAt(item, k, step);
+    if (scalarsHere.length) {
+      const parts = [];
+      if (value('clusters') !== undefined) parts.push(`${value('clusters') ?? '?'} cluster(s)`);
+      if (value('eigengap') !== undefined) {
+        parts.push(
+          value('eigengap') === null
+            ? 'eigengap not computed (NaN: too few probe images of this class to cluster)'
+            : `eigengap ${value('eigengap').toFixed(3)}`,
+        );
+      }
+      if (value('largest_share') !== undefined && value('largest_share') !== null) {
+        parts.push(`largest cluster ${Math.round(100 * value('largest_share'))}% of the class`);
+      }
+      if (value('two_strategies') !== undefined && value('two_strategies') !== null) {
+        parts.push(value('two_strategies') >= 0.5 ? 'flag "two strategies?" raised' : 'flag not raised');
+      }
+      for (const k of keys.filter((k) => !(k in DISCOVERY_CHARTS) && value(k) !== undefined)) {
+        parts.push(`${k} ${value(k) === null ? 'NaN' : Number(value(k).toPrecision(4))}`);
+      }
+      facts.push(h('span', {class: 'facts', text: `at step ${step}: ${parts.join(', ')}`}));
+    }
+    let missing = null;
+    if (!scalarsHere.length && !exact) {
+      missing = `${item.class}: nothing logged at step ${step}`;
+      missing += shown
+        ? `; the picture below is from step ${shown.step}, the last logged before it.`
+        : '; no picture of this class was logged before it.';
+    } else if (!exact) {
+      missing = shown
+        ? `No picture of ${item.class} at step ${step}; the picture below is from step ${shown.step}, the last ` +
+          'logged before it.'
+        : `No picture of ${item.class} logged by step ${step}.`;
+    } else if (!scalarsHere.length) {
+      missing = `No discovery scalars of ${item.class} at step ${step} (the picture is).`;
+    }
+
+    const charts = keys.map((k) =>
+      h(
+        'figure',
+        {class: 'chart-box', dataset: {key: k, tag: item.scalar_tags[k]}},
+        lineChart({
+          title: DISCOVERY_CHARTS[k] || k,
+          series: [{name: k, points: item.scalars[k]}],
+          alerts: bands,
+          bandTitle: FLAG_BAND,
+          current: step,
+          onPick: (s) => this.setStep(s, summary),
+        }),
+      ),
+    );
+    const raised = h(
+      'p',
+      {class: 'raised small'},
+      raisedAt.length
+        ? [
+            'flag "two strategies?" raised at step(s): ',
+            ...raisedAt.flatMap((s, i) => [
+              i ? ', ' : '',
+              h('button', {
+                class: 'link',
+                dataset: {step: String(s)},
+                text: String(s),
+                onclick: () => this.setStep(s, summary),
+              }),
+            ]),
+          ]
+        : flagPoints.length
+          ? `flag "two strategies?" never raised (${flagPoints.length} firing(s))`
+          : 'the flag "two strategies?" was not logged for this class',
+    );
+    let picture;
+    if (shown) {
+      const prototypes = Object.keys(shown.boxes || {})
+        .map(Number)
+        .sort((a, b) => a - b);
+      const rows = new Set(this.rows(summary).map((r) => `${r.fingerprint}:${r.index}`));
+      picture = h(
+        'figure',
+        {
+          class: `discovery-picture${exact ? '' : ' earlier'}`,
+          dataset: {tag: item.tag, step: String(shown.step)},
+        },
+        h(
+          'figcaption',
+          {},
+          h('code', {text: item.tag}),
+          ` at step ${shown.step}` + (exact ? '' : ` (not step ${step})`),
+          prototypes.length ? ' - prototypes: ' : '',
+          prototypes.flatMap((k, i) => {
+            const key = `${shown.probe}:${k}`;
+            const label = `#${k}`;
+            // a prototype is a probe image: followed over steps in the probe-image view where a grid shows it
+            const link = rows.has(key)
+              ? h('button', {
+                  class: 'link',
+                  title: 'follow this probe image in the Probe image view',
+                  text: label,
+                  onclick: () => {
+                    this.state.probes[summary.run] = key;
+                    this.state.view = 'image';
+                    this.draw();
+                  },
+                })
+              : label;
+            return [i ? ', ' : '', link];
+          }),
+        ),
+        (() => {
+          const src = imageURL(summary.run, item.tag, shown);
+          const img = h('img', {class: 'whole', src, alt: `${item.tag} step ${shown.step}`});
+          if (shown.w && shown.w < 400) img.style.width = `${2 * shown.w}px`; // small probe images: twice as large
+          return img;
+        })(),
+      );
+    } else {
+      picture = item.tag ? null : h('p', {class: 'small', text: `No picture of ${item.class} logged (yet).`});
+    }
+    return h(
+      'section',
+      {class: 'discovery-class', dataset: {class: item.class, monitor: group.monitor, stage: group.stage}},
+      h('h4', {text: item.class}, ' ', ...facts),
+      missing ? h('p', {class: 'notice warning missing', role: 'status', text: missing}) : null,
+      h('div', {class: 'charts'}, charts),
+      raised,
+      picture,
     );
   }
 }
