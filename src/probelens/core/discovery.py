@@ -20,7 +20,7 @@ from probelens.core.options import check_choice, check_float, check_int, check_l
 from probelens.core.probe_source import first_map_dataset
 from probelens.core.run import Run
 from probelens.core.session import PassNeeds, SharedPass
-from probelens.core.writer import Box, Picture, colour_scale
+from probelens.core.writer import Box, Picture, colour_scale, tag_segment
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -283,7 +283,7 @@ class StrategyCore(MonitorCore):
         self.last_report = report
         metrics: dict[str, float] = {}
         for c, found in report.classes.items():
-            name = self.probe.class_name(c)
+            name = tag_segment(self.probe.class_name(c), str(c))  # one tag segment, as the shortcut tags
             metrics[f"discovery/{name}/clusters"] = float(found.num_clusters)
             metrics[f"discovery/{name}/eigengap"] = found.eigengap if found.eigenvalues.numel() else math.nan
             metrics[f"discovery/{name}/largest_share"] = found.largest_share
@@ -294,7 +294,7 @@ class StrategyCore(MonitorCore):
         cam_grid = map_features(cam, self.grid)  # the pictures' mean maps, whatever was clustered
         for c, found in report.classes.items():
             name = self.probe.class_name(c)
-            tag = f"probelens/discovery/{name}"
+            tag = f"probelens/discovery/{tag_segment(name, str(c))}"
             if self.discovery_set is None:
                 members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
                 means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid)
