@@ -14,7 +14,9 @@ decide?). ``shortcut/mask_sensitivity`` is how far the mask score moves under it
 :data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary lies, not on the model (``ShortcutMonitor``
 says so once). A check that pastes a smaller object was tried and dropped: it moves object models' scores by
 0.25-0.50 on exact masks (a smaller object is weaker evidence), so it cannot tell a loose mask from a good one;
-loose masks and boxes are found from the images instead (:attr:`~probelens.metrics.MaskFit.inside_background`).
+loose masks and boxes are found from the images instead (:attr:`~probelens.metrics.MaskFit.inside_background`), and
+so are soft mattes thresholded loosely, whose objects are then pasted with an estimated alpha
+(:attr:`~probelens.metrics.MaskFit.loose_matte`, ``shortcut/mask_loose_matte``).
 """
 
 from __future__ import annotations
