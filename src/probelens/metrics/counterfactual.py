@@ -14,7 +14,9 @@ Three edited copies of a probe batch (all in the model's input space, so they go
 
 Assumptions (documented for users): the masks cover the object and little else (a mask that includes background
 context leaks the background into "foreground only" and hides it from "background only"); the object is a minority of
-the image, so a copy of its silhouette fits into the background; the seam around the copied patch remains.
+the image, so a copy of its silhouette fits into the background; the seam around the copied patch remains. A soft
+matte thresholded loosely is found by its band of mixed pixels (:func:`fit_mask_margins`) and its object pasted with an
+estimated alpha (:func:`matte_alpha`, :func:`paste_objects`).
 """
 
 from __future__ import annotations
