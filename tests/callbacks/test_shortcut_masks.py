@@ -7,6 +7,8 @@ on real Trainer runs, held to the ground truth (accuracy on held-out digits whos
   background it cannot see: no mask threshold may fire on it.
 - Masks much tighter than the objects (alpha > 0.9) are said at run time: one warning and the scalars
   ``shortcut/mask_outside_object`` / ``shortcut/mask_inside_background``.
+- Soft mattes thresholded loosely (alpha > 0.1) are said at run time (one warning, ``shortcut/mask_loose_matte``);
+  masks near the outline (alpha > 0.5) and the snow/desert family's exact masks are not.
 """
 
 import pytest
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit import read_events, trainer
 from probelens import ProbeSet, ShortcutMonitor
+from probelens.data import SnowDesertDataset
 from probelens.data.colored_digits import _BACKGROUNDS, MEAN, STD, ColoredDigitsDataset
 from shortcut_truth import ConflictAccuracy
 
@@ -64,7 +67,15 @@ class Digits(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def run(tmp_path, p: float, epochs: int, colour_blind: bool = False, thresholds=THRESHOLDS, batch_size: int = 64):
+def run(
+    tmp_path,
+    p: float,
+    epochs: int,
+    colour_blind: bool = False,
+    thresholds=THRESHOLDS,
+    batch_size: int = 64,
+    extra: tuple[ShortcutMonitor, ...] = (),
+):
     pl.seed_everything(0)
     train = ColoredDigitsDataset("train", p=p, seed=0)
     like_train = ColoredDigitsDataset("val", p=p, seed=1)  # the validation data a user has
@@ -91,7 +102,7 @@ def run(tmp_path, p: float, epochs: int, colour_blind: bool = False, thresholds=
         )
         for name, t in thresholds.items()
     }
-    tr = trainer(tmp_path, [*monitors.values(), truth], max_epochs=epochs)
+    tr = trainer(tmp_path, [*monitors.values(), *extra, truth], max_epochs=epochs)
     tr.fit(
         Digits(colour_blind=colour_blind),
         DataLoader(TensorDataset(train.images, train.labels), batch_size=batch_size, shuffle=True),
@@ -133,3 +144,20 @@ def test_masks_much_tighter_than_the_objects_are_said_once(tmp_path):
     assert sum("do not follow the objects" in str(w.message) for w in rec) == 1
     events = read_events(tr.logger.log_dir)
     assert events.Scalars("shortcut/hairline/mask_outside_object")[-1].value > 0.9
+
+
+def test_loose_soft_mattes_are_said_once_and_exact_masks_are_not(tmp_path):
+    scenes = SnowDesertDataset(n=32, size=32, p=0.5, seed=1)  # exact masks of spotted coats (rides on the digits model)
+    exact = ShortcutMonitor(
+        ProbeSet(scenes.images, scenes.labels, masks=scenes.masks, mean=scenes.mean, std=scenes.std),
+        name="exact", panels=False, saliency_methods=(),
+    )  # fmt: skip
+    with pytest.warns(UserWarning) as rec:
+        tr, _, _ = run(tmp_path, p=0.95, epochs=1, thresholds={"loose": 0.1, "middle": 0.5}, extra=(exact,))
+    said = [str(w.message) for w in rec if "soft mattes thresholded loosely" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("loose: the probe's masks look like soft mattes"), said
+    assert "32 of 32 masks" in said[0] and "own background by weight" in said[0]
+    events = read_events(tr.logger.log_dir)
+    assert events.Scalars("shortcut/loose/mask_loose_matte")[-1].value > 0.9
+    assert events.Scalars("shortcut/middle/mask_loose_matte")[-1].value == 0.0
+    assert events.Scalars("shortcut/exact/mask_loose_matte")[-1].value < 0.25

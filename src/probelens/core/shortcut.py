@@ -122,7 +122,9 @@ class ShortcutCore(MonitorCore):
     ``shortcut/mask_sensitivity``, how far the mask score moves with the mask boundary; at
     :data:`~probelens.metrics.MASK_SENSITIVITY_LIMIT` or more (at an armed step) one warning says the mask verdict is
     unreliable (the masks look tight); masks much tighter or looser than the objects (boxes) are also said once, with
-    ``shortcut/mask_outside_object`` and ``shortcut/mask_inside_background``. The evaluation itself is the pure function
+    ``shortcut/mask_outside_object`` and ``shortcut/mask_inside_background``; soft mattes thresholded loosely (a band
+    of object-background blends along the mask's inner edge) are re-composited with an estimated alpha and said once,
+    with ``shortcut/mask_loose_matte``. The evaluation itself is the pure function
     :func:`probelens.metrics.shortcut_report`; the counterfactual copies run through the shared probe session.
 
     Args:
@@ -614,7 +616,8 @@ class ShortcutCore(MonitorCore):
 
     def _say_mask_fit(self, cf: CounterfactualBatch) -> None:
         """Once per run, when the masks were fitted: an info line when the fit moved them, a warning when a quarter of
-        the masks or more still looked wrong at the largest margin (the mask verdict cannot be trusted then)."""
+        the masks or more still looked wrong at the largest margin (the mask verdict cannot be trusted then), and a
+        warning when a quarter or more were soft mattes thresholded loosely (re-composited with an estimated alpha)."""
         fit = cf.fit
         if fit is None:
             return
@@ -645,6 +648,20 @@ class ShortcutCore(MonitorCore):
                 "may miss a shortcut or raise a false alarm; shortcut/mask_outside_object and "
                 "shortcut/mask_inside_background log it. Give masks on the object's outline, or group labels "
                 "(ProbeSet(groups=...)), which need no masks."
+            )
+        if fit.object_alpha is not None:
+            mattes = fit.loose_matte
+            weight = float(fit.matte_background[mattes].nanmean())
+            rank_zero_warn(
+                f"{self.name}: the probe's masks look like soft mattes thresholded loosely: {int(mattes.sum())} of "
+                f"{n} masks have a band of mixed pixels (object and background blended) along their inner edge, so "
+                f"the objects they cut out carry about {weight:.0%} of their own background by weight; pasted as "
+                "they are, a background model still reads that background in them and the mask score under-reports "
+                "reliance. The pasted objects were re-composited with an alpha estimated from the image's "
+                "background and object colours (their own background's share replaced by the new background's), "
+                "which assumes a background of about one colour around each object. Threshold the matte near 0.5 "
+                "(or give masks on the object's outline) for a verdict that rests on no estimate; "
+                "shortcut/mask_loose_matte logs the share of such masks, mask_margin=0 pastes them as given."
             )
 
     def _panel(self, step: int, preds: Tensor, bg: Tensor, fg: Tensor, swap: Tensor, cf: CounterfactualProbes) -> None:

@@ -14,7 +14,9 @@ Three edited copies of a probe batch (all in the model's input space, so they go
 
 Assumptions (documented for users): the masks cover the object and little else (a mask that includes background
 context leaks the background into "foreground only" and hides it from "background only"); the object is a minority of
-the image, so a copy of its silhouette fits into the background; the seam around the copied patch remains.
+the image, so a copy of its silhouette fits into the background; the seam around the copied patch remains. A soft
+matte thresholded loosely is found by its band of mixed pixels (:func:`fit_mask_margins`) and its object pasted with an
+estimated alpha (:func:`matte_alpha`, :func:`paste_objects`).
 """
 
 from __future__ import annotations
@@ -296,6 +298,20 @@ class MaskFit:
         inside_background: per image, the share of the ring just inside the given mask that looks like the
             background ``[N]`` (about 0 on the outline; high for a loose mask or a box).
         grow_capped, shrink_capped: images whose ring still looked wrong at the largest margin ``[N]`` bool.
+        mixed_edge: per image, the share of the one-pixel ring just inside the object mask whose estimated alpha
+            (:func:`matte_alpha`) is below 0.5: mixed pixels, object and background blended ``[N]``; NaN where the
+            image's object and background colours are not separable (the estimate is refused there). About 0 on the
+            outline of a plain object, 0.8-1.0 for a soft matte thresholded at 0.1-0.3; a textured object whose
+            colours run towards the background's (a spotted coat) scores high inside too, which
+            :attr:`loose_matte` tells apart.
+        loose_matte: images whose object mask is a soft matte thresholded loosely ``[N]`` bool: separable colours,
+            a band of mixed pixels along the inner edge (``mixed_edge >= 0.5``) and an object-like core (at most a
+            quarter mixed ``max_shrink`` pixels deeper).
+        matte_background: per image, the estimated share of the kept object's weight that is the image's own
+            background, ``mean(1 - alpha)`` over the object mask ``[N]`` (NaN where not separable).
+        object_alpha: the estimated alpha ``[N,1,H,W]`` of the loose-matte images inside their object masks (1
+            elsewhere and on every other image) when a quarter of the masks or more are loose mattes, else ``None``:
+            the objects are then pasted with it (:func:`counterfactual_probes`).
     """
 
     removal_masks: Tensor
@@ -306,6 +322,10 @@ class MaskFit:
     inside_background: Tensor
     grow_capped: Tensor
     shrink_capped: Tensor
+    mixed_edge: Tensor
+    loose_matte: Tensor
+    matte_background: Tensor
+    object_alpha: Tensor | None = None
 
 
 def _unlike_background(image: Tensor, far: Tensor) -> Tensor:
@@ -313,6 +333,39 @@ def _unlike_background(image: Tensor, far: Tensor) -> Tensor:
     mu = image[:, far].mean(1)
     z = (image - mu[:, None, None]).norm(dim=0)
     return z > torch.quantile(z[far].float(), 0.95)
+
+
+MATTE_SEPARATION = 4.0
+"""Object and background colours are separable when the object's colour lies this many times farther from the
+background's mean than 95% of the background's own pixels do (coloured digits: 6-9; the stripes family: 0.6-2.6)."""
+
+
+def matte_alpha(image: Tensor, mask: Tensor, far: Tensor) -> tuple[Tensor, float]:
+    """Estimated alpha (the object's share of each pixel's colour) of one image ``[H,W]``, and how separable its
+    object and background colours are.
+
+    Two-colour matting on the line from the background's colour ``b`` (mean of the ``far`` pixels) to the object's
+    ``f`` (mean of the 10% of the mask's pixels farthest from ``b``): ``alpha = clip((x - b).(f - b) / |f - b|^2,
+    0, 1)``. The separation is ``|f - b|`` over the 95th percentile of the far pixels' distances to ``b``; below
+    :data:`MATTE_SEPARATION` the estimate means nothing (an object coloured like its background).
+
+    Args:
+        image: ``[C,H,W]``.
+        mask: ``[H,W]`` bool, the object (non-empty).
+        far: ``[H,W]`` bool, background pixels away from the object.
+    """
+    x = image.float()
+    b = x[:, far].mean(1)
+    spread = torch.quantile((x[:, far] - b[:, None]).norm(dim=0), 0.95)
+    inside = x[:, mask]
+    d = (inside - b[:, None]).norm(dim=0)
+    f = inside[:, d >= torch.quantile(d, 0.9)].mean(1)
+    v = f - b
+    length = float(v.norm())
+    if length == 0.0:
+        return torch.ones_like(x[0]), 0.0
+    alpha = (((x - b[:, None, None]) * v[:, None, None]).sum(0) / (length * length)).clamp(0, 1)
+    return alpha, length / max(float(spread), 1e-12)
 
 
 def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: int) -> MaskFit:
@@ -326,6 +379,13 @@ def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: i
     margin of a loose mask or a box), up to ``max_shrink`` pixels and never to nothing. A mask on the object's outline
     changes by 0 pixels.
 
+    A soft matte thresholded loosely (``alpha > 0.1``) is not a box: its inner ring is ink blended with background,
+    not plain background, so it is not shrunk. It is found by its *mixed pixels* (:func:`matte_alpha` below 0.5): a
+    band of them along the inner edge of the object mask and an object-like core (:attr:`MaskFit.loose_matte`). When a
+    quarter of the masks or more are such mattes, :attr:`MaskFit.object_alpha` holds their estimated alpha, with which
+    the objects are pasted (their own background replaced by the new one); otherwise, and for images whose colours are
+    not separable (:data:`MATTE_SEPARATION`), nothing is estimated and the objects are pasted as they are.
+
     Args:
         images: ``[N,C,H,W]``.
         masks: ``[N,1,H,W]`` bool.
@@ -338,6 +398,9 @@ def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: i
     grown, shrunk = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     outside, inside = torch.full((n,), math.nan), torch.full((n,), math.nan)
     grow_capped, shrink_capped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    mixed_edge, matte_background = torch.full((n,), math.nan), torch.full((n,), math.nan)
+    loose_matte = torch.zeros(n, dtype=torch.bool)
+    alphas = torch.ones(n, 1, *images.shape[-2:], device=images.device)
     for i in range(n):
         m = masks[i : i + 1]
         x = images[i].float()
@@ -376,7 +439,25 @@ def fit_mask_margins(images: Tensor, masks: Tensor, max_grow: int, max_shrink: i
         removal[i] = grow_masks(m, k)[0]
         kept[i] = shrink_masks(m, s)[0]
         grown[i], shrunk[i] = k, s
-    return MaskFit(removal, kept, grown, shrunk, outside, inside, grow_capped, shrink_capped)
+        obj = kept[i : i + 1]
+        ring = obj[0, 0] & ~shrink_masks(obj, 1)[0, 0]
+        core = shrink_masks(obj, max_shrink)[0, 0]
+        if not (bool(ring.any()) and bool(core.any())) or torch.equal(core, obj[0, 0]):
+            continue  # too thin to tell an edge from a core
+        alpha, separation = matte_alpha(x, obj[0, 0], far)
+        if separation < MATTE_SEPARATION:
+            continue  # object and background colours not separable: no alpha to estimate
+        mixed = alpha < 0.5
+        mixed_edge[i] = float(mixed[ring].float().mean())
+        matte_background[i] = float((1 - alpha)[obj[0, 0]].mean())
+        if mixed_edge[i] >= 0.5 and float(mixed[core].float().mean()) <= 0.25:
+            loose_matte[i] = True
+            alphas[i, 0] = torch.where(obj[0, 0], alpha, torch.ones_like(alpha))
+    object_alpha = alphas if 4 * int(loose_matte.sum()) >= n > 0 else None
+    return MaskFit(
+        removal, kept, grown, shrunk, outside, inside, grow_capped, shrink_capped,
+        mixed_edge, loose_matte, matte_background, object_alpha,
+    )  # fmt: skip
 
 
 @dataclass
@@ -406,6 +487,7 @@ def counterfactual_probes(
     object_margin: int = 0,
     removal_masks: Tensor | None = None,
     object_masks: Tensor | None = None,
+    object_alpha: Tensor | None = None,
 ) -> CounterfactualProbes:
     """Build all counterfactual copies of a probe batch (the object region is filled once per image).
 
@@ -425,6 +507,9 @@ def counterfactual_probes(
         object_margin: pixels the mask shrinks by for the object that is kept or pasted (0: the mask as given).
         removal_masks, object_masks: the two regions given directly (e.g. :func:`fit_mask_margins`'s), in place of
             the margins.
+        object_alpha: the kept object's alpha ``[N,1,H,W]`` (e.g. :attr:`MaskFit.object_alpha`, 1 on pixels of pure
+            object). The pasted object is then re-composited, :func:`paste_objects`: its mixed pixels lose their
+            own background's share to the new background. ``None``: pasted as they are.
     """
     masks = _check(images, masks)
     removal = _check(images, removal_masks) if removal_masks is not None else grow_masks(masks, removal_margin)
@@ -432,8 +517,34 @@ def counterfactual_probes(
     bg = background_only(images, removal)
     partners = swap_partners(targets, seed=seed)
     valid = partners >= 0
-    swapped = torch.where(kept, images, bg[partners.clamp_min(0)])
+    swapped = paste_objects(images, kept, bg[partners.clamp_min(0)], bg, object_alpha)
     neutral = neutral_background(images, removal)
-    return CounterfactualProbes(
-        bg, foreground_only(images, kept, fill=neutral), swapped, valid, partners, removal, kept
-    )
+    if object_alpha is None:
+        fg = foreground_only(images, kept, fill=neutral)
+    else:
+        fg = paste_objects(images, kept, neutral.to(images.dtype).expand_as(images), bg, object_alpha)
+    return CounterfactualProbes(bg, fg, swapped, valid, partners, removal, kept)
+
+
+def paste_objects(
+    images: Tensor, masks: Tensor, backgrounds: Tensor, own_backgrounds: Tensor, alpha: Tensor | None = None
+) -> Tensor:
+    """The objects (``masks``) of ``images`` pasted onto ``backgrounds`` ``[N,C,H,W]``.
+
+    Without ``alpha`` the object's pixels are copied as they are. With it (the object's share of each pixel, as
+    estimated by :func:`matte_alpha`), a pixel ``x = alpha f + (1 - alpha) b_own`` of a soft edge becomes ``x + (1 -
+    alpha) (b_new - b_own)``: its own background's share goes to the new background, ``b_own`` read from
+    ``own_backgrounds`` (the image with its object removed, :func:`background_only`).
+
+    Args:
+        images: ``[N,C,H,W]``.
+        masks: ``[N,1,H,W]`` bool, the pixels pasted.
+        backgrounds: ``[N,C,H,W]``, what the objects are pasted onto.
+        own_backgrounds: ``[N,C,H,W]``, each image's own background under its object.
+        alpha: ``[N,1,H,W]`` in ``[0, 1]``, or ``None``.
+    """
+    masks = _check(images, masks)
+    if alpha is None:
+        return torch.where(masks, images, backgrounds)
+    a = alpha.to(device=images.device, dtype=images.dtype)
+    return torch.where(masks, images + (1 - a) * (backgrounds - own_backgrounds), backgrounds)

@@ -14,7 +14,9 @@ decide?). ``shortcut/mask_sensitivity`` is how far the mask score moves under it
 :data:`MASK_SENSITIVITY_LIMIT` or more rests on where the mask boundary lies, not on the model (``ShortcutMonitor``
 says so once). A check that pastes a smaller object was tried and dropped: it moves object models' scores by
 0.25-0.50 on exact masks (a smaller object is weaker evidence), so it cannot tell a loose mask from a good one;
-loose masks and boxes are found from the images instead (:attr:`~probelens.metrics.MaskFit.inside_background`).
+loose masks and boxes are found from the images instead (:attr:`~probelens.metrics.MaskFit.inside_background`), and
+so are soft mattes thresholded loosely, whose objects are then pasted with an estimated alpha
+(:attr:`~probelens.metrics.MaskFit.loose_matte`, ``shortcut/mask_loose_matte``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from probelens.metrics.counterfactual import (
     counterfactual_probes,
     fit_mask_margins,
     grow_masks,
+    paste_objects,
 )
 from probelens.metrics.drift import map_drift
 from probelens.metrics.localisation import mask_area, relevance_mass, relevance_rank_accuracy
@@ -129,13 +132,16 @@ def counterfactual_batch(
         removal, kept = fit.removal_masks, fit.object_masks
     else:
         removal, kept = grow_masks(m, margin), m
-    probes = counterfactual_probes(images, m, targets, seed=seed, removal_masks=removal, object_masks=kept)
+    alpha = fit.object_alpha if fit is not None else None
+    probes = counterfactual_probes(
+        images, m, targets, seed=seed, removal_masks=removal, object_masks=kept, object_alpha=alpha
+    )
     parts = [probes.background_only, probes.foreground_only, probes.swapped]
     grown = None
     if check:
         # the same partners and pasted objects as the verdict's swaps: only the removed region is wider
         wide = background_only(images, grow_masks(removal, check_growth(images.shape[-2:])))
-        grown = torch.where(kept, images, wide[probes.partners.clamp_min(0)])
+        grown = paste_objects(images, kept, wide[probes.partners.clamp_min(0)], wide, alpha)
         parts.append(grown)
     stacked = torch.cat(parts)
     return CounterfactualBatch(probes, fit, margin, grown, stacked, targets.repeat(len(parts)))
@@ -357,6 +363,7 @@ def _mask_evidence(
     if cf.fit is not None:  # how the given masks looked (constant over a run)
         scalars["shortcut/mask_outside_object"] = float(cf.fit.outside_object.nanmean())
         scalars["shortcut/mask_inside_background"] = float(cf.fit.inside_background.nanmean())
+        scalars["shortcut/mask_loose_matte"] = float(cf.fit.loose_matte.float().mean())
     report.worst_class = max(per_class, key=per_class.__getitem__) if per_class else None
     report.scores["masks"] = score
     report.counterfactual_predictions = (bg_pred.cpu(), fg_pred.cpu(), swap_pred.cpu())
