@@ -1,6 +1,7 @@
 """Metrics over attribution maps and counterfactual probes (torch only)."""
 
 from probelens.metrics.counterfactual import (
+    MATTE_SEPARATION,
     CounterfactualProbes,
     MaskFit,
     background_only,
@@ -11,7 +12,9 @@ from probelens.metrics.counterfactual import (
     foreground_only,
     grow_masks,
     inpaint_harmonic,
+    matte_alpha,
     neutral_background,
+    paste_objects,
     shrink_masks,
     swap_partners,
 )
@@ -46,6 +49,7 @@ from probelens.metrics.shortcut_report import (
 
 __all__ = [
     "MASK_SENSITIVITY_LIMIT",
+    "MATTE_SEPARATION",
     "ClassStrategies",
     "CounterfactualBatch",
     "CounterfactualProbes",
@@ -75,7 +79,9 @@ __all__ = [
     "map_drift",
     "mask_area",
     "mask_margin_caps",
+    "matte_alpha",
     "neutral_background",
+    "paste_objects",
     "pointing_game",
     "relevance_mass",
     "relevance_rank_accuracy",
