@@ -79,6 +79,11 @@ class StrategyCore(MonitorCore):
         source: what is clustered: ``"gradcam"`` (SpRAy: the maps) or ``"features"`` (SPARE-style, Yang et al.,
             2024: the layer's activations averaged over space, standardised within the class; most telling in early
             epochs). The picture shows each cluster's mean Grad-CAM map either way.
+        discovery_size: with ``source="features"``, cluster a larger forward-only *discovery set* of this many
+            images (class-balanced, seeded) drawn from the trainer's validation dataset when training starts, instead
+            of the probe; the pictures then show per cluster the mean Grad-CAM map of the probe images nearest it and
+            the cluster's prototype. Measured (``docs/discovery.md``): it does not recover a minority group under
+            imbalance either. ``None`` (default): cluster the probe.
         every_n_epochs, every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
             max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
