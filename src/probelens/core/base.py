@@ -131,7 +131,8 @@ class MonitorCore:
         if overridden:
             raise TypeError(
                 f"{cls.__qualname__} overrides {overridden}, which belong to the one firing path of every monitor; "
-                "extend it through configure, explain, reset_history, after_firing and at_fit_end instead"
+                "extend it through configure, explain, reset_history, at_train_start, after_firing and at_fit_end "
+                "instead"
             )
         old = {name: new for name, new in MonitorCore._RENAMED.items() if name in cls.__dict__}
         if old:  # a hook under its old name would never be called: say so where the class is defined
