@@ -108,3 +108,16 @@ def shared_pass_of(tr: pl.Trainer, module: torch.nn.Module):
     runs = {id(cb._run): cb._run for cb in tr.callbacks if getattr(cb, "_run", None) is not None}
     assert len(runs) == 1, f"the monitors of one Trainer share one run, found {len(runs)}"
     return next(iter(runs.values())).passes[module]
+
+
+class NaNAfter(pl.Callback):
+    """Sets every weight to NaN at the start of the given epoch (a diverged run)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit import LitClassifier, loaders, read_events, trainer
+from lit import LitClassifier, NaNAfter, loaders, read_events, trainer
 from probelens import ConceptMonitor, ProbeSet
 from probelens.core.concept import MIN_CONCEPT_PICTURES, RECOMMENDED_CONCEPT_PICTURES
 from probelens.data import CLASS_NAMES, MEAN, STD, SnowDesertDataset, generate_snow_desert
@@ -191,19 +191,6 @@ def test_pictures_that_do_not_fit_a_built_probe_fail_at_fit_start(tmp_path):
         warnings.simplefilter("ignore")
         tr.fit(model, train, val)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no training step ran
-
-
-class NaNAfter(pl.Callback):
-    """Sets every weight to NaN at the start of the given epoch (a diverged run)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            with torch.no_grad():
-                for p in pl_module.parameters():
-                    p.fill_(float("nan"))
 
 
 @pytest.mark.integration

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lit import LitClassifier, loaders, random_data, read_events, trainer
+from lit import LitClassifier, NaNAfter, loaders, random_data, read_events, trainer
 from probelens import ProbeSet, ShortcutMonitor
 from probelens.core.shortcut import GROUP_SCALAR_TAGS
 from probelens.data import BACKGROUND_NAMES, CLASS_NAMES, generate_cue_scenes, generate_snow_desert
@@ -202,19 +202,6 @@ def test_masks_and_groups_both_are_logged_and_the_alert_names_the_evidence(tmp_p
     for fired, text in zip(monitor.alert_evidence, texts):
         assert f"evidence: {' and '.join(fired)}" in text
     assert "shortcut/background_swap_flip_rate" in scalars and "shortcut/group_accuracy/disc/green" in scalars
-
-
-class NaNAfter(pl.Callback):
-    """Sets every weight to NaN at the end of the given epoch (a diverged run)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            with torch.no_grad():
-                for p in pl_module.parameters():
-                    p.fill_(float("nan"))
 
 
 def test_nan_weights_log_nan_and_warn_once_never_numbers_from_nan(tmp_path):
