@@ -64,6 +64,17 @@ def test_masks_from_dataset_items_and_from_function():
         ({"masks": torch.ones(2, 1, 8, 8, dtype=torch.bool)}, "whole image"),
         ({"mean": (0.5, 0.5), "std": (0.2, 0.2)}, "2 values but the images have 3 channels"),
         ({"class_names": ["only-one"]}, "has no name"),
+        # two names, one tag segment: one class's numbers would overwrite the other's
+        (
+            {"class_names": ["snow leopard", "snow/leopard"]},
+            r"class_names\[0\]='snow leopard' and class_names\[1\]='snow/leopard' both become the tag segment "
+            "'snow_leopard'",
+        ),
+        (
+            {"groups": torch.tensor([0, 1]), "group_names": ["on snow", "on  snow!"]},
+            r"group_names\[1\]='on  snow!'.*'on_snow'.*e.g. group_names\[1\]='on_snow_1'",
+        ),
+        ({"class_names": ["???", "0"]}, r"tag segment '0'"),  # a name with nothing left falls back to its index
     ],
 )
 def test_bad_probe_input_names_the_problem(kwargs, message):

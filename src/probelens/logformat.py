@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "Prediction",
     "cells_from_text",
     "cells_to_text",
+    "check_tag_segments",
     "layout_from_header",
     "png_chunk",
     "png_layout",
@@ -41,6 +43,7 @@ __all__ = [
     "probe_from_text",
     "read_png_header",
     "scale_from_text",
+    "tag_segment",
 ]
 
 CELLS_KEY = "probelens.cells"
@@ -393,3 +396,35 @@ def png_layout(data: bytes) -> PngLayout:
     """
     header = read_png_header(data)
     return layout_from_header(header.width, header.height, header.text)
+
+
+_NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def tag_segment(name: str, fallback: str) -> str:
+    """``name`` (a class, group or concept name) as one tag segment: runs of other characters than letters, digits,
+    ``_``, ``.`` and ``-`` become ``_``; ``fallback`` where nothing is left.
+
+    Example:
+        >>> tag_segment("snow leopard/arabian", "0"), tag_segment("???", "0")
+        ('snow_leopard_arabian', '0')
+    """
+    return _NOT_IN_TAGS.sub("_", name).strip("_") or fallback
+
+
+def check_tag_segments(names: Sequence[str], option: str) -> None:
+    """Refuse names that become the same tag segment (:func:`tag_segment`, the index as the fallback): their scalars
+    and pictures would be written under one tag, one name's values overwriting the other's. A ``ValueError`` names
+    both, the segment and the fix."""
+    seen: dict[str, tuple[int, str]] = {}
+    for i, name in enumerate(names):
+        segment = tag_segment(str(name), str(i))
+        if segment in seen:
+            j, other = seen[segment]
+            raise ValueError(
+                f"{option}[{j}]={other!r} and {option}[{i}]={name!r} both become the tag segment {segment!r} (only "
+                "letters, digits, '_', '.' and '-' are kept in tags), so their numbers and pictures would be written "
+                "under one tag; give names that differ in those characters, e.g. "
+                f"{option}[{i}]={segment + '_' + str(i)!r}"
+            )
+        seen[segment] = (i, str(name))

@@ -14,6 +14,8 @@ from typing import Any, Union, cast
 import torch
 from torch import Tensor
 
+from probelens.logformat import check_tag_segments
+
 Denormalize = Callable[[Tensor], Tensor]
 MaskFunction = Callable[[Tensor, Tensor], Tensor]
 GroupSource = Union[Sequence[Any], Tensor, Callable[[Any], Any], str]  # noqa: UP007 (a runtime alias)
@@ -109,7 +111,9 @@ def _names(value: Any, option: str) -> list[str] | None:
             f"{option} must be a sequence of names, got the string {value!r} (which would name one class per "
             f"character); pass a list, e.g. {option}={[value]!r} or {option}={list(str(value))!r}"
         )
-    return [str(c) for c in value]
+    names = [str(c) for c in value]
+    check_tag_segments(names, option)  # each name is one tag segment of the shortcut, concept and discovery tags
+    return names
 
 
 def _first_positions(flags: Tensor, limit: int = 10) -> str:

@@ -169,6 +169,7 @@ def test_bad_inputs_fail_at_construction_with_the_value_and_the_fix(tmp_path):
         ({"concepts": {"snow": str(tmp_path / "missing"), "sand": good}}, "is not a folder"),
         ({"concepts": {}}, "non-empty mapping"),
         ({"concepts": {"a/b": good, "sand": good}}, "without '/'"),
+        ({"concepts": {"snow cover": good, "snow?cover": good}}, r"concepts\[1\]='snow\?cover'.*'snow_cover'"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -101,11 +101,21 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
         ({"source": "spray"}, r"source='spray'.*'gradcam', 'features'"),
         ({"discovery_size": 100}, r"discovery_size=100 .*forward-only.*source='features'"),
         ({"discovery_size": 5, "source": "features"}, r"discovery_size"),
+        ({"discovery_set": ProbeSet(torch.randn(12, 3, 8, 8), torch.arange(12) % 2)}, r"discovery_set clusters"),
+        (
+            {"discovery_size": 64, "discovery_set": ProbeSet(torch.randn(12, 3, 8, 8), torch.arange(12) % 2)},
+            r"discovery_size=64 and a discovery_set were both given",
+        ),
     ],
 )
 def test_bad_options_fail_at_construction_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StrategyMonitor(None, **kwargs)
+
+
+def test_a_discovery_set_that_is_not_a_probe_set_is_refused():
+    with pytest.raises(TypeError, match=r"discovery_set is a Tensor; pass a ProbeSet"):
+        StrategyMonitor(None, source="features", discovery_set=torch.randn(12, 3, 8, 8))
 
 
 def test_the_docstring_claims_no_verdict():
@@ -179,3 +189,51 @@ def test_a_discovery_set_without_map_style_data_is_refused_before_training(tmp_p
     with pytest.raises(ValueError, match=r"discovery_size=32 .*no map-style validation or training dataset"):
         tr.fit(model, DataLoader(_Stream(x, y), batch_size=16), DataLoader(_Stream(x, y), batch_size=16))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # not one training step
+
+
+class _SizedStream(_Stream):
+    """An iterable dataset with a length: it has __getitem__ (torch's base) but cannot be sampled by index."""
+
+    def __len__(self):
+        return len(self.y)
+
+
+@pytest.mark.integration
+def test_a_discovery_set_is_drawn_for_validate_alone_and_from_train_when_val_cannot_be_sampled(tmp_path, caplog):
+    """trainer.validate without a fit draws the set at its first firing; an iterable validation set with __len__
+    is skipped (not sampled by index: a crash before) and the set is drawn from the training data, said once."""
+    caplog.set_level(logging.INFO, logger="lightning_utilities")
+    x, y = data(96, 0.5, seed=1)
+    probe = ProbeSet(x[:16], y[:16], mean=MEAN, std=STD, class_names=NAMES)
+    monitor = StrategyMonitor(probe, source="features", discovery_size=48, seed=3)
+    model = LitClassifier(lr=0.02)
+    trainer(tmp_path / "validate", [monitor], max_epochs=1).validate(model, DataLoader(TensorDataset(x, y), 32))
+    assert monitor.failure_count == 0 and monitor.discovery_set is not None
+    assert len(monitor.discovery_set.targets) == 48 and monitor.last_report is not None
+    assert sum(len(found.indices) for found in monitor.last_report.classes.values()) == 48  # not the probe's 16
+
+    again = StrategyMonitor(probe, source="features", discovery_size=48, seed=3)
+    with pytest.warns(UserWarning, match="no validation dataset that can be sampled by index.*the train dataset"):
+        trainer(tmp_path / "fit", [again], max_epochs=1).fit(
+            model, DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(_SizedStream(x, y), batch_size=32)
+        )
+    assert again.failure_count == 0 and again.discovery_set is not None
+    assert torch.equal(again.discovery_set.images, x[again.discovery_set.indices])
+
+
+def test_a_lens_takes_a_discovery_set_and_says_how_when_given_a_size(tmp_path):
+    """A Lens has no loaders: discovery_size is refused at its first step with the fix, discovery_set= works."""
+    from probelens.loop import Lens
+
+    x, y = data(64, 0.5, seed=1)
+    probe = ProbeSet(x[:16], y[:16], mean=MEAN, std=STD, class_names=NAMES)
+    model = LitClassifier(lr=0.02).model
+    lens = Lens([StrategyMonitor(probe, source="features", discovery_size=32, every_n_steps=1)], log_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"a Lens has no loaders.*discovery_set=ProbeSet.from_dataset"):
+        lens.step(model, 1)
+    given = ProbeSet(x[16:], y[16:], mean=MEAN, std=STD, class_names=NAMES)
+    monitor = StrategyMonitor(probe, source="features", discovery_set=given, every_n_steps=1, seed=3)
+    Lens([monitor], log_dir=tmp_path / "given").step(model, 1)
+    assert monitor.fire_count == 1 and monitor.failure_count == 0 and monitor.discovery_set is given
+    assert monitor.last_report is not None
+    assert sum(len(found.indices) for found in monitor.last_report.classes.values()) == 48

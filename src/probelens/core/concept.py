@@ -17,7 +17,7 @@ from probelens.core.base import MonitorCore, base_options
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec
 from probelens.core.run import Run
 from probelens.core.session import SharedPass
-from probelens.core.writer import tag_segment
+from probelens.logformat import check_tag_segments, tag_segment
 from probelens.methods.batching import chunk_ranges
 from probelens.methods.engine import OutputTransform, forward_backward
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -231,6 +231,10 @@ class ConceptCore(MonitorCore):
         bad_names = [c for c in concepts if not isinstance(c, str) or not c.strip() or "/" in c]
         if bad_names:
             raise ValueError(f"{owner}: concept names must be non-empty strings without '/', got {bad_names!r}")
+        try:
+            check_tag_segments(list(concepts), "concepts")  # "snow cover" and "snow/cover" would share their tags
+        except ValueError as err:
+            raise ValueError(f"{owner}: {err}") from None
         if negatives is None and len(concepts) < 2:
             raise ValueError(
                 f"{owner}: concepts has one concept ({next(iter(concepts))!r}) and negatives=None, so there is nothing "

@@ -20,7 +20,8 @@ from probelens.core.options import check_choice, check_float, check_int, check_l
 from probelens.core.probe_source import first_map_dataset
 from probelens.core.run import Run
 from probelens.core.session import PassNeeds, SharedPass
-from probelens.core.writer import Box, Picture, colour_scale, tag_segment
+from probelens.core.writer import Box, Picture, colour_scale
+from probelens.logformat import tag_segment
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -80,10 +81,13 @@ class StrategyCore(MonitorCore):
             2024: the layer's activations averaged over space, standardised within the class; most telling in early
             epochs). The picture shows each cluster's mean Grad-CAM map either way.
         discovery_size: with ``source="features"``, cluster a larger forward-only *discovery set* of this many
-            images (class-balanced, seeded) drawn from the trainer's validation dataset when training starts, instead
-            of the probe; the pictures then show per cluster the mean Grad-CAM map of the probe images nearest it and
-            the cluster's prototype. Measured (``docs/discovery.md``): it does not recover a minority group under
-            imbalance either. ``None`` (default): cluster the probe.
+            images (class-balanced, seeded) drawn from the trainer's validation dataset when training starts (or at
+            the first firing of ``trainer.validate``/``test`` without a fit), instead of the probe; the pictures then
+            show per cluster the mean Grad-CAM map of the probe images nearest it and the cluster's prototype.
+            Measured (``docs/discovery.md``): it does not recover a minority group under imbalance either. ``None``
+            (default): cluster the probe.
+        discovery_set: the discovery set itself (a :class:`ProbeSet`, e.g. for a ``Lens``, which has no loaders to
+            draw from); with ``source="features"``, instead of ``discovery_size``.
         every_n_epochs, every_n_steps, log_at_start, probe_size, probe_seed, probe_input_key, probe_target_key,
             max_image_side, max_bytes_per_firing, output_transform, name: as for :class:`ProbeMonitor`.
     """
@@ -102,6 +106,7 @@ class StrategyCore(MonitorCore):
         seed: int = 0,
         source: Literal["gradcam", "features"] = "gradcam",
         discovery_size: int | None = None,
+        discovery_set: ProbeSet | None = None,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_at_start: bool = False,
@@ -131,15 +136,33 @@ class StrategyCore(MonitorCore):
         check_choice(owner, "source", source, ("gradcam", "features"))
         check_int(owner, "discovery_size", discovery_size, minimum=2 * min_images, none_ok=True,
                   fix="None clusters the probe")  # fmt: skip
-        if discovery_size is not None and source != "features":
+        if discovery_set is not None and not isinstance(discovery_set, ProbeSet):
+            raise TypeError(
+                f"{owner}: discovery_set is a {type(discovery_set).__name__}; pass a ProbeSet, e.g. "
+                "ProbeSet.from_dataset(val_dataset, num_samples=512), or discovery_size=512 to draw one from the "
+                "trainer's validation data"
+            )
+        if discovery_size is not None and discovery_set is not None:
             raise ValueError(
-                f"{owner}: discovery_size={discovery_size} clusters a forward-only set, which has no Grad-CAM maps "
-                f"(a map needs a backward pass per image), but source={source!r}; pass source='features' "
-                "(SPARE-style pooled features) with it, or a larger probe (probe_size=...) for clusters of Grad-CAM "
-                "maps"
+                f"{owner}: discovery_size={discovery_size} and a discovery_set were both given; pass one: "
+                "discovery_size draws the set from the trainer's validation data, discovery_set is the set itself"
+            )
+        given = (
+            f"discovery_size={discovery_size}"
+            if discovery_size is not None
+            else "discovery_set"
+            if discovery_set
+            else ""
+        )
+        if given and source != "features":
+            raise ValueError(
+                f"{owner}: {given} clusters a forward-only set, which has no Grad-CAM maps (a map needs a backward "
+                f"pass per image), but source={source!r}; pass source='features' (SPARE-style pooled features) with "
+                "it, or a larger probe (probe_size=...) for clusters of Grad-CAM maps"
             )
         self.source = source
         self.discovery_size = discovery_size
+        self._discovery_given = discovery_set is not None
         self.layer_spec = layers
         self.grid = grid
         self.max_clusters = max_clusters
@@ -151,9 +174,10 @@ class StrategyCore(MonitorCore):
         self._layer: dict[str, nn.Module] = {}
         self._layouts: dict[str, Layout] = {}
         self._told = False
-        self.discovery_set: ProbeSet | None = None
-        """The forward-only discovery set (``discovery_size`` images of the trainer's validation data, drawn when
-        training starts), or ``None`` when the probe is clustered."""
+        self.discovery_set: ProbeSet | None = discovery_set
+        """The forward-only discovery set (``discovery_set``, or ``discovery_size`` images of the trainer's
+        validation data, drawn when training starts or at the first firing of a run without training), or ``None``
+        when the probe is clustered."""
         self._discovery_pass: SharedPass | None = None
         self.reset_history()
 
@@ -161,6 +185,10 @@ class StrategyCore(MonitorCore):
     def reset_history(self) -> None:
         self.last_report: DiscoveryReport | None = None
         """The report of the last firing (for scripts and tests)."""
+        self._discovery_checked = False
+        if not getattr(self, "_discovery_given", True):
+            self.discovery_set = None  # drawn again from the new run's data
+            self._discovery_pass = None
 
     @property
     @override
@@ -177,23 +205,38 @@ class StrategyCore(MonitorCore):
     def at_train_start(self, trainer: Run, pl_module: nn.Module) -> None:
         """Draw the discovery set (``discovery_size``) from the trainer's validation dataset, once per run, and check
         that the model takes its images: a dataset it cannot use is refused before the first training step."""
-        if self.discovery_size is None or self.discovery_set is not None:
-            return
-        assert self.probe is not None
+        self._discovery(trainer, pl_module)
+
+    def _discovery(self, trainer: Run, pl_module: nn.Module) -> ProbeSet | None:
+        """The discovery set, drawn (``discovery_size``) or checked (``discovery_set``) at the first call of a run:
+        at training start, or at the first firing of ``trainer.validate``/``test`` without a fit."""
+        if self._discovery_checked:
+            return self.discovery_set
+        if self.discovery_set is None and self.discovery_size is not None:
+            self.discovery_set = self._draw_discovery(trainer)
+        if self.discovery_set is not None:
+            check_probe_fits(f"{self.name} (discovery set)", pl_module, self.discovery_set, self.output_transform)
+        self._discovery_checked = True
+        return self.discovery_set
+
+    def _draw_discovery(self, trainer: Run) -> ProbeSet:
+        assert self.probe is not None and self.discovery_size is not None
         dataset, source = first_map_dataset(trainer)
         if dataset is None:
             raise ValueError(
                 f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from the trainer's "
-                "validation dataset, but the trainer has no map-style validation or training dataset (one with "
-                "__len__ and __getitem__; an IterableDataset cannot be sampled); give the fit a map-style "
-                "val_dataloaders, or pass discovery_size=None to cluster the probe"
+                "validation dataset, but the run has no map-style validation or training dataset (one with "
+                "__len__ and __getitem__; an IterableDataset cannot be sampled, and a Lens has no loaders); give the "
+                "fit a map-style val_dataloaders, or pass the set itself: discovery_set=ProbeSet.from_dataset("
+                f"val_dataset, num_samples={self.discovery_size})"
             )
         size = min(self.discovery_size, len(dataset))
         where = f"the {source} dataset ({type(dataset).__name__}, {len(dataset)} items)"
         if source != "val":
             rank_zero_warn(
-                f"{self.name}: the trainer has no validation dataset, so the discovery set is drawn from {where}; "
-                "give the fit val_dataloaders to discover strategies on held-out data."
+                f"{self.name}: the run has no validation dataset that can be sampled by index, so the discovery set "
+                f"is drawn from {where}; give the fit a map-style val_dataloaders (or discovery_set=) to discover "
+                "strategies on held-out data."
             )
         if size < self.discovery_size:
             rank_zero_warn(
@@ -214,15 +257,14 @@ class StrategyCore(MonitorCore):
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise ValueError(
                 f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from {where}, which "
-                f"failed: {type(err).__name__}: {err}. Pass probe_input_key=/probe_target_key= for dict items, or "
-                "discovery_size=None to cluster the probe"
+                f"failed: {type(err).__name__}: {err}. Pass probe_input_key=/probe_target_key= for dict items, "
+                "discovery_set= to give the set yourself, or discovery_size=None to cluster the probe"
             ) from err
-        check_probe_fits(f"{self.name} (discovery set)", pl_module, found, self.output_transform)
-        self.discovery_set = found
         rank_zero_info(
             f"{self.name}: clusters the pooled features of a discovery set of {size} images from {where} at each "
             "firing (forward only); the pictures' mean maps are those of the probe images nearest each cluster."
         )
+        return found
 
     @override
     def configure(self, pl_module: nn.Module) -> None:
@@ -269,7 +311,8 @@ class StrategyCore(MonitorCore):
             probe_features = layout.to_nchw(result.activations[layer]).detach().float().mean((2, 3)).cpu()
             probe_features = self._finite(probe_features, f"features of {layer}", step)
         clustered, labels, discovery_predictions = cam, self.probe.targets.cpu(), None
-        if self.discovery_set is not None:
+        if self._discovery(trainer, pl_module) is not None:
+            assert self.discovery_set is not None
             clustered, discovery_predictions = self._discovery_features(pl_module, step, layer, layout)
             labels = self.discovery_set.targets.cpu()
         elif probe_features is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
+from torch.utils.data import IterableDataset
 
 from probelens.core.run import SharedRun
 from probelens.probe import ProbeSet
@@ -14,12 +15,18 @@ _SOURCES = ("val_dataloaders", "test_dataloaders", "train_dataloader")
 
 
 def first_map_dataset(trainer: Any) -> tuple[Any, str]:
+    """The first dataset of the trainer's loaders (validation, test, training) that can be sampled by index, and
+    where it came from (``"val"``, ``"test"``, ``"train"``); ``(None, "")`` when there is none."""
     for attr in _SOURCES:
         loaders = getattr(trainer, attr, None)
         if loaders is None:
             continue
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
         dataset = getattr(loader, "dataset", None)
+        # an IterableDataset has __getitem__ (torch's Dataset base raises NotImplementedError in it) and may have
+        # __len__: it cannot be sampled by index all the same
+        if isinstance(dataset, IterableDataset):
+            continue
         if dataset is not None and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
             return dataset, attr.split("_")[0]
     return None, ""

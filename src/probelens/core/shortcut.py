@@ -24,7 +24,8 @@ from probelens.core.options import (
 from probelens.core.run import Run
 from probelens.core.session import PassNeeds, SharedPass
 from probelens.core.sinks import is_tensorboard_logger
-from probelens.core.writer import Picture, tag_segment
+from probelens.core.writer import Picture
+from probelens.logformat import tag_segment
 from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
@@ -624,10 +625,14 @@ class ShortcutCore(MonitorCore):
         n = len(fit.grown)
         grown, shrunk = int((fit.grown > 0).sum()), int((fit.shrunk > 0).sum())
         if grown or shrunk:
+
+            def moved(px: Tensor) -> str:  # the median over the masks that moved: the others are 0 px
+                return f" (median {float(px[px > 0].float().median()):.0f} px)" if bool((px > 0).any()) else ""
+
             rank_zero_info(
-                f"{self.name}: fitted the probe's masks to their objects: {grown} of {n} grown (median "
-                f"{float(fit.grown.float().median()):.0f} px) to remove the object, {shrunk} of {n} shrunk (median "
-                f"{float(fit.shrunk.float().median()):.0f} px) to paste it. shortcut/mask_outside_object and "
+                f"{self.name}: fitted the probe's masks to their objects: {grown} of {n} grown{moved(fit.grown)} to "
+                f"remove the object, {shrunk} of {n} shrunk{moved(fit.shrunk)} to paste it. "
+                "shortcut/mask_outside_object and "
                 "shortcut/mask_inside_background log how the given masks looked (about 0.05 and 0 on the object's "
                 "outline); mask_margin=0 keeps the masks as given."
             )

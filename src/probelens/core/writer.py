@@ -181,20 +181,6 @@ def _natural(text: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
 
 
-_NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def tag_segment(name: str, fallback: str) -> str:
-    """``name`` (a class, group or concept name) as one tag segment: runs of other characters than letters, digits,
-    ``_``, ``.`` and ``-`` become ``_``; ``fallback`` where nothing is left.
-
-    Example:
-        >>> tag_segment("snow leopard/arabian", "0"), tag_segment("???", "0")
-        ('snow_leopard_arabian', '0')
-    """
-    return _NOT_IN_TAGS.sub("_", name).strip("_") or fallback
-
-
 def layer_labels(layers: Sequence[str]) -> dict[str, str]:
     """The tag segment of each layer (``layers`` in depth order): its name where TensorBoard's natural sort of the
     names is the depth order, else the name after its zero-padded depth (``00_net.0.2``, ``01_net.0.10``,

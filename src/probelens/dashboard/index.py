@@ -662,7 +662,7 @@ class RunIndex:
             if found_scalar is not None:
                 scalars.setdefault(found_scalar[:3], {})[found_scalar[3]] = tag
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        # fit first, then validate and test; monitors and classes in the order first written
+        # fit first, then the other stages by name (test, validate); monitors and classes in the order first written
         for key in sorted(self._discovery_order, key=lambda k: (k[0] != "", k[0], self._discovery_order[k])):
             stage, monitor, name = key
             picture_tag = pictures.get(key)
