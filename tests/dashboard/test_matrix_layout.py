@@ -68,6 +68,12 @@ def layout_logs(tmp_path_factory):
                 writer.add_scalar(f"shortcut/group_accuracy/{cls}/{group}", value, step)
             writer.add_scalar("concept/stripes/snow", 0.1 * step, step)
             writer.add_scalar("concept/stripes/cav_accuracy", 0.9, step)  # a chart of its own, not a class line
+            # a ConceptMonitor(name="bg"): its name is not a concept, its concepts are not classes
+            writer.add_scalar("concept/bg/stripes/snow", 0.2 * step, step)
+            writer.add_scalar("concept/bg/stripes/desert", 0.3, step)
+            writer.add_scalar("concept/bg/probe_accuracy", 0.8, step)
+            writer.add_scalar("shortcut/bg/group_accuracy/snow/snowy", 0.7, step)
+            writer.add_scalar("shortcut/bg/probe_accuracy", 0.8, step)
             writer.add_scalar("shortcut/score", 0.5, step)
     # a longer run beside it, for alignment: steps 0-5, epoch 0 at steps 0-2 and 1 at 3-5 ("run": 0-1 and 2)
     with EventFileWriter(logdir / "zlong") as writer:
@@ -182,13 +188,15 @@ def test_matrix_and_shortcut_view_in_the_browser(chromium, layout_logs, serve, s
               const figs = [...d.querySelectorAll('figure[data-group]')];
               return figs.length ? figs.map((f) => [f.dataset.group, [...f.querySelectorAll('.key')].map(
                 (k) => k.textContent)]) : null; }})()""",
-            lambda g: len(g) == 3,
+            lambda g: len(g) == 5,
             "the group and concept charts",
         )
         assert sorted(groups) == [
             ["concept stripes", ["snow"]],
+            ["concept stripes (bg)", ["desert", "snow"]],
             ["group accuracy: desert", ["snowy"]],
             ["group accuracy: snow", ["desert", "snowy"]],
+            ["group accuracy: snow (bg)", ["snowy"]],
         ]
 
 

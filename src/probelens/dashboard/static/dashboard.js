@@ -1358,15 +1358,30 @@ export class Dashboard {
         (m) => [`concept ${m[1]}${m[3] ? ` at ${m[3]}` : ''}`, m[2]],
       ],
     ];
+    // A monitor given name= writes <family>/<name>/... (README "Names and stages in tags"); its name is known from
+    // the probe accuracy every such monitor logs (<family>/<name>/probe_accuracy), and is taken out before the
+    // families are read, so that it is never read as a concept or a class
+    const names = new Set(
+      tags.map((t) => bare(t).match(/^(shortcut|concept)\/([^/]+)\/probe_accuracy$/)).filter(Boolean)
+        .map((m) => `${m[1]}/${m[2]}`),
+    );
+    const unnamed = (t) => {
+      const parts = bare(t).split('/');
+      return parts.length > 2 && names.has(`${parts[0]}/${parts[1]}`)
+        ? [[parts[0], ...parts.slice(2)].join('/'), parts[1]]
+        : [bare(t), ''];
+    };
     const grouped = new Map();
     const single = [];
     for (const tag of ordered) {
-      const family = families.map(([re, name]) => [bare(tag).match(re), name]).find(([m]) => m);
+      const [plain, monitor] = unnamed(tag);
+      const family = families.map(([re, name]) => [plain.match(re), name]).find(([m]) => m);
       if (!family) {
         single.push(tag);
         continue;
       }
-      const [title, line] = family[1](family[0]);
+      const [base, line] = family[1](family[0]);
+      const title = monitor ? `${base} (${monitor})` : base;
       const key = `${tag.startsWith(bare(tag)) ? '' : tag.slice(0, tag.length - bare(tag).length)}${title}`;
       if (!grouped.has(key)) grouped.set(key, []);
       grouped.get(key).push({name: line, points: summary.scalars[tag], tag});
