@@ -58,3 +58,21 @@ def test_a_hook_under_its_name_before_0_3_is_refused_where_the_class_is_defined(
         class Sealed(ProbeMonitor):
             def on_train_batch_end(self, *args):
                 pass
+
+
+def test_a_framework_free_core_on_a_trainer_is_refused_with_the_callback_to_use(tmp_path):
+    """A MonitorCore subclass (probelens.core) lacks the Callback hooks: refused when the fit sets it up, naming
+    ProbeMonitor, not a bare AttributeError from inside Lightning later."""
+    from probelens.core import MonitorCore
+
+    class Mine(MonitorCore):
+        def configure(self, pl_module):
+            self._require({}, gradients=False, input_gradient=False, target_sets={"pred"})
+
+        def explain(self, step, pl_module, trainer):
+            self.writer.scalars({"mine/x": 1.0}, step)
+
+    probe = ProbeSet(torch.randn(4, 3, 16, 16), torch.tensor([0, 1] * 2))
+    train, val = loaders(n=16, batch_size=8)
+    with pytest.raises(TypeError, match=r"Mine is a framework-free monitor core .*probelens.ProbeMonitor"):
+        trainer(tmp_path, [Mine(probe)], max_epochs=1).fit(LitClassifier(), train, val)

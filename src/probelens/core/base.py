@@ -379,6 +379,16 @@ class MonitorCore:
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Run, pl_module: nn.Module, stage: str) -> None:
+        module = type(trainer).__module__
+        if module.split(".")[0] in ("lightning", "pytorch_lightning") and not hasattr(self, "on_sanity_check_start"):
+            # a framework-free core on a Lightning Trainer: it lacks the Callback hooks, and Lightning would fail
+            # later with a bare AttributeError
+            raise TypeError(
+                f"{type(self).__name__} is a framework-free monitor core (probelens.core), not a Lightning Callback; "
+                "give a Trainer the callback: probelens.ProbeMonitor as the base of your own monitor (probelens.pl."
+                "ProbeMonitor for the pytorch_lightning namespace) or a ready one such as probelens.GradCAMMonitor; "
+                "the cores are for probelens.loop.Lens"
+            )
         if self._trainer is None or self._trainer() is not trainer:
             self._attach(trainer)  # a new run: nothing of the last Trainer's run carries over
         self._runs(trainer)  # the run its sibling monitors hold, or a new one
