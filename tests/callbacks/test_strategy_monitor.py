@@ -25,6 +25,18 @@ def data(n: int, p: float, seed: int):
     return (s.images - m) / sd, s.labels
 
 
+def fit(tmp_path, monitors, train, val):
+    """Two epochs of the tests' classifier on ``train``/``val`` (image, label) tensors; the trainer and the model."""
+    tr = trainer(tmp_path, monitors, max_epochs=2)
+    model = LitClassifier(lr=0.02)
+    tr.fit(
+        model,
+        DataLoader(TensorDataset(*train), batch_size=32, shuffle=True),
+        DataLoader(TensorDataset(*val), batch_size=80),
+    )
+    return tr, model
+
+
 @pytest.mark.integration
 def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="lightning_utilities")
@@ -33,13 +45,7 @@ def test_logs_clusters_per_class_pictures_and_says_it_is_no_verdict(tmp_path, ca
     probe = ProbeSet(vx, vy, mean=MEAN, std=STD, class_names=NAMES)
     monitor = StrategyMonitor(probe, seed=3)
     spare = StrategyMonitor(probe, seed=3, source="features", name="spare")  # SPARE-style, beside it
-    tr = trainer(tmp_path, [monitor, spare], max_epochs=2)
-    model = LitClassifier(lr=0.02)
-    tr.fit(
-        model,
-        DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
-        DataLoader(TensorDataset(vx, vy), batch_size=48),
-    )
+    tr, model = fit(tmp_path, [monitor, spare], (x, y), (vx, vy))
     assert monitor.fire_count == 2 and monitor.failure_count == 0
     said = [r.getMessage() for r in caplog.records if "not a verdict" in r.getMessage()]
     assert len(said) == 2 and "docs/discovery.md" in said[0]  # once per monitor
@@ -133,13 +139,7 @@ def test_a_discovery_set_from_the_validation_data_is_clustered_forward_only(tmp_
     # a class name that is not one tag segment is written as one ("snow leopard/alpine" -> snow_leopard_alpine)
     probe = ProbeSet(vx[:24], vy[:24], mean=MEAN, std=STD, class_names=("snow leopard/alpine", "arabian"))
     monitor = StrategyMonitor(probe, source="features", discovery_size=96, seed=3)
-    tr = trainer(tmp_path, [monitor], max_epochs=2)
-    model = LitClassifier(lr=0.02)
-    tr.fit(
-        model,
-        DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
-        DataLoader(TensorDataset(vx, vy), batch_size=80),
-    )
+    tr, model = fit(tmp_path, [monitor], (x, y), (vx, vy))
     assert monitor.fire_count == 2 and monitor.failure_count == 0
     found_set = monitor.discovery_set
     assert found_set is not None and len(found_set.targets) == 96 and found_set.indices is not None
