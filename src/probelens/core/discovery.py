@@ -186,9 +186,9 @@ class StrategyCore(MonitorCore):
         self.last_report: DiscoveryReport | None = None
         """The report of the last firing (for scripts and tests)."""
         self._discovery_checked = False
+        self._discovery_pass = None  # its images are cached on the last run's device
         if not getattr(self, "_discovery_given", True):
             self.discovery_set = None  # drawn again from the new run's data
-            self._discovery_pass = None
 
     @property
     @override
