@@ -422,8 +422,10 @@ class ConceptCore(MonitorCore):
         labels = self.probe.targets
         classes = sorted(int(k) for k in labels.unique())
         num_classes = int(result.logits.shape[1])
-        gate, gate_tag = self._gate(result.predictions.cpu(), labels)
-        gate = gate if finite else math.nan
+        predictions = result.predictions.cpu()
+        accuracy = float((predictions == labels).float().mean()) if finite else math.nan  # argmax of NaN: no class
+        gate_tag = self._gate_tag()
+        gate = self._gate(predictions, labels, accuracy) if finite else math.nan
         min_accuracy = self.min_accuracy if self.min_accuracy is not None else (1.0 + self._chance()) / 2
         alpha = self.alpha / (len(classes) * len(self._layers))  # Bonferroni over the tests one concept makes
         metrics: dict[str, float] = {}
@@ -454,9 +456,7 @@ class ConceptCore(MonitorCore):
                         counting.append((concept, k, layer))
         if not finite:
             self._say_nonfinite(step)
-        metrics["concept/probe_accuracy"] = (
-            float((result.predictions.cpu() == labels).float().mean()) if finite else math.nan
-        )
+        metrics["concept/probe_accuracy"] = accuracy
         if gate_tag:
             metrics[gate_tag] = gate
         armed = not math.isnan(gate) and gate >= min_accuracy
@@ -477,15 +477,19 @@ class ConceptCore(MonitorCore):
         if finite and not armed and self.spurious:
             self._say_unarmed(step, gate, gate_tag, min_accuracy, held_back)
 
-    def _gate(self, predictions: Tensor, labels: Tensor) -> tuple[float, str]:
-        """The accuracy that arms the alert, and its tag: with group labels each class's best group (worst class;
-        a model that follows a spurious cue scores chance on a probe balanced over the groups, so overall probe
-        accuracy would never arm it), else the probe accuracy."""
+    def _gate(self, predictions: Tensor, labels: Tensor, accuracy: float) -> float:
+        """The accuracy that arms the alert: with group labels each class's best group (worst class; a model that
+        follows a spurious cue scores chance on a probe balanced over the groups, so overall probe accuracy would
+        never arm it), else the probe ``accuracy`` (logged as concept/probe_accuracy already)."""
         assert self.probe is not None
         if self.probe.groups is None:
-            return float((predictions == labels).float().mean()), ""
-        cells = group_accuracies(predictions, labels, self.probe.groups.cpu())
-        return agreeing_group_accuracy(cells), "concept/agreeing_group_accuracy"
+            return accuracy
+        return agreeing_group_accuracy(group_accuracies(predictions, labels, self.probe.groups.cpu()))
+
+    def _gate_tag(self) -> str:
+        """The tag of the arming accuracy where it is not the probe accuracy (with group labels), else ``""``."""
+        assert self.probe is not None
+        return "" if self.probe.groups is None else "concept/agreeing_group_accuracy"
 
     def _say_nonfinite(self, step: int) -> None:
         if self._told_nonfinite:

@@ -17,7 +17,7 @@ from typing_extensions import override
 from probelens.core.base import MonitorCore, base_options
 from probelens.core.checks import check_probe_fits
 from probelens.core.options import check_choice, check_float, check_int, check_layer_spec, take_renamed
-from probelens.core.probe_source import first_map_dataset
+from probelens.core.probe_source import clamp_to_dataset, first_map_dataset, sample_dataset
 from probelens.core.run import Run
 from probelens.core.session import PassNeeds, SharedPass
 from probelens.core.writer import Box, Picture, colour_scale
@@ -26,7 +26,13 @@ from probelens.methods.engine import OutputTransform
 from probelens.methods.grad_cam import grad_cam_map
 from probelens.methods.layers import LayerSpec, unwrap_compiled
 from probelens.methods.layout import Layout
-from probelens.metrics.discovery import ClassStrategies, DiscoveryReport, discover_strategies, map_features
+from probelens.metrics.discovery import (
+    ClassStrategies,
+    DiscoveryReport,
+    discover_strategies,
+    feature_scale,
+    map_features,
+)
 from probelens.probe import ProbeSet
 from probelens.render import Cell, apply_colormap, labelled_grid, normalize_maps, overlay_heatmap
 
@@ -147,14 +153,8 @@ class StrategyCore(MonitorCore):
                 f"{owner}: discovery_size={discovery_size} and a discovery_set were both given; pass one: "
                 "discovery_size draws the set from the trainer's validation data, discovery_set is the set itself"
             )
-        given = (
-            f"discovery_size={discovery_size}"
-            if discovery_size is not None
-            else "discovery_set"
-            if discovery_set
-            else ""
-        )
-        if given and source != "features":
+        if source != "features" and (discovery_size is not None or discovery_set is not None):
+            given = "discovery_set" if discovery_set is not None else f"discovery_size={discovery_size}"
             raise ValueError(
                 f"{owner}: {given} clusters a forward-only set, which has no Grad-CAM maps (a map needs a backward "
                 f"pass per image), but source={source!r}; pass source='features' (SPARE-style pooled features) with "
@@ -178,7 +178,6 @@ class StrategyCore(MonitorCore):
         """The forward-only discovery set (``discovery_set``, or ``discovery_size`` images of the trainer's
         validation data, drawn when training starts or at the first firing of a run without training), or ``None``
         when the probe is clustered."""
-        self._discovery_pass: SharedPass | None = None
         self.reset_history()
 
     @override
@@ -186,8 +185,8 @@ class StrategyCore(MonitorCore):
         self.last_report: DiscoveryReport | None = None
         """The report of the last firing (for scripts and tests)."""
         self._discovery_checked = False
-        self._discovery_pass = None  # its images are cached on the last run's device
-        if not getattr(self, "_discovery_given", True):
+        self._discovery_pass: SharedPass | None = None  # its images are cached on the last run's device
+        if not self._discovery_given:
             self.discovery_set = None  # drawn again from the new run's data
 
     @property
@@ -230,7 +229,6 @@ class StrategyCore(MonitorCore):
                 "fit a map-style val_dataloaders, or pass the set itself: discovery_set=ProbeSet.from_dataset("
                 f"val_dataset, num_samples={self.discovery_size})"
             )
-        size = min(self.discovery_size, len(dataset))
         where = f"the {source} dataset ({type(dataset).__name__}, {len(dataset)} items)"
         if source != "val":
             rank_zero_warn(
@@ -238,28 +236,21 @@ class StrategyCore(MonitorCore):
                 f"is drawn from {where}; give the fit a map-style val_dataloaders (or discovery_set=) to discover "
                 "strategies on held-out data."
             )
-        if size < self.discovery_size:
-            rank_zero_warn(
-                f"{self.name}: discovery_size={self.discovery_size} but {where} has only {size}; the discovery set "
-                f"holds all {size}. Pass discovery_size<={size} to silence this."
-            )
-        try:
-            found = ProbeSet.from_dataset(
-                dataset,
-                num_samples=size,
-                seed=self.seed,
-                mean=self.probe.mean,
-                std=self.probe.std,
-                class_names=self.probe.class_names,
-                input_key=self.probe_input_key,
-                target_key=self.probe_target_key,
-            )
-        except (ValueError, TypeError, KeyError, IndexError) as err:
-            raise ValueError(
-                f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from {where}, which "
-                f"failed: {type(err).__name__}: {err}. Pass probe_input_key=/probe_target_key= for dict items, "
-                "discovery_set= to give the set yourself, or discovery_size=None to cluster the probe"
-            ) from err
+        size = clamp_to_dataset(dataset, source, self.discovery_size, self.name, "discovery_size", "discovery set")
+        found = sample_dataset(
+            dataset,
+            source,
+            f"{self.name}: discovery_size={self.discovery_size} draws a discovery set from",
+            "Pass probe_input_key=/probe_target_key= for dict items, discovery_set= to give the set yourself, or "
+            "discovery_size=None to cluster the probe",
+            num_samples=size,
+            seed=self.seed,
+            mean=self.probe.mean,
+            std=self.probe.std,
+            class_names=self.probe.class_names,
+            input_key=self.probe_input_key,
+            target_key=self.probe_target_key,
+        )
         rank_zero_info(
             f"{self.name}: clusters the pooled features of a discovery set of {size} images from {where} at each "
             "firing (forward only); the pictures' mean maps are those of the probe images nearest each cluster."
@@ -387,7 +378,7 @@ class StrategyCore(MonitorCore):
         assert self.probe is not None and self.discovery_set is not None
         size = self.probe.image_size
         mine = features[found.indices].double()
-        centre, spread = mine.mean(0), mine.std(0, unbiased=False).clamp_min(1e-12)
+        centre, spread = feature_scale(mine)  # as discover_strategies standardised them
         ours = torch.nonzero(self.probe.targets.cpu() == found.label).flatten()
         nearest = torch.cdist(((probe_features[ours].double() - centre) / spread), ((mine - centre) / spread))
         assigned = found.clusters[nearest.argmin(1)] if len(ours) else torch.zeros(0, dtype=torch.long)

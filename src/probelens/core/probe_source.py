@@ -51,13 +51,7 @@ def probe_from_trainer(
     dataset, source = first_map_dataset(trainer)
     if dataset is None:
         return None
-    available = len(dataset)
-    if available < size:
-        rank_zero_warn(
-            f"{owner}: probe_size={size} but the {source} dataset has only {available} images, so the probe set "
-            f"holds all {available}; pass probe_size<={available} to silence this."
-        )
-        size = available
+    size = clamp_to_dataset(dataset, source, size, owner, "probe_size", "probe set")
     probes = run.probes
     key = (id(dataset), size, seed)
     if input_key is not None or target_key is not None:
@@ -66,17 +60,42 @@ def probe_from_trainer(
         mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
         if not (isinstance(mean, (tuple, list)) and isinstance(std, (tuple, list))):
             mean = std = None
-        try:
-            probes[key] = ProbeSet.from_dataset(
-                dataset, num_samples=size, seed=seed, mean=mean, std=std, input_key=input_key, target_key=target_key
-            )
-        except (ValueError, TypeError, KeyError, IndexError) as err:
-            # raised before the first training step (the sanity check or train start): say where the probe came from
-            # and how to give one, instead of a bare error from deep inside the dataset
-            raise ValueError(
-                f"{owner} was built without probe= and picks its probe set from the trainer's {source} dataset "
-                f"({type(dataset).__name__}), which failed: {type(err).__name__}: {err}. Build the probe yourself and "
-                f"pass it: {owner}(probe=ProbeSet.from_dataset({source}_dataset, num_samples={size}, "
-                "input_key=..., target_key=...)) for dict items with other keys, or ProbeSet(images, targets)"
-            ) from err
+        probes[key] = sample_dataset(
+            dataset,
+            source,
+            f"{owner} was built without probe= and picks its probe set from",
+            f"Build the probe yourself and pass it: {owner}(probe=ProbeSet.from_dataset({source}_dataset, "
+            f"num_samples={size}, input_key=..., target_key=...)) for dict items with other keys, or "
+            "ProbeSet(images, targets)",
+            num_samples=size,
+            seed=seed,
+            mean=mean,
+            std=std,
+            input_key=input_key,
+            target_key=target_key,
+        )
     return probes[key]
+
+
+def clamp_to_dataset(dataset: Any, source: str, size: int, owner: str, option: str, what: str) -> int:
+    """``size``, or the dataset's length where that is smaller, said in a warning that names ``option``."""
+    available = len(dataset)
+    if available < size:
+        rank_zero_warn(
+            f"{owner}: {option}={size} but the {source} dataset has only {available} images, so the {what} "
+            f"holds all {available}; pass {option}<={available} to silence this."
+        )
+    return min(size, available)
+
+
+def sample_dataset(dataset: Any, source: str, why: str, fix: str, **options: Any) -> ProbeSet:
+    """``ProbeSet.from_dataset(dataset, **options)``; a dataset it cannot be built from raises a ``ValueError`` that
+    says where the set came from (``why`` + the trainer's ``source`` dataset) and ``fix``, instead of a bare error
+    from deep inside the dataset (raised before the first training step)."""
+    try:
+        return ProbeSet.from_dataset(dataset, **options)
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        raise ValueError(
+            f"{why} the trainer's {source} dataset ({type(dataset).__name__}), which failed: {type(err).__name__}: "
+            f"{err}. {fix}"
+        ) from err

@@ -77,6 +77,13 @@ def map_features(maps: Tensor, grid: int = 8) -> Tensor:
     return torch.where(total > 0, x / total.clamp_min(1e-300), torch.zeros_like(x))
 
 
+def feature_scale(features: Tensor) -> tuple[Tensor, Tensor]:
+    """The centre and spread with which :func:`discover_strategies` standardises ``[n, D]`` features within a class:
+    per dimension the mean and the population standard deviation (at least ``1e-12``, so a constant dimension stays
+    0). Apply as ``(x - centre) / spread``, also to other points placed among them."""
+    return features.mean(0), features.std(0, unbiased=False).clamp_min(1e-12)
+
+
 def knn_affinity(features: Tensor, neighbours: int) -> Tensor:
     """Symmetric binary k-nearest-neighbour graph: ``W[i,j] = 1`` when ``j`` is among the ``neighbours`` nearest
     points of ``i`` (Euclidean distance, itself excluded; ties broken by index) or ``i`` among those of ``j``.
@@ -348,7 +355,8 @@ def discover_strategies(
         index = torch.nonzero(labels == c).flatten()
         x = features[index]
         if maps.dim() == 2:  # SPARE-style features: standardised within the class
-            x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-12)
+            centre, spread = feature_scale(x)
+            x = (x - centre) / spread
         n = len(index)
         if n < min_images:
             assignment, values, gap, k = torch.zeros(n, dtype=torch.long), torch.zeros(0), 0.0, 1
