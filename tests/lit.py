@@ -121,3 +121,11 @@ class NaNAfter(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+def concept_pictures(probe) -> dict[str, torch.Tensor]:
+    """Two sets of 20 random pictures shaped like ``probe``'s images, "a" shifted by +1: concepts for a
+    ConceptMonitor that must run (its passes, its alert machinery), not find anything."""
+    g = torch.Generator().manual_seed(3)
+    shape = (20, *probe.images.shape[1:])
+    return {"a": torch.randn(shape, generator=g) + 1.0, "b": torch.randn(shape, generator=g)}

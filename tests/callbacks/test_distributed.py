@@ -4,8 +4,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lit import LitClassifier, loaders, random_data, read_events, trainer
-from probelens import ActivationMonitor, FilterMonitor, GradCAMMonitor, ProbeSet, SaliencyMonitor, ShortcutMonitor
+from lit import LitClassifier, concept_pictures, loaders, random_data, read_events, trainer
+from probelens import (
+    ActivationMonitor,
+    ConceptMonitor,
+    FilterMonitor,
+    GradCAMMonitor,
+    ProbeSet,
+    SaliencyMonitor,
+    ShortcutMonitor,
+    StrategyMonitor,
+)
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -41,6 +50,10 @@ def test_ddp_logs_once_per_step_and_keeps_weights_identical(tmp_path):
         GradCAMMonitor(probe, layers="all"),
         SaliencyMonitor(probe),
         ShortcutMonitor(probe, on_shortcut="stop", threshold=1.0),  # exercises the stop broadcast, never fires
+        # the concept alert's stop broadcast too (a cosine of 1.0 is never reached), and a forward-only discovery
+        # set drawn on every rank from the trainer's validation data
+        ConceptMonitor(probe, concepts=concept_pictures(probe), spurious=("a",), on_concept="stop", threshold=1.0),
+        StrategyMonitor(probe, source="features", discovery_size=12, min_images=3),
     ]
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -56,3 +69,6 @@ def test_ddp_logs_once_per_step_and_keeps_weights_identical(tmp_path):
     for tag in images:
         assert [e.step for e in acc.Images(tag)] == [steps_per_epoch - 1, 2 * steps_per_epoch - 1], tag
     assert [e.step for e in acc.Scalars("shortcut/score")] == [steps_per_epoch - 1, 2 * steps_per_epoch - 1]
+    assert "probelens/discovery/1" in images  # classes without names: their index as the tag segment
+    for tag in ("concept/a/0/cosine", "concept/armed", "discovery/0/clusters"):
+        assert [e.step for e in acc.Scalars(tag)] == [steps_per_epoch - 1, 2 * steps_per_epoch - 1], tag

@@ -21,9 +21,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from lit import LitClassifier, random_data, read_events
+from lit import LitClassifier, concept_pictures, random_data, read_events
 from probelens import (
     ActivationMonitor,
+    ConceptMonitor,
     DeconvMonitor,
     FeatureVisMonitor,
     FilterMonitor,
@@ -32,6 +33,7 @@ from probelens import (
     ProbeSet,
     SaliencyMonitor,
     ShortcutMonitor,
+    StrategyMonitor,
 )
 from probelens.methods.hooks import count_hooks
 
@@ -63,6 +65,11 @@ def every_monitor(probe: ProbeSet) -> list[Any]:
         DeconvMonitor(probe, top_k=2, max_images=2, **epoch),
         FeatureVisMonitor(probe, layers="model.8", channels=2, steps=2, **epoch),
         ShortcutMonitor(probe, **epoch),
+        # the monitors of the no-masks evidence: TCAV on two concept sets (its own passes over their pictures),
+        # strategy discovery on the probe's maps and on a forward-only discovery set drawn from the trainer's data
+        ConceptMonitor(probe, concepts=concept_pictures(probe), spurious=("a",), **epoch),
+        StrategyMonitor(probe, min_images=3, **epoch),
+        StrategyMonitor(probe, source="features", discovery_size=12, min_images=3, name="discovery", **epoch),
     ]
 
 
@@ -206,7 +213,7 @@ class Run:
 
 def _lightning_steps(acc) -> set[int]:
     """Steps at which Lightning itself wrote a scalar (losses, epoch), i.e. the loss curves' step axis."""
-    ours = ("probelens/", "shortcut/", "validate/", "test/")
+    ours = ("probelens/", "shortcut/", "concept/", "discovery/", "validate/", "test/")
     return {e.step for tag in acc.Tags()["scalars"] if not tag.startswith(ours) for e in acc.Scalars(tag)}
 
 
@@ -245,7 +252,7 @@ def test_every_monitor_in_every_trainer_setup(tmp_path, name):
             assert set(steps) <= lightning, (name, tag, sorted(set(steps) - lightning), sorted(lightning))
         for tag in acc.Tags()["scalars"]:
             steps = [e.step for e in acc.Scalars(tag)]
-            if tag.startswith(("probelens/", "shortcut/")):
+            if tag.startswith(("probelens/", "shortcut/", "concept/", "discovery/")):
                 assert len(steps) == len(set(steps)), (name, log_dir, tag, steps)
     if setup.after is _validate_test_predict:
         acc = read_events(run.trainers[0].logger.log_dir)
