@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lit import LitClassifier, decode, probe_cells, read_events, trainer
+from lit import LitClassifier, NaNAfter, decode, probe_cells, read_events, trainer
 from probelens import ProbeSet, StrategyMonitor
 from probelens.data import MEAN, STD, generate_snow_desert
 from probelens.methods import grad_cam
@@ -237,3 +237,27 @@ def test_a_lens_takes_a_discovery_set_and_says_how_when_given_a_size(tmp_path):
     assert monitor.fire_count == 1 and monitor.failure_count == 0 and monitor.discovery_set is given
     assert monitor.last_report is not None
     assert sum(len(found.indices) for found in monitor.last_report.classes.values()) == 48
+
+
+@pytest.mark.integration
+def test_nan_weights_log_nan_and_draw_no_picture(tmp_path):
+    """Weights set to NaN at the second epoch: the probe's maps and the discovery set's features are NaN there.
+    Every class's numbers are NaN at that step (not clusters of zeroed values), no picture is drawn, said once."""
+    x, y = data(96, 0.5, seed=1)
+    vx, vy = data(48, 0.5, seed=2)
+    probe = ProbeSet(vx[:24], vy[:24], mean=MEAN, std=STD, class_names=NAMES)
+    maps = StrategyMonitor(probe, seed=3)
+    features = StrategyMonitor(probe, source="features", discovery_size=32, seed=3, name="discovery")
+    with pytest.warns(UserWarning, match="hold NaN or Inf at step") as record:
+        tr, _ = fit(tmp_path, [maps, features, NaNAfter(1)], (x, y), (vx, vy))
+    assert sum("hold NaN or Inf" in str(w.message) for w in record) == 2  # once per monitor
+    events = read_events(tr.logger.log_dir)
+    for prefix in ("discovery", "discovery/discovery"):
+        for name in NAMES:
+            for key in ("clusters", "eigengap", "largest_share", "two_strategies"):
+                values = [e.value for e in events.Scalars(f"{prefix}/{name}/{key}")]
+                assert len(values) == 2 and math.isnan(values[1]), (prefix, name, key, values)
+                assert key == "eigengap" or math.isfinite(values[0])
+    for tag in ("probelens/discovery/snow", "probelens/discovery/discovery/snow"):
+        assert len(events.Images(tag)) == 1  # the healthy epoch only
+    assert maps.failure_count == 0 and features.failure_count == 0

@@ -296,11 +296,9 @@ class StrategyCore(MonitorCore):
             layout.to_nchw(result.gradients["pred"][layer]),
             self.probe.image_size,
         ).cpu()
-        cam = self._finite(cam, f"Grad-CAM maps of {layer}", step)
         probe_features: Tensor | None = None
         if self.source == "features":
             probe_features = layout.to_nchw(result.activations[layer]).detach().float().mean((2, 3)).cpu()
-            probe_features = self._finite(probe_features, f"features of {layer}", step)
         clustered, labels, discovery_predictions = cam, self.probe.targets.cpu(), None
         if self._discovery(trainer, pl_module) is not None:
             assert self.discovery_set is not None
@@ -308,6 +306,10 @@ class StrategyCore(MonitorCore):
             labels = self.discovery_set.targets.cpu()
         elif probe_features is not None:
             clustered = probe_features
+        used = (result.logits, cam, clustered, *([probe_features] if probe_features is not None else []))
+        if not all(bool(torch.isfinite(t).all()) for t in used):
+            self._nonfinite_step(step, labels)
+            return
         report = discover_strategies(
             clustered,
             labels,
@@ -322,7 +324,7 @@ class StrategyCore(MonitorCore):
         self.last_report = report
         metrics: dict[str, float] = {}
         for c, found in report.classes.items():
-            name = tag_segment(self.probe.class_name(c), str(c))  # one tag segment, as the shortcut tags
+            name = self._class_tag(c)
             metrics[f"discovery/{name}/clusters"] = float(found.num_clusters)
             metrics[f"discovery/{name}/eigengap"] = found.eigengap if found.eigenvalues.numel() else math.nan
             metrics[f"discovery/{name}/largest_share"] = found.largest_share
@@ -333,7 +335,7 @@ class StrategyCore(MonitorCore):
         cam_grid = map_features(cam, self.grid)  # the pictures' mean maps, whatever was clustered
         for c, found in report.classes.items():
             name = self.probe.class_name(c)
-            tag = f"probelens/discovery/{tag_segment(name, str(c))}"
+            tag = f"probelens/discovery/{self._class_tag(c)}"
             if self.discovery_set is None:
                 members = [found.indices[found.clusters == j] for j in range(found.num_clusters)]
                 means = torch.stack([cam_grid[m].mean(0) for m in members]).view(-1, 1, self.grid, self.grid)
@@ -357,7 +359,27 @@ class StrategyCore(MonitorCore):
         features = layout.to_nchw(found.activations[layer]).detach().float().mean((2, 3)).cpu()
         predictions = found.predictions.cpu()
         self._discovery_pass.release()  # keep only its images (cached on the device)
-        return self._finite(features, f"features of {layer} on the discovery set", step), predictions
+        return features, predictions
+
+    def _class_tag(self, c: int) -> str:
+        """Class ``c``'s name as one tag segment, as in the shortcut tags (names that would collide are refused by
+        ``ProbeSet``)."""
+        assert self.probe is not None
+        return tag_segment(self.probe.class_name(c), str(c))
+
+    def _nonfinite_step(self, step: int, labels: Tensor) -> None:
+        """Outputs, maps or features with NaN or Inf (diverged weights): every class's numbers are NaN at this step
+        and no picture is drawn. Clusters of values with NaN replaced would be numbers computed from NaN; said once."""
+        assert self.probe is not None
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"{self.name}: the model's outputs, maps or features hold NaN or Inf at step {step} (diverged "
+                "weights?); this step's discovery numbers are logged as NaN and no picture is drawn. Said once."
+            )
+        keys = ("clusters", "eigengap", "largest_share", "two_strategies")
+        names = [self._class_tag(int(c)) for c in labels.unique()]
+        self.writer.scalars({f"discovery/{name}/{key}": math.nan for name in names for key in keys}, step)
 
     def _discovery_picture(
         self,
